@@ -1,0 +1,83 @@
+import { HostFile } from '../../io/host-file';
+import { VdiskError } from '../../io/errors';
+import type { Extent, Image, ImageInfo, ImageStats } from '../types';
+
+/**
+ * A raw image: guest offset == host offset. Used as a backing file, as the baseline of the
+ * benchmarks (the ceiling of our FUSE stack) and, with --include-raw, as a view of its own.
+ */
+export class RawImage implements Image {
+  readonly format = 'raw';
+
+  private constructor(private readonly file: HostFile, public virtualSize: number, readonly readOnly: boolean) {}
+
+  get path(): string {
+    return this.file.path;
+  }
+
+  static async open(path: string, writable: boolean): Promise<RawImage> {
+    const file = await HostFile.open(path, writable);
+    return new RawImage(file, await file.size(), !writable);
+  }
+
+  async read(offset: number, into: Buffer): Promise<void> {
+    this.checkRange(offset, into.length);
+    await this.file.read(into, offset, 'data');
+  }
+
+  async write(offset: number, data: Buffer | Buffer[]): Promise<void> {
+    if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
+    const len = Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data.length;
+    this.checkRange(offset, len);
+    await this.file.write(data, offset, 'data');
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    // A raw file has no zero marker; write real zeros in bounded chunks.
+    const chunk = Buffer.alloc(Math.min(length, 1 << 20));
+    for (let done = 0; done < length; done += chunk.length) {
+      const n = Math.min(chunk.length, length - done);
+      await this.write(offset + done, n === chunk.length ? chunk : chunk.subarray(0, n));
+    }
+  }
+
+  async flush(): Promise<void> {
+    if (!this.readOnly) await this.file.datasync();
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+    await this.file.close();
+  }
+
+  async map(offset: number, length: number): Promise<Extent[]> {
+    this.checkRange(offset, length);
+    return [{ offset, length, kind: 'data', hostOffset: offset, hostFile: this.path }];
+  }
+
+  async resize(newSize: number): Promise<void> {
+    if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
+    if (newSize < this.virtualSize) throw VdiskError.invalid('shrinking an image is not supported');
+    await this.file.truncate(newSize);
+    this.virtualSize = newSize;
+  }
+
+  hostFiles(): string[] {
+    return [this.path];
+  }
+
+  stats(): ImageStats {
+    return { io: { [this.path]: { ...this.file.counters } }, driver: {} };
+  }
+
+  async info(): Promise<ImageInfo> {
+    const st = await this.file.stat();
+    return { filename: this.path, format: 'raw', 'virtual-size': this.virtualSize, 'actual-size': st.blocks * 512 };
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (offset < 0 || length < 0 || offset + length > this.virtualSize) {
+      throw new VdiskError('EINVAL', `range ${offset}+${length} past the end of ${this.path} (${this.virtualSize} bytes)`);
+    }
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * The contract between the image layer and the format drivers. It lives here, below
+ * src/image, because drivers implement it and layers only import downward; src/image
+ * re-exports it as the public API.
+ */
+import type { IoCounters } from '../io/counters';
+
+/** What a guest range is backed by, as `map()` reports it (qemu-img map's vocabulary). */
+export type ExtentKind = 'data' | 'zero' | 'unallocated' | 'backing';
+
+export interface Extent {
+  offset: number;          // guest offset, bytes
+  length: number;          // bytes
+  kind: ExtentKind;
+  /** For 'data': where the bytes live in the host file, when they live there uncompressed. */
+  hostOffset?: number;
+  hostFile?: string;
+  compressed?: boolean;
+}
+
+export interface Image {
+  readonly format: string;             // 'qcow2' | 'vmdk' | 'raw'
+  readonly path: string;
+  readonly virtualSize: number;        // bytes
+  readonly readOnly: boolean;
+  /** Fills `into` completely; ranges past virtualSize are refused (EINVAL). */
+  read(offset: number, into: Buffer): Promise<void>;
+  /** `data` is owned by the driver once called (the caller does not reuse it). */
+  write(offset: number, data: Buffer | Buffer[]): Promise<void>;
+  /** Zero clusters/grains where the format can; otherwise writes zeros. */
+  writeZeroes(offset: number, length: number): Promise<void>;
+  /** Every acknowledged write durable: metadata in order, then host datasync. */
+  flush(): Promise<void>;
+  /** flush + mark clean + close host files (and backing images). Idempotent. */
+  close(): Promise<void>;
+  map(offset: number, length: number): Promise<Extent[]>;
+  /** Grows the virtual disk (truncate of the raw view). Shrinking throws EINVAL. */
+  resize?(newSize: number): Promise<void>;
+  /** Every host file this image keeps open (for st_blocks, locking, info). */
+  hostFiles(): string[];
+  /** Counters for stats: io counters per host file, plus driver-specific ones (cache hits ...). */
+  stats(): ImageStats;
+  /** `vdiskfs info` fields, qemu-img info's names where both report the same thing. */
+  info(): Promise<ImageInfo>;
+}
+
+export interface ImageStats {
+  io: Record<string, IoCounters>;
+  driver: Record<string, number>;
+}
+
+export interface ImageInfo {
+  filename: string;
+  format: string;
+  'virtual-size': number;
+  'actual-size'?: number;
+  'cluster-size'?: number;
+  'backing-filename'?: string;
+  'full-backing-filename'?: string;
+  'backing-filename-format'?: string;
+  'dirty-flag'?: boolean;
+  snapshots?: SnapshotInfo[];
+  'format-specific'?: { type: string; data: Record<string, unknown> };
+  'backing-image'?: ImageInfo;
+  [k: string]: unknown;
+}
+
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  'vm-state-size': number;
+  'date-sec': number;
+  'date-nsec': number;
+  'vm-clock-sec': number;
+  'vm-clock-nsec': number;
+  icount?: number;
+}
+
+export interface OpenOptions {
+  /** Open for writing. A driver may still open read-only (corrupt bit, RDONLY extent): it then sets readOnly=true and logs why. */
+  writable: boolean;
+  /**
+   * Opens a backing file / VMDK parent through the registry (any format, probed by content;
+   * `format` from the image's header wins when given). Relative paths are resolved by the
+   * driver against the image's own folder before calling. Backing images open read-only.
+   */
+  openBacking(path: string, format?: string): Promise<Image>;
+  /** qcow2 metadata cache size in bytes (L2 + refcount blocks); driver default when undefined. */
+  cacheSize?: number;
+  /** VMDK: allocate grain by grain, each grain-table entry written through (QEMU's way), for measuring the seed. */
+  noMultiAlloc?: boolean;
+  /** qcow2: open this internal snapshot read-only instead of the active layer. */
+  snapshot?: string;
+  /** Logs one line (warnings such as "opened read-only because ..."). */
+  warn(message: string): void;
+}
+
+export interface CreateOptions {
+  size: number;
+  /** qemu-img -o options, already split: cluster_size, compat, subformat ... (strings as given). */
+  options: Record<string, string>;
+  backingFile?: string;
+  backingFormat?: string;
+  /** Opens an image (for reading a backing file's size / CID). */
+  openBacking(path: string, format?: string): Promise<Image>;
+}
+
+export interface CheckResult {
+  errors: number;
+  leaks: number;
+  corruptions: number;
+  messages: string[];
+  repaired?: number;
+}
+
+/** One format: how to recognise it, open it, create it. The registry in src/image lists them. */
+export interface FormatDriver {
+  readonly name: string;
+  /** Extensions that may carry this format (without dot). */
+  readonly extensions: readonly string[];
+  /** True when the first bytes of a file (at least 4 KiB, fewer if the file is shorter) are this format. */
+  probe(head: Buffer, path: string): boolean;
+  open(path: string, opts: OpenOptions): Promise<Image>;
+  create?(path: string, opts: CreateOptions): Promise<void>;
+  /** Consistency check like qemu-img check; `repair` fixes leaks/refcounts where the format can. */
+  check?(path: string, opts: OpenOptions & { repair: boolean }): Promise<CheckResult>;
+  /** Host files that belong to an image and must not be listed on their own (extents, data files). */
+  auxiliaryFiles?(path: string, head: Buffer): Promise<string[]>;
+  /** Internal snapshot names (qcow2), shown as read-only `<name>@<snap>.raw` views. */
+  listSnapshots?(path: string): Promise<string[]>;
+  /** The backing/parent file this image names, resolved to an absolute path, if any. */
+  backingFileOf?(path: string, head: Buffer): Promise<string | undefined>;
+}

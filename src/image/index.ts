@@ -1,0 +1,6 @@
+// The public face of the image layer: the contract drivers implement, and how to open them.
+export type { Image, Extent, ExtentKind, ImageInfo, ImageStats, OpenOptions, CreateOptions, CheckResult, FormatDriver, SnapshotInfo } from '../formats/types';
+export { openImage, MAX_CHAIN_DEPTH } from './open';
+export type { OpenImageOptions } from './open';
+export { probeImage, detectFormat, readHead, extensionOf } from './probe';
+export { drivers, driverByName } from './registry';

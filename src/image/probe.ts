@@ -1,0 +1,43 @@
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import type { FormatDriver } from '../formats/types';
+import { VdiskError } from '../io/errors';
+import { drivers } from './registry';
+
+export const PROBE_BYTES = 4096;
+
+export async function readHead(file: string): Promise<Buffer> {
+  const fh = await fs.open(file, 'r');
+  try {
+    const buf = Buffer.alloc(PROBE_BYTES);
+    const { bytesRead } = await fh.read(buf, 0, PROBE_BYTES, 0);
+    return buf.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The driver whose signature the content carries (raw when none does). */
+export function detectFormat(head: Buffer, file: string): FormatDriver {
+  for (const d of drivers) if (d.probe(head, file)) return d;
+  throw new VdiskError('ENOTSUP', `${file}: unknown format`);
+}
+
+export function extensionOf(file: string): string {
+  return path.extname(file).slice(1).toLowerCase();
+}
+
+/**
+ * The format of an image that is to be shown: found from the content, and the extension must
+ * agree. A raw guest disk that happens to start with a qcow2 header is never opened as qcow2.
+ */
+export async function probeImage(file: string): Promise<{ driver: FormatDriver; head: Buffer }> {
+  const head = await readHead(file);
+  const driver = detectFormat(head, file);
+  const ext = extensionOf(file);
+  if (!driver.extensions.includes(ext)) {
+    const claimed = drivers.find((d) => d.extensions.includes(ext));
+    throw new VdiskError('EINVAL', `${file}: content is ${driver.name} but the name says .${ext}${claimed ? ` (${claimed.name})` : ''}; refusing to guess`);
+  }
+  return { driver, head };
+}

@@ -1,0 +1,62 @@
+/**
+ * The one error type of vdiskfs. Every layer throws it with an errno-like `code`;
+ * only the FUSE adapter (src/fs) turns codes into negative errno values, and only the
+ * CLI turns them into one-line messages.
+ */
+export type ErrorCode =
+  | 'EIO'        // host I/O failed, or a deferred write failed earlier
+  | 'EROFS'      // image (or view) is read-only
+  | 'EINVAL'     // bad argument: offset, size, option
+  | 'ENOENT'     // file not found
+  | 'ENOSPC'     // image cannot grow further (format limit)
+  | 'EFBIG'      // request past the end of the virtual disk
+  | 'ENOTSUP'    // valid image using a feature we do not implement
+  | 'ECORRUPT'   // image structure is inconsistent / hostile
+  | 'EBUSY';     // image in use (locked by another writer)
+
+export class VdiskError extends Error {
+  readonly code: ErrorCode;
+  /** Where it happened: file path, offset, table index ... shown in logs. */
+  readonly context: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, context: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'VdiskError';
+    this.code = code;
+    this.context = context;
+  }
+
+  static io(message: string, context?: Record<string, unknown>, cause?: unknown): VdiskError {
+    return new VdiskError('EIO', message, context, { cause });
+  }
+  static readOnly(message: string, context?: Record<string, unknown>): VdiskError {
+    return new VdiskError('EROFS', message, context);
+  }
+  static invalid(message: string, context?: Record<string, unknown>): VdiskError {
+    return new VdiskError('EINVAL', message, context);
+  }
+  static unsupported(message: string, context?: Record<string, unknown>): VdiskError {
+    return new VdiskError('ENOTSUP', message, context);
+  }
+  static corrupt(message: string, context?: Record<string, unknown>): VdiskError {
+    return new VdiskError('ECORRUPT', message, context);
+  }
+  static noSpace(message: string, context?: Record<string, unknown>): VdiskError {
+    return new VdiskError('ENOSPC', message, context);
+  }
+}
+
+export function isVdiskError(e: unknown): e is VdiskError {
+  return e instanceof VdiskError;
+}
+
+/** Node's fs errors carry a string code; keep it when wrapping. */
+export function fromNodeError(e: unknown, what: string, context: Record<string, unknown> = {}): VdiskError {
+  if (e instanceof VdiskError) return e;
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const msg = (e as Error)?.message ?? String(e);
+  if (code === 'ENOENT') return new VdiskError('ENOENT', `${what}: ${msg}`, context, { cause: e });
+  if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') return new VdiskError('EROFS', `${what}: ${msg}`, context, { cause: e });
+  if (code === 'ENOSPC') return new VdiskError('ENOSPC', `${what}: ${msg}`, context, { cause: e });
+  return new VdiskError('EIO', `${what}: ${msg}`, context, { cause: e });
+}

@@ -1,0 +1,122 @@
+import * as fs from 'node:fs';
+import createDebug from 'debug';
+import { fromNodeError } from './errors';
+import { IoCounters, IoObserver, newCounters } from './counters';
+
+const log = createDebug('vdiskfs:io');
+
+/** Observers see every host I/O of every file (tests use this to check write ordering). */
+const observers = new Set<IoObserver>();
+export function addIoObserver(o: IoObserver): () => void {
+  observers.add(o);
+  return () => observers.delete(o);
+}
+
+function pRead(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
+  return new Promise((res, rej) => fs.read(fd, buf, off, len, pos, (e, n) => (e ? rej(e) : res(n))));
+}
+function pWrite(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
+  return new Promise((res, rej) => fs.write(fd, buf, off, len, pos, (e, n) => (e ? rej(e) : res(n))));
+}
+function pWritev(fd: number, bufs: Buffer[], pos: number): Promise<number> {
+  return new Promise((res, rej) => fs.writev(fd, bufs, pos, (e, n) => (e ? rej(e) : res(n))));
+}
+
+/**
+ * A host file (image, extent, backing file) with positional, loop-until-done reads and writes.
+ * Short reads and writes happen; every method here completes the whole request or throws.
+ */
+export class HostFile {
+  readonly counters: IoCounters = newCounters();
+  private closed = false;
+
+  private constructor(readonly path: string, private readonly fd: number, readonly writable: boolean) {}
+
+  static async open(path: string, writable: boolean): Promise<HostFile> {
+    const flags = writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY;
+    const fd = await new Promise<number>((res, rej) => fs.open(path, flags, (e, fd) => (e ? rej(fromNodeError(e, `open ${path}`)) : res(fd))));
+    log('open %s %s', path, writable ? 'rw' : 'ro');
+    return new HostFile(path, fd, writable);
+  }
+
+  static async create(path: string): Promise<HostFile> {
+    const flags = fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL;
+    const fd = await new Promise<number>((res, rej) => fs.open(path, flags, 0o644, (e, fd) => (e ? rej(fromNodeError(e, `create ${path}`)) : res(fd))));
+    return new HostFile(path, fd, true);
+  }
+
+  /**
+   * Fills `into` from `pos`; bytes past the end of the host file read as zeros (images may end
+   * before their last cluster does). Returns how many bytes really came from the file.
+   */
+  async read(into: Buffer, pos: number, tag?: string): Promise<number> {
+    let done = 0;
+    try {
+      while (done < into.length) {
+        const n = await pRead(this.fd, into, done, into.length - done, pos + done);
+        if (n === 0) break;
+        done += n;
+      }
+    } catch (e) {
+      throw fromNodeError(e, `read ${this.path} at ${pos}`);
+    }
+    if (done < into.length) into.fill(0, done);
+    this.counters.reads++;
+    this.counters.bytesRead += done;
+    this.emit('read', pos, into.length, tag);
+    return done;
+  }
+
+  /** Writes one buffer or a vector of buffers contiguously at `pos` (one writev syscall when it can). */
+  async write(data: Buffer | Buffer[], pos: number, tag?: string): Promise<void> {
+    const bufs = Array.isArray(data) ? data.filter((b) => b.length > 0) : [data];
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    if (total === 0) return;
+    try {
+      let written = bufs.length === 1 ? await pWrite(this.fd, bufs[0]!, 0, total, pos) : await pWritev(this.fd, bufs, pos);
+      if (written < total) {
+        // Short write (rare: signals, full disks): finish the rest from one contiguous copy.
+        const rest = Buffer.concat(bufs).subarray(written);
+        for (let off = 0; off < rest.length; ) off += await pWrite(this.fd, rest, off, rest.length - off, pos + written + off);
+      }
+    } catch (e) {
+      throw fromNodeError(e, `write ${this.path} at ${pos}`);
+    }
+    this.counters.writes++;
+    this.counters.bytesWritten += total;
+    this.emit('write', pos, total, tag);
+  }
+
+  /** Makes every completed write durable (fdatasync). */
+  async datasync(tag?: string): Promise<void> {
+    await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(fromNodeError(e, `fdatasync ${this.path}`)) : res())));
+    this.counters.flushes++;
+    this.emit('flush', 0, 0, tag);
+  }
+
+  async size(): Promise<number> {
+    return (await this.stat()).size;
+  }
+
+  async stat(): Promise<fs.Stats> {
+    return new Promise((res, rej) => fs.fstat(this.fd, (e, st) => (e ? rej(fromNodeError(e, `stat ${this.path}`)) : res(st))));
+  }
+
+  async truncate(length: number): Promise<void> {
+    await new Promise<void>((res, rej) => fs.ftruncate(this.fd, length, (e) => (e ? rej(fromNodeError(e, `truncate ${this.path}`)) : res())));
+    this.emit('truncate', length, 0);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await new Promise<void>((res, rej) => fs.close(this.fd, (e) => (e ? rej(fromNodeError(e, `close ${this.path}`)) : res())));
+    log('close %s reads=%d writes=%d flushes=%d', this.path, this.counters.reads, this.counters.writes, this.counters.flushes);
+  }
+
+  private emit(kind: 'read' | 'write' | 'flush' | 'truncate', offset: number, length: number, tag?: string): void {
+    if (observers.size === 0) return;
+    for (const o of observers) o({ kind, path: this.path, offset, length, tag });
+  }
+}
