@@ -1,0 +1,119 @@
+/**
+ * The merger's pending writes: disjoint byte ranges, sorted by offset, each holding its bytes in
+ * one contiguous buffer. A write that touches (overlaps or abuts) pending extents is merged into
+ * them at call time, so the byte order of overlapping writes is their issue order (rule 4).
+ *
+ * Cost: a binary search per write; the sequential-append case copies into spare capacity of the
+ * extent it extends (the slab grows x16 up to `maxBytes`, so a 1 MiB extent of 4 KiB writes
+ * costs two small reallocations). Inserting a new extent is an array splice (memmove).
+ */
+import { PAGE_SIZE } from './pages';
+
+export interface PendingExtent {
+  start: number;            // guest offset of the first pending byte
+  end: number;              // guest offset just past the last pending byte
+  buf: Buffer;              // bytes [start, end) at buf[0 .. end-start); capacity may be larger
+  /** Holds bytes of a write already acknowledged to its caller: losing them must be reported (rule 5). */
+  acked: boolean;
+}
+
+export class PendingExtents {
+  private readonly list: PendingExtent[] = [];
+  /** Sum of (end - start) over all extents. */
+  bytes = 0;
+
+  constructor(private readonly slabBytes: number) {}
+
+  get size(): number {
+    return this.list.length;
+  }
+
+  /** Copies `data` (once) into the pending set at guest offset `start`; returns the extent now holding it. */
+  put(start: number, data: Buffer, acked: boolean): PendingExtent {
+    const end = start + data.length;
+    const list = this.list;
+    const i = this.firstEndingAtOrAfter(start);
+    let j = i;
+    while (j < list.length && list[j]!.start <= end) j++;
+
+    if (i === j) {
+      const buf = Buffer.allocUnsafe(data.length);
+      data.copy(buf);
+      const x: PendingExtent = { start, end, buf, acked };
+      list.splice(i, 0, x);
+      this.bytes += data.length;
+      return x;
+    }
+
+    const first = list[i]!;
+    if (j === i + 1 && start >= first.start && end - first.start <= first.buf.length) {
+      // Fits inside the extent's slab: the sequential-append fast path.
+      data.copy(first.buf, start - first.start);
+      if (end > first.end) {
+        this.bytes += end - first.end;
+        first.end = end;
+      }
+      first.acked ||= acked;
+      return first;
+    }
+
+    // Reallocate one slab for the union of the touched extents and the new write.
+    const last = list[j - 1]!;
+    const newStart = Math.min(start, first.start);
+    const newEnd = Math.max(end, last.end);
+    const needed = newEnd - newStart;
+    const grown = Math.min(this.slabBytes, first.buf.length * 16);
+    const buf = Buffer.allocUnsafe(Math.max(needed, grown));
+    let wasAcked = acked;
+    for (let k = i; k < j; k++) {
+      const x = list[k]!;
+      x.buf.copy(buf, x.start - newStart, 0, x.end - x.start);
+      this.bytes -= x.end - x.start;
+      wasAcked ||= x.acked;
+    }
+    data.copy(buf, start - newStart);
+    const merged: PendingExtent = { start: newStart, end: newEnd, buf, acked: wasAcked };
+    list.splice(i, j - i, merged);
+    this.bytes += needed;
+    return merged;
+  }
+
+  /** Extents holding any byte of [from, to). */
+  overlapping(from: number, to: number): PendingExtent[] {
+    const out: PendingExtent[] = [];
+    const list = this.list;
+    for (let k = this.firstEndingAtOrAfter(from + 1); k < list.length && list[k]!.start < to; k++) out.push(list[k]!);
+    return out;
+  }
+
+  remove(x: PendingExtent): void {
+    const k = this.firstEndingAtOrAfter(x.end);
+    if (this.list[k] !== x) throw new Error('merger: removing an extent that is not pending');
+    this.list.splice(k, 1);
+    this.bytes -= x.end - x.start;
+  }
+
+  /** Takes every extent out (in offset order). */
+  takeAll(): PendingExtent[] {
+    const all = this.list.splice(0, this.list.length);
+    this.bytes = 0;
+    return all;
+  }
+
+  /** Index of the first extent with end >= at (ends are sorted because extents are disjoint). */
+  private firstEndingAtOrAfter(at: number): number {
+    let lo = 0;
+    let hi = this.list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.list[mid]!.end < at) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+}
+
+/** Slab ceiling for a merger with this extent limit: room for one more page of an unaligned head. */
+export function slabBytesFor(maxBytes: number): number {
+  return maxBytes + PAGE_SIZE;
+}

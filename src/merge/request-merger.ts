@@ -1,0 +1,337 @@
+/**
+ * The page-aligned request merger (DESIGN.md "The merger contract"). One per open image, shared
+ * by every FUSE handle of that image. Writes are copied into pending extents at call time and
+ * acknowledged; extents go to the driver page-aligned, when they reach maxBytes, after delayMs of
+ * idle, on flush/drain/close, when a read overlaps them, or past the memory cap.
+ *
+ * Ordering (rule 4) comes from two synchronous steps: a write lands in the pending set in the
+ * order write() was called, and every driver request registers in an ordered range lock (over
+ * whole pages) in the order it was decided. A request waits for earlier overlapping ones, so two
+ * driver writes touching one page never run at once or out of order, and a read-modify-write of
+ * a boundary page sees every earlier write to that page.
+ *
+ * Reads flush the pending extents they overlap and then read the driver (rule 2's wording), rather
+ * than overlaying pending bytes: the driver stays the single source of truth for reads, partial
+ * pages need no byte masks, and a read registered in the lock sees exactly the writes issued
+ * before it. The cost (a small early write) only hits read-after-unflushed-write patterns.
+ */
+import createDebug from 'debug';
+import type { Image } from '../formats/types';
+import { VdiskError, fromNodeError } from '../io/errors';
+import { MergerOptions, ResolvedMergerOptions, resolveMergerOptions } from './options';
+import { pageDown, pageSpan, PAGE_SIZE } from './pages';
+import { PendingExtent, PendingExtents, slabBytesFor } from './pending-extents';
+import { OrderedRangeLock, Slots } from './range-lock';
+import { writeExtentAligned } from './extent-writer';
+
+const log = createDebug('vdiskfs:merge');
+
+export interface WriteOptions {
+  /** O_DIRECT / O_SYNC / O_DSYNC handle: the bytes reach the driver before write() returns. */
+  writeThrough?: boolean;
+  /** O_SYNC / O_DSYNC: also Image.flush() before returning (implies writeThrough). */
+  sync?: boolean;
+}
+
+export interface MergerStats {
+  /** Bytes acknowledged but not yet handed to the driver. */
+  pendingBytes: number;
+  pendingExtents: number;
+  /** Bytes handed to the driver whose write has not finished. */
+  inflightBytes: number;
+  /** write() calls accepted (incoming writes). */
+  mergedWrites: number;
+  /** Incoming writes that landed in an already pending extent. */
+  coalescedWrites: number;
+  /** Image.write calls. */
+  driverWrites: number;
+  /** Image.writeZeroes calls (all-zero extents). */
+  zeroWrites: number;
+  /** Image.read calls serving read(). */
+  driverReads: number;
+  /** Image.read calls filling partial boundary pages before a write. */
+  rmwReads: number;
+  /** Image.flush calls. */
+  imageFlushes: number;
+  /** True once a deferred write failed (sticky: writes, flush and fsync fail with EIO until close). */
+  failed: boolean;
+}
+
+interface DriverWrite {
+  start: number;                 // page-aligned range the driver request covers
+  end: number;
+  bytes: number;
+  acked: boolean;
+  error: VdiskError | undefined;
+  done: Promise<void>;           // settles when the driver write finished; never rejects
+}
+
+interface FailedRange {
+  start: number;
+  end: number;
+  error: VdiskError;
+}
+
+/** Failed ranges remembered for reads; beyond this the oldest are dropped (the sticky error stays). */
+const MAX_FAILED_RANGES = 64;
+
+export class RequestMerger {
+  readonly options: ResolvedMergerOptions;
+  private readonly pending: PendingExtents;
+  private readonly lock = new OrderedRangeLock();
+  private readonly slots: Slots;
+  private readonly inflight = new Set<DriverWrite>();
+  private inflightBytes = 0;
+  private readonly counters = {
+    mergedWrites: 0, coalescedWrites: 0, driverWrites: 0, zeroWrites: 0, driverReads: 0, rmwReads: 0, imageFlushes: 0,
+  };
+  private failure: FailedRange | undefined;
+  private readonly failedRanges: FailedRange[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private writeSeq = 0;
+  private armedSeq = 0;
+  private closed = false;
+
+  constructor(readonly image: Image, opts: MergerOptions = {}) {
+    this.options = resolveMergerOptions(opts);
+    this.pending = new PendingExtents(slabBytesFor(this.options.maxBytes));
+    this.slots = new Slots(this.options.maxInflight);
+  }
+
+  get virtualSize(): number {
+    return this.image.virtualSize;
+  }
+
+  /**
+   * Fills `into` with the disk's bytes at `offset`, including every write acknowledged before
+   * this call (rule 3). Bytes past the end of the disk are zero-filled; returns how many bytes
+   * lay inside the disk. A read overlapping a range whose deferred write failed throws EIO.
+   */
+  async read(offset: number, into: Buffer): Promise<number> {
+    if (!Number.isSafeInteger(offset) || offset < 0) throw VdiskError.invalid(`read at bad offset ${offset}`, { offset });
+    if (this.closed) throw VdiskError.io(`read after close of ${this.image.path}`);
+    const diskSize = this.image.virtualSize;
+    const len = Math.max(0, Math.min(into.length, diskSize - offset));
+    if (len < into.length) into.fill(0, len);
+    if (len === 0) return 0;
+    const end = offset + len;
+
+    if (this.pending.size > 0) {
+      for (const x of this.pending.overlapping(offset, end)) this.send(x);
+    }
+    const span = pageSpan(offset, end, diskSize);
+    const lease = this.lock.acquire(span.start, span.end, true);
+    try {
+      if (lease.ready) await lease.ready;
+      this.throwIfRangeFailed(offset, end);
+      this.counters.driverReads++;
+      if (span.start === offset && span.end === end) {
+        await this.image.read(offset, len === into.length ? into : into.subarray(0, len));
+      } else {
+        const bounce = Buffer.allocUnsafe(span.end - span.start);
+        await this.image.read(span.start, bounce);
+        bounce.copy(into, 0, offset - span.start, end - span.start);
+      }
+    } catch (e) {
+      throw fromNodeError(e, `read ${this.image.path} at ${offset}+${len}`);
+    } finally {
+      lease.release();
+    }
+    return len;
+  }
+
+  /**
+   * Writes `data` at `offset`. The bytes are copied before anything else (rule 7), so the
+   * caller's buffer is free again as soon as this is called. Deferred by default; see WriteOptions.
+   */
+  async write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+    this.checkWritable(offset, data.length);
+    if (data.length === 0) return;
+    const through = !this.options.merge || opts?.writeThrough === true || opts?.sync === true;
+    const pendingBefore = this.pending.bytes;
+    const ext = this.pending.put(offset, data, !through);
+    this.counters.mergedWrites++;
+    if (this.pending.bytes - pendingBefore < data.length) this.counters.coalescedWrites++;
+
+    if (through) {
+      const op = this.send(ext);
+      await op.done;
+      if (op.error) throw op.error;
+      if (opts?.sync) await this.flushImage();
+      return;
+    }
+
+    if (ext.end - ext.start >= this.options.maxBytes) this.send(ext, true);
+    this.writeSeq++;
+    if (this.timer === undefined) {
+      this.armedSeq = this.writeSeq;
+      this.timer = setTimeout(this.onIdleTimer, this.options.delayMs);
+    }
+    if (this.pending.bytes + this.inflightBytes > this.options.memCapBytes) {
+      // Back-pressure: the writer waits for the backlog, and learns if it failed.
+      await this.drainWaiting();
+    }
+  }
+
+  /** Every pending extent to the driver, then wait for all driver writes started so far. Throws EIO after a deferred failure. */
+  async drain(): Promise<void> {
+    await this.drainWaiting();
+  }
+
+  /** fsync / flush / release (rule 6): drain, then Image.flush(). Throws EIO after a deferred failure. */
+  async flush(): Promise<void> {
+    await this.drainWaiting();
+    await this.flushImage();
+  }
+
+  /** Drains and closes the wrapped image (also when the drain failed: then throws EIO after closing). Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    let drainError: unknown;
+    try {
+      await this.drainWaiting();
+    } catch (e) {
+      drainError = e;
+    }
+    this.closed = true;
+    this.stopTimer();
+    await this.image.close();
+    if (drainError !== undefined) throw drainError;
+  }
+
+  /** Grows the disk (truncate of the raw view): drains first so no pending extent straddles the old end. */
+  async resize(newSize: number): Promise<void> {
+    if (!this.image.resize) throw VdiskError.unsupported(`${this.image.format} images cannot be resized`);
+    await this.drainWaiting();
+    await this.image.resize(newSize);
+  }
+
+  stats(): MergerStats {
+    return {
+      pendingBytes: this.pending.bytes,
+      pendingExtents: this.pending.size,
+      inflightBytes: this.inflightBytes,
+      ...this.counters,
+      failed: this.failure !== undefined,
+    };
+  }
+
+  private checkWritable(offset: number, length: number): void {
+    if (this.closed) throw VdiskError.io(`write after close of ${this.image.path}`);
+    this.throwIfFailed();
+    if (this.image.readOnly) throw VdiskError.readOnly(`${this.image.path} is read-only`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.image.virtualSize) {
+      throw VdiskError.invalid(`write ${offset}+${length} past the end of ${this.image.path} (${this.image.virtualSize} bytes)`, { offset, length });
+    }
+  }
+
+  /**
+   * Hands one pending extent to the driver: out of the pending set and into the range lock, both
+   * synchronously, so its place in the order is fixed now. With `keepTail`, a partial last page
+   * stays pending (a sequential stream then continues it instead of read-modify-writing it twice).
+   */
+  private send(ext: PendingExtent, keepTail = false): DriverWrite {
+    this.pending.remove(ext);
+    return this.sendTaken(ext, keepTail);
+  }
+
+  private sendTaken(ext: PendingExtent, keepTail: boolean): DriverWrite {
+    const diskSize = this.image.virtualSize;
+    if (keepTail && ext.end % PAGE_SIZE !== 0 && ext.end !== diskSize && pageDown(ext.end) > ext.start) {
+      const cut = pageDown(ext.end);
+      this.pending.put(cut, ext.buf.subarray(cut - ext.start, ext.end - ext.start), ext.acked);
+      ext.end = cut;
+    }
+    const span = pageSpan(ext.start, ext.end, diskSize);
+    const lease = this.lock.acquire(span.start, span.end, false);
+    const bytes = ext.end - ext.start;
+    const op: DriverWrite = { start: ext.start, end: ext.end, bytes, acked: ext.acked, error: undefined, done: Promise.resolve() };
+    this.inflight.add(op);
+    this.inflightBytes += bytes;
+    op.done = (async () => {
+      let slot = false;
+      try {
+        if (lease.ready) await lease.ready;
+        const wait = this.slots.acquire();
+        slot = true;
+        if (wait) await wait;
+        await writeExtentAligned(this.image, ext.start, ext.end, ext.buf.subarray(0, bytes), this.counters);
+      } catch (e) {
+        op.error = fromNodeError(e, `write ${this.image.path} at ${ext.start}+${bytes}`);
+        this.recordFailure(op, op.error);
+      } finally {
+        if (slot) this.slots.release();
+        lease.release();
+        this.inflight.delete(op);
+        this.inflightBytes -= bytes;
+      }
+    })();
+    return op;
+  }
+
+  private sendAllPending(): void {
+    if (this.pending.size === 0) return;
+    for (const x of this.pending.takeAll()) this.sendTaken(x, false);
+  }
+
+  private async drainWaiting(): Promise<void> {
+    this.sendAllPending();
+    if (this.inflight.size > 0) {
+      const ops = [...this.inflight];
+      await Promise.all(ops.map((o) => o.done));
+    }
+    this.throwIfFailed();
+  }
+
+  private async flushImage(): Promise<void> {
+    this.counters.imageFlushes++;
+    try {
+      await this.image.flush();
+    } catch (e) {
+      throw fromNodeError(e, `flush ${this.image.path}`);
+    }
+  }
+
+  private readonly onIdleTimer = (): void => {
+    if (this.writeSeq !== this.armedSeq && !this.closed) {
+      // Writes came in since arming: not idle yet; wait another delay (refresh() reuses the timer).
+      this.armedSeq = this.writeSeq;
+      this.timer?.refresh();
+      return;
+    }
+    this.timer = undefined;
+    this.sendAllPending();
+  };
+
+  private stopTimer(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private recordFailure(op: DriverWrite, error: VdiskError): void {
+    if (!op.acked) return; // nobody was told "done": the waiting write-through caller gets the error itself
+    const range: FailedRange = { start: op.start, end: op.end, error };
+    const msg = `deferred write to ${this.image.path} bytes ${op.start}-${op.end} (${op.bytes} bytes) failed: ${error.message}`;
+    log(msg);
+    this.options.warn?.(msg);
+    this.failure ??= range;
+    this.failedRanges.push(range);
+    if (this.failedRanges.length > MAX_FAILED_RANGES) this.failedRanges.shift();
+  }
+
+  /** Rule 5, sticky: once a deferred write failed, every later write/flush/fsync fails until the image is closed. */
+  private throwIfFailed(): void {
+    const f = this.failure;
+    if (f) {
+      throw VdiskError.io(`an earlier deferred write to ${this.image.path} bytes ${f.start}-${f.end} failed: ${f.error.message}`, { path: this.image.path, start: f.start, end: f.end }, f.error);
+    }
+  }
+
+  private throwIfRangeFailed(from: number, to: number): void {
+    for (const f of this.failedRanges) {
+      if (f.start < to && from < f.end) {
+        throw VdiskError.io(`deferred write to ${this.image.path} bytes ${f.start}-${f.end} failed; its data is lost: ${f.error.message}`, { start: f.start, end: f.end }, f.error);
+      }
+    }
+  }
+}

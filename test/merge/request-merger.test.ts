@@ -1,0 +1,313 @@
+/**
+ * One test (or a few) per rule of DESIGN.md's merger contract, against the in-memory ModelImage.
+ */
+import { describe, expect, it } from 'vitest';
+import { RequestMerger } from '../../src/merge';
+import { VdiskError } from '../../src/io/errors';
+import { ModelImage } from './model-image';
+
+const MiB = 1 << 20;
+
+function pattern(len: number, seed: number): Buffer {
+  const b = Buffer.allocUnsafe(len);
+  for (let i = 0; i < len; i++) b[i] = (i * 31 + seed * 7 + 1) & 0xff || 1;
+  return b;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('rule 1: driver requests are 4 KiB-aligned, except one ending at the disk end', () => {
+  it('turns unaligned writes into read-modify-write of the boundary pages', async () => {
+    const img = new ModelImage(MiB);
+    img.data.fill(0xee);
+    const m = new RequestMerger(img, { delayMs: 1000 });
+    await m.write(100, pattern(5000, 1));
+    await m.write(70_000, pattern(3, 2));
+    await m.flush();
+    expect(img.violations).toEqual([]);
+    const writes = img.log('write');
+    expect(writes.map((r) => [r.offset, r.length])).toEqual([[0, 8192], [69632, 4096]]);
+    expect(m.stats().rmwReads).toBe(3); // head+tail of the first, one page for the second
+    const expected = Buffer.alloc(MiB, 0xee);
+    pattern(5000, 1).copy(expected, 100);
+    pattern(3, 2).copy(expected, 70_000);
+    expect(img.data.equals(expected)).toBe(true);
+  });
+
+  it('sends a short request at the end of a disk whose size is not page-aligned', async () => {
+    const size = 3 * 4096 + 1000;
+    const img = new ModelImage(size);
+    const m = new RequestMerger(img);
+    await m.write(size - 10, pattern(10, 3));
+    await m.flush();
+    expect(img.violations).toEqual([]);
+    expect(img.log('write').map((r) => [r.offset, r.length])).toEqual([[3 * 4096, 1000]]);
+    const into = Buffer.alloc(50, 0xaa);
+    expect(await m.read(size - 20, into)).toBe(20);
+    expect(into.subarray(10, 20).equals(pattern(10, 3))).toBe(true);
+    expect(into.subarray(20).every((b) => b === 0)).toBe(true); // past the end: zero-filled
+    expect(img.violations).toEqual([]);
+  });
+
+  it('refuses writes past the end with EINVAL and serves reads past the end as empty', async () => {
+    const img = new ModelImage(8192);
+    const m = new RequestMerger(img);
+    await expect(m.write(8000, Buffer.alloc(200))).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(m.write(-1, Buffer.alloc(1))).rejects.toMatchObject({ code: 'EINVAL' });
+    expect(await m.read(9000, Buffer.alloc(10))).toBe(0);
+    expect(img.requests).toEqual([]);
+  });
+});
+
+describe('rule 2: writes coalesce; extents go out at maxBytes, idle, flush, overlapping read, memory cap', () => {
+  it('merges 256 sequential 4 KiB writes into one 1 MiB driver write', async () => {
+    const img = new ModelImage(4 * MiB);
+    const m = new RequestMerger(img, { delayMs: 10_000 });
+    for (let i = 0; i < 256; i++) await m.write(i * 4096, pattern(4096, i));
+    await m.drain();
+    expect(img.log('write').map((r) => [r.offset, r.length])).toEqual([[0, MiB]]);
+    expect(m.stats()).toMatchObject({ mergedWrites: 256, driverWrites: 1, rmwReads: 0, pendingBytes: 0 });
+  });
+
+  it('coalesces overlapping and adjacent unaligned writes into one extent, the later bytes winning', async () => {
+    const img = new ModelImage(MiB);
+    const m = new RequestMerger(img, { delayMs: 10_000 });
+    await m.write(1000, Buffer.alloc(3000, 1));
+    await m.write(4000, Buffer.alloc(5000, 2));   // abuts
+    await m.write(2000, Buffer.alloc(1000, 3));   // overlaps
+    await m.write(20_000, Buffer.alloc(10, 4));   // separate
+    expect(m.stats()).toMatchObject({ pendingExtents: 2, pendingBytes: 8000 + 10 });
+    await m.drain();
+    expect(img.log('write').map((r) => [r.offset, r.length])).toEqual([[0, 12288], [16384, 4096]]);
+    expect(img.data[1500]).toBe(1);
+    expect(img.data[2500]).toBe(3);
+    expect(img.data[8999]).toBe(2);
+    expect(img.data[9000]).toBe(0);
+    expect(img.data[20_005]).toBe(4);
+  });
+
+  it('sends pending extents after delayMs of idle time', async () => {
+    const img = new ModelImage(MiB);
+    const m = new RequestMerger(img, { delayMs: 5 });
+    await m.write(0, pattern(4096, 1));
+    expect(img.log('write')).toHaveLength(0);
+    await sleep(40);
+    expect(img.log('write')).toHaveLength(1);
+    expect(m.stats().pendingBytes).toBe(0);
+  });
+
+  it('keeps a stream pending while it is busy (no idle flush in the middle of it)', async () => {
+    const img = new ModelImage(MiB);
+    const m = new RequestMerger(img, { delayMs: 30 });
+    for (let i = 0; i < 8; i++) {
+      await m.write(i * 4096, pattern(4096, i));
+      await sleep(8);
+    }
+    expect(img.log('write')).toHaveLength(0);
+    await sleep(100);
+    expect(img.log('write').map((r) => [r.offset, r.length])).toEqual([[0, 8 * 4096]]);
+  });
+
+  it('sends a pending extent when a read overlaps it', async () => {
+    const img = new ModelImage(MiB);
+    const m = new RequestMerger(img, { delayMs: 10_000 });
+    await m.write(8192, pattern(4096, 5));
+    await m.write(65536, pattern(4096, 6));
+    await m.read(9000, Buffer.alloc(10));
+    expect(img.log('write').map((r) => r.offset)).toEqual([8192]);
+    expect(m.stats().pendingBytes).toBe(4096);
+  });
+
+  it('sends everything and makes the writer wait when pending bytes pass the memory cap', async () => {
+    const img = new ModelImage(4 * MiB, { delay: () => 2 });
+    const m = new RequestMerger(img, { delayMs: 10_000, memCapBytes: 64 * 1024, maxBytes: MiB });
+    for (let i = 0; i < 20; i++) await m.write(i * 8192, pattern(4096, i)); // 20 separate extents
+    expect(m.stats().pendingBytes + m.stats().inflightBytes).toBeLessThanOrEqual(64 * 1024);
+    expect(img.log('write').length).toBeGreaterThanOrEqual(16);
+  });
+
+  it('keeps the partial last page pending when a stream hits maxBytes (no double RMW)', async () => {
+    const img = new ModelImage(MiB);
+    const m = new RequestMerger(img, { delayMs: 10_000, maxBytes: 64 * 1024 });
+    for (let i = 0; i < 64; i++) await m.write(100 + i * 4096, pattern(4096, i)); // unaligned stream, 256 KiB
+    await m.drain();
+    expect(img.violations).toEqual([]);
+    expect(m.stats().rmwReads).toBe(2); // only the head of the first and the tail of the last extent
+    const expected = Buffer.alloc(MiB);
+    for (let i = 0; i < 64; i++) pattern(4096, i).copy(expected, 100 + i * 4096);
+    expect(img.data.equals(expected)).toBe(true);
+  });
+});
+
+describe('rule 3: reads see every acknowledged write', () => {
+  it('returns pending bytes merged with the driver content around them', async () => {
+    const img = new ModelImage(MiB);
+    img.data.fill(0x55);
+    const m = new RequestMerger(img, { delayMs: 10_000 });
+    await m.write(5000, Buffer.alloc(100, 0x77));
+    const got = Buffer.alloc(300);
+    await m.read(4900, got);
+    expect([...got.subarray(0, 100)].every((b) => b === 0x55)).toBe(true);
+    expect([...got.subarray(100, 200)].every((b) => b === 0x77)).toBe(true);
+    expect([...got.subarray(200)].every((b) => b === 0x55)).toBe(true);
+  });
+
+  it('sees a write that is still in flight in the driver', async () => {
+    const img = new ModelImage(MiB, { delay: (r) => (r.kind === 'write' ? 30 : 0) });
+    const m = new RequestMerger(img, { delayMs: 10_000, maxBytes: 4096 });
+    await m.write(0, Buffer.alloc(4096, 9)); // reaches maxBytes: sent, in flight for 30 ms
+    expect(m.stats().inflightBytes).toBe(4096);
+    const got = Buffer.alloc(4096);
+    await m.read(0, got);
+    expect(got.every((b) => b === 9)).toBe(true);
+    expect(img.violations).toEqual([]);
+  });
+});
+
+describe('rule 4: overlapping writes keep their order', () => {
+  it('a later write wins over an earlier one still in flight, and they never overlap in the driver', async () => {
+    const img = new ModelImage(MiB, { delay: (r) => (r.kind === 'write' && r.seq === 0 ? 40 : 1) });
+    const m = new RequestMerger(img, { delayMs: 10_000, maxBytes: 8192 });
+    await m.write(0, Buffer.alloc(8192, 1));              // sent at once, slow
+    await m.write(4000, Buffer.alloc(200, 2), { writeThrough: true }); // same page, must wait
+    await m.write(4096, Buffer.alloc(8192, 3));            // overlaps the first, sent at maxBytes
+    await m.flush();
+    expect(img.violations).toEqual([]);
+    expect(img.data[100]).toBe(1);
+    expect(img.data[4050]).toBe(2);
+    expect(img.data[4095]).toBe(2);
+    expect(img.data[4096]).toBe(3);
+    expect(img.data[12_287]).toBe(3);
+  });
+
+  it('concurrent callers writing one page: issue order decides', async () => {
+    const img = new ModelImage(64 * 1024, { delay: () => 1 });
+    const m = new RequestMerger(img, { delayMs: 0, maxBytes: 4096 });
+    const ps: Promise<void>[] = [];
+    for (let i = 1; i <= 50; i++) ps.push(m.write(((i * 37) % 3000), Buffer.alloc(1000, i), { writeThrough: i % 3 === 0 }));
+    await Promise.all(ps);
+    await m.flush();
+    const expected = Buffer.alloc(64 * 1024);
+    for (let i = 1; i <= 50; i++) expected.fill(i, (i * 37) % 3000, ((i * 37) % 3000) + 1000);
+    expect(img.violations).toEqual([]);
+    expect(img.data.equals(expected)).toBe(true);
+  });
+});
+
+describe('rule 5: a failed deferred write fails the next write, flush and fsync with EIO', () => {
+  it('reports EIO with the range, stays sticky, never loses the failure silently', async () => {
+    const warnings: string[] = [];
+    const img = new ModelImage(MiB, { fail: (r) => (r.kind === 'write' && r.offset === 8192 ? new Error('disk on fire') : undefined) });
+    const m = new RequestMerger(img, { delayMs: 10_000, warn: (s) => warnings.push(s) });
+    await m.write(8192, Buffer.alloc(4096, 1)); // acknowledged, deferred
+    await m.write(65536, Buffer.alloc(4096, 2));
+    const err = await m.flush().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(VdiskError);
+    expect((err as VdiskError).code).toBe('EIO');
+    expect((err as VdiskError).message).toContain('8192-12288');
+    expect(warnings.join('\n')).toContain('bytes 8192-12288');
+    expect(img.data[65536]).toBe(2); // the healthy extent still reached the driver
+    await expect(m.write(0, Buffer.alloc(10))).rejects.toMatchObject({ code: 'EIO' });
+    await expect(m.flush()).rejects.toMatchObject({ code: 'EIO' }); // sticky
+    await expect(m.read(8192, Buffer.alloc(10))).rejects.toMatchObject({ code: 'EIO' });
+    expect((await m.read(65536, Buffer.alloc(10)))).toBe(10); // other ranges still readable
+    await expect(m.close()).rejects.toMatchObject({ code: 'EIO' });
+    expect(img.closed).toBe(true);
+  });
+
+  it('a failed write-through is returned to its caller and is not sticky', async () => {
+    let failNext = true;
+    const img = new ModelImage(MiB, { fail: (r) => (r.kind === 'write' && failNext ? ((failNext = false), new Error('once')) : undefined) });
+    const m = new RequestMerger(img, { merge: false });
+    await expect(m.write(0, Buffer.alloc(10, 1))).rejects.toMatchObject({ code: 'EIO' });
+    await m.write(0, Buffer.alloc(10, 2));
+    await m.flush();
+    expect(img.data[0]).toBe(2);
+  });
+});
+
+describe('rule 6: flush drains then flushes the image; write-through handles', () => {
+  it('flush sends every pending write before Image.flush', async () => {
+    const img = new ModelImage(MiB, { delay: () => 3 });
+    const m = new RequestMerger(img, { delayMs: 10_000 });
+    await m.write(0, pattern(4096, 1));
+    await m.write(100_000, pattern(300, 2));
+    await m.flush();
+    const kinds = img.requests.map((r) => r.kind);
+    expect(kinds[kinds.length - 1]).toBe('flush');
+    expect(kinds.filter((k) => k === 'write')).toHaveLength(2);
+    expect(m.stats()).toMatchObject({ pendingBytes: 0, inflightBytes: 0, imageFlushes: 1 });
+  });
+
+  it('writeThrough reaches the driver before returning; sync also flushes the image', async () => {
+    const img = new ModelImage(MiB, { delay: () => 2 });
+    const m = new RequestMerger(img, { delayMs: 10_000 });
+    await m.write(0, Buffer.alloc(4096, 7), { writeThrough: true });
+    expect(img.data[0]).toBe(7);
+    expect(img.log('flush')).toHaveLength(0);
+    await m.write(4096, Buffer.alloc(512, 8), { writeThrough: true, sync: true });
+    expect(img.data[4096]).toBe(8);
+    expect(img.log('flush')).toHaveLength(1);
+    expect(img.violations).toEqual([]);
+  });
+
+  it('close drains and closes the image', async () => {
+    const img = new ModelImage(MiB);
+    const m = new RequestMerger(img, { delayMs: 10_000 });
+    await m.write(0, Buffer.alloc(4096, 7));
+    await m.close();
+    expect(img.data[0]).toBe(7);
+    expect(img.closed).toBe(true);
+    await expect(m.write(0, Buffer.alloc(1))).rejects.toBeInstanceOf(VdiskError);
+  });
+});
+
+describe('rule 7: the caller buffer is copied before write() yields', () => {
+  it('reusing the buffer right after the call does not change what is written', async () => {
+    const img = new ModelImage(MiB);
+    const m = new RequestMerger(img, { delayMs: 10_000 });
+    const borrowed = Buffer.alloc(4096, 0x11);
+    const p1 = m.write(0, borrowed);
+    borrowed.fill(0x22); // libfuse reuses its buffer once the handler yields
+    const p2 = m.write(8192, borrowed, { writeThrough: true });
+    borrowed.fill(0x33);
+    await Promise.all([p1, p2]);
+    await m.flush();
+    expect(img.data[0]).toBe(0x11);
+    expect(img.data[8192]).toBe(0x22);
+  });
+});
+
+describe('zero extents and --no-merge', () => {
+  it('sends an all-zero extent as writeZeroes and a mixed one as write', async () => {
+    const img = new ModelImage(MiB);
+    img.data.fill(0xff);
+    const m = new RequestMerger(img, { delayMs: 10_000 });
+    await m.write(0, Buffer.alloc(64 * 1024));
+    await m.write(4096 * 100 + 10, Buffer.alloc(100)); // zeros, but the RMW page is not
+    await m.flush();
+    expect(img.log('zero').map((r) => [r.offset, r.length])).toEqual([[0, 65536]]);
+    expect(img.log('write')).toHaveLength(1);
+    expect(m.stats()).toMatchObject({ zeroWrites: 1, driverWrites: 1 });
+    expect(img.data.subarray(0, 65536).every((b) => b === 0)).toBe(true);
+  });
+
+  it('--no-merge sends every write to the driver before returning, still aligned', async () => {
+    const img = new ModelImage(MiB);
+    const m = new RequestMerger(img, { merge: false });
+    for (let i = 0; i < 10; i++) {
+      await m.write(i * 1000, pattern(1000, i));
+      expect(m.stats().pendingBytes).toBe(0);
+    }
+    expect(img.violations).toEqual([]);
+    expect(m.stats().driverWrites).toBe(10);
+    const expected = Buffer.alloc(MiB);
+    for (let i = 0; i < 10; i++) pattern(1000, i).copy(expected, i * 1000);
+    expect(img.data.equals(expected)).toBe(true);
+  });
+
+  it('refuses writes to a read-only image with EROFS', async () => {
+    const m = new RequestMerger(new ModelImage(MiB, { readOnly: true }));
+    await expect(m.write(0, Buffer.alloc(1))).rejects.toMatchObject({ code: 'EROFS' });
+  });
+});
