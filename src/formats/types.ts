@@ -36,7 +36,7 @@ export interface Image {
   map(offset: number, length: number): Promise<Extent[]>;
   /** Grows the virtual disk (truncate of the raw view). Shrinking throws EINVAL. */
   resize?(newSize: number): Promise<void>;
-  /** Every host file this image keeps open (for st_blocks, locking, info). */
+  /** The host files of this image itself, not of its backing chain (for st_blocks, info). */
   hostFiles(): string[];
   /** Counters for stats: io counters per host file, plus driver-specific ones (cache hits ...). */
   stats(): ImageStats;

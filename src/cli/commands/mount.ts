@@ -1,0 +1,124 @@
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Argv, CommandModule } from 'yargs';
+import { checkMountArguments, mountImages } from '../../fs/mount';
+import { VdiskError } from '../../io/errors';
+import { parseSize } from '../size';
+import { enableDebug, reportFatal, warn } from '../output';
+import { defaultLogFile, pidFileFor } from '../pidfile';
+
+interface MountArgs {
+  images: string;
+  mountpoint: string;
+  foreground: boolean;
+  'read-only': boolean;
+  'include-raw': boolean;
+  debug: boolean;
+  o: string[];
+  merge: boolean;
+  'merge-max': string;
+  'merge-delay': number;
+  'multi-alloc': boolean;
+  'cache-size'?: string;
+  'null-driver': boolean;
+  'log-file'?: string;
+  'daemon-child': boolean;
+}
+
+export const mountCommand: CommandModule<object, MountArgs> = {
+  command: 'mount <images> <mountpoint>',
+  describe: 'show every .qcow2/.vmdk under <images> as a raw file under <mountpoint>',
+  builder: (y: Argv) =>
+    y
+      .positional('images', { type: 'string', demandOption: true, describe: 'folder holding the images' })
+      .positional('mountpoint', { type: 'string', demandOption: true, describe: 'empty folder to mount on' })
+      .option('foreground', { alias: 'f', type: 'boolean', default: false, describe: 'stay in the foreground (logs to stderr; Ctrl-C unmounts)' })
+      .option('read-only', { alias: 'r', type: 'boolean', default: false, describe: 'every view read-only' })
+      .option('include-raw', { type: 'boolean', default: false, describe: 'also show .img/.raw files' })
+      .option('debug', { type: 'boolean', default: false, describe: 'log what each layer does (same as DEBUG=vdiskfs:*)' })
+      .option('o', { type: 'string', array: true, default: [], describe: 'FUSE mount options, e.g. -o allow_other' })
+      .option('merge', { type: 'boolean', default: true, describe: 'merge small writes (--no-merge sends each to the driver)' })
+      .option('merge-max', { type: 'string', default: '1M', describe: 'pending extent size that goes to the driver' })
+      .option('merge-delay', { type: 'number', default: 5, describe: 'idle milliseconds before pending writes go to the driver' })
+      .option('multi-alloc', { type: 'boolean', default: true, describe: 'VMDK: allocate all grains of a request at once (--no-multi-alloc: grain by grain)' })
+      .option('cache-size', { type: 'string', describe: 'qcow2 metadata cache size per image (e.g. 32M)' })
+      .option('log-file', { type: 'string', describe: 'where a background mount logs (default: a file in /tmp named after the mountpoint)' })
+      .option('null-driver', { type: 'boolean', default: false, hidden: true })
+      .option('daemon-child', { type: 'boolean', default: false, hidden: true })
+      .example('$0 mount ./images /mnt/raw', 'mount in the background; unmount with: vdiskfs unmount /mnt/raw')
+      .example('$0 mount -f --read-only ./evidence /mnt/ro', 'forensics: read-only, in the foreground'),
+  handler: async (argv) => {
+    if (argv.debug) enableDebug();
+    if (argv.foreground || argv['daemon-child']) {
+      // fuse-native keeps a libuv handle referenced after unmount: exit explicitly once every
+      // image is flushed and closed.
+      process.exit(await runMount(argv));
+    }
+    process.exitCode = await startDaemon(argv);
+  },
+};
+
+/** Serves the mount in this process until unmounted or signalled; returns the exit code. */
+async function runMount(argv: MountArgs): Promise<number> {
+  const child = argv['daemon-child'];
+  const ready = (msg: { ok: boolean; message?: string }) => {
+    if (child && process.send) {
+      process.send(msg);
+      process.disconnect?.();
+    }
+  };
+  let mounted;
+  try {
+    mounted = await mountImages({
+      images: argv.images,
+      mountpoint: argv.mountpoint,
+      readOnly: argv['read-only'],
+      includeRaw: argv['include-raw'],
+      debug: false,
+      fuseOptions: argv.o.flatMap((o) => o.split(',')).filter(Boolean),
+      nullDriver: argv['null-driver'],
+      merger: { merge: argv.merge, maxBytes: parseSize(argv['merge-max'], '--merge-max'), delayMs: argv['merge-delay'] },
+      cacheSize: argv['cache-size'] ? parseSize(argv['cache-size'], '--cache-size') : undefined,
+      noMultiAlloc: !argv['multi-alloc'],
+      warn,
+    });
+  } catch (e) {
+    const err = e instanceof Error && !(e instanceof VdiskError) && /fuse failed|Mountpoint/.test(e.message) ? new VdiskError('EIO', `cannot mount on ${argv.mountpoint}: ${e.message}`) : e;
+    ready({ ok: false, message: (err as Error).message });
+    return reportFatal(err);
+  }
+  const pidFile = pidFileFor(argv.mountpoint);
+  fs.writeFileSync(pidFile, `${process.pid}\n`);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => void mounted.shutdown(sig));
+  ready({ ok: true });
+  const { errors } = await mounted.finished;
+  fs.rmSync(pidFile, { force: true });
+  return errors.length ? 1 : 0;
+}
+
+/** Like sshfs: returns once the mount is ready, and keeps serving from a detached child. */
+async function startDaemon(argv: MountArgs): Promise<number> {
+  checkMountArguments(path.resolve(argv.images), path.resolve(argv.mountpoint));
+  const logFile = argv['log-file'] ?? defaultLogFile(argv.mountpoint);
+  const log = fs.openSync(logFile, 'a');
+  const args = process.argv.slice(1).filter((a) => a !== '--daemon-child');
+  const child = spawn(process.execPath, [...process.execArgv, ...args, '--daemon-child'], {
+    detached: true,
+    stdio: ['ignore', log, log, 'ipc'],
+    env: process.env,
+  });
+  fs.closeSync(log);
+  const result = await new Promise<{ ok: boolean; message?: string }>((resolve) => {
+    child.once('message', (m) => resolve(m as { ok: boolean; message?: string }));
+    child.once('exit', (code) => resolve({ ok: false, message: `mount process exited (code ${code}); see ${logFile}` }));
+    child.once('error', (e) => resolve({ ok: false, message: e.message }));
+  });
+  child.unref();
+  child.channel?.unref?.();
+  if (!result.ok) {
+    warn(result.message ?? 'mount failed');
+    return 1;
+  }
+  return 0;
+}

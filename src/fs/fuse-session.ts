@@ -1,0 +1,112 @@
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import type { Operations } from 'fuse-native';
+import { VdiskError } from '../io/errors';
+
+/** FUSE write size: 128 KiB requests instead of 4 KiB (measured 22.7 → 265 MB/s for dd bs=128k). */
+export const MAX_WRITE = 131072;
+
+export interface SessionOptions {
+  /** Extra `-o` options from the command line (allow_other, ...). */
+  extraOptions: string[];
+  debug: boolean;
+  readOnly: boolean;
+}
+
+/**
+ * Loads fuse-native lazily so that a machine without libfuse.so.2 gets one clear line
+ * instead of a stack trace from the native loader.
+ */
+function loadFuse(): typeof import('fuse-native').default {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    return require('fuse-native');
+  } catch (e) {
+    const msg = (e as Error).message ?? '';
+    if (/libfuse\.so/.test(msg)) throw new VdiskError('ENOENT', 'libfuse.so.2 is not installed (apt-get install libfuse2)');
+    throw new VdiskError('EIO', `cannot load fuse-native: ${msg.split('\n')[0]}`);
+  }
+}
+
+/**
+ * One mounted FUSE session. fuse-native has no option for big_writes/max_write, so its option
+ * builder is extended here; its own unmount runs `fusermount -uz`, which may be missing
+ * (fuse3 ships fusermount3), so unmounting is ours too.
+ */
+export class FuseSession {
+  private fuse: InstanceType<ReturnType<typeof loadFuse>> | undefined;
+
+  constructor(readonly mountpoint: string, private readonly ops: Operations, private readonly opts: SessionOptions) {}
+
+  async mount(): Promise<void> {
+    if (!fs.existsSync('/dev/fuse')) throw new VdiskError('ENOENT', '/dev/fuse is missing (load the fuse module: modprobe fuse)');
+    const Fuse = loadFuse();
+    const extra = [
+      'big_writes',
+      `max_write=${MAX_WRITE}`,
+      'default_permissions',
+      ...(this.opts.readOnly ? ['ro'] : []),
+      ...this.opts.extraOptions,
+    ];
+    class VdiskFuse extends Fuse {
+      protected override _fuseOptions(): string {
+        const base = super._fuseOptions();
+        const all = [...(base ? base.slice(2).split(',') : []), ...extra];
+        return '-o' + all.join(',');
+      }
+    }
+    const fuse = new VdiskFuse(this.mountpoint, this.ops, {
+      // A flush of a large merger backlog or a big allocation may take long: never turn it into
+      // a spurious ETIMEDOUT. Other operations keep a generous limit so a stuck request surfaces.
+      timeout: { default: 10 * 60_000, flush: false, fsync: false, release: false, write: false, truncate: false, ftruncate: false },
+      fsname: 'vdiskfs',
+      subtype: 'vdiskfs',
+      debug: this.opts.debug,
+      entryTimeout: 1,
+      attrTimeout: 1,
+    });
+    await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+    this.fuse = fuse;
+  }
+}
+
+/** Is `dir` a mountpoint right now (per /proc/self/mountinfo)? */
+export function isMounted(dir: string): boolean {
+  const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+  const target = escapeMountPath(dir);
+  return text.split('\n').some((line) => line.split(' ')[4] === target);
+}
+
+export function isOurMount(dir: string): boolean {
+  const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+  const target = escapeMountPath(dir);
+  return text.split('\n').some((line) => {
+    const f = line.split(' ');
+    return f[4] === target && line.includes(' - fuse.vdiskfs ');
+  });
+}
+
+/** mountinfo escapes space, tab, newline and backslash as octal. */
+function escapeMountPath(p: string): string {
+  return p.replace(/[\\ \t\n]/g, (c) => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'));
+}
+
+/** Unmounts with the first tool that exists: umount (root), fusermount3, fusermount. */
+export async function unmountPath(dir: string, lazy: boolean): Promise<void> {
+  const attempts: Array<[string, string[]]> = [
+    ['umount', [...(lazy ? ['-l'] : []), dir]],
+    ['fusermount3', ['-u', ...(lazy ? ['-z'] : []), dir]],
+    ['fusermount', ['-u', ...(lazy ? ['-z'] : []), dir]],
+  ];
+  let last = '';
+  for (const [cmd, args] of attempts) {
+    const r = await new Promise<{ ok: boolean; msg: string; missing: boolean }>((res) =>
+      execFile(cmd, args, (err, _out, stderr) => res({ ok: !err, msg: String(stderr || err?.message || '').trim(), missing: (err as NodeJS.ErrnoException | null)?.code === 'ENOENT' })),
+    );
+    if (r.ok) return;
+    if (!r.missing) last = r.msg;
+    if (!isMounted(dir)) return;
+    if (!r.missing && /busy/i.test(r.msg)) break;
+  }
+  if (isMounted(dir)) throw new VdiskError('EBUSY', `cannot unmount ${dir}: ${last || 'unknown reason'}`);
+}
