@@ -64,9 +64,12 @@ describe('rule 2: writes coalesce; extents go out at maxBytes, idle, flush, over
     const img = new ModelImage(4 * MiB);
     const m = new RequestMerger(img, { delayMs: 10_000 });
     for (let i = 0; i < 256; i++) await m.write(i * 4096, pattern(4096, i));
+    expect(img.log('write')).toHaveLength(1); // sent by the write that filled it, not by drain
+    await m.write(MiB, pattern(4096, 256));
+    expect(m.stats().pendingBytes).toBe(4096);
     await m.drain();
-    expect(img.log('write').map((r) => [r.offset, r.length])).toEqual([[0, MiB]]);
-    expect(m.stats()).toMatchObject({ mergedWrites: 256, driverWrites: 1, rmwReads: 0, pendingBytes: 0 });
+    expect(img.log('write').map((r) => [r.offset, r.length])).toEqual([[0, MiB], [MiB, 4096]]);
+    expect(m.stats()).toMatchObject({ mergedWrites: 257, coalescedWrites: 255, driverWrites: 2, rmwReads: 0, pendingBytes: 0 });
   });
 
   it('coalesces overlapping and adjacent unaligned writes into one extent, the later bytes winning', async () => {
