@@ -1,0 +1,55 @@
+/** The Markdown tables of the report, from medians of the samples (pure: unit-tested). */
+import type { FioJob } from './fio';
+import type { MatrixResult, Target } from './matrix';
+import { formatRate, formatRatio, markdownTable, ratio, verdict } from './stats';
+
+function cell(m: MatrixResult, job: string, target: string): string {
+  if (m.unavailable.has(target)) return 'n/a';
+  if (m.failed.has(`${job}/${target}`)) return 'failed';
+  return formatRate(m.samples.median(job, target));
+}
+
+function notes(m: MatrixResult, targets: readonly Target[], jobs: readonly FioJob[]): string[] {
+  const out: string[] = [];
+  for (const t of targets) {
+    const why = m.unavailable.get(t.id);
+    if (why) out.push(`- ${t.title}: not available: ${why}`);
+  }
+  for (const j of jobs) {
+    for (const t of targets) {
+      const why = m.failed.get(`${j.id}/${t.id}`);
+      if (why) out.push(`- ${j.title} on ${t.title}: failed: ${why}`);
+    }
+  }
+  return out;
+}
+
+/**
+ * MB/s of every target, then each listed target's ratio to the baseline target.
+ * `targetsFor(job)` gives the ratio a row must reach (undefined: no target).
+ */
+export function ceilingTable(m: MatrixResult, jobs: readonly FioJob[], targets: readonly Target[], base: string, ratioOf: readonly string[], goal: (job: FioJob, target: string) => number | undefined): string {
+  const baseTitle = targets.find((t) => t.id === base)?.title ?? base;
+  const headers = ['job (MB/s)', ...targets.map((t) => t.title), ...ratioOf.map((id) => `${targets.find((t) => t.id === id)?.title ?? id} / ${baseTitle}`)];
+  const rows = jobs.map((j) => [
+    j.title,
+    ...targets.map((t) => cell(m, j.id, t.id)),
+    ...ratioOf.map((id) => {
+      const r = ratio(m.samples.median(j.id, id), m.samples.median(j.id, base));
+      const g = goal(j, id);
+      return g === undefined ? formatRatio(r) : `${formatRatio(r)} (${verdict(r, g)})`;
+    }),
+  ]);
+  const align = headers.map((_, i) => (i === 0 ? 'l' : 'r') as 'l' | 'r');
+  return [markdownTable(headers, rows, align), ...notes(m, targets, jobs)].join('\n');
+}
+
+/** ours vs peer: MB/s of both, ratio ours/peer and the target it must reach. */
+export function peerTable(m: MatrixResult, jobs: readonly FioJob[], ours: Target, peer: Target, goal: (job: FioJob) => number): string {
+  const headers = ['job', `${ours.title} MB/s`, `${peer.title} MB/s`, 'ours / peer', 'target'];
+  const rows = jobs.map((j) => {
+    const r = ratio(m.samples.median(j.id, ours.id), m.samples.median(j.id, peer.id));
+    return [j.title, cell(m, j.id, ours.id), cell(m, j.id, peer.id), formatRatio(r), verdict(r, goal(j))];
+  });
+  return [markdownTable(headers, rows, ['l', 'r', 'r', 'r', 'l']), ...notes(m, [ours, peer], jobs)].join('\n');
+}

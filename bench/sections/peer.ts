@@ -1,0 +1,77 @@
+/**
+ * qcow2 and VMDK through our mount vs qemu-storage-daemon's FUSE export, on identical fresh
+ * images (`qemu-img create -f <fmt> X 1G`; for the read jobs the same qemu-img-converted
+ * filled image for both).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { openImage } from '../../src/image';
+import { createEmpty, imageForJob } from '../lib/images';
+import type { FioJob } from '../lib/fio';
+import { runFioMatrix } from '../lib/matrix';
+import type { MatrixResult, Target } from '../lib/matrix';
+import { mountOurs, mountPeer } from '../lib/mounts';
+import { peerTable } from '../lib/report';
+import type { SectionContext } from './context';
+
+export type DiskFormat = 'qcow2' | 'vmdk';
+
+/**
+ * Whether our driver can serve the format at all: open a fresh image writable, write, read it
+ * back. A placeholder driver throws ENOTSUP here; its message becomes the "not available" reason.
+ */
+export async function driverAvailable(format: DiskFormat, dir: string, size: number): Promise<string | undefined> {
+  const file = path.join(dir, `probe.${format}`);
+  try {
+    await createEmpty(file, format, size);
+    const img = await openImage(file, { writable: true });
+    try {
+      const data = Buffer.alloc(65536, 0x5a);
+      await img.write(1 << 20, Buffer.from(data));
+      const back = Buffer.alloc(65536);
+      await img.read(1 << 20, back);
+      if (!back.equals(data)) return `${format} driver read back different data than it wrote`;
+      await img.flush();
+    } finally {
+      await img.close();
+    }
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  } finally {
+    fs.rmSync(file, { force: true });
+  }
+}
+
+export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, Target] {
+  const name = `x.${format}`;
+  const ours: Target = {
+    id: 'ours',
+    title: 'vdiskfs',
+    async setup(job, dir) {
+      const images = path.join(dir, 'images');
+      fs.mkdirSync(images);
+      await imageForJob(path.join(images, name), format, job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
+      const m = await mountOurs({ images, mountpoint: path.join(dir, 'mnt'), imageName: name, nodeArgs: ctx.nodeArgs });
+      return { file: m.target, stop: () => m.stop() };
+    },
+  };
+  const peer: Target = {
+    id: 'peer',
+    title: 'qemu-storage-daemon',
+    async setup(job, dir) {
+      const image = path.join(dir, name);
+      await imageForJob(image, format, job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
+      const m = await mountPeer({ image, format, mountFile: path.join(dir, 'export') });
+      return { file: m.target, stop: () => m.stop() };
+    },
+  };
+  return [ours, peer];
+}
+
+export async function peerFio(ctx: SectionContext, format: DiskFormat, goal: (job: FioJob) => number): Promise<{ table: string; result: MatrixResult }> {
+  const [ours, peer] = peerTargets(ctx, format);
+  const result = await runFioMatrix({ name: format, jobs: ctx.jobs, targets: [ours, peer], repeat: ctx.cfg.repeat, settings: ctx.settings, workRoot: ctx.workRoot, log: ctx.log });
+  ctx.record(`${format}-fio`, { samples: result.samples.toJSON(), unavailable: Object.fromEntries(result.unavailable), failed: Object.fromEntries(result.failed) });
+  return { table: peerTable(result, ctx.jobs, ours, peer, goal), result };
+}
