@@ -21,6 +21,8 @@ export class PendingExtents {
   private readonly list: PendingExtent[] = [];
   /** Sum of (end - start) over all extents. */
   bytes = 0;
+  /** Whether the last put() joined (overlapped or abutted) an extent already pending. */
+  lastPutJoined = false;
 
   constructor(private readonly slabBytes: number) {}
 
@@ -36,6 +38,7 @@ export class PendingExtents {
     let j = i;
     while (j < list.length && list[j]!.start <= end) j++;
 
+    this.lastPutJoined = i !== j;
     if (i === j) {
       const buf = Buffer.allocUnsafe(data.length);
       data.copy(buf);

@@ -41,7 +41,7 @@ export interface MergerStats {
   inflightBytes: number;
   /** write() calls accepted (incoming writes). */
   mergedWrites: number;
-  /** Incoming writes that landed in an already pending extent. */
+  /** Incoming writes that joined (overlapped or abutted) an extent already pending. */
   coalescedWrites: number;
   /** Image.write calls. */
   driverWrites: number;
@@ -148,10 +148,9 @@ export class RequestMerger {
     this.checkWritable(offset, data.length);
     if (data.length === 0) return;
     const through = !this.options.merge || opts?.writeThrough === true || opts?.sync === true;
-    const pendingBefore = this.pending.bytes;
     const ext = this.pending.put(offset, data, !through);
     this.counters.mergedWrites++;
-    if (this.pending.bytes - pendingBefore < data.length) this.counters.coalescedWrites++;
+    if (this.pending.lastPutJoined) this.counters.coalescedWrites++;
 
     if (through) {
       const op = this.send(ext);
