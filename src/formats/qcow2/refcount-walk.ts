@@ -1,0 +1,177 @@
+/**
+ * Refcounts from first principles: walk every structure that references host clusters (header,
+ * L1/L2 tables of the active layer and of every snapshot, data and compressed clusters, snapshot
+ * table) and count. Used by check (compare with what is stored), repair and the open of a dirty
+ * image (both write a fresh refcount table and blocks at the end of the file, like
+ * `qemu-img check -r all`).
+ */
+import createDebug from 'debug';
+import { VdiskError } from '../../io/errors';
+import type { HostFile } from '../../io/host-file';
+import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2 } from './header';
+import type { ImageMeta } from './meta';
+import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
+import type { Snapshot } from './snapshot-table';
+import { KIND_COMPRESSED, KIND_UNALLOCATED, L2Layout, l1Copied, l1Offset, l2Compressed, l2Copied, l2HostOffset, l2Kind } from './table-entry';
+
+const log = createDebug('vdiskfs:qcow2');
+const MAX_WALK_CLUSTERS = 64 * 1024 * 1024;
+
+export interface Walk {
+  counts: Uint32Array; // expected refcount per host cluster
+  messages: string[];
+  corruptions: number;
+  /** Active-layer COPIED flags to verify once counts are known: [isL1, byte offset in host file... ] */
+  copiedChecks: { host: number; copied: boolean; what: string }[];
+}
+
+export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer, snaps: { snapshots: Snapshot[]; length: number }): Promise<Walk> {
+  const snapshots = snaps.snapshots;
+  const h = meta.header;
+  const cs = 2 ** h.clusterBits;
+  const clusters = Math.ceil(meta.fileSize / cs);
+  if (clusters > MAX_WALK_CLUSTERS) throw VdiskError.unsupported('qcow2 image too large for a refcount walk');
+  const counts = new Uint32Array(clusters);
+  const w: Walk = { counts, messages: [], corruptions: 0, copiedChecks: [] };
+  const extended = (h.incompatible & INCOMPAT_EXTL2) !== 0n;
+  const layout: L2Layout = { clusterBits: h.clusterBits, extended, entrySize: extended ? 16 : 8 };
+  const externalData = (h.incompatible & INCOMPAT_DATA_FILE) !== 0n;
+  const bad = (msg: string): void => {
+    w.corruptions++;
+    if (w.messages.length < 100) w.messages.push(msg);
+  };
+  const inc = (host: number, length: number, what: string): void => {
+    if (host % 512 !== 0 && what !== 'compressed') return bad(`${what} at ${host} not aligned`);
+    const first = Math.floor(host / cs);
+    const last = Math.floor((host + length - 1) / cs);
+    if (last >= clusters) return bad(`${what} at ${host} beyond the end of the image`);
+    for (let c = first; c <= last; c++) counts[c]!++;
+  };
+  inc(0, cs, 'header');
+  const walkL1 = async (table: Buffer, off: number, active: boolean, name: string): Promise<void> => {
+    if (table.length) inc(off, table.length, `${name} L1 table`);
+    const l2 = Buffer.alloc(cs);
+    for (let i = 0; i < table.length / 8; i++) {
+      const l2off = l1Offset(table, i);
+      if (l2off === 0) continue;
+      if (l2off % cs !== 0) {
+        bad(`${name} L2 table ${i} offset ${l2off} not cluster aligned`);
+        continue;
+      }
+      inc(l2off, cs, `${name} L2 table`);
+      if (active) w.copiedChecks.push({ host: l2off, copied: l1Copied(table, i), what: `L1 entry ${i}` });
+      if (l2off >= meta.fileSize) continue;
+      await file.read(l2, l2off, 'check');
+      for (let j = 0; j < cs / layout.entrySize; j++) {
+        const kind = l2Kind(l2, j, layout);
+        if (kind === KIND_COMPRESSED) {
+          const c = l2Compressed(l2, j, layout);
+          inc(c.host, c.size, 'compressed');
+          continue;
+        }
+        if (kind === KIND_UNALLOCATED) continue;
+        const host = l2HostOffset(l2, j, layout);
+        if (host === 0) continue;
+        if (host % cs !== 0) {
+          bad(`${name} data cluster ${host} (L2 ${l2off} entry ${j}) not cluster aligned`);
+          continue;
+        }
+        if (externalData) continue;
+        inc(host, cs, `${name} data cluster`);
+        if (active) w.copiedChecks.push({ host, copied: l2Copied(l2, j, layout), what: `L2 ${l2off} entry ${j}` });
+      }
+    }
+  };
+  await walkL1(l1, h.l1TableOffset, true, 'active');
+  if (h.nbSnapshots) {
+    inc(h.snapshotsOffset, Math.max(snaps.length, 1), 'snapshot table');
+    for (const s of snapshots) {
+      const t = Buffer.alloc(s.l1Size * 8);
+      await file.read(t, s.l1TableOffset, 'check');
+      await walkL1(t, s.l1TableOffset, false, `snapshot '${s.name}'`);
+    }
+  }
+  return w;
+}
+
+/** Stored refcount of every cluster (0 where no block), up to `clusters`. */
+export async function readStoredRefcounts(file: HostFile, meta: ImageMeta, clusters: number): Promise<Float64Array> {
+  const h = meta.header;
+  const cs = 2 ** h.clusterBits;
+  const perBlock = (cs * 8) >> h.refcountOrder;
+  const table = Buffer.alloc(h.refcountTableClusters * cs);
+  await file.read(table, h.refcountTableOffset, 'check');
+  const out = new Float64Array(Math.max(clusters, 0));
+  const block = Buffer.alloc(cs);
+  for (let b = 0; b < table.length / 8 && b * perBlock < clusters; b++) {
+    const off = reftableEntry(table, b);
+    if (off === 0 || off >= meta.fileSize) continue;
+    await file.read(block, off, 'check');
+    for (let i = 0; i < perBlock && b * perBlock + i < clusters; i++) out[b * perBlock + i] = getRefcount(block, i, h.refcountOrder);
+  }
+  return out;
+}
+
+/** Refcount table and blocks of the current structures, counted as references too. */
+export async function countRefcountStructures(file: HostFile, meta: ImageMeta, counts: Uint32Array): Promise<void> {
+  const h = meta.header;
+  const cs = 2 ** h.clusterBits;
+  const table = Buffer.alloc(h.refcountTableClusters * cs);
+  await file.read(table, h.refcountTableOffset, 'check');
+  const mark = (off: number, n: number): void => {
+    for (let c = Math.floor(off / cs); c < Math.ceil((off + n) / cs) && c < counts.length; c++) counts[c]!++;
+  };
+  mark(h.refcountTableOffset, table.length);
+  for (let b = 0; b < table.length / 8; b++) {
+    const off = reftableEntry(table, b);
+    if (off) mark(off, cs);
+  }
+}
+
+/**
+ * Writes a new refcount table and blocks after everything else, counting themselves, and points
+ * the header at them. Old structures become unreferenced space.
+ */
+export async function writeFreshRefcounts(file: HostFile, meta: ImageMeta, counts: Uint32Array): Promise<{ offset: number; clusters: number }> {
+  const h = meta.header;
+  const cs = 2 ** h.clusterBits;
+  const perBlock = (cs * 8) >> h.refcountOrder;
+  let end = counts.length;
+  while (end > 0 && counts[end - 1] === 0) end--;
+  const start = Math.max(end, Math.ceil(meta.fileSize / cs));
+  let blocks = 1;
+  let tableClusters = 1;
+  for (;;) {
+    const total = start + tableClusters + blocks;
+    const needBlocks = Math.ceil(total / perBlock);
+    const needTable = Math.ceil((needBlocks * 8) / cs);
+    if (needBlocks <= blocks && needTable <= tableClusters) break;
+    blocks = Math.max(blocks, needBlocks);
+    tableClusters = Math.max(tableClusters, needTable);
+  }
+  const total = start + tableClusters + blocks;
+  const all = new Uint32Array(blocks * perBlock);
+  all.set(counts.subarray(0, Math.min(counts.length, all.length)));
+  for (let c = start; c < total; c++) all[c] = 1;
+  const max = maxRefcount(h.refcountOrder);
+  const table = Buffer.alloc(tableClusters * cs);
+  const blockBuf = Buffer.alloc(blocks * cs);
+  for (let b = 0; b < blocks; b++) {
+    setReftableEntry(table, b, (start + tableClusters + b) * cs);
+    const blk = blockBuf.subarray(b * cs, (b + 1) * cs);
+    for (let i = 0; i < perBlock; i++) {
+      const v = all[b * perBlock + i]!;
+      if (v) setRefcount(blk, i, h.refcountOrder, Math.min(v, max));
+    }
+  }
+  await file.write(blockBuf, (start + tableClusters) * cs, 'refblock');
+  await file.write(table, start * cs, 'reftable');
+  await file.datasync('refcount');
+  const hdr = Buffer.alloc(12);
+  hdr.writeBigUInt64BE(BigInt(start * cs), 0);
+  hdr.writeUInt32BE(tableClusters, 8);
+  await file.write(hdr, 48, 'header');
+  await file.datasync('header');
+  log('rebuilt refcounts: table at cluster %d (%d clusters), %d blocks', start, tableClusters, blocks);
+  return { offset: start * cs, clusters: tableClusters };
+}

@@ -1,0 +1,255 @@
+/**
+ * Host cluster accounting: the refcount table (kept whole in memory) and refcount blocks (in the
+ * metadata cache). New clusters are always taken at the end of the image, contiguous for a whole
+ * request; freed clusters are not reused in the same session, so a concurrent read that looked
+ * up a mapping before the free still reads the old bytes.
+ *
+ * Ordering (the seed's dependency): `writePhase()` writes dirty refcount blocks (and the table),
+ * then datasyncs; the image runs it before writing any L2 table. Frees are queued and applied only
+ * after the image made the dropped references durable.
+ */
+import createDebug from 'debug';
+import { VdiskError } from '../../io/errors';
+import type { HostFile } from '../../io/host-file';
+import { MAX_REFTABLE_BYTES } from './header';
+import type { CacheEntry, MetadataCache } from './metadata-cache';
+import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
+
+const log = createDebug('vdiskfs:qcow2');
+
+export interface RefcountCounters {
+  metadataWrites: number;
+  hostFlushes: number;
+}
+
+export class Refcounts {
+  readonly clusterSize: number;
+  readonly perBlock: number; // refcounts per block
+  /** Next host cluster index to allocate (end of the image). */
+  nextFree: number;
+  private dirtyLo = Infinity; // dirty reftable entry range (in-place updates)
+  private dirtyHi = -1;
+  private relocated: { oldOffset: number; oldClusters: number } | undefined;
+  /** Refcount changes not yet made durable (written + datasync). */
+  private unsynced = false;
+  private pendingFrees: { host: number; length: number }[] = [];
+
+  constructor(
+    private readonly file: HostFile,
+    private readonly cache: MetadataCache,
+    readonly clusterBits: number,
+    readonly order: number,
+    public table: Buffer,
+    public tableOffset: number,
+    nextFree: number,
+    private readonly counters: RefcountCounters,
+  ) {
+    this.clusterSize = 2 ** clusterBits;
+    this.perBlock = (this.clusterSize * 8) >> order;
+    this.nextFree = nextFree;
+  }
+
+  get tableEntries(): number {
+    return this.table.length / 8;
+  }
+
+  blockOffset(blockIndex: number): number {
+    if (blockIndex >= this.tableEntries) return 0;
+    const off = reftableEntry(this.table, blockIndex);
+    if (off % this.clusterSize !== 0) throw VdiskError.corrupt(`qcow2 refcount block ${blockIndex} not cluster aligned`);
+    return off;
+  }
+
+  async get(cluster: number): Promise<number> {
+    const b = this.blockOffset(Math.floor(cluster / this.perBlock));
+    if (b === 0) return 0;
+    const e = await this.cache.get('refblock', b);
+    try {
+      return getRefcount(e.buf, cluster % this.perBlock, this.order);
+    } finally {
+      this.cache.unpin(e);
+    }
+  }
+
+  /** Adds `delta` to the refcount of clusters [first, first+count); blocks must exist. */
+  async change(first: number, count: number, delta: number): Promise<void> {
+    let c = first;
+    const end = first + count;
+    while (c < end) {
+      const bi = Math.floor(c / this.perBlock);
+      const b = this.blockOffset(bi);
+      if (b === 0) throw VdiskError.corrupt(`qcow2 no refcount block for cluster ${c}`);
+      const e = await this.cache.get('refblock', b);
+      try {
+        const stop = Math.min(end, (bi + 1) * this.perBlock);
+        for (; c < stop; c++) {
+          const i = c % this.perBlock;
+          const v = getRefcount(e.buf, i, this.order) + delta;
+          if (v < 0) throw VdiskError.corrupt(`qcow2 refcount of cluster ${c} would drop below zero`);
+          if (v > maxRefcount(this.order)) throw VdiskError.noSpace(`qcow2 refcount of cluster ${c} overflows ${1 << this.order} bits`);
+          setRefcount(e.buf, i, this.order, v);
+        }
+        this.markDirty(e);
+      } finally {
+        this.cache.unpin(e);
+      }
+    }
+  }
+
+  /** Allocates `count` contiguous clusters at the end of the image; returns the host offset. */
+  async allocate(count: number): Promise<number> {
+    for (;;) {
+      const start = this.nextFree;
+      const lastBlock = Math.floor((start + count) / this.perBlock) + 1;
+      if (lastBlock >= this.tableEntries) {
+        await this.growTable(lastBlock + 1);
+        continue;
+      }
+      const missing = this.firstMissingBlock(start, count);
+      if (missing < 0) break;
+      // Place a refcount block at the end; the run moves past it.
+      await this.installBlock(missing);
+    }
+    const start = this.nextFree;
+    await this.change(start, count, 1);
+    this.nextFree = start + count;
+    return start * this.clusterSize;
+  }
+
+  /** Queues a free; applied by applyFrees() once the reference is durably gone. */
+  free(host: number, length: number): void {
+    if (length > 0) this.pendingFrees.push({ host, length });
+  }
+
+  get hasPendingFrees(): boolean {
+    return this.pendingFrees.length > 0;
+  }
+
+  async applyFrees(): Promise<void> {
+    const frees = this.pendingFrees;
+    this.pendingFrees = [];
+    for (const f of frees) {
+      const first = Math.floor(f.host / this.clusterSize);
+      const last = Math.floor((f.host + f.length - 1) / this.clusterSize);
+      await this.change(first, last - first + 1, -1);
+    }
+  }
+
+  /** True when refcount state must be written and synced before an L2 table may go to disk. */
+  get needsWrite(): boolean {
+    return this.unsynced || this.relocated !== undefined || this.dirtyHi >= 0 || this.cache.hasDirty('refblock');
+  }
+
+  /** Writes dirty refcount blocks, then the table (and header when it moved), then datasync. */
+  async writePhase(): Promise<void> {
+    if (!this.needsWrite) return;
+    await this.writeBlocks(this.cache.dirty('refblock'));
+    if (this.relocated) {
+      const old = this.relocated;
+      await this.sync(); // blocks durable before the new table points at them
+      await this.file.write(this.table, this.tableOffset, 'reftable');
+      this.counters.metadataWrites++;
+      await this.sync();
+      const hdr = Buffer.alloc(12);
+      hdr.writeBigUInt64BE(BigInt(this.tableOffset), 0);
+      hdr.writeUInt32BE(this.table.length / this.clusterSize, 8);
+      await this.file.write(hdr, 48, 'header'); // refcount_table_offset, refcount_table_clusters
+      this.counters.metadataWrites++;
+      this.relocated = undefined;
+      this.dirtyLo = Infinity;
+      this.dirtyHi = -1;
+      this.free(old.oldOffset, old.oldClusters * this.clusterSize);
+    } else if (this.dirtyHi >= 0) {
+      await this.sync(); // new blocks durable before the table points at them
+      const lo = this.dirtyLo * 8;
+      const hi = (this.dirtyHi + 1) * 8;
+      this.dirtyLo = Infinity;
+      this.dirtyHi = -1;
+      await this.file.write(Buffer.from(this.table.subarray(lo, hi)), this.tableOffset + lo, 'reftable');
+      this.counters.metadataWrites++;
+    }
+    await this.sync();
+    this.unsynced = false;
+  }
+
+  /** Writes refcount blocks (eviction or flush); coalesces adjacent ones into one write. */
+  async writeBlocks(entries: CacheEntry[]): Promise<void> {
+    let i = 0;
+    while (i < entries.length) {
+      let j = i + 1;
+      while (j < entries.length && entries[j]!.offset === entries[j - 1]!.offset + this.clusterSize) j++;
+      const run = entries.slice(i, j);
+      for (const e of run) e.dirty = false;
+      await this.file.write(run.map((e) => Buffer.from(e.buf)), run[0]!.offset, 'refblock');
+      this.counters.metadataWrites++;
+      i = j;
+    }
+  }
+
+  private async sync(): Promise<void> {
+    await this.file.datasync('refcount');
+    this.counters.hostFlushes++;
+  }
+
+  private markDirty(e: CacheEntry): void {
+    e.dirty = true;
+    this.unsynced = true;
+  }
+
+  private markTableDirty(i: number): void {
+    this.dirtyLo = Math.min(this.dirtyLo, i);
+    this.dirtyHi = Math.max(this.dirtyHi, i);
+    this.unsynced = true;
+  }
+
+  private firstMissingBlock(start: number, count: number): number {
+    const first = Math.floor(start / this.perBlock);
+    const last = Math.floor((start + count - 1) / this.perBlock);
+    for (let b = first; b <= last; b++) if (this.blockOffset(b) === 0) return b;
+    return -1;
+  }
+
+  /**
+   * Puts a new refcount block for block index `missing` at the end of the image. If the block
+   * that would count the new block's own cluster is missing too, the new block covers itself.
+   */
+  private async installBlock(missing: number): Promise<void> {
+    const rb = this.nextFree++;
+    const own = Math.floor(rb / this.perBlock);
+    if (own >= this.tableEntries) throw VdiskError.noSpace('qcow2 refcount table full');
+    const target = this.blockOffset(own) === 0 ? own : missing;
+    const e = this.cache.create('refblock', rb * this.clusterSize);
+    this.cache.unpin(e);
+    this.markDirty(e);
+    setReftableEntry(this.table, target, rb * this.clusterSize);
+    if (!this.relocated) this.markTableDirty(target);
+    await this.change(rb, 1, 1);
+    log('new refcount block %d at cluster %d', target, rb);
+  }
+
+  /** Moves the refcount table to a bigger one at the end of the image (written in writePhase). */
+  private async growTable(minEntries: number): Promise<void> {
+    const bytes = Math.ceil((minEntries * 8 * 2) / this.clusterSize) * this.clusterSize;
+    if (bytes > MAX_REFTABLE_BYTES) throw VdiskError.noSpace('qcow2 refcount table would exceed its size limit');
+    const clusters = bytes / this.clusterSize;
+    const old = this.relocated ?? { oldOffset: this.tableOffset, oldClusters: this.table.length / this.clusterSize };
+    // A table that grew twice before being written: the intermediate one is dropped.
+    if (this.relocated) this.free(this.tableOffset, this.table.length);
+    const table = Buffer.alloc(bytes);
+    this.table.copy(table);
+    const start = this.nextFree;
+    this.nextFree += clusters;
+    this.table = table;
+    this.tableOffset = start * this.clusterSize;
+    this.relocated = old;
+    this.unsynced = true;
+    // Count the new table's clusters (placing refcount blocks for them as needed).
+    for (;;) {
+      const missing = this.firstMissingBlock(start, clusters);
+      if (missing < 0) break;
+      await this.installBlock(missing);
+    }
+    await this.change(start, clusters, 1);
+    log('refcount table moved to %d (%d clusters)', this.tableOffset, clusters);
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * The internal snapshot table (qcow2.txt "Snapshots"): nb_snapshots variable-length entries at
+ * snapshots_offset, each 8-byte aligned:
+ *   0 l1_table_offset u64, 8 l1_size u32, 12 id_str_size u16, 14 name_size u16, 16 date_sec u32,
+ *   20 date_nsec u32, 24 vm_clock_nsec u64, 32 vm_state_size u32, 36 extra_data_size u32,
+ *   40 extra data (vm_state_size_large u64, disk_size u64, icount u64), then id, then name.
+ */
+import { VdiskError } from '../../io/errors';
+import { readU64, toSafeNumber } from '../../io/safe-int';
+import type { SnapshotInfo } from '../types';
+import { MAX_L1_BYTES } from './header';
+
+export interface Snapshot {
+  l1TableOffset: number;
+  l1Size: number;
+  id: string;
+  name: string;
+  dateSec: number;
+  dateNsec: number;
+  vmClockNsec: number;
+  vmStateSize: number;
+  /** Virtual disk size when the snapshot was taken (extra data), if recorded. */
+  diskSize?: number;
+  icount?: number;
+}
+
+/** Parses the table; `buf` holds it from its start. Returns entries and the table's byte length. */
+export function parseSnapshotTable(buf: Buffer, count: number, clusterSize: number): { snapshots: Snapshot[]; length: number } {
+  const out: Snapshot[] = [];
+  let off = 0;
+  for (let i = 0; i < count; i++) {
+    if (off + 40 > buf.length) throw VdiskError.corrupt(`qcow2 snapshot table truncated at entry ${i}`);
+    const l1TableOffset = readU64(buf, off, 'snapshot l1_table_offset');
+    const l1Size = buf.readUInt32BE(off + 8);
+    const idSize = buf.readUInt16BE(off + 12);
+    const nameSize = buf.readUInt16BE(off + 14);
+    const extraSize = buf.readUInt32BE(off + 36);
+    if (extraSize > 1024) throw VdiskError.corrupt(`qcow2 snapshot ${i} extra data too large`);
+    const extra = off + 40;
+    const end = extra + extraSize + idSize + nameSize;
+    if (end > buf.length) throw VdiskError.corrupt(`qcow2 snapshot table truncated at entry ${i}`);
+    if (l1TableOffset % clusterSize !== 0) throw VdiskError.corrupt(`qcow2 snapshot ${i} L1 table not cluster aligned`);
+    if (l1Size * 8 > MAX_L1_BYTES) throw VdiskError.corrupt(`qcow2 snapshot ${i} L1 table too large`);
+    const s: Snapshot = {
+      l1TableOffset,
+      l1Size,
+      id: buf.subarray(extra + extraSize, extra + extraSize + idSize).toString('utf8'),
+      name: buf.subarray(extra + extraSize + idSize, end).toString('utf8'),
+      dateSec: buf.readUInt32BE(off + 16),
+      dateNsec: buf.readUInt32BE(off + 20),
+      vmClockNsec: toSafeNumber(buf.readBigUInt64BE(off + 24) & 0x1fffffffffffffn, 'vm_clock_nsec'),
+      vmStateSize: buf.readUInt32BE(off + 32),
+    };
+    if (extraSize >= 8) s.vmStateSize = Math.max(s.vmStateSize, toSafeNumber(buf.readBigUInt64BE(extra) & 0x1fffffffffffffn, 'vm_state_size_large'));
+    if (extraSize >= 16) s.diskSize = readU64(buf, extra + 8, 'snapshot disk_size');
+    if (extraSize >= 24) s.icount = Number(buf.readBigInt64BE(extra + 16));
+    out.push(s);
+    off = Math.ceil(end / 8) * 8;
+  }
+  return { snapshots: out, length: off };
+}
+
+export function snapshotInfo(s: Snapshot): SnapshotInfo {
+  const info: SnapshotInfo = {
+    id: s.id,
+    name: s.name,
+    'vm-state-size': s.vmStateSize,
+    'date-sec': s.dateSec,
+    'date-nsec': s.dateNsec,
+    'vm-clock-sec': Math.floor(s.vmClockNsec / 1e9),
+    'vm-clock-nsec': s.vmClockNsec % 1e9,
+  };
+  if (s.icount !== undefined && s.icount >= 0) info.icount = s.icount;
+  return info;
+}
