@@ -1,7 +1,13 @@
-import { VdiskError } from '../../io/errors';
 import type { FormatDriver } from '../types';
+import { looksLikeDescriptor } from './descriptor';
+import { extentPaths, parentPath, readLayout } from './layout';
+import { VmdkImage } from './vmdk-image';
+import { createVmdk } from './create';
+import { checkVmdk } from './check';
 
-// Placeholder until the VMDK driver lands: recognises the format, opens nothing.
+export { VmdkImage };
+
+/** VMDK: a KDMV sparse extent with an embedded descriptor, or a text descriptor naming extents. */
 export const vmdkDriver: FormatDriver = {
   name: 'vmdk',
   extensions: ['vmdk'],
@@ -10,9 +16,15 @@ export const vmdkDriver: FormatDriver = {
       const magic = head.toString('latin1', 0, 4);
       if (magic === 'KDMV' || magic === 'COWD') return true;
     }
-    return /^\s*#\s*Disk DescriptorFile/i.test(head.toString('latin1', 0, Math.min(head.length, 1024)));
+    return looksLikeDescriptor(head.toString('latin1', 0, Math.min(head.length, 1024)));
   },
-  open: async (path) => {
-    throw VdiskError.unsupported(`vmdk driver not built yet (${path})`);
+  open: (path, opts) => VmdkImage.open(path, opts),
+  create: createVmdk,
+  check: checkVmdk,
+  async auxiliaryFiles(path) {
+    return extentPaths(path, await readLayout(path)).filter((p) => p !== path);
+  },
+  async backingFileOf(path) {
+    return parentPath(path, await readLayout(path));
   },
 };

@@ -1,0 +1,388 @@
+import { promisify } from 'node:util';
+import * as zlib from 'node:zlib';
+import createDebug from 'debug';
+import type { HostFile } from '../../io/host-file';
+import { VdiskError } from '../../io/errors';
+import { alignUp } from '../../io/safe-int';
+import type { Access } from './descriptor';
+import type { CowSource, ExtentMapping, VmdkExtent } from './extent';
+import { GrainTableCache } from './grain-table-cache';
+import * as hdr from './sparse-header';
+import { SECTOR, type SparseHeader } from './sparse-header';
+import * as marker from './stream-marker';
+import { writeGrains, writeZeroGrains } from './grain-allocator';
+
+const log = createDebug('vdiskfs:vmdk');
+const inflate = promisify(zlib.inflate);
+const inflateRaw = promisify(zlib.inflateRaw);
+
+/** Sanity limits against hostile headers (QEMU refuses comparable values). */
+const MAX_GRAIN_SECTORS = 1 << 17;          // 64 MiB grains
+const MAX_GTES_PER_GT = 1 << 16;
+const MAX_GD_BYTES = 256 << 20;
+/** GT entry meaning "this grain reads as zeros" when FLAG_ZERO_GRAIN is set. */
+export const GTE_ZEROED = 1;
+
+export interface SparseOpenOptions {
+  access: Access;
+  size: number;                 // guest bytes the descriptor gives this extent
+  fileName: string;
+  writable: boolean;
+  noMultiAlloc: boolean;
+  cacheBytes: number;
+  warn(message: string): void;
+}
+
+/**
+ * A hosted sparse extent (KDMV): grain directory → grain tables → grains, with the redundant
+ * directory kept in step; also the streamOptimized variant (compressed grains with markers).
+ * Mapping and table bookkeeping live here; the write path (the seed) is in grain-allocator.ts.
+ */
+export class SparseExtent implements VmdkExtent {
+  readonly type = 'SPARSE';
+  readonly grainBytes: number;
+  readonly gtEntries: number;
+  readonly gtBytes: number;
+  readonly compressed: boolean;
+  readonly hasMarkers: boolean;
+  readonly zeroGrainAllowed: boolean;
+  readonly gd: Uint32Array;
+  readonly rgd: Uint32Array | null;
+  readonly cache: GrainTableCache;
+  /** Host byte offset where the next grain / table goes (end of the file). */
+  nextFree: number;
+  /** Grains whose allocation is in flight: a second writer waits instead of allocating again. */
+  readonly inflight = new Map<number, Promise<void>>();
+  /** Tables allocated here and not yet on disk (their GD entries are written after them). */
+  readonly newTables = new Set<number>();
+  gdDirty = false;
+  /** streamOptimized with the GD in the footer: where the footer must be rewritten on flush. */
+  private footerAt = -1;
+  private footerDirty = false;
+  private readonly grainCache = new Map<number, Buffer>();
+  readonly stats = { grainsAllocated: 0, dataWrites: 0, gtWrites: 0, gdWrites: 0, cowReads: 0, tablesAllocated: 0, zeroGrains: 0, grainsDecompressed: 0 };
+  readonly noMultiAlloc: boolean;
+  readOnly: boolean;
+
+  private constructor(
+    readonly file: HostFile,
+    readonly header: SparseHeader,
+    readonly access: Access,
+    readonly size: number,
+    readonly fileName: string,
+    gd: Uint32Array,
+    rgd: Uint32Array | null,
+    fileSize: number,
+    opts: SparseOpenOptions,
+  ) {
+    this.grainBytes = header.grainSize * SECTOR;
+    this.gtEntries = header.numGTEsPerGT;
+    this.gtBytes = this.gtEntries * 4;
+    this.compressed = (header.flags & hdr.FLAG_COMPRESSED) !== 0;
+    this.hasMarkers = (header.flags & hdr.FLAG_MARKERS) !== 0;
+    this.zeroGrainAllowed = (header.flags & hdr.FLAG_ZERO_GRAIN) !== 0;
+    this.gd = gd;
+    this.rgd = rgd;
+    this.nextFree = alignUp(fileSize, SECTOR);
+    this.noMultiAlloc = opts.noMultiAlloc;
+    this.readOnly = !opts.writable || access !== 'RW';
+    this.cache = new GrainTableCache((i) => this.loadTable(i), opts.cacheBytes);
+  }
+
+  static async open(file: HostFile, opts: SparseOpenOptions): Promise<SparseExtent> {
+    const fileSize = await file.size();
+    const head = Buffer.alloc(hdr.SIZE);
+    await file.read(head, 0, 'header');
+    let h = hdr.parse(head);
+    let footerAt = -1;
+    if (h.version < 1 || h.version > 3) throw VdiskError.unsupported(`${opts.fileName}: sparse extent version ${h.version} is not supported`);
+    if (h.gdOffset < 0) {
+      // streamOptimized written front to back: the real header (with the GD offset) is the footer.
+      if (!(h.flags & hdr.FLAG_COMPRESSED)) throw VdiskError.corrupt(`${opts.fileName}: grain directory at end but grains are not compressed`);
+      if (fileSize < 3 * SECTOR + hdr.SIZE) throw VdiskError.corrupt(`${opts.fileName}: invalid footer (file too short)`);
+      const tail = Buffer.alloc(3 * SECTOR);
+      await file.read(tail, fileSize - 3 * SECTOR, 'header');
+      const fm = marker.parseMetaMarker(tail, 0);
+      const eos = marker.parseMetaMarker(tail, 2 * SECTOR);
+      if (fm.type !== marker.TYPE_FOOTER || eos.type !== marker.TYPE_EOS || tail.readUInt32LE(SECTOR) !== hdr.MAGIC) {
+        throw VdiskError.corrupt(`${opts.fileName}: invalid footer`);
+      }
+      h = hdr.parse(tail, SECTOR);
+      if (h.gdOffset < 0) throw VdiskError.corrupt(`${opts.fileName}: footer has no grain directory`);
+      footerAt = fileSize - 3 * SECTOR;
+    }
+    if (h.grainSize < 1 || h.grainSize > MAX_GRAIN_SECTORS) throw VdiskError.corrupt(`${opts.fileName}: invalid grain size ${h.grainSize} sectors`);
+    if (h.numGTEsPerGT < 1 || h.numGTEsPerGT > MAX_GTES_PER_GT) throw VdiskError.corrupt(`${opts.fileName}: invalid numGTEsPerGT ${h.numGTEsPerGT}`);
+    if (h.capacity * SECTOR > Number.MAX_SAFE_INTEGER) throw VdiskError.corrupt(`${opts.fileName}: capacity too big`);
+    if (h.flags & hdr.FLAG_COMPRESSED && h.compressAlgorithm !== hdr.COMPRESSION_DEFLATE) {
+      throw VdiskError.unsupported(`${opts.fileName}: compression algorithm ${h.compressAlgorithm} is not supported`);
+    }
+    const grains = Math.ceil(h.capacity / h.grainSize);
+    const tables = Math.ceil(grains / h.numGTEsPerGT);
+    const gdBytes = tables * 4;
+    // A real grain directory is inside the file; a bigger one is a hostile capacity (qemu: "L1 size too big").
+    if (gdBytes > MAX_GD_BYTES || gdBytes > fileSize) throw VdiskError.corrupt(`${opts.fileName}: grain directory size too big (${tables} tables for a ${fileSize}-byte file)`);
+    if (opts.size > h.capacity * SECTOR) throw VdiskError.corrupt(`${opts.fileName}: descriptor extent size ${opts.size} larger than capacity ${h.capacity * SECTOR}`);
+    const gd = await readDirectory(file, h.gdOffset, tables, fileSize, opts.fileName);
+    const rgd = h.flags & hdr.FLAG_RGD && h.rgdOffset > 0 ? await readDirectory(file, h.rgdOffset, tables, fileSize, opts.fileName) : null;
+    const ext = new SparseExtent(file, h, opts.access, opts.size, opts.fileName, gd, rgd, fileSize, opts);
+    if (h.version === 3 && !ext.compressed && !ext.readOnly) {
+      opts.warn(`${opts.fileName}: sparse extent version 3 (ESXi) opened read-only`);
+      ext.readOnly = true;
+    }
+    if (footerAt >= 0) {
+      ext.footerAt = footerAt;
+      ext.nextFree = footerAt; // new grains overwrite the old footer; flush writes a new one after them
+    }
+    log('open sparse %s grain=%d gtes=%d tables=%d flags=%s v%d', opts.fileName, ext.grainBytes, h.numGTEsPerGT, tables, h.flags.toString(16), h.version);
+    return ext;
+  }
+
+  get tableCount(): number {
+    return this.gd.length;
+  }
+
+  private async loadTable(gtIndex: number): Promise<Buffer> {
+    const buf = Buffer.alloc(this.gtBytes);
+    await this.file.read(buf, this.gd[gtIndex]! * SECTOR, 'gt');
+    return buf;
+  }
+
+  /** Makes every existing table of grains [g0, g1) resident; awaits only for tables not yet cached. */
+  async loadTables(g0: number, g1: number): Promise<void> {
+    const t0 = Math.floor(g0 / this.gtEntries);
+    const t1 = Math.floor((g1 - 1) / this.gtEntries);
+    let pending: Promise<unknown>[] | undefined;
+    for (let t = t0; t <= t1 && t < this.gd.length; t++) {
+      if (this.gd[t] === 0 || this.cache.peek(t)) continue;
+      (pending ??= []).push(this.cache.get(t));
+    }
+    if (pending) await Promise.all(pending);
+  }
+
+  /** Raw GT entry of grain `g` (0 when its table does not exist). Tables must be loaded. */
+  gte(g: number): number {
+    const t = Math.floor(g / this.gtEntries);
+    if (t >= this.gd.length || this.gd[t] === 0) return 0;
+    const table = this.cache.peek(t);
+    if (!table) throw VdiskError.io(`grain table ${t} not resident`);
+    return table.buf.readUInt32LE((g % this.gtEntries) * 4);
+  }
+
+  isZeroGte(e: number): boolean {
+    return e === GTE_ZEROED && this.zeroGrainAllowed;
+  }
+
+  /** Sets grain `g`'s entry in the cached table (the table exists: ensureTable ran). */
+  setGte(g: number, value: number): void {
+    const t = Math.floor(g / this.gtEntries);
+    const table = this.cache.peek(t);
+    if (!table) throw VdiskError.io(`grain table ${t} not resident`);
+    table.buf.writeUInt32LE(value, (g % this.gtEntries) * 4);
+    table.version++;
+  }
+
+  /** Creates grain table `t` when its GD entry is 0 (in memory; space reserved at the end of the file). */
+  ensureTable(t: number): void {
+    if (this.gd[t] !== 0) return;
+    const tableBytes = alignUp(this.gtBytes, SECTOR);
+    const markerBytes = this.hasMarkers ? SECTOR : 0; // a stream keeps its GT marker before the table
+    this.gd[t] = (this.reserve(markerBytes + tableBytes) + markerBytes) / SECTOR;
+    if (this.rgd) this.rgd[t] = (this.reserve(markerBytes + tableBytes) + markerBytes) / SECTOR;
+    this.cache.insert(t, Buffer.alloc(this.gtBytes), true);
+    this.newTables.add(t);
+    this.gdDirty = true;
+    this.stats.tablesAllocated++;
+  }
+
+  reserve(bytes: number): number {
+    const at = this.nextFree;
+    this.nextFree += bytes;
+    this.footerDirty = this.footerAt >= 0;
+    return at;
+  }
+
+  async map(offset: number, length: number): Promise<ExtentMapping> {
+    const G = this.grainBytes;
+    let g = Math.floor(offset / G);
+    const t = Math.floor(g / this.gtEntries);
+    const tableEnd = Math.min((t + 1) * this.gtEntries * G, this.size);
+    const limit = Math.min(offset + length, tableEnd);
+    if (t >= this.gd.length || this.gd[t] === 0) return { kind: 'unallocated', length: limit - offset };
+    if (!this.cache.peek(t)) await this.cache.get(t);
+    const first = this.gte(g);
+    const within = offset - g * G;
+    if (first !== 0 && !this.isZeroGte(first) && this.compressed) {
+      return { kind: 'compressed', length: Math.min(limit, (g + 1) * G) - offset, hostOffset: first * SECTOR, grainOffset: g * G };
+    }
+    const kind = first === 0 ? 'unallocated' : this.isZeroGte(first) ? 'zero' : 'data';
+    let end = (g + 1) * G;
+    for (g = g + 1; end < limit; g++) {
+      const e = this.gte(g);
+      if (kind === 'data') {
+        if (e !== first + ((g - Math.floor(offset / G)) * G) / SECTOR) break;
+      } else if (kind === 'zero' ? !this.isZeroGte(e) : e !== 0) break;
+      end += G;
+    }
+    const len = Math.min(end, limit) - offset;
+    return kind === 'data' ? { kind, length: len, hostOffset: first * SECTOR + within } : { kind, length: len };
+  }
+
+  async readCompressed(m: ExtentMapping & { kind: 'compressed' }, offset: number, into: Buffer): Promise<void> {
+    const grain = await this.readGrain(m.hostOffset);
+    const from = offset - m.grainOffset;
+    grain.copy(into, 0, from, from + into.length);
+  }
+
+  /** Inflates one compressed grain (a few recent ones are kept: a 4 KiB reader walks a grain 16 times). */
+  private async readGrain(hostOffset: number): Promise<Buffer> {
+    const hit = this.grainCache.get(hostOffset);
+    if (hit) return hit;
+    const G = this.grainBytes;
+    const maxCompressed = G + (G >> 3) + 4096;
+    let buf = Buffer.alloc(Math.min(maxCompressed + marker.GRAIN_MARKER_SIZE, 2 * G + 8192));
+    await this.file.read(buf, hostOffset, 'data');
+    let data: Buffer;
+    if (this.hasMarkers) {
+      const gm = marker.parseGrainMarker(buf, 0);
+      if (gm.size === 0 || gm.size > 2 * G + 4096) throw VdiskError.corrupt(`${this.fileName}: compressed grain at ${hostOffset} has invalid size ${gm.size}`);
+      if (gm.size + marker.GRAIN_MARKER_SIZE > buf.length) {
+        buf = Buffer.alloc(gm.size + marker.GRAIN_MARKER_SIZE);
+        await this.file.read(buf, hostOffset, 'data');
+      }
+      data = buf.subarray(marker.GRAIN_MARKER_SIZE, marker.GRAIN_MARKER_SIZE + gm.size);
+    } else {
+      data = buf;
+    }
+    let out: Buffer;
+    try {
+      out = await inflate(data, { maxOutputLength: G, finishFlush: zlib.constants.Z_SYNC_FLUSH });
+    } catch {
+      try {
+        out = await inflateRaw(data, { maxOutputLength: G, finishFlush: zlib.constants.Z_SYNC_FLUSH });
+      } catch (e) {
+        throw VdiskError.corrupt(`${this.fileName}: cannot inflate grain at ${hostOffset}: ${(e as Error).message}`);
+      }
+    }
+    if (out.length < G) out = Buffer.concat([out, Buffer.alloc(G - out.length)]);
+    this.stats.grainsDecompressed++;
+    this.grainCache.set(hostOffset, out);
+    if (this.grainCache.size > 32) this.grainCache.delete(this.grainCache.keys().next().value as number);
+    return out;
+  }
+
+  write(offset: number, data: Buffer[], length: number, cow: CowSource): Promise<void> {
+    if (this.readOnly) throw VdiskError.readOnly(`extent ${this.fileName} is read-only`);
+    return writeGrains(this, offset, data, length, cow);
+  }
+
+  writeZeroes(offset: number, length: number, cow: CowSource, hasParent: boolean): Promise<void> {
+    if (this.readOnly) throw VdiskError.readOnly(`extent ${this.fileName} is read-only`);
+    return writeZeroGrains(this, offset, length, cow, hasParent);
+  }
+
+  /** Writes grain `g`'s table entry through at once (QEMU's way: --no-multi-alloc), both copies. */
+  async writeEntryThrough(g: number): Promise<void> {
+    const t = Math.floor(g / this.gtEntries);
+    const table = this.cache.peek(t);
+    if (!table) throw VdiskError.io(`grain table ${t} not resident`);
+    if (this.newTables.has(t)) {
+      await this.writeTable(t, table.buf);
+      table.writtenVersion = table.version;
+      this.newTables.delete(t);
+      await this.writeDirectories();
+      return;
+    }
+    const at = (g % this.gtEntries) * 4;
+    const entry = table.buf.subarray(at, at + 4);
+    const writes = [this.file.write(entry, this.gd[t]! * SECTOR + at, 'gt')];
+    if (this.rgd && this.rgd[t]) writes.push(this.file.write(entry, this.rgd[t]! * SECTOR + at, 'gt'));
+    this.stats.gtWrites += writes.length;
+    await Promise.all(writes);
+    table.writtenVersion = table.version;
+  }
+
+  private async writeTable(t: number, buf: Buffer): Promise<void> {
+    const writes: Promise<void>[] = [];
+    if (this.hasMarkers && this.newTables.has(t)) {
+      // A new table in a stream carries its GT marker (numSectors of the table) in front.
+      const m = marker.serializeMetaMarker(alignUp(this.gtBytes, SECTOR) / SECTOR, marker.TYPE_GT);
+      writes.push(this.file.write([m, buf], this.gd[t]! * SECTOR - SECTOR, 'gt'));
+      if (this.rgd && this.rgd[t]) writes.push(this.file.write([m, buf], this.rgd[t]! * SECTOR - SECTOR, 'gt'));
+    } else {
+      writes.push(this.file.write(buf, this.gd[t]! * SECTOR, 'gt'));
+      if (this.rgd && this.rgd[t]) writes.push(this.file.write(buf, this.rgd[t]! * SECTOR, 'gt'));
+    }
+    this.stats.gtWrites += writes.length;
+    await Promise.all(writes);
+  }
+
+  private async writeDirectories(): Promise<void> {
+    if (!this.gdDirty) return;
+    this.gdDirty = false;
+    const writes = [this.file.write(encodeDirectory(this.gd), this.header.gdOffset * SECTOR, 'gd')];
+    if (this.rgd) writes.push(this.file.write(encodeDirectory(this.rgd), this.header.rgdOffset * SECTOR, 'gd'));
+    this.stats.gdWrites += writes.length;
+    await Promise.all(writes);
+  }
+
+  /** Write-back in the spec's order: data durable → grain tables → grain directory → footer. */
+  async flush(): Promise<void> {
+    if (this.readOnly) return;
+    const dirty = this.cache.dirtyIndexes();
+    if (dirty.length > 0 || this.gdDirty || this.footerDirty) {
+      const snaps = dirty.map((t) => {
+        const table = this.cache.peek(t)!;
+        return { t, table, version: table.version, buf: Buffer.from(table.buf) };
+      });
+      await this.file.datasync('data');
+      await Promise.all(snaps.map((s) => this.writeTable(s.t, s.buf)));
+      for (const s of snaps) {
+        s.table.writtenVersion = Math.max(s.table.writtenVersion, s.version);
+        this.newTables.delete(s.t);
+      }
+      if (this.gdDirty) {
+        await this.file.datasync('gt');
+        await this.writeDirectories();
+      }
+      if (this.footerDirty) await this.writeFooter();
+      this.cache.trim();
+    }
+    await this.file.datasync();
+  }
+
+  /** streamOptimized with the GD at the end: footer marker + header copy + end-of-stream after the last grain. */
+  private async writeFooter(): Promise<void> {
+    this.footerDirty = false;
+    const at = this.nextFree;
+    const footerHeader = hdr.serialize(this.header);
+    await this.file.write([marker.serializeMetaMarker(1, marker.TYPE_FOOTER), footerHeader, marker.serializeMetaMarker(0, marker.TYPE_EOS)], at, 'header');
+    await this.file.truncate(at + 3 * SECTOR);
+    this.footerAt = at;
+    // Keep appending over the footer next time, as on open.
+    this.nextFree = at;
+  }
+
+  async close(): Promise<void> {
+    await this.file.close();
+  }
+
+  counters(): Record<string, number> {
+    return { ...this.stats, gtCacheHits: this.cache.hits, gtCacheMisses: this.cache.misses };
+  }
+}
+
+async function readDirectory(file: HostFile, offsetSectors: number, entries: number, fileSize: number, name: string): Promise<Uint32Array> {
+  if (offsetSectors * SECTOR + entries * 4 > fileSize) throw VdiskError.corrupt(`${name}: grain directory at sector ${offsetSectors} lies past the end of the file`);
+  const buf = Buffer.alloc(entries * 4);
+  await file.read(buf, offsetSectors * SECTOR, 'gd');
+  const out = new Uint32Array(entries);
+  for (let i = 0; i < entries; i++) out[i] = buf.readUInt32LE(i * 4);
+  return out;
+}
+
+function encodeDirectory(d: Uint32Array): Buffer {
+  const buf = Buffer.alloc(alignUp(d.length * 4, SECTOR));
+  for (let i = 0; i < d.length; i++) buf.writeUInt32LE(d[i]!, i * 4);
+  return buf;
+}

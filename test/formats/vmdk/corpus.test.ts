@@ -1,0 +1,69 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { isVdiskError } from '../../../src/io/errors';
+import { openImage } from '../../../src/image/open';
+import { vmdkDriver } from '../../../src/formats/vmdk/index';
+import { readHead } from '../../../src/image/probe';
+import { corpusDir, hashImage } from './helpers';
+
+/** The real-world corpus: every vmdk row with a hash reads with exactly that SHA-256; qemu-fails rows fail cleanly. */
+const corpus = corpusDir();
+interface Row { file: string; fmt: string; raw: string; notes: string }
+const rows: Row[] = fs.readFileSync(path.join(corpus, 'MANIFEST.tsv'), 'utf8').split('\n').slice(1).filter(Boolean).map((l) => {
+  const c = l.split('\t');
+  return { file: c[0]!, fmt: c[3] ?? '', raw: c[6] ?? '', notes: c[9] ?? '' };
+});
+const vmdkRows = rows.filter((r) => r.file.endsWith('.vmdk'));
+
+describe('vmdk corpus', () => {
+  it('has vmdk rows', () => {
+    expect(vmdkRows.length).toBeGreaterThan(10);
+  });
+
+  for (const r of vmdkRows.filter((x) => /^[0-9a-f]{64}$/.test(x.raw) && x.fmt !== 'auxiliary file')) {
+    it(`${r.file} reads with the manifest's SHA-256`, async () => {
+      const img = await openImage(path.join(corpus, r.file), { writable: false, warn: () => {} });
+      try {
+        expect(await hashImage(img)).toBe(r.raw);
+      } finally {
+        await img.close();
+      }
+    }, 120_000);
+  }
+
+  for (const r of vmdkRows.filter((x) => x.raw.startsWith('qemu-fails'))) {
+    it(`${r.file} is refused with a clear VdiskError`, async () => {
+      const before = process.memoryUsage().rss;
+      let err: unknown;
+      try {
+        const img = await openImage(path.join(corpus, r.file), { writable: false, warn: () => {} });
+        await img.close();
+      } catch (e) {
+        err = e;
+      }
+      expect(isVdiskError(err), String(err)).toBe(true);
+      expect((err as Error).message.split('\n').length).toBe(1);
+      expect(process.memoryUsage().rss - before).toBeLessThan(512 << 20);
+    }, 60_000);
+  }
+
+  it('auxiliary files are listed by their owner', async () => {
+    const aux = rows.filter((r) => r.fmt === 'auxiliary file' && r.file.endsWith('.vmdk'));
+    expect(aux.length).toBeGreaterThan(0);
+    const owners = vmdkRows.filter((r) => r.fmt !== 'auxiliary file' && /^[0-9a-f]{64}$/.test(r.raw));
+    const listed = new Set<string>();
+    for (const o of owners) {
+      const p = path.join(corpus, o.file);
+      if (!vmdkDriver.probe(await readHead(p), p)) continue; // e.g. the bare seSparse extent, which reads as raw
+      for (const a of await vmdkDriver.auxiliaryFiles!(p, await readHead(p))) listed.add(path.relative(corpus, a));
+    }
+    for (const a of aux) expect(listed.has(a.file), a.file).toBe(true);
+  });
+
+  it('dfvfs/ext2-2020.vmdk reads itself, not the extent its embedded descriptor names', async () => {
+    const p = path.join(corpus, 'dfvfs/ext2-2020.vmdk');
+    expect(await vmdkDriver.auxiliaryFiles!(p, await readHead(p))).toEqual([]);
+  });
+
+});
