@@ -29,7 +29,7 @@ export interface MergerOptions {
   memCapBytes?: number;
   /** Concurrent driver writes per image. */
   maxInflight?: number;
-  /** One-line log for deferred-write failures (the FUSE layer passes its logger); debug 'vdiskfs:merge' always logs. */
+  /** One-line log for deferred-write failures (default: stderr); debug 'vdiskfs:merge' logs them too. */
   warn?: (message: string) => void;
 }
 

@@ -179,6 +179,7 @@ export class RequestMerger {
 
   /** fsync / flush / release (rule 6): drain, then Image.flush(). Throws EIO after a deferred failure. */
   async flush(): Promise<void> {
+    if (this.closed) return this.drainWaiting(); // close() already flushed and closed the image
     await this.drainWaiting();
     await this.flushImage();
   }
@@ -186,14 +187,15 @@ export class RequestMerger {
   /** Drains and closes the wrapped image (also when the drain failed: then throws EIO after closing). Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;
+    // Closed first: a write racing with close is refused (EIO) rather than left pending on a closed image.
+    this.closed = true;
+    this.stopTimer();
     let drainError: unknown;
     try {
       await this.drainWaiting();
     } catch (e) {
       drainError = e;
     }
-    this.closed = true;
-    this.stopTimer();
     await this.image.close();
     if (drainError !== undefined) throw drainError;
   }
@@ -312,7 +314,9 @@ export class RequestMerger {
     const range: FailedRange = { start: op.start, end: op.end, error };
     const msg = `deferred write to ${this.image.path} bytes ${op.start}-${op.end} (${op.bytes} bytes) failed: ${error.message}`;
     log(msg);
-    this.options.warn?.(msg);
+    // Rule 5: the log must say which range was lost, also without DEBUG set.
+    if (this.options.warn) this.options.warn(msg);
+    else console.error(`vdiskfs: ${msg}`);
     this.failure ??= range;
     this.failedRanges.push(range);
     if (this.failedRanges.length > MAX_FAILED_RANGES) this.failedRanges.shift();

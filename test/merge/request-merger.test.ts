@@ -330,3 +330,18 @@ describe('scale: a big random-write backlog', () => {
     expect(img.data[((7919 * 3) % n) * 16384 + 512]).toBe(4);
   });
 });
+
+describe('close', () => {
+  it('refuses a write that races with close instead of leaving it pending on a closed image', async () => {
+    const img = new ModelImage(MiB, { delay: () => 5 });
+    const m = new RequestMerger(img, { delayMs: 10_000 });
+    await m.write(0, Buffer.alloc(4096, 1));
+    const closing = m.close();
+    await expect(m.write(4096, Buffer.alloc(4096, 2))).rejects.toMatchObject({ code: 'EIO' });
+    await closing;
+    expect(img.data[0]).toBe(1);
+    expect(img.violations).toEqual([]);
+    await m.flush(); // harmless after close
+    await m.close(); // idempotent
+  });
+});
