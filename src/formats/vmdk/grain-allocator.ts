@@ -25,20 +25,26 @@ interface MissingGrain {
   wasZero: boolean;     // zeroed-grain entry: COW source is zeros, never the parent
 }
 
-/** Waits until no grain of [g0, g1) is being allocated by another request, with its tables resident. */
+/**
+ * True when every table of grains [g0, g1) is resident and none of them is being allocated by
+ * another request. Checked synchronously right before classifying, so the check and the
+ * reservation that follows cannot interleave with another request.
+ */
+function ready(ext: SparseExtent, g0: number, g1: number): boolean {
+  if (!ext.tablesResident(g0, g1)) return false;
+  if (ext.inflight.size > 0) for (let g = g0; g < g1; g++) if (ext.inflight.has(g)) return false;
+  return true;
+}
+
+/** Waits for what made ready() false (table loads, other allocations); the caller checks again. */
 async function settle(ext: SparseExtent, g0: number, g1: number): Promise<void> {
-  for (;;) {
-    await ext.loadTables(g0, g1);
-    let busy: Promise<void>[] | undefined;
-    if (ext.inflight.size > 0) {
-      for (let g = g0; g < g1; g++) {
-        const p = ext.inflight.get(g);
-        if (p) (busy ??= []).push(p);
-      }
-    }
-    if (!busy) return;
-    await Promise.all(busy);
+  await ext.loadTables(g0, g1);
+  const busy: Promise<void>[] = [];
+  for (let g = g0; g < g1 && ext.inflight.size > 0; g++) {
+    const p = ext.inflight.get(g);
+    if (p) busy.push(p);
   }
+  await Promise.all(busy);
 }
 
 export async function writeGrains(ext: SparseExtent, offset: number, data: Buffer[], length: number, cow: CowSource): Promise<void> {
@@ -58,7 +64,7 @@ async function writeRun(ext: SparseExtent, offset: number, data: Buffer[], lengt
   const end = offset + length;
   const g0 = Math.floor(offset / G);
   const g1 = Math.ceil(end / G);
-  await settle(ext, g0, g1);
+  while (!ready(ext, g0, g1)) await settle(ext, g0, g1);
 
   // From here to the first await nothing else runs: classification and reservation are atomic.
   const inPlace: Promise<void>[] = [];
@@ -200,7 +206,7 @@ export async function writeZeroGrains(ext: SparseExtent, offset: number, length:
     const batchEnd = Math.min(end, (Math.floor(pos / G) + 256) * G);
     const g0 = Math.floor(pos / G);
     const g1 = Math.ceil(batchEnd / G);
-    await settle(ext, g0, g1);
+    while (!ready(ext, g0, g1)) await settle(ext, g0, g1);
     const zeroed: number[] = [];
     const writes: Array<[number, number]> = [];
     for (let g = g0; g < g1; g++) {

@@ -30,6 +30,10 @@ export class GrainTableCache {
     return t;
   }
 
+  has(gtIndex: number): boolean {
+    return this.tables.has(gtIndex);
+  }
+
   async get(gtIndex: number): Promise<CachedTable> {
     const t = this.peek(gtIndex);
     if (t) return t;

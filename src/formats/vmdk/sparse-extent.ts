@@ -160,6 +160,15 @@ export class SparseExtent implements VmdkExtent {
     if (pending) await Promise.all(pending);
   }
 
+  /** True when every existing table of grains [g0, g1) is in the cache (no I/O needed). */
+  tablesResident(g0: number, g1: number): boolean {
+    const t1 = Math.floor((g1 - 1) / this.gtEntries);
+    for (let t = Math.floor(g0 / this.gtEntries); t <= t1 && t < this.gd.length; t++) {
+      if (this.gd[t] !== 0 && !this.cache.has(t)) return false;
+    }
+    return true;
+  }
+
   /** Raw GT entry of grain `g` (0 when its table does not exist). Tables must be loaded. */
   gte(g: number): number {
     const t = Math.floor(g / this.gtEntries);
