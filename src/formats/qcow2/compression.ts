@@ -1,44 +1,52 @@
 /**
  * Compressed clusters (qcow2.txt "Compressed Clusters Descriptor"): raw deflate (compression
- * type 0) or zstd (type 1, via the fzstd package: Node 20 has no zstd). The stored bytes may run
- * past the end of the stream (sector padding), so only one cluster of output is taken.
+ * type 0) or zstd (type 1, via the fzstd package: Node 20 has no zstd). The stored range is
+ * rounded to sectors, so it usually holds the start of the next compressed cluster too: only
+ * the first stream/frame is decoded.
  */
 import * as zlib from 'node:zlib';
-import { Decompress } from 'fzstd';
+import { decompress } from 'fzstd';
 import { VdiskError } from '../../io/errors';
 
 export function decompressCluster(src: Buffer, clusterSize: number, type: number, into: Buffer): void {
-  let out: Buffer;
+  let out: Uint8Array;
   try {
     if (type === 0) {
       out = zlib.inflateRawSync(src, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
     } else {
-      out = zstdCluster(src, clusterSize);
+      out = decompress(src.subarray(0, zstdFrameLength(src)), Buffer.alloc(clusterSize));
     }
   } catch (e) {
+    if (e instanceof VdiskError) throw e;
     throw VdiskError.corrupt(`qcow2 compressed cluster does not decompress: ${(e as Error).message}`);
   }
   if (out.length < clusterSize) throw VdiskError.corrupt(`qcow2 compressed cluster decompresses to ${out.length} bytes, not ${clusterSize}`);
-  out.copy(into, 0, 0, clusterSize);
+  into.set(out.subarray(0, clusterSize));
 }
 
-/** Streams frames until one cluster is out; trailing padding after the frame is ignored. */
-function zstdCluster(src: Buffer, clusterSize: number): Buffer {
-  const chunks: Uint8Array[] = [];
-  let got = 0;
-  const d = new Decompress((chunk) => {
-    chunks.push(chunk);
-    got += chunk.length;
-  });
-  // Feed in pieces so we can stop as soon as a cluster is complete (padding is not a frame).
-  const step = 4096;
-  for (let off = 0; off < src.length && got < clusterSize; off += step) {
-    const end = Math.min(src.length, off + step);
-    try {
-      d.push(src.subarray(off, end), end === src.length);
-    } catch (e) {
-      if (got < clusterSize) throw e; // padding after a complete frame is not an error
-    }
+const ZSTD_MAGIC = 0xfd2fb528;
+
+/** Byte length of the zstd frame at the start of `src` (RFC 8878 §3.1.1: header, blocks, checksum). */
+export function zstdFrameLength(src: Buffer): number {
+  const bad = (why: string): never => {
+    throw VdiskError.corrupt(`qcow2 zstd cluster: ${why}`);
+  };
+  if (src.length < 6 || src.readUInt32LE(0) !== ZSTD_MAGIC) bad('no zstd frame');
+  const fhd = src[4]!;
+  const fcsFlag = fhd >> 6;
+  const single = (fhd >> 5) & 1;
+  const checksum = (fhd >> 2) & 1;
+  let off = 5 + (single ? 0 : 1) + [0, 1, 2, 4][fhd & 3]! + (fcsFlag === 0 ? single : [0, 2, 4, 8][fcsFlag]!);
+  for (;;) {
+    if (off + 3 > src.length) bad('frame runs past the stored bytes');
+    const bh = src[off]! | (src[off + 1]! << 8) | (src[off + 2]! << 16);
+    off += 3;
+    const type = (bh >> 1) & 3;
+    if (type === 3) bad('reserved block type');
+    off += type === 1 ? 1 : bh >>> 3;
+    if (bh & 1) break;
   }
-  return Buffer.concat(chunks.map((c) => Buffer.from(c.buffer, c.byteOffset, c.length)));
+  off += checksum ? 4 : 0;
+  if (off > src.length) bad('frame runs past the stored bytes');
+  return off;
 }
