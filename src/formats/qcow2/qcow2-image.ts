@@ -339,21 +339,28 @@ export class Qcow2Image implements Image {
     const runEnd = (c0 + k) * cs;
     const end = offset + buf.length;
     const parts: Buffer[] = [];
-    // COW reads happen before anything changes; they see the old mapping.
+    // COW reads happen before anything changes; they see the old mapping. New clusters are
+    // always past everything ever written (append-only allocation), so they read as zeros:
+    // COW regions that read as zeros anyway are not written at all.
+    let skipHead = 0;
     if (offset > runStart) {
-      const head = Buffer.alloc(offset - runStart);
-      await this.readLayer(runStart, head);
-      parts.push(head);
+      if (this.readsAsZeros(runStart, offset - runStart)) {
+        skipHead = offset - runStart;
+      } else {
+        const head = Buffer.alloc(offset - runStart);
+        await this.readLayer(runStart, head);
+        parts.push(head);
+      }
     }
     parts.push(buf.subarray(Math.max(offset, runStart) - offset, Math.min(end, runEnd) - offset));
-    if (end < runEnd) {
+    if (end < runEnd && !this.readsAsZeros(end, runEnd - end)) {
       const tail = Buffer.alloc(runEnd - end);
       await this.readLayer(end, tail);
       parts.push(tail);
     }
     const host = await this.refcounts!.allocate(k);
     this.counters.allocatedClusters += k;
-    await this.dataFile.write(parts, host, 'data');
+    await this.dataFile.write(parts, host + skipHead, 'data');
     this.counters.dataWrites++;
     // Data is written: now the L2 entries may point at it.
     for (let j = 0; j < k; j++) {
@@ -362,6 +369,12 @@ export class Qcow2Image implements Image {
       setL2Normal(e.buf, i, this.ctx.layout, host + j * cs, true);
       e.dirty = true;
     }
+  }
+
+  /** True when this layer's range reads as zeros without any I/O (zero clusters, or unallocated with no backing file). */
+  private readsAsZeros(offset: number, length: number): boolean {
+    const pieces = mapSync(this.ctx, offset, length);
+    return !!pieces && pieces.every((p) => p.kind === KIND_ZERO || (p.kind === KIND_UNALLOCATED && !this.backing));
   }
 
   private setZero(e: CacheEntry, i: number): void {
