@@ -1,3 +1,4 @@
+import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
 import createDebug from 'debug';
@@ -117,6 +118,7 @@ export class VmdkImage implements Image {
 
       let parent: Image | undefined;
       const parentFile = parentPath(file, layout);
+      if (parentFile && !(await exists(parentFile))) throw new VdiskError('ENOENT', `${file}: parent ${parentFile} not found`);
       if (parentFile && desc && desc.parentCid !== 0xffffffff) {
         parent = await opts.openBacking(parentFile);
         const pcid = (parent as Partial<VmdkImage>).cid;
@@ -307,7 +309,7 @@ export class VmdkImage implements Image {
   async info(): Promise<ImageInfo> {
     let actual = 0;
     for (const f of this.hostFiles()) {
-      const st = await import('node:fs/promises').then((fs) => fs.stat(f)).catch(() => undefined);
+      const st = await fsp.stat(f).catch(() => undefined);
       if (st) actual += st.blocks * 512;
     }
     const d = this.layout.descriptor;
@@ -341,6 +343,10 @@ export class VmdkImage implements Image {
     }
     return info;
   }
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fsp.access(p).then(() => true, () => false);
 }
 
 async function openSparseFile(
