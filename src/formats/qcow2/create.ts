@@ -9,6 +9,7 @@ import { HostFile } from '../../io/host-file';
 import type { CreateOptions } from '../types';
 import { serializeExtensions, STANDARD_FEATURES } from './extensions';
 import { COMPAT_LAZY_REFCOUNTS, Header, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, MAX_L1_BYTES, serializeHeader, V2_SIZE, V3_SIZE } from './header';
+import { resolveRelative } from './meta';
 import { setRefcount, setReftableEntry } from './refcount-block';
 
 export interface CreateSpec {
@@ -67,7 +68,7 @@ export async function createQcow2(path: string, opts: CreateOptions): Promise<Cr
   const backingFormat = opts.backingFormat ?? opts.options['backing_fmt'];
   let size = opts.size;
   if (backingFile && !size) {
-    const b = await opts.openBacking(backingFile, backingFormat);
+    const b = await opts.openBacking(resolveRelative(path, backingFile), backingFormat); // relative to the new image's folder
     size = b.virtualSize;
     await b.close();
   }

@@ -516,6 +516,8 @@ export class Qcow2Image implements Image {
     if (this.closed) return;
     try {
       if (!this.readOnly) await this.flush();
+      const st = this.stats().driver;
+      log('close %s: metadataWrites=%d dataWrites=%d hostFlushes=%d cacheHits=%d cacheMisses=%d allocatedClusters=%d', this.path, st['metadataWrites'], st['dataWrites'], st['hostFlushes'], st['cacheHits'], st['cacheMisses'], st['allocatedClusters']);
     } finally {
       this.closed = true;
       await this.file.close();
