@@ -243,10 +243,29 @@ export class RequestMerger {
       this.pending.put(cut, ext.buf.subarray(cut - ext.start, ext.end - ext.start), ext.acked);
       ext.end = cut;
     }
-    const span = pageSpan(ext.start, ext.end, diskSize);
+    // Driver requests stay near maxBytes (overlapping merges or a huge write can make an extent
+    // bigger): cut at page boundaries, so the pieces lock disjoint pages and run in parallel.
+    const limit = Math.max(PAGE_SIZE, pageDown(this.options.maxBytes));
+    if (ext.end - ext.start <= limit) return this.sendPiece(ext.start, ext.end, ext.buf, ext.acked);
+    const parts: DriverWrite[] = [];
+    for (let at = ext.start; at < ext.end; ) {
+      const cut = Math.min(ext.end, pageDown(at + limit)); // limit >= one page, so cut > at
+      parts.push(this.sendPiece(at, cut, ext.buf.subarray(at - ext.start), ext.acked));
+      at = cut;
+    }
+    const whole: DriverWrite = { start: ext.start, end: ext.end, bytes: ext.end - ext.start, acked: ext.acked, error: undefined, done: Promise.resolve() };
+    whole.done = Promise.all(parts.map((p) => p.done)).then(() => {
+      whole.error = parts.find((p) => p.error !== undefined)?.error;
+    });
+    return whole;
+  }
+
+  /** One driver write of bytes [start, end), which sit at buf[0 .. end-start). */
+  private sendPiece(start: number, end: number, buf: Buffer, acked: boolean): DriverWrite {
+    const span = pageSpan(start, end, this.image.virtualSize);
     const lease = this.lock.acquire(span.start, span.end, false);
-    const bytes = ext.end - ext.start;
-    const op: DriverWrite = { start: ext.start, end: ext.end, bytes, acked: ext.acked, error: undefined, done: Promise.resolve() };
+    const bytes = end - start;
+    const op: DriverWrite = { start, end, bytes, acked, error: undefined, done: Promise.resolve() };
     this.inflight.add(op);
     this.inflightBytes += bytes;
     op.done = (async () => {
@@ -256,9 +275,9 @@ export class RequestMerger {
         const wait = this.slots.acquire();
         slot = true;
         if (wait) await wait;
-        await writeExtentAligned(this.image, ext.start, ext.end, ext.buf.subarray(0, bytes), this.counters);
+        await writeExtentAligned(this.image, start, end, buf.subarray(0, bytes), this.counters);
       } catch (e) {
-        op.error = fromNodeError(e, `write ${this.image.path} at ${ext.start}+${bytes}`);
+        op.error = fromNodeError(e, `write ${this.image.path} at ${start}+${bytes}`);
         this.recordFailure(op, op.error);
       } finally {
         if (slot) this.slots.release();

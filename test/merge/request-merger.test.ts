@@ -345,3 +345,21 @@ describe('close', () => {
     await m.close(); // idempotent
   });
 });
+
+describe('request size', () => {
+  it('cuts an extent bigger than maxBytes into page-aligned driver requests of at most maxBytes', async () => {
+    const img = new ModelImage(8 * MiB + 100);
+    const m = new RequestMerger(img, { delayMs: 10_000, maxBytes: 256 * 1024 });
+    const big = pattern(3 * MiB + 5000, 9);
+    await m.write(1000, big);
+    await m.write(8 * MiB - 1000, pattern(1100, 3)); // up to the unaligned disk end
+    await m.flush();
+    expect(img.violations).toEqual([]);
+    for (const r of img.log('write')) expect(r.length).toBeLessThanOrEqual(256 * 1024);
+    expect(img.log('write').length).toBeGreaterThanOrEqual(13);
+    const expected = Buffer.alloc(8 * MiB + 100);
+    big.copy(expected, 1000);
+    pattern(1100, 3).copy(expected, 8 * MiB - 1000);
+    expect(img.data.equals(expected)).toBe(true);
+  });
+});
