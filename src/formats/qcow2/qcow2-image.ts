@@ -311,11 +311,20 @@ export class Qcow2Image implements Image {
         }
         const host = this.directHost(e.buf, i);
         if (host >= 0) {
+          // In place; clusters contiguous on the host too go out as one write.
           const from = Math.max(offset, c * cs);
-          const to = Math.min(end, (c + 1) * cs);
-          io.push(this.dataFile.write(buf.subarray(from - offset, to - offset), host + (from - c * cs), 'data'));
-          this.counters.dataWrites++;
+          let to = Math.min(end, (c + 1) * cs);
+          let hostEnd = host + cs;
           c++;
+          while (c <= lastC) {
+            const [e2, i2] = entryOf(c);
+            if (this.directHost(e2.buf, i2) !== hostEnd || (zeroPayload && zeroMode === 'all' && fullyCovered(c))) break;
+            to = Math.min(end, (c + 1) * cs);
+            hostEnd += cs;
+            c++;
+          }
+          io.push(this.dataFile.write(buf.subarray(from - offset, to - offset), host + (from - Math.floor(from / cs) * cs), 'data'));
+          this.counters.dataWrites++;
           continue;
         }
         let k = 1;
