@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Image } from '../../../src/formats/types';
 import { openImage } from '../../../src/image/open';
+import * as hdr from '../../../src/formats/vmdk/sparse-header';
 
 export function tmpDir(tag: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `vdiskfs-vmdk-${tag}-`));
@@ -52,4 +53,26 @@ export function corpusDir(): string {
   const rel = path.resolve(__dirname, '../../../../shared/corpus');
   if (fs.existsSync(rel)) return rel;
   return '/work/shared/corpus';
+}
+
+/**
+ * A hosted sparse extent built by hand (qemu-img only makes 64 KiB grains with preallocated
+ * tables): any grain size and table size, every GD/RGD entry 0 so tables get allocated on write.
+ */
+export function makeHandSparse(file: string, o: { capacitySectors: number; grainSectors: number; gtes: number; zeroGrain?: boolean }): void {
+  const grains = Math.ceil(o.capacitySectors / o.grainSectors);
+  const tables = Math.ceil(grains / o.gtes);
+  const gdSectors = Math.ceil((tables * 4) / 512);
+  const descSectors = 4;
+  const rgdOffset = 1 + descSectors;
+  const gdOffset = rgdOffset + gdSectors;
+  const overHead = gdOffset + gdSectors;
+  const buf = Buffer.alloc(overHead * 512);
+  hdr.serialize({
+    version: o.zeroGrain ? 2 : 1, flags: hdr.FLAG_NL_DETECT | hdr.FLAG_RGD | (o.zeroGrain ? hdr.FLAG_ZERO_GRAIN : 0), capacity: o.capacitySectors,
+    grainSize: o.grainSectors, descriptorOffset: 1, descriptorSize: descSectors, numGTEsPerGT: o.gtes, rgdOffset, gdOffset, overHead,
+    uncleanShutdown: 0, compressAlgorithm: 0,
+  }).copy(buf);
+  buf.write(`# Disk DescriptorFile\nversion=1\nCID=abcdef01\nparentCID=ffffffff\ncreateType="monolithicSparse"\n\n# Extent description\nRW ${o.capacitySectors} SPARSE "${path.basename(file)}"\n\n#DDB\nddb.adapterType = "ide"\n`, 512, 'latin1');
+  fs.writeFileSync(file, buf);
 }

@@ -5,7 +5,7 @@ import { openImage } from '../../../src/image/open';
 import { vmdkDriver } from '../../../src/formats/vmdk/index';
 import type { Image } from '../../../src/formats/types';
 import { qemuCheck, qemuCompare, qemuImg, qemuIo, qemuRaw, rng } from '../../helpers/qemu';
-import { tmpDir } from './helpers';
+import { makeHandSparse, tmpDir } from './helpers';
 
 /**
  * Seeded random write storms (unaligned, cross-grain, cross-extent, all-zero, 1 B..2 MiB,
@@ -38,6 +38,11 @@ const variants: Variant[] = [
   {
     name: 'twoGbMaxExtentFlat', size: TWO_G + 32 * MiB, hot: [[TWO_G - 8 * MiB, 16 * MiB]],
     make: (f) => void qemuImg(['create', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentFlat', f, String(TWO_G + 32 * MiB)]),
+  },
+  {
+    name: 'hand-made: 8 KiB grains, 64-entry tables, no tables preallocated, zeroed grains',
+    size: 12 * MiB + 1024,
+    make: (f) => makeHandSparse(f, { capacitySectors: (12 * MiB + 1024) / 512, grainSectors: 16, gtes: 64, zeroGrain: true }),
   },
   {
     name: 'delta disk over a parent with data', size: 16 * MiB,
@@ -127,6 +132,8 @@ describe('vmdk write storms (qemu-img check + compare)', () => {
         } finally {
           fs.closeSync(fd);
         }
+        const ours = await vmdkDriver.check!(f, { writable: false, repair: false, warn: () => {}, openBacking: (p) => openImage(p, { writable: false }) });
+        expect(ours.errors + ours.corruptions, ours.messages.join('\n')).toBe(0);
         const check = qemuCheck(f, 'vmdk');
         expect(check.ok, check.output).toBe(true);
         const cmp = qemuCompare(f, mirror, 'vmdk');
