@@ -294,31 +294,63 @@ export class Qcow2Image implements Image {
     const end = offset + buf.length;
     const firstC = Math.floor(offset / cs);
     const lastC = Math.floor((end - 1) / cs);
-    const zeroPayload = zeroMode !== 'none' && this.zeroClusters && (zeroMode === 'all' || isAllZero(buf));
-    const tables = new Map<number, CacheEntry>();
+    const allZero = zeroMode === 'all' || (zeroMode === 'unallocated' && isAllZero(buf));
+    // Tables are loaded (pinned) up front for the synchronous checks; made private only where
+    // something really changes, so a zero write over zeros touches no metadata.
+    const views = new Map<number, CacheEntry | undefined>();
+    const pinned: CacheEntry[] = [];
+    const priv = new Set<number>();
+    const makePrivate = async (c: number): Promise<void> => {
+      const l1i = Math.floor(c / n);
+      if (priv.has(l1i)) return;
+      const e = await this.privateL2(l1i);
+      pinned.push(e);
+      views.set(l1i, e);
+      priv.add(l1i);
+    };
     try {
-      for (let l1i = Math.floor(firstC / n); l1i <= Math.floor(lastC / n); l1i++) tables.set(l1i, await this.privateL2(l1i));
-      const entryOf = (c: number): [CacheEntry, number] => [tables.get(Math.floor(c / n))!, c % n];
+      for (let l1i = Math.floor(firstC / n); l1i <= Math.floor(lastC / n); l1i++) {
+        const off = this.l2Offset(l1i);
+        const e = off ? await this.cache.get('l2', off) : undefined;
+        if (e) pinned.push(e);
+        views.set(l1i, e);
+      }
+      const entryOf = (c: number): [CacheEntry, number] => [views.get(Math.floor(c / n))!, c % n];
+      const direct = (c: number): number => {
+        const e = views.get(Math.floor(c / n));
+        return e ? this.directHost(e.buf, c % n) : -1;
+      };
       const fullyCovered = (c: number): boolean => offset <= c * cs && end >= Math.min((c + 1) * cs, this.virtualSize);
+      // 'skip': already reads as zeros; 'zero': becomes a zero cluster; 'write': data goes out.
+      const zeroAction = (c: number): 'skip' | 'zero' | 'write' => {
+        if (!allZero || !fullyCovered(c)) return 'write';
+        if (this.readsAsZeros(c * cs, cs)) return 'skip';
+        if (this.zeroClusters && (zeroMode === 'all' || direct(c) < 0)) return 'zero';
+        return 'write';
+      };
       const io: Promise<void>[] = [];
       let c = firstC;
       while (c <= lastC) {
-        const [e, i] = entryOf(c);
-        if (zeroPayload && fullyCovered(c) && (zeroMode === 'all' || this.directHost(e.buf, i) < 0)) {
+        const za = zeroAction(c);
+        if (za === 'skip') {
+          c++;
+          continue;
+        }
+        if (za === 'zero') {
+          await makePrivate(c);
+          const [e, i] = entryOf(c);
           this.setZero(e, i);
           c++;
           continue;
         }
-        const host = this.directHost(e.buf, i);
+        const host = direct(c);
         if (host >= 0) {
           // In place; clusters contiguous on the host too go out as one write.
           const from = Math.max(offset, c * cs);
           let to = Math.min(end, (c + 1) * cs);
           let hostEnd = host + cs;
           c++;
-          while (c <= lastC) {
-            const [e2, i2] = entryOf(c);
-            if (this.directHost(e2.buf, i2) !== hostEnd || (zeroPayload && zeroMode === 'all' && fullyCovered(c))) break;
+          while (c <= lastC && direct(c) === hostEnd && zeroAction(c) === 'write') {
             to = Math.min(end, (c + 1) * cs);
             hostEnd += cs;
             c++;
@@ -328,17 +360,14 @@ export class Qcow2Image implements Image {
           continue;
         }
         let k = 1;
-        while (c + k <= lastC) {
-          const [e2, i2] = entryOf(c + k);
-          if (this.directHost(e2.buf, i2) >= 0 || (zeroPayload && fullyCovered(c + k))) break;
-          k++;
-        }
+        while (c + k <= lastC && direct(c + k) < 0 && zeroAction(c + k) === 'write') k++;
+        for (let j = 0; j < k; j++) await makePrivate(c + j);
         await this.allocateRun(c, k, offset, buf, entryOf);
         c += k;
       }
       await Promise.all(io);
     } finally {
-      for (const e of tables.values()) this.cache.unpin(e);
+      for (const e of pinned) this.cache.unpin(e);
     }
   }
 
