@@ -30,8 +30,11 @@ export class PendingExtents {
     return this.list.length;
   }
 
-  /** Copies `data` (once) into the pending set at guest offset `start`; returns the extent now holding it. */
-  put(start: number, data: Buffer, acked: boolean): PendingExtent {
+  /**
+   * Copies `data` (once) into the pending set at guest offset `start`; returns the extent now
+   * holding it. `reserve`: capacity for a new extent (a stream continuing past a sent extent).
+   */
+  put(start: number, data: Buffer, acked: boolean, reserve = 0): PendingExtent {
     const end = start + data.length;
     const list = this.list;
     const i = this.firstEndingAtOrAfter(start);
@@ -40,7 +43,7 @@ export class PendingExtents {
 
     this.lastPutJoined = i !== j;
     if (i === j) {
-      const buf = Buffer.allocUnsafe(data.length);
+      const buf = Buffer.allocUnsafe(Math.max(data.length, reserve));
       data.copy(buf);
       const x: PendingExtent = { start, end, buf, acked };
       list.splice(i, 0, x);

@@ -91,10 +91,14 @@ export class RequestMerger {
   private writeSeq = 0;
   private armedSeq = 0;
   private closed = false;
+  /** End of the last extent sent because it reached maxBytes: where a sequential stream goes on. */
+  private streamEnd = -1;
+  private readonly slabBytes: number;
 
   constructor(readonly image: Image, opts: MergerOptions = {}) {
     this.options = resolveMergerOptions(opts);
-    this.pending = new PendingExtents(slabBytesFor(this.options.maxBytes));
+    this.slabBytes = slabBytesFor(this.options.maxBytes);
+    this.pending = new PendingExtents(this.slabBytes);
     this.slots = new Slots(this.options.maxInflight);
   }
 
@@ -148,7 +152,8 @@ export class RequestMerger {
     this.checkWritable(offset, data.length);
     if (data.length === 0) return;
     const through = !this.options.merge || opts?.writeThrough === true || opts?.sync === true;
-    const ext = this.pending.put(offset, data, !through);
+    // A write continuing a stream whose last extent just went out gets a full slab at once.
+    const ext = this.pending.put(offset, data, !through, offset === this.streamEnd ? this.slabBytes : 0);
     this.counters.mergedWrites++;
     if (this.pending.lastPutJoined) this.counters.coalescedWrites++;
 
@@ -240,9 +245,10 @@ export class RequestMerger {
     const diskSize = this.image.virtualSize;
     if (keepTail && ext.end % PAGE_SIZE !== 0 && ext.end !== diskSize && pageDown(ext.end) > ext.start) {
       const cut = pageDown(ext.end);
-      this.pending.put(cut, ext.buf.subarray(cut - ext.start, ext.end - ext.start), ext.acked);
+      this.pending.put(cut, ext.buf.subarray(cut - ext.start, ext.end - ext.start), ext.acked, this.slabBytes);
       ext.end = cut;
     }
+    if (keepTail) this.streamEnd = ext.end;
     // Driver requests stay near maxBytes (overlapping merges or a huge write can make an extent
     // bigger): cut at page boundaries, so the pieces lock disjoint pages and run in parallel.
     const limit = Math.max(PAGE_SIZE, pageDown(this.options.maxBytes));
