@@ -11,8 +11,8 @@ export type ExtentMapping =
   | { kind: 'compressed'; length: number; hostOffset: number; grainOffset: number };
 
 /**
- * Reads the guest bytes under this extent from the parent disk (or zeros without a parent);
- * `extentOffset` is relative to the extent. Used for COW of partial grains.
+ * Reads the guest bytes under this extent from the parent disk; `extentOffset` is relative to
+ * the extent. Used for COW of partial grains; null when there is no parent (COW from zeros).
  */
 export type CowSource = (extentOffset: number, into: Buffer) => Promise<void>;
 
@@ -28,9 +28,9 @@ export interface VmdkExtent {
   /** Decompresses the grain holding a 'compressed' mapping into `into` (streamOptimized). */
   readCompressed?(m: ExtentMapping & { kind: 'compressed' }, offset: number, into: Buffer): Promise<void>;
   /** Writes `data` (total `length` bytes) at `offset`; allocation, COW and metadata are the extent's job. */
-  write(offset: number, data: Buffer[], length: number, cow: CowSource): Promise<void>;
+  write(offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void>;
   /** Zeroes a range: zeroed-grain entries where the extent can, zeros written otherwise. */
-  writeZeroes(offset: number, length: number, cow: CowSource, hasParent: boolean): Promise<void>;
+  writeZeroes(offset: number, length: number, cow: CowSource | null, hasParent: boolean): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;
   counters(): Record<string, number>;

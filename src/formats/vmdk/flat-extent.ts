@@ -21,7 +21,7 @@ export class FlatExtent implements VmdkExtent {
     return { kind: 'data', length, hostOffset: this.offsetSectors * SECTOR + offset };
   }
 
-  async write(offset: number, data: Buffer[], _length: number, _cow: CowSource): Promise<void> {
+  async write(offset: number, data: Buffer[], _length: number, _cow: CowSource | null): Promise<void> {
     if (this.access !== 'RW') throw VdiskError.readOnly(`extent ${this.fileName} is ${this.access}`);
     this.dataWrites++;
     await this.file.write(data, this.offsetSectors * SECTOR + offset, 'data');

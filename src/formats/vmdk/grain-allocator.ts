@@ -47,7 +47,7 @@ async function settle(ext: SparseExtent, g0: number, g1: number): Promise<void> 
   await Promise.all(busy);
 }
 
-export async function writeGrains(ext: SparseExtent, offset: number, data: Buffer[], length: number, cow: CowSource): Promise<void> {
+export async function writeGrains(ext: SparseExtent, offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {
   const G = ext.grainBytes;
   if (!ext.noMultiAlloc) return writeRun(ext, offset, data, length, cow);
   // QEMU's way: one grain at a time, each entry written through.
@@ -59,7 +59,7 @@ export async function writeGrains(ext: SparseExtent, offset: number, data: Buffe
 }
 
 /** One request (or, without multi-alloc, one grain of it): classify, allocate, write, then map. */
-async function writeRun(ext: SparseExtent, offset: number, data: Buffer[], length: number, cow: CowSource): Promise<void> {
+async function writeRun(ext: SparseExtent, offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {
   const G = ext.grainBytes;
   const end = offset + length;
   const g0 = Math.floor(offset / G);
@@ -111,23 +111,26 @@ async function writeRun(ext: SparseExtent, offset: number, data: Buffer[], lengt
   const done = new Promise<void>((r) => (release = r));
   for (const m of missing) ext.inflight.set(m.g, done);
   try {
-    const grains = missing.map((m) => buildGrain(ext, m, offset, end, data, cow));
+    // Whole-grain pieces, built synchronously; only partial grains (at most the first and the
+    // last) wait for a COW read, all at once.
+    const fills: Promise<void>[] = [];
+    const grains = missing.map((m) => buildGrain(ext, m, offset, end, data, cow, fills));
+    if (fills.length) await Promise.all(fills);
     let hostSectors: number[];
     if (ext.compressed) {
       hostSectors = await writeCompressed(ext, missing, grains);
     } else {
       const start = ext.reserve(missing.length * G);
       hostSectors = missing.map((_, i) => (start + i * G) / SECTOR);
-      const parts = await Promise.all(grains);
       if (ext.noMultiAlloc) {
         // QEMU's way: COW head, payload and COW tail as separate writes.
-        for (const p of parts[0]!) {
+        for (const p of grains[0]!) {
           ext.stats.dataWrites++;
           await ext.file.write(p.bufs, start + p.at, 'data');
         }
       } else {
         const vector: Buffer[] = [];
-        for (const p of parts) for (const piece of p) vector.push(...piece.bufs);
+        for (const p of grains) for (const piece of p) for (const b of piece.bufs) vector.push(b);
         ext.stats.dataWrites++;
         await Promise.all([ext.file.write(vector, start, 'data'), ...inPlace]);
       }
@@ -148,31 +151,32 @@ interface Piece {
   bufs: Buffer[];
 }
 
-/** A whole grain's content: COW head (parent or zeros), the payload, COW tail. */
-async function buildGrain(ext: SparseExtent, m: MissingGrain, offset: number, end: number, data: Buffer[], cow: CowSource): Promise<Piece[]> {
+/** A whole grain's content: COW head (parent or zeros), the payload, COW tail; COW reads go to `fills`. */
+function buildGrain(ext: SparseExtent, m: MissingGrain, offset: number, end: number, data: Buffer[], cow: CowSource | null, fills: Promise<void>[]): Piece[] {
   const G = ext.grainBytes;
   const gs = m.g * G;
   const s = Math.max(offset, gs);
   const e = Math.min(end, gs + G);
   const pieces: Piece[] = [];
-  const fill = async (from: number, len: number): Promise<Buffer> => {
-    const b = Buffer.alloc(len);
-    if (m.wasZero) return b;
+  const fill = (from: number, len: number): Buffer => {
+    // Without a parent (or over a zeroed grain) the COW source is zeros: a shared buffer, no read.
+    if (m.wasZero || !cow) return ext.zeros(len);
+    const b = Buffer.allocUnsafe(len);
     ext.stats.cowReads++;
-    await cow(from, b);
+    fills.push(cow(from, b));
     return b;
   };
-  if (s > gs) pieces.push({ at: 0, bufs: [await fill(gs, s - gs)] });
+  if (s > gs) pieces.push({ at: 0, bufs: [fill(gs, s - gs)] });
   pieces.push({ at: s - gs, bufs: sliceVector(data, s - offset, e - s) });
-  if (e < gs + G) pieces.push({ at: e - gs, bufs: [await fill(e, gs + G - e)] });
+  if (e < gs + G) pieces.push({ at: e - gs, bufs: [fill(e, gs + G - e)] });
   return pieces;
 }
 
 /** streamOptimized: each grain deflated behind its grain marker, appended at the end, one write. */
-async function writeCompressed(ext: SparseExtent, missing: MissingGrain[], grains: Promise<Piece[]>[]): Promise<number[]> {
+async function writeCompressed(ext: SparseExtent, missing: MissingGrain[], grains: Piece[][]): Promise<number[]> {
   const compressed = await Promise.all(
     grains.map(async (p, i) => {
-      const whole = Buffer.concat((await p).flatMap((x) => x.bufs));
+      const whole = Buffer.concat(p.flatMap((x) => x.bufs));
       const z = await deflate(whole);
       const recLen = alignUp(marker.GRAIN_MARKER_SIZE + z.length, SECTOR);
       const lba = (missing[i]!.g * ext.grainBytes) / SECTOR;
@@ -197,7 +201,7 @@ async function writeCompressed(ext: SparseExtent, missing: MissingGrain[], grain
  * allows; grains that already read as zeros (no table entry, no parent) are left alone;
  * everything else gets real zeros through the write path.
  */
-export async function writeZeroGrains(ext: SparseExtent, offset: number, length: number, cow: CowSource, hasParent: boolean): Promise<void> {
+export async function writeZeroGrains(ext: SparseExtent, offset: number, length: number, cow: CowSource | null, hasParent: boolean): Promise<void> {
   const G = ext.grainBytes;
   const end = offset + length;
   let pos = offset;
@@ -230,7 +234,7 @@ export async function writeZeroGrains(ext: SparseExtent, offset: number, length:
     for (const [s, n] of writes) {
       for (let d = 0; d < n; ) {
         const k = Math.min(n - d, 1 << 20);
-        await writeGrains(ext, s + d, [Buffer.alloc(k)], k, cow);
+        await writeGrains(ext, s + d, [ext.zeros(k)], k, cow);
         d += k;
       }
     }

@@ -204,6 +204,13 @@ export class SparseExtent implements VmdkExtent {
     this.stats.tablesAllocated++;
   }
 
+  private zeroBuf: Buffer | undefined;
+  /** A shared all-zero buffer (never written to) for COW-from-zeros and zero writes. */
+  zeros(len: number): Buffer {
+    if (!this.zeroBuf || this.zeroBuf.length < len) this.zeroBuf = Buffer.alloc(Math.max(len, this.grainBytes, 1 << 20));
+    return this.zeroBuf.subarray(0, len);
+  }
+
   reserve(bytes: number): number {
     const at = this.nextFree;
     this.nextFree += bytes;
@@ -280,12 +287,12 @@ export class SparseExtent implements VmdkExtent {
     return out;
   }
 
-  write(offset: number, data: Buffer[], length: number, cow: CowSource): Promise<void> {
+  write(offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`extent ${this.fileName} is read-only`);
     return writeGrains(this, offset, data, length, cow);
   }
 
-  writeZeroes(offset: number, length: number, cow: CowSource, hasParent: boolean): Promise<void> {
+  writeZeroes(offset: number, length: number, cow: CowSource | null, hasParent: boolean): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`extent ${this.fileName} is read-only`);
     return writeZeroGrains(this, offset, length, cow, hasParent);
   }

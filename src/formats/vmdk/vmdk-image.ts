@@ -183,7 +183,8 @@ export class VmdkImage implements Image {
     if (n < into.length) into.fill(0, n);
   }
 
-  private cowFor(start: number): CowSource {
+  private cowFor(start: number): CowSource | null {
+    if (!this.parent) return null;
     return (eo, into) => this.readParent(start + eo, into);
   }
 
