@@ -30,8 +30,11 @@ import {
   l2HostOffset,
   l2Kind,
   setL1,
+  l2ZeroBits,
+  setL2Extended,
   setL2Normal,
   setL2Zero,
+  subclusterMask,
 } from './table-entry';
 
 const log = createDebug('vdiskfs:qcow2');
@@ -359,8 +362,16 @@ export class Qcow2Image implements Image {
           this.counters.dataWrites++;
           continue;
         }
+        if (this.ctx.layout.extended && this.privateHost(c, entryOf) >= 0) {
+          // Extended L2, private host cluster with some subclusters not allocated yet: write
+          // the touched subclusters in place, COW only to subcluster boundaries.
+          await makePrivate(c);
+          await this.writeSubclusters(c, offset, buf, entryOf);
+          c++;
+          continue;
+        }
         let k = 1;
-        while (c + k <= lastC && direct(c + k) < 0 && zeroAction(c + k) === 'write') k++;
+        while (c + k <= lastC && direct(c + k) < 0 && zeroAction(c + k) === 'write' && !(this.ctx.layout.extended && this.privateHost(c + k, entryOf) >= 0)) k++;
         for (let j = 0; j < k; j++) await makePrivate(c + j);
         await this.allocateRun(c, k, offset, buf, entryOf);
         c += k;
@@ -373,40 +384,103 @@ export class Qcow2Image implements Image {
 
   private async allocateRun(c0: number, k: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): Promise<void> {
     const cs = this.cs;
+    const l = this.ctx.layout;
     const runStart = c0 * cs;
     const runEnd = (c0 + k) * cs;
     const end = offset + buf.length;
+    // Extended L2: an edge cluster with no host cluster yet only needs its touched subclusters;
+    // the others keep their state (unallocated → backing file, or zero).
+    const sc = cs / 32;
+    const noHost = (c: number): boolean => {
+      const [e, i] = entryOf(c);
+      return l2Kind(e.buf, i, l) === KIND_UNALLOCATED;
+    };
+    const writeStart = l.extended && offset > runStart && noHost(c0) ? Math.floor(offset / sc) * sc : runStart;
+    const writeEnd = l.extended && end < runEnd && noHost(c0 + k - 1) ? Math.ceil(end / sc) * sc : runEnd;
     const parts: Buffer[] = [];
     // COW reads happen before anything changes; they see the old mapping. New clusters are
     // always past everything ever written (append-only allocation), so they read as zeros:
     // COW regions that read as zeros anyway are not written at all.
     let skipHead = 0;
-    if (offset > runStart) {
-      if (this.readsAsZeros(runStart, offset - runStart)) {
-        skipHead = offset - runStart;
+    if (offset > writeStart) {
+      if (this.readsAsZeros(writeStart, offset - writeStart)) {
+        skipHead = offset - writeStart;
       } else {
-        const head = Buffer.alloc(offset - runStart);
-        await this.readLayer(runStart, head);
+        const head = Buffer.alloc(offset - writeStart);
+        await this.readLayer(writeStart, head);
         parts.push(head);
       }
     }
     parts.push(buf.subarray(Math.max(offset, runStart) - offset, Math.min(end, runEnd) - offset));
-    if (end < runEnd && !this.readsAsZeros(end, runEnd - end)) {
-      const tail = Buffer.alloc(runEnd - end);
+    if (end < writeEnd && !this.readsAsZeros(end, writeEnd - end)) {
+      const tail = Buffer.alloc(writeEnd - end);
       await this.readLayer(end, tail);
       parts.push(tail);
     }
     const host = await this.refcounts!.allocate(k);
     this.counters.allocatedClusters += k;
-    await this.dataFile.write(parts, host + skipHead, 'data');
+    await this.dataFile.write(parts, host + (writeStart - runStart) + skipHead, 'data');
     this.counters.dataWrites++;
     // Data is written: now the L2 entries may point at it.
     for (let j = 0; j < k; j++) {
       const [e, i] = entryOf(c0 + j);
-      this.dropReference(e.buf, i);
-      setL2Normal(e.buf, i, this.ctx.layout, host + j * cs, true);
+      const cStart = (c0 + j) * cs;
+      const from = Math.max(writeStart, cStart);
+      const to = Math.min(writeEnd, cStart + cs);
+      if (from === cStart && to === cStart + cs) {
+        this.dropReference(e.buf, i);
+        setL2Normal(e.buf, i, l, host + j * cs, true);
+      } else {
+        const mask = subclusterMask((from - cStart) / sc, (to - cStart) / sc);
+        setL2Extended(e.buf, i, l, host + j * cs, true, mask, l2ZeroBits(e.buf, i, l) & ~mask);
+      }
       e.dirty = true;
     }
+  }
+
+  /** Extended L2: host offset of a private, uncompressed cluster (any subcluster state), or -1. */
+  private privateHost(c: number, entryOf: (c: number) => [CacheEntry, number]): number {
+    const [e, i] = entryOf(c);
+    if (!e) return -1;
+    const l = this.ctx.layout;
+    if (l2Kind(e.buf, i, l) !== KIND_NORMAL || !l2Copied(e.buf, i, l)) return -1;
+    if (!l1Copied(this.ctx.l1, Math.floor(c / this.ctx.l2Entries))) return -1;
+    return l2HostOffset(e.buf, i, l);
+  }
+
+  /** Extended L2: writes into a private host cluster, allocating the touched subclusters. */
+  private async writeSubclusters(c: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): Promise<void> {
+    const cs = this.cs;
+    const l = this.ctx.layout;
+    const sc = cs / 32;
+    const [e, i] = entryOf(c);
+    const host = l2HostOffset(e.buf, i, l);
+    const alloc = l2AllocBits(e.buf, i, l);
+    const cStart = c * cs;
+    const from = Math.max(offset, cStart);
+    const to = Math.min(offset + buf.length, cStart + cs);
+    const a = Math.floor((from - cStart) / sc);
+    const b = Math.ceil((to - cStart) / sc);
+    const parts: Buffer[] = [];
+    let ws = from;
+    // The host bytes of an unallocated subcluster may be stale: COW writes them explicitly.
+    if (!(alloc & (2 ** a)) && from > cStart + a * sc) {
+      ws = cStart + a * sc;
+      const head = Buffer.alloc(from - ws);
+      await this.readLayer(ws, head);
+      parts.push(head);
+    }
+    parts.push(buf.subarray(from - offset, to - offset));
+    if (!(alloc & (2 ** (b - 1))) && to < cStart + b * sc) {
+      const tail = Buffer.alloc(cStart + b * sc - to);
+      await this.readLayer(to, tail);
+      parts.push(tail);
+    }
+    await this.dataFile.write(parts, host + (ws - cStart), 'data');
+    this.counters.dataWrites++;
+    const mask = subclusterMask(a, b);
+    setL2Extended(e.buf, i, l, host, true, (alloc | mask) >>> 0, l2ZeroBits(e.buf, i, l) & ~mask);
+    e.dirty = true;
   }
 
   /** True when this layer's range reads as zeros without any I/O (zero clusters, or unallocated with no backing file). */

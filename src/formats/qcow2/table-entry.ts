@@ -119,3 +119,17 @@ export function setL2Zero(t: Buffer, i: number, l: L2Layout): void {
 export function clearCopied(t: Buffer, byteOffset: number): void {
   t.writeUInt32BE((t.readUInt32BE(byteOffset) & ~COPIED_HI) >>> 0, byteOffset);
 }
+
+/** Extended entry with explicit subcluster bitmaps (alloc: bits allocated, zero: bits reading as zeros). */
+export function setL2Extended(t: Buffer, i: number, l: L2Layout, host: number, copied: boolean, alloc: number, zero: number): void {
+  const o = i * l.entrySize;
+  t.writeUInt32BE(((Math.floor(host / TWO32) & OFFSET_HI_MASK) | (copied ? COPIED_HI : 0)) >>> 0, o);
+  t.writeUInt32BE(host % TWO32 >>> 0, o + 4);
+  t.writeUInt32BE(zero >>> 0, o + 8);
+  t.writeUInt32BE(alloc >>> 0, o + 12);
+}
+
+/** Bit mask of subclusters [first, end). */
+export function subclusterMask(first: number, end: number): number {
+  return ((2 ** (end - first) - 1) * 2 ** first) >>> 0;
+}

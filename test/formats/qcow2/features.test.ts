@@ -178,3 +178,29 @@ describe('qcow2 resize', () => {
     expect(raw[3 * MiB]).toBe(9);
   });
 });
+
+describe('qcow2 extended L2 writes', () => {
+  it('a partial write over a backing file allocates only the touched subclusters (no whole-cluster COW)', async () => {
+    const base = path.join(dir, 'sub-base.raw');
+    fs.writeFileSync(base, Buffer.alloc(4 * MiB, 0x77));
+    const f = path.join(dir, 'sub.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', base, '-o', 'extended_l2=on,cluster_size=64k', f, '4M']);
+    const img = await openImage(f, { writable: true });
+    const before = img.stats().io[f]!.bytesWritten;
+    await img.write(65536 + 8192 + 100, Buffer.alloc(3000, 0x11)); // subclusters 4 and 5 (2 KiB each)
+    const dataBytes = img.stats().io[f]!.bytesWritten - before;
+    expect(dataBytes).toBe(4096); // the two subclusters, COW only to their edges
+    await img.write(65536 + 30000, Buffer.alloc(10, 0x12)); // same cluster, another subcluster, in place
+    expect(img.stats().driver['allocatedClusters']).toBe(2); // one data cluster + one L2 table
+    await img.close();
+    const map = JSON.parse(qemuImg(['map', '--output=json', f])) as { start: number; length: number; depth: number }[];
+    const top = map.filter((m) => m.depth === 0);
+    expect(top).toEqual([expect.objectContaining({ start: 65536 + 8192, length: 4096 }), expect.objectContaining({ start: 65536 + 28672, length: 2048 })]);
+    const mirror = Buffer.alloc(4 * MiB, 0x77);
+    mirror.fill(0x11, 65536 + 8192 + 100, 65536 + 8192 + 3100);
+    mirror.fill(0x12, 65536 + 30000, 65536 + 30010);
+    fs.writeFileSync(`${f}.mirror`, mirror);
+    expect(qemuCheck(f).ok).toBe(true);
+    expect(qemuCompare(f, `${f}.mirror`).equal).toBe(true);
+  });
+});

@@ -61,6 +61,16 @@ const variants: Variant[] = [
     size: 16 * MiB,
   },
   {
+    name: 'extended L2 over a backing file (subcluster allocation)',
+    make: (f) => {
+      const base = `${f}.base.raw`;
+      fs.writeFileSync(base, Buffer.alloc(16 * MiB, 0x4e));
+      qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', path.basename(base), '-o', 'extended_l2=on,cluster_size=128k', f, '16M']);
+      qemuIo(f, ['write -P 0x4f 100000 5000', 'write -z 3M 16k', 'write -P 0x50 5M 1M']);
+    },
+    size: 16 * MiB,
+  },
+  {
     name: 'snapshots (shared clusters, COPIED flags)',
     make: (f) => {
       create('', 16 * MiB)(f);
