@@ -72,8 +72,10 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
     let refcounts: Refcounts | undefined;
     let image: Qcow2Image | undefined;
     const cache = new MetadataCache(opts.cacheSize ?? defaultCacheSize(cs, extended ? 16 : 8), cs, {
-      load: async (_kind, offset, into) => {
-        await file.read(into, offset, _kind);
+      load: async (kind, offset, into) => {
+        // A table past everything allocated would be written back there: hostile, refuse.
+        if (refcounts && offset >= refcounts.nextFree * cs) throw VdiskError.corrupt(`qcow2 ${kind} table at ${offset} lies past the end of the image`);
+        await file.read(into, offset, kind);
       },
       writeBack: async (kind, entries) => {
         if (kind === 'refblock') await refcounts!.writeBlocks(entries);
@@ -145,6 +147,7 @@ async function usedEnd(file: HostFile, table: Buffer, cs: number, order: number,
     const off = reftableEntry(table, b);
     if (off === 0) continue;
     if (off % cs !== 0) throw VdiskError.corrupt(`qcow2 refcount block ${b} not cluster aligned`);
+    if (off >= fileSize) throw VdiskError.corrupt(`qcow2 refcount block ${b} at ${off} lies past the end of the file`);
     end = Math.max(end, off / cs + 1);
     await file.read(block, off, 'refblock');
     for (let i = perBlock - 1; i >= 0; i--) {

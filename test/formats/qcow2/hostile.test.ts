@@ -179,3 +179,21 @@ describe('qcow2 hostile images', () => {
     expect(process.memoryUsage().rss - rss).toBeLessThan(128 << 20);
   });
 });
+
+describe('qcow2 hostile images opened for writing', () => {
+  it('an L2 table offset past the end of the file is refused on write (not written out there)', async () => {
+    const f = image();
+    const l1 = readU64(f, 40);
+    patch(f, l1, u64((1n << 63n) | (1n << 45n)));
+    const img = await openImage(f, { writable: true });
+    await expect(img.write(0, Buffer.alloc(4096, 1))).rejects.toMatchObject({ code: 'ECORRUPT' });
+    await img.close();
+    expect(fs.statSync(f).size).toBeLessThan(1 << 20);
+  });
+  it('a refcount block past the end of the file is refused on a writable open', async () => {
+    const f = image();
+    const rt = readU64(f, 48);
+    patch(f, rt + 8, u64(1n << 45n));
+    await expect(openImage(f, { writable: true })).rejects.toMatchObject({ code: 'ECORRUPT' });
+  });
+});

@@ -2,13 +2,15 @@
  * Read matrix: images made by qemu-img/qemu-io in every shape the driver must read; each raw
  * view must equal `qemu-img convert -O raw` byte for byte.
  */
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { qemuImg, qemuIo } from '../../helpers/qemu';
 import { expectSameAsQemu, open, tempDir } from './helpers';
 
 const dir = tempDir('read');
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
 
 /** A pattern of writes that covers aligned, unaligned, cross-cluster and zero writes. */
@@ -160,5 +162,25 @@ describe('qcow2 read matrix (oracle: qemu-img convert -O raw)', () => {
     expect(info['dirty-flag']).toBe(q['dirty-flag']);
     expect(info['format-specific']).toEqual(q['format-specific']);
     await img.close();
+  });
+});
+
+describe('qcow2 driver helpers', () => {
+  it('backingFileOf resolves relative names; auxiliaryFiles names the external data file', async () => {
+    const { qcow2Driver } = await import('../../../src/formats/qcow2');
+    const sub = path.join(dir, 'aux');
+    fs.mkdirSync(sub);
+    fs.writeFileSync(path.join(sub, 'b.raw'), Buffer.alloc(MiB));
+    const top = path.join(sub, 'top.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', 'b.raw', top]);
+    const head = fs.readFileSync(top).subarray(0, 4096);
+    expect(qcow2Driver.probe(head, top)).toBe(true);
+    expect(await qcow2Driver.backingFileOf!(top, head)).toBe(path.join(sub, 'b.raw'));
+    expect(await qcow2Driver.auxiliaryFiles!(top, head)).toEqual([]);
+    const df = path.join(sub, 'df.qcow2');
+    // A relative data file name, created from the image's folder (qemu-img resolves it against its cwd).
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'data_file=df.bin', 'df.qcow2', '1M'], { cwd: sub });
+    expect(await qcow2Driver.auxiliaryFiles!(df, head)).toEqual([path.join(sub, 'df.bin')]);
+    expect(await qcow2Driver.backingFileOf!(df, head)).toBeUndefined();
   });
 });

@@ -5,13 +5,14 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../../src/image/open';
 import { qemuCheck, qemuCompare, qemuImg, qemuIo, qemuRaw } from '../../helpers/qemu';
 import { readAll, tempDir } from './helpers';
 import { storm } from './storm';
 
 const dir = tempDir('storm');
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
 
 interface Variant {
