@@ -64,6 +64,17 @@ async function writeRun(ext: SparseExtent, offset: number, data: Buffer[], lengt
   const end = offset + length;
   const g0 = Math.floor(offset / G);
   const g1 = Math.ceil(end / G);
+  const pinned = ext.pinTables(g0, g1);
+  try {
+    await writePinned(ext, offset, data, length, cow, g0, g1);
+  } finally {
+    ext.unpinTables(pinned);
+  }
+}
+
+async function writePinned(ext: SparseExtent, offset: number, data: Buffer[], length: number, cow: CowSource | null, g0: number, g1: number): Promise<void> {
+  const G = ext.grainBytes;
+  const end = offset + length;
   while (!ready(ext, g0, g1)) await settle(ext, g0, g1);
 
   // From here to the first await nothing else runs: classification and reservation are atomic.
@@ -136,6 +147,8 @@ async function writeRun(ext: SparseExtent, offset: number, data: Buffer[], lengt
       }
     }
     await Promise.all(inPlace);
+    // A clean table may have been evicted while the data was in flight: bring it back first.
+    if (!ext.tablesResident(missing[0]!.g, missing[missing.length - 1]!.g + 1)) await ext.loadTables(missing[0]!.g, missing[missing.length - 1]!.g + 1);
     // Data is written: now (never before) point the tables at it, all entries together.
     for (let i = 0; i < missing.length; i++) ext.setGte(missing[i]!.g, hostSectors[i]!);
     ext.stats.grainsAllocated += missing.length;
@@ -210,27 +223,32 @@ export async function writeZeroGrains(ext: SparseExtent, offset: number, length:
     const batchEnd = Math.min(end, (Math.floor(pos / G) + 256) * G);
     const g0 = Math.floor(pos / G);
     const g1 = Math.ceil(batchEnd / G);
-    while (!ready(ext, g0, g1)) await settle(ext, g0, g1);
-    const zeroed: number[] = [];
     const writes: Array<[number, number]> = [];
-    for (let g = g0; g < g1; g++) {
-      const s = Math.max(pos, g * G);
-      const e = Math.min(batchEnd, (g + 1) * G);
-      const entry = ext.gte(g);
-      if ((entry === 0 && !hasParent) || ext.isZeroGte(entry)) continue; // already reads as zeros
-      if (e - s === G && ext.zeroGrainAllowed && !ext.compressed) zeroed.push(g);
-      else {
-        const last = writes[writes.length - 1];
-        if (last && last[0] + last[1] === s) last[1] += e - s;
-        else writes.push([s, e - s]);
+    const pinned = ext.pinTables(g0, g1);
+    try {
+      while (!ready(ext, g0, g1)) await settle(ext, g0, g1);
+      const zeroed: number[] = [];
+      for (let g = g0; g < g1; g++) {
+        const s = Math.max(pos, g * G);
+        const e = Math.min(batchEnd, (g + 1) * G);
+        const entry = ext.gte(g);
+        if ((entry === 0 && !hasParent) || ext.isZeroGte(entry)) continue; // already reads as zeros
+        if (e - s === G && ext.zeroGrainAllowed && !ext.compressed) zeroed.push(g);
+        else {
+          const last = writes[writes.length - 1];
+          if (last && last[0] + last[1] === s) last[1] += e - s;
+          else writes.push([s, e - s]);
+        }
       }
+      for (const g of zeroed) {
+        ext.ensureTable(Math.floor(g / ext.gtEntries));
+        ext.setGte(g, GTE_ZEROED);
+        ext.stats.zeroGrains++;
+      }
+      if (ext.noMultiAlloc) for (const g of zeroed) await ext.writeEntryThrough(g);
+    } finally {
+      ext.unpinTables(pinned);
     }
-    for (const g of zeroed) {
-      ext.ensureTable(Math.floor(g / ext.gtEntries));
-      ext.setGte(g, GTE_ZEROED);
-      ext.stats.zeroGrains++;
-    }
-    if (ext.noMultiAlloc) for (const g of zeroed) await ext.writeEntryThrough(g);
     for (const [s, n] of writes) {
       for (let d = 0; d < n; ) {
         const k = Math.min(n - d, 1 << 20);

@@ -14,6 +14,8 @@ export class GrainTableCache {
   private readonly tables = new Map<number, CachedTable>();
   private readonly loading = new Map<number, Promise<CachedTable>>();
   private bytes = 0;
+  /** Tables a request relies on across an await: never evicted while pinned. */
+  private readonly pins = new Map<number, number>();
   hits = 0;
   misses = 0;
 
@@ -28,6 +30,16 @@ export class GrainTableCache {
       this.tables.set(gtIndex, t);
     }
     return t;
+  }
+
+  pin(gtIndex: number): void {
+    this.pins.set(gtIndex, (this.pins.get(gtIndex) ?? 0) + 1);
+  }
+
+  unpin(gtIndex: number): void {
+    const n = (this.pins.get(gtIndex) ?? 1) - 1;
+    if (n <= 0) this.pins.delete(gtIndex);
+    else this.pins.set(gtIndex, n);
   }
 
   has(gtIndex: number): boolean {
@@ -72,7 +84,7 @@ export class GrainTableCache {
     if (this.bytes <= this.maxBytes) return;
     for (const [i, t] of this.tables) {
       if (this.bytes <= this.maxBytes) break;
-      if (t.version !== t.writtenVersion) continue;
+      if (t.version !== t.writtenVersion || this.pins.has(i)) continue;
       this.tables.delete(i);
       this.bytes -= t.buf.length;
     }

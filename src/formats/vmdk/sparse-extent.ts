@@ -160,6 +160,18 @@ export class SparseExtent implements VmdkExtent {
     if (pending) await Promise.all(pending);
   }
 
+  /** Pins the tables of grains [g0, g1) (present or not yet loaded) for the length of one request. */
+  pinTables(g0: number, g1: number): [number, number] {
+    const t0 = Math.floor(g0 / this.gtEntries);
+    const t1 = Math.min(Math.floor((g1 - 1) / this.gtEntries), this.gd.length - 1);
+    for (let t = t0; t <= t1; t++) this.cache.pin(t);
+    return [t0, t1];
+  }
+
+  unpinTables([t0, t1]: [number, number]): void {
+    for (let t = t0; t <= t1; t++) this.cache.unpin(t);
+  }
+
   /** True when every existing table of grains [g0, g1) is in the cache (no I/O needed). */
   tablesResident(g0: number, g1: number): boolean {
     const t1 = Math.floor((g1 - 1) / this.gtEntries);
@@ -225,8 +237,11 @@ export class SparseExtent implements VmdkExtent {
     const tableEnd = Math.min((t + 1) * this.gtEntries * G, this.size);
     const limit = Math.min(offset + length, tableEnd);
     if (t >= this.gd.length || this.gd[t] === 0) return { kind: 'unallocated', length: limit - offset };
-    if (!this.cache.peek(t)) await this.cache.get(t);
-    const first = this.gte(g);
+    // Use the table object itself: another request's load may evict it from the cache meanwhile.
+    const buf = (this.cache.peek(t) ?? (await this.cache.get(t))).buf;
+    const base = t * this.gtEntries;
+    const entry = (i: number) => buf.readUInt32LE((i - base) * 4);
+    const first = entry(g);
     const within = offset - g * G;
     if (first !== 0 && !this.isZeroGte(first) && this.compressed) {
       return { kind: 'compressed', length: Math.min(limit, (g + 1) * G) - offset, hostOffset: first * SECTOR, grainOffset: g * G };
@@ -234,7 +249,7 @@ export class SparseExtent implements VmdkExtent {
     const kind = first === 0 ? 'unallocated' : this.isZeroGte(first) ? 'zero' : 'data';
     let end = (g + 1) * G;
     for (g = g + 1; end < limit; g++) {
-      const e = this.gte(g);
+      const e = entry(g);
       if (kind === 'data') {
         if (e !== first + ((g - Math.floor(offset / G)) * G) / SECTOR) break;
       } else if (kind === 'zero' ? !this.isZeroGte(e) : e !== 0) break;

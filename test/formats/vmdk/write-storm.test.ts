@@ -23,6 +23,8 @@ interface Variant {
   make(file: string): Promise<void> | void;
   /** Guest ranges the storm aims at (near extent boundaries for split images). */
   hot?: Array<[number, number]>;
+  /** Grain-table cache budget (tiny: tables get evicted and reloaded mid-storm). */
+  cacheSize?: number;
 }
 
 const TWO_G = 2048 * MiB;
@@ -40,8 +42,9 @@ const variants: Variant[] = [
     make: (f) => void qemuImg(['create', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentFlat', f, String(TWO_G + 32 * MiB)]),
   },
   {
-    name: 'hand-made: 8 KiB grains, 64-entry tables, no tables preallocated, zeroed grains',
+    name: 'hand-made: 8 KiB grains, 64-entry tables, no tables preallocated, zeroed grains, 1 KiB table cache',
     size: 12 * MiB + 1024,
+    cacheSize: 1024,
     make: (f) => makeHandSparse(f, { capacitySectors: (12 * MiB + 1024) / 512, grainSectors: 16, gtes: 64, zeroGrain: true }),
   },
   {
@@ -120,7 +123,7 @@ describe('vmdk write storms (qemu-img check + compare)', () => {
         const mirror = qemuRaw(f, `${f}.mirror`);
         const fd = fs.openSync(mirror, 'r+');
         try {
-          const img = await openImage(f, { writable: true, noMultiAlloc });
+          const img = await openImage(f, { writable: true, noMultiAlloc, cacheSize: v.cacheSize });
           expect(img.readOnly).toBe(false);
           try {
             await storm(img, fd, s, 120, v.hot ?? [[0, v.size]]);
