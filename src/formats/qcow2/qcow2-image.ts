@@ -34,6 +34,7 @@ import {
   setL2Extended,
   setL2Normal,
   setL2Zero,
+  setL2ZeroAllocated,
   subclusterMask,
 } from './table-entry';
 
@@ -340,9 +341,10 @@ export class Qcow2Image implements Image {
           continue;
         }
         if (za === 'zero') {
+          const keepHost = direct(c) >= 0;
           await makePrivate(c);
           const [e, i] = entryOf(c);
-          this.setZero(e, i);
+          this.setZero(e, i, keepHost);
           c++;
           continue;
         }
@@ -362,16 +364,17 @@ export class Qcow2Image implements Image {
           this.counters.dataWrites++;
           continue;
         }
-        if (this.ctx.layout.extended && this.privateHost(c, entryOf) >= 0) {
-          // Extended L2, private host cluster with some subclusters not allocated yet: write
-          // the touched subclusters in place, COW only to subcluster boundaries.
+        if (this.privateHost(c, entryOf) >= 0) {
+          // A private host cluster that is not fully writable in place (extended L2 with some
+          // subclusters unallocated, or a preallocated zero cluster): reuse it, no allocation.
           await makePrivate(c);
-          await this.writeSubclusters(c, offset, buf, entryOf);
+          if (this.ctx.layout.extended) await this.writeSubclusters(c, offset, buf, entryOf);
+          else await this.writeZeroAllocated(c, offset, buf, entryOf);
           c++;
           continue;
         }
         let k = 1;
-        while (c + k <= lastC && direct(c + k) < 0 && zeroAction(c + k) === 'write' && !(this.ctx.layout.extended && this.privateHost(c + k, entryOf) >= 0)) k++;
+        while (c + k <= lastC && direct(c + k) < 0 && zeroAction(c + k) === 'write' && this.privateHost(c + k, entryOf) < 0) k++;
         for (let j = 0; j < k; j++) await makePrivate(c + j);
         await this.allocateRun(c, k, offset, buf, entryOf);
         c += k;
@@ -438,14 +441,34 @@ export class Qcow2Image implements Image {
     }
   }
 
-  /** Extended L2: host offset of a private, uncompressed cluster (any subcluster state), or -1. */
+  /**
+   * Host offset of a private (refcount 1) host cluster that a write may reuse: any normal
+   * cluster, or a standard zero cluster that kept its host cluster. -1 otherwise.
+   */
   private privateHost(c: number, entryOf: (c: number) => [CacheEntry, number]): number {
     const [e, i] = entryOf(c);
     if (!e) return -1;
     const l = this.ctx.layout;
-    if (l2Kind(e.buf, i, l) !== KIND_NORMAL || !l2Copied(e.buf, i, l)) return -1;
+    const kind = l2Kind(e.buf, i, l);
+    if ((kind !== KIND_NORMAL && kind !== KIND_ZERO) || !l2Copied(e.buf, i, l)) return -1;
     if (!l1Copied(this.ctx.l1, Math.floor(c / this.ctx.l2Entries))) return -1;
-    return l2HostOffset(e.buf, i, l);
+    const host = l2HostOffset(e.buf, i, l);
+    return host === 0 ? -1 : host;
+  }
+
+  /** Standard L2 zero cluster with its host cluster kept: write the whole cluster in place (zeros around the payload). */
+  private async writeZeroAllocated(c: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): Promise<void> {
+    const cs = this.cs;
+    const [e, i] = entryOf(c);
+    const host = l2HostOffset(e.buf, i, this.ctx.layout);
+    const cStart = c * cs;
+    const from = Math.max(offset, cStart);
+    const to = Math.min(offset + buf.length, cStart + cs);
+    // The host bytes are stale: zeros go out explicitly.
+    await this.dataFile.write([Buffer.alloc(from - cStart), buf.subarray(from - offset, to - offset), Buffer.alloc(cStart + cs - to)], host, 'data');
+    this.counters.dataWrites++;
+    setL2Normal(e.buf, i, this.ctx.layout, host, true);
+    e.dirty = true;
   }
 
   /** Extended L2: writes into a private host cluster, allocating the touched subclusters. */
@@ -489,12 +512,23 @@ export class Qcow2Image implements Image {
     return !!pieces && pieces.every((p) => p.kind === KIND_ZERO || (p.kind === KIND_UNALLOCATED && !this.backing));
   }
 
-  private setZero(e: CacheEntry, i: number): void {
+  /**
+   * Makes a cluster read as zeros. With `keepHost` (a private cluster being zeroed) the host
+   * cluster stays allocated, so a later write reuses it instead of allocating (QEMU's
+   * preallocated zero cluster); otherwise the old reference is dropped.
+   */
+  private setZero(e: CacheEntry, i: number, keepHost = false): void {
     const l = this.ctx.layout;
     const kind = l2Kind(e.buf, i, l);
     if (kind === KIND_ZERO && l2HostOffset(e.buf, i, l) === 0) return;
-    this.dropReference(e.buf, i);
-    setL2Zero(e.buf, i, l);
+    if (keepHost) {
+      const host = l2HostOffset(e.buf, i, l);
+      if (l.extended) setL2Extended(e.buf, i, l, host, true, 0, 0xffffffff);
+      else setL2ZeroAllocated(e.buf, i, host);
+    } else {
+      this.dropReference(e.buf, i);
+      setL2Zero(e.buf, i, l);
+    }
     e.dirty = true;
   }
 

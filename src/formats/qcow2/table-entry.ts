@@ -133,3 +133,10 @@ export function setL2Extended(t: Buffer, i: number, l: L2Layout, host: number, c
 export function subclusterMask(first: number, end: number): number {
   return ((2 ** (end - first) - 1) * 2 ** first) >>> 0;
 }
+
+/** Standard entry: reads as zeros but keeps its (private) host cluster: COPIED | offset | bit 0. */
+export function setL2ZeroAllocated(t: Buffer, i: number, host: number): void {
+  const o = i * 8;
+  t.writeUInt32BE(((Math.floor(host / TWO32) & OFFSET_HI_MASK) | COPIED_HI) >>> 0, o);
+  t.writeUInt32BE(((host % TWO32) | 1) >>> 0, o + 4);
+}

@@ -204,3 +204,34 @@ describe('qcow2 extended L2 writes', () => {
     expect(qemuCompare(f, `${f}.mirror`).equal).toBe(true);
   });
 });
+
+describe('qcow2 writeZeroes over allocated clusters', () => {
+  for (const opts of ['', 'extended_l2=on']) {
+    it(`keeps the host cluster (preallocated zero cluster) and reuses it on the next write${opts ? ' (extended L2)' : ''}`, async () => {
+      const f = path.join(dir, `zalloc${opts ? '-ext' : ''}.qcow2`);
+      qemuImg(['create', '-q', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), f, '4M']);
+      const img = await openImage(f, { writable: true });
+      await img.write(0, Buffer.alloc(4 * 65536, 0x21));
+      const allocated = img.stats().driver['allocatedClusters'];
+      await img.writeZeroes(65536, 2 * 65536);
+      const z = Buffer.alloc(2 * 65536, 1);
+      await img.read(65536, z);
+      expect(z.every((x) => x === 0)).toBe(true);
+      await img.flush();
+      expect(qemuCheck(f).ok).toBe(true);
+      await img.write(65536 + 1000, Buffer.alloc(100, 0x22));
+      await img.write(2 * 65536, Buffer.alloc(65536, 0x23));
+      expect(img.stats().driver['allocatedClusters']).toBe(allocated);
+      await img.close();
+      const mirror = Buffer.alloc(4 * MiB);
+      mirror.fill(0x21, 0, 65536);
+      mirror.fill(0x22, 65536 + 1000, 65536 + 1100);
+      mirror.fill(0x23, 2 * 65536, 3 * 65536);
+      mirror.fill(0x21, 3 * 65536, 4 * 65536);
+      fs.writeFileSync(`${f}.mirror`, mirror);
+      const check = qemuCheck(f);
+      expect(check.ok, check.output).toBe(true);
+      expect(qemuCompare(f, `${f}.mirror`).equal).toBe(true);
+    });
+  }
+});
