@@ -7,6 +7,19 @@ import { checkVmdk } from './check';
 
 export { VmdkImage };
 
+/*
+ * The VMDK driver, one job per file:
+ *   descriptor.ts        text descriptor (kept line for line; only the CID is rewritten)
+ *   layout.ts            where the descriptor lives, extent files, parent (open/aux/backing)
+ *   sparse-header.ts     KDMV SparseExtentHeader;  stream-marker.ts  streamOptimized markers
+ *   sparse-extent.ts     hosted sparse / stream extent: GD, RGD, grain tables, mapping, flush
+ *   grain-table-cache.ts grain tables in memory (LRU, pins, dirty versions)
+ *   grain-allocator.ts   THE SEED: multi-grain allocation, one vectored write, entries after
+ *   flat-extent.ts       FLAT/VMFS and ZERO extents
+ *   vmdk-image.ts        the Image: extents end to end, parent, CID, read loop, map, info
+ *   create.ts, check.ts  qemu-img create -f vmdk / check
+ */
+
 /** VMDK: a KDMV sparse extent with an embedded descriptor, or a text descriptor naming extents. */
 export const vmdkDriver: FormatDriver = {
   name: 'vmdk',
