@@ -350,9 +350,12 @@ export class SparseExtent implements VmdkExtent {
 
   private async writeDirectories(): Promise<void> {
     if (!this.gdDirty) return;
-    this.gdDirty = false;
-    const writes = [this.file.write(encodeDirectory(this.gd), this.header.gdOffset * SECTOR, 'gd')];
-    if (this.rgd) writes.push(this.file.write(encodeDirectory(this.rgd), this.header.rgdOffset * SECTOR, 'gd'));
+    // A table made after this flush took its snapshot is not on disk yet: its entry stays 0
+    // until a later flush has written it (the GD never points at an unwritten table).
+    const pending = this.newTables;
+    this.gdDirty = pending.size > 0;
+    const writes = [this.file.write(encodeDirectory(this.gd, pending), this.header.gdOffset * SECTOR, 'gd')];
+    if (this.rgd) writes.push(this.file.write(encodeDirectory(this.rgd, pending), this.header.rgdOffset * SECTOR, 'gd'));
     this.stats.gdWrites += writes.length;
     await Promise.all(writes);
   }
@@ -412,8 +415,8 @@ async function readDirectory(file: HostFile, offsetSectors: number, entries: num
   return out;
 }
 
-function encodeDirectory(d: Uint32Array): Buffer {
+function encodeDirectory(d: Uint32Array, unwritten: Set<number>): Buffer {
   const buf = Buffer.alloc(alignUp(d.length * 4, SECTOR));
-  for (let i = 0; i < d.length; i++) buf.writeUInt32LE(d[i]!, i * 4);
+  for (let i = 0; i < d.length; i++) buf.writeUInt32LE(unwritten.has(i) ? 0 : d[i]!, i * 4);
   return buf;
 }
