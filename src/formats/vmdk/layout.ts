@@ -35,7 +35,7 @@ export async function readLayout(file: string): Promise<Layout> {
     const head = Buffer.alloc(Math.min(hdr.SIZE, st.size));
     await fh.read(head, 0, head.length, 0);
     const magic = head.toString('latin1', 0, 4);
-    if (magic === COWD_MAGIC) throw VdiskError.unsupported(`${file}: COWD (ESX 2.x / vmfsSparse) extents are not supported`);
+    if (magic === COWD_MAGIC) throw VdiskError.unsupported(`${file}: a bare COWD (vmfsSparse) extent; open the descriptor that names it`);
     if (head.length >= 4 && head.readUInt32LE(0) === hdr.MAGIC) {
       if (head.length < 80) throw VdiskError.corrupt(`${file}: sparse extent header truncated`);
       const h = hdr.parse(head);

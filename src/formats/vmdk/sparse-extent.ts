@@ -10,6 +10,7 @@ import { GrainTableCache } from './grain-table-cache';
 import * as hdr from './sparse-header';
 import { SECTOR, type SparseHeader } from './sparse-header';
 import * as marker from './stream-marker';
+import * as cowd from './cowd-header';
 import { writeGrains, writeZeroGrains } from './grain-allocator';
 
 const log = createDebug('vdiskfs:vmdk');
@@ -93,7 +94,8 @@ export class SparseExtent implements VmdkExtent {
     const fileSize = await file.size();
     const head = Buffer.alloc(hdr.SIZE);
     await file.read(head, 0, 'header');
-    let h = hdr.parse(head);
+    const isCowd = head.toString('latin1', 0, 4) === cowd.MAGIC;
+    let h = isCowd ? cowd.asSparseHeader(cowd.parse(head)) : hdr.parse(head);
     let footerAt = -1;
     if (h.version < 1 || h.version > 3) throw VdiskError.unsupported(`${opts.fileName}: sparse extent version ${h.version} is not supported`);
     if (h.gdOffset < 0) {
@@ -126,6 +128,10 @@ export class SparseExtent implements VmdkExtent {
     const gd = await readDirectory(file, h.gdOffset, tables, fileSize, opts.fileName);
     const rgd = h.flags & hdr.FLAG_RGD && h.rgdOffset > 0 ? await readDirectory(file, h.rgdOffset, tables, fileSize, opts.fileName) : null;
     const ext = new SparseExtent(file, h, opts.access, opts.size, opts.fileName, gd, rgd, fileSize, opts);
+    if (isCowd && !ext.readOnly) {
+      opts.warn(`${opts.fileName}: COWD (vmfsSparse) extent opened read-only: vdiskfs does not write this format`);
+      ext.readOnly = true;
+    }
     if (h.version === 3 && !ext.compressed && !ext.readOnly) {
       opts.warn(`${opts.fileName}: sparse extent version 3 (ESXi) opened read-only`);
       ext.readOnly = true;

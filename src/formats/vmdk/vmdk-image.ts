@@ -8,7 +8,7 @@ import type { Extent, Image, ImageInfo, ImageStats, OpenOptions } from '../types
 import { formatCid, type Descriptor } from './descriptor';
 import { sliceVector, type CowSource, type VmdkExtent } from './extent';
 import { FlatExtent, ZeroExtent } from './flat-extent';
-import { COWD_MAGIC, parentPath, readLayout, type Layout } from './layout';
+import { parentPath, readLayout, type Layout } from './layout';
 import { SparseExtent } from './sparse-extent';
 import * as hdr from './sparse-header';
 
@@ -98,7 +98,7 @@ export class VmdkImage implements Image {
           const wantWrite = opts.writable && line.access === 'RW';
           if (line.type === 'FLAT' || line.type === 'VMFS') {
             extents.push(new FlatExtent(line.type, line.access, size, await HostFile.open(p, wantWrite), line.fileName, line.offsetSectors));
-          } else if (line.type === 'SPARSE') {
+          } else if (line.type === 'SPARSE' || line.type === 'VMFSSPARSE') {
             const f = await HostFile.open(p, wantWrite);
             extents.push(await openSparseFile(f, line.fileName, line.access, size, wantWrite, !!opts.noMultiAlloc, cacheBytes, warn));
           } else {
@@ -354,9 +354,6 @@ async function openSparseFile(
   f: HostFile, fileName: string, access: VmdkExtent['access'], size: number, writable: boolean, noMultiAlloc: boolean, cacheBytes: number, warn: (m: string) => void,
 ): Promise<VmdkExtent> {
   try {
-    const head = Buffer.alloc(4);
-    await f.read(head, 0, 'header');
-    if (head.toString('latin1') === COWD_MAGIC) throw VdiskError.unsupported(`${fileName}: COWD (vmfsSparse) extents are not supported`);
     return await SparseExtent.open(f, { access, size, fileName, writable, noMultiAlloc, cacheBytes, warn });
   } catch (e) {
     await f.close().catch(() => {});

@@ -181,4 +181,34 @@ describe('vmdk read matrix (qemu-img is the oracle)', () => {
     fs.writeFileSync(f, file);
     await expectSameAsQemu(f);
   });
+
+  it('COWD (vmfsSparse) delta extent named by a VMFSSPARSE line: read-only, reads as qemu-img does', async () => {
+    const ext = path.join(dir, 'cowd-delta.vmdk');
+    const gdSector = 4;
+    const gtSector = 5;                      // one 4096-entry table = 32 sectors
+    const firstGrain = gtSector + 32;
+    const buf = Buffer.alloc((firstGrain + 3 * 16) * 512);
+    buf.write('COWD', 0, 'latin1');
+    [1, 3, 4096, 16, gdSector, 1, buf.length / 512].forEach((v, i) => buf.writeUInt32LE(v, 4 + i * 4));
+    buf.writeUInt32LE(gtSector, gdSector * 512);
+    [[2, 0x61], [7, 0x62], [255, 0x63]].forEach(([slot, byte], i) => {
+      buf.writeUInt32LE(firstGrain + i * 16, gtSector * 512 + slot! * 4);
+      buf.fill(byte!, (firstGrain + i * 16) * 512, (firstGrain + (i + 1) * 16) * 512);
+    });
+    fs.writeFileSync(ext, buf);
+    const f = path.join(dir, 'cowd.vmdk');
+    fs.writeFileSync(f, '# Disk DescriptorFile\nversion=1\nCID=11112222\nparentCID=ffffffff\ncreateType="vmfsSparse"\n\n# Extent description\nRW 4096 VMFSSPARSE "cowd-delta.vmdk"\n');
+    await expectSameAsQemu(f);
+    const warnings: string[] = [];
+    const img = await openImage(f, { writable: true, warn: (m) => warnings.push(m) });
+    try {
+      expect(img.readOnly).toBe(true);
+      expect(warnings.join('\n')).toMatch(/COWD/);
+      const g = Buffer.alloc(8192);
+      await img.read(255 * 8192, g);
+      expect(g.every((x) => x === 0x63)).toBe(true);
+    } finally {
+      await img.close();
+    }
+  });
 });
