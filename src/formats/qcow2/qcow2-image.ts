@@ -2,9 +2,8 @@
  * A qcow2 image: reads, writes, zero writes, map, flush, resize. The mapping answers come from
  * mapping.ts; host cluster accounting from refcounts.ts; tables from the metadata cache.
  *
- * Concurrency: reads and writes whose clusters are all mapped in cached tables run without the
- * lock (one synchronous lookup, then host I/O). Everything that loads or changes metadata runs
- * under `mutex`, and re-reads the mapping there, so no cluster is ever allocated twice.
+ * Concurrency: reads whose tables are cached run without the lock (one synchronous lookup, then
+ * host I/O); loading tables and every metadata change run under `mutex`. Writes: write-path.ts.
  */
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
@@ -16,6 +15,7 @@ import { MapContext, mapSync, Piece, tablesFor } from './mapping';
 import type { ImageMeta } from './meta';
 import { CacheEntry, MetadataCache } from './metadata-cache';
 import { Mutex } from './mutex';
+import { WritePath } from './write-path';
 import type { Refcounts } from './refcounts';
 import { Snapshot, snapshotInfo } from './snapshot-table';
 import {
@@ -24,18 +24,8 @@ import {
   KIND_UNALLOCATED,
   KIND_ZERO,
   l1Copied,
-  l2AllocBits,
-  l2Compressed,
-  l2Copied,
-  l2HostOffset,
-  l2Kind,
   setL1,
-  l2ZeroBits,
-  setL2Extended,
   setL2Normal,
-  setL2Zero,
-  setL2ZeroAllocated,
-  subclusterMask,
 } from './table-entry';
 
 const log = createDebug('vdiskfs:qcow2');
@@ -64,19 +54,6 @@ export interface Qcow2Parts {
   snapshots: () => Promise<Snapshot[]>;
 }
 
-type ZeroMode = 'none' | 'unallocated' | 'all';
-
-function isAllZero(b: Buffer): boolean {
-  // Compare 8 KiB at a time against a shared zero page (Buffer.compare is native).
-  const z = ZERO_PAGE;
-  for (let o = 0; o < b.length; o += z.length) {
-    const n = Math.min(z.length, b.length - o);
-    if (b.compare(z, 0, n, o, o + n) !== 0) return false;
-  }
-  return true;
-}
-const ZERO_PAGE = Buffer.alloc(8192);
-
 export class Qcow2Image implements Image {
   readonly format = 'qcow2';
   readonly path: string;
@@ -95,6 +72,7 @@ export class Qcow2Image implements Image {
   private readonly backingPath?: string;
   private readonly snapshots: () => Promise<Snapshot[]>;
   private readonly mutex = new Mutex();
+  private readonly writer: WritePath;
   private l1Offset: number;
   private l1DirtyLo = Infinity;
   private l1DirtyHi = -1;
@@ -127,11 +105,26 @@ export class Qcow2Image implements Image {
       l1Size: p.l1.length / 8,
       cache: this.cache,
     };
-  }
-
-  /** v3 has zero clusters; v2 does not. */
-  private get zeroClusters(): boolean {
-    return this.header.version === 3;
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const self = this;
+    this.writer = new WritePath({
+      ctx: this.ctx,
+      cache: this.cache,
+      get refcounts() {
+        return self.refcounts!;
+      },
+      dataFile: this.dataFile,
+      counters: this.counters,
+      mutex: this.mutex,
+      zeroClusters: this.header.version === 3,
+      hasBacking: !!this.backing,
+      get virtualSize() {
+        return self.virtualSize;
+      },
+      l2Offset: (l1i) => this.l2Offset(l1i),
+      privateL2: (l1i) => this.privateL2(l1i),
+      readLayer: (off, into) => this.readLayer(off, into),
+    });
   }
 
   // ---- reads ----
@@ -217,11 +210,8 @@ export class Qcow2Image implements Image {
     this.checkWritable();
     this.checkRange(offset, buf.length);
     if (buf.length === 0) return;
-    if (await this.tryDirectWrite(offset, buf)) return;
-    await this.mutex.run(async () => {
-      await this.writeLocked(offset, buf, 'unallocated');
-      await this.cache.evict();
-    });
+    if (await this.writer.tryDirect(offset, buf)) return;
+    await this.writer.write(offset, buf, 'unallocated');
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
@@ -234,315 +224,13 @@ export class Qcow2Image implements Image {
       const n = Math.min(zeros.length, length - done);
       const part = n === zeros.length ? zeros : zeros.subarray(0, n);
       const at = offset + done;
-      await this.mutex.run(async () => {
-        await this.writeLocked(at, part, this.zeroClusters ? 'all' : 'none');
-        await this.cache.evict();
-      });
+      await this.writer.write(at, part, 'all'); // v2: clusters already reading as zeros are skipped, others get real zeros
       done += n;
     }
   }
 
-  /** Host offset of a cluster that can be overwritten in place, or -1. */
-  private directHost(t: Buffer, l2i: number): number {
-    const l = this.ctx.layout;
-    if (l2Kind(t, l2i, l) !== KIND_NORMAL || !l2Copied(t, l2i, l)) return -1;
-    if (l.extended && l2AllocBits(t, l2i, l) !== 0xffffffff) return -1;
-    return l2HostOffset(t, l2i, l);
-  }
-
-  /** Lock-free fast path: every cluster already allocated and private → write in place. */
-  private async tryDirectWrite(offset: number, buf: Buffer): Promise<boolean> {
-    const cs = this.cs;
-    const runs: { host: number; from: number; to: number }[] = [];
-    const end = offset + buf.length;
-    let pos = offset;
-    let t: Buffer | undefined;
-    let tl1 = -1;
-    while (pos < end) {
-      const gc = Math.floor(pos / cs);
-      const l1i = Math.floor(gc / this.ctx.l2Entries);
-      if (l1i !== tl1) {
-        if (l1i >= this.ctx.l1Size || !l1Copied(this.ctx.l1, l1i)) return false;
-        const off = this.l2Offset(l1i);
-        t = off ? this.cache.peek(off) : undefined;
-        if (!t) return false;
-        tl1 = l1i;
-      }
-      const host = this.directHost(t!, gc % this.ctx.l2Entries);
-      if (host < 0) return false;
-      const cEnd = Math.min(end, (gc + 1) * cs);
-      const h = host + (pos - gc * cs);
-      const last = runs[runs.length - 1];
-      if (last && last.host + (last.to - last.from) === h) last.to = cEnd - offset;
-      else runs.push({ host: h, from: pos - offset, to: cEnd - offset });
-      pos = cEnd;
-    }
-    await Promise.all(runs.map((r) => this.dataFile.write(buf.subarray(r.from, r.to), r.host, 'data')));
-    this.counters.dataWrites += runs.length;
-    return true;
-  }
-
-  private l2Offset(l1i: number): number {
+  l2Offset(l1i: number): number {
     return this.ctx.l1.readUInt32BE(l1i * 8 + 4) === 0 && (this.ctx.l1.readUInt32BE(l1i * 8) & 0x00ffffff) === 0 ? 0 : mapL2Offset(this.ctx, l1i);
-  }
-
-  /**
-   * The slow path, under the lock: makes every L2 table of the range private, then walks the
-   * clusters: private allocated ones are written in place, runs of the others get one new
-   * contiguous host run and one vectored data write (head COW + payload + tail COW), then their
-   * L2 entries. With a zero payload, fully covered clusters become zero clusters instead.
-   */
-  private async writeLocked(offset: number, buf: Buffer, zeroMode: ZeroMode): Promise<void> {
-    const cs = this.cs;
-    const n = this.ctx.l2Entries;
-    const end = offset + buf.length;
-    const firstC = Math.floor(offset / cs);
-    const lastC = Math.floor((end - 1) / cs);
-    const allZero = zeroMode === 'all' || (zeroMode === 'unallocated' && isAllZero(buf));
-    // Tables are loaded (pinned) up front for the synchronous checks; made private only where
-    // something really changes, so a zero write over zeros touches no metadata.
-    const views = new Map<number, CacheEntry | undefined>();
-    const pinned: CacheEntry[] = [];
-    const priv = new Set<number>();
-    const makePrivate = async (c: number): Promise<void> => {
-      const l1i = Math.floor(c / n);
-      if (priv.has(l1i)) return;
-      const e = await this.privateL2(l1i);
-      pinned.push(e);
-      views.set(l1i, e);
-      priv.add(l1i);
-    };
-    try {
-      for (let l1i = Math.floor(firstC / n); l1i <= Math.floor(lastC / n); l1i++) {
-        const off = this.l2Offset(l1i);
-        const e = off ? await this.cache.get('l2', off) : undefined;
-        if (e) pinned.push(e);
-        views.set(l1i, e);
-      }
-      const entryOf = (c: number): [CacheEntry, number] => [views.get(Math.floor(c / n))!, c % n];
-      const direct = (c: number): number => {
-        const e = views.get(Math.floor(c / n));
-        return e ? this.directHost(e.buf, c % n) : -1;
-      };
-      const fullyCovered = (c: number): boolean => offset <= c * cs && end >= Math.min((c + 1) * cs, this.virtualSize);
-      // 'skip': already reads as zeros; 'zero': becomes a zero cluster; 'write': data goes out.
-      const zeroAction = (c: number): 'skip' | 'zero' | 'write' => {
-        if (!allZero || !fullyCovered(c)) return 'write';
-        if (this.readsAsZeros(c * cs, cs)) return 'skip';
-        if (this.zeroClusters && (zeroMode === 'all' || direct(c) < 0)) return 'zero';
-        return 'write';
-      };
-      const io: Promise<void>[] = [];
-      let c = firstC;
-      while (c <= lastC) {
-        const za = zeroAction(c);
-        if (za === 'skip') {
-          c++;
-          continue;
-        }
-        if (za === 'zero') {
-          const keepHost = direct(c) >= 0;
-          await makePrivate(c);
-          const [e, i] = entryOf(c);
-          this.setZero(e, i, keepHost);
-          c++;
-          continue;
-        }
-        const host = direct(c);
-        if (host >= 0) {
-          // In place; clusters contiguous on the host too go out as one write.
-          const from = Math.max(offset, c * cs);
-          let to = Math.min(end, (c + 1) * cs);
-          let hostEnd = host + cs;
-          c++;
-          while (c <= lastC && direct(c) === hostEnd && zeroAction(c) === 'write') {
-            to = Math.min(end, (c + 1) * cs);
-            hostEnd += cs;
-            c++;
-          }
-          io.push(this.dataFile.write(buf.subarray(from - offset, to - offset), host + (from - Math.floor(from / cs) * cs), 'data'));
-          this.counters.dataWrites++;
-          continue;
-        }
-        if (this.privateHost(c, entryOf) >= 0) {
-          // A private host cluster that is not fully writable in place (extended L2 with some
-          // subclusters unallocated, or a preallocated zero cluster): reuse it, no allocation.
-          await makePrivate(c);
-          if (this.ctx.layout.extended) await this.writeSubclusters(c, offset, buf, entryOf);
-          else await this.writeZeroAllocated(c, offset, buf, entryOf);
-          c++;
-          continue;
-        }
-        let k = 1;
-        while (c + k <= lastC && direct(c + k) < 0 && zeroAction(c + k) === 'write' && this.privateHost(c + k, entryOf) < 0) k++;
-        for (let j = 0; j < k; j++) await makePrivate(c + j);
-        await this.allocateRun(c, k, offset, buf, entryOf);
-        c += k;
-      }
-      await Promise.all(io);
-    } finally {
-      for (const e of pinned) this.cache.unpin(e);
-    }
-  }
-
-  private async allocateRun(c0: number, k: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): Promise<void> {
-    const cs = this.cs;
-    const l = this.ctx.layout;
-    const runStart = c0 * cs;
-    const runEnd = (c0 + k) * cs;
-    const end = offset + buf.length;
-    // Extended L2: an edge cluster with no host cluster yet only needs its touched subclusters;
-    // the others keep their state (unallocated → backing file, or zero).
-    const sc = cs / 32;
-    const noHost = (c: number): boolean => {
-      const [e, i] = entryOf(c);
-      return l2Kind(e.buf, i, l) === KIND_UNALLOCATED;
-    };
-    const writeStart = l.extended && offset > runStart && noHost(c0) ? Math.floor(offset / sc) * sc : runStart;
-    const writeEnd = l.extended && end < runEnd && noHost(c0 + k - 1) ? Math.ceil(end / sc) * sc : runEnd;
-    const parts: Buffer[] = [];
-    // COW reads happen before anything changes; they see the old mapping. New clusters are
-    // always past everything ever written (append-only allocation), so they read as zeros:
-    // COW regions that read as zeros anyway are not written at all.
-    let skipHead = 0;
-    if (offset > writeStart) {
-      if (this.readsAsZeros(writeStart, offset - writeStart)) {
-        skipHead = offset - writeStart;
-      } else {
-        const head = Buffer.alloc(offset - writeStart);
-        await this.readLayer(writeStart, head);
-        parts.push(head);
-      }
-    }
-    parts.push(buf.subarray(Math.max(offset, runStart) - offset, Math.min(end, runEnd) - offset));
-    if (end < writeEnd && !this.readsAsZeros(end, writeEnd - end)) {
-      const tail = Buffer.alloc(writeEnd - end);
-      await this.readLayer(end, tail);
-      parts.push(tail);
-    }
-    const host = await this.refcounts!.allocate(k);
-    this.counters.allocatedClusters += k;
-    await this.dataFile.write(parts, host + (writeStart - runStart) + skipHead, 'data');
-    this.counters.dataWrites++;
-    // Data is written: now the L2 entries may point at it.
-    for (let j = 0; j < k; j++) {
-      const [e, i] = entryOf(c0 + j);
-      const cStart = (c0 + j) * cs;
-      const from = Math.max(writeStart, cStart);
-      const to = Math.min(writeEnd, cStart + cs);
-      if (from === cStart && to === cStart + cs) {
-        this.dropReference(e.buf, i);
-        setL2Normal(e.buf, i, l, host + j * cs, true);
-      } else {
-        const mask = subclusterMask((from - cStart) / sc, (to - cStart) / sc);
-        setL2Extended(e.buf, i, l, host + j * cs, true, mask, l2ZeroBits(e.buf, i, l) & ~mask);
-      }
-      e.dirty = true;
-    }
-  }
-
-  /**
-   * Host offset of a private (refcount 1) host cluster that a write may reuse: any normal
-   * cluster, or a standard zero cluster that kept its host cluster. -1 otherwise.
-   */
-  private privateHost(c: number, entryOf: (c: number) => [CacheEntry, number]): number {
-    const [e, i] = entryOf(c);
-    if (!e) return -1;
-    const l = this.ctx.layout;
-    const kind = l2Kind(e.buf, i, l);
-    if ((kind !== KIND_NORMAL && kind !== KIND_ZERO) || !l2Copied(e.buf, i, l)) return -1;
-    if (!l1Copied(this.ctx.l1, Math.floor(c / this.ctx.l2Entries))) return -1;
-    const host = l2HostOffset(e.buf, i, l);
-    return host === 0 ? -1 : host;
-  }
-
-  /** Standard L2 zero cluster with its host cluster kept: write the whole cluster in place (zeros around the payload). */
-  private async writeZeroAllocated(c: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): Promise<void> {
-    const cs = this.cs;
-    const [e, i] = entryOf(c);
-    const host = l2HostOffset(e.buf, i, this.ctx.layout);
-    const cStart = c * cs;
-    const from = Math.max(offset, cStart);
-    const to = Math.min(offset + buf.length, cStart + cs);
-    // The host bytes are stale: zeros go out explicitly.
-    await this.dataFile.write([Buffer.alloc(from - cStart), buf.subarray(from - offset, to - offset), Buffer.alloc(cStart + cs - to)], host, 'data');
-    this.counters.dataWrites++;
-    setL2Normal(e.buf, i, this.ctx.layout, host, true);
-    e.dirty = true;
-  }
-
-  /** Extended L2: writes into a private host cluster, allocating the touched subclusters. */
-  private async writeSubclusters(c: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): Promise<void> {
-    const cs = this.cs;
-    const l = this.ctx.layout;
-    const sc = cs / 32;
-    const [e, i] = entryOf(c);
-    const host = l2HostOffset(e.buf, i, l);
-    const alloc = l2AllocBits(e.buf, i, l);
-    const cStart = c * cs;
-    const from = Math.max(offset, cStart);
-    const to = Math.min(offset + buf.length, cStart + cs);
-    const a = Math.floor((from - cStart) / sc);
-    const b = Math.ceil((to - cStart) / sc);
-    const parts: Buffer[] = [];
-    let ws = from;
-    // The host bytes of an unallocated subcluster may be stale: COW writes them explicitly.
-    if (!(alloc & (2 ** a)) && from > cStart + a * sc) {
-      ws = cStart + a * sc;
-      const head = Buffer.alloc(from - ws);
-      await this.readLayer(ws, head);
-      parts.push(head);
-    }
-    parts.push(buf.subarray(from - offset, to - offset));
-    if (!(alloc & (2 ** (b - 1))) && to < cStart + b * sc) {
-      const tail = Buffer.alloc(cStart + b * sc - to);
-      await this.readLayer(to, tail);
-      parts.push(tail);
-    }
-    await this.dataFile.write(parts, host + (ws - cStart), 'data');
-    this.counters.dataWrites++;
-    const mask = subclusterMask(a, b);
-    setL2Extended(e.buf, i, l, host, true, (alloc | mask) >>> 0, l2ZeroBits(e.buf, i, l) & ~mask);
-    e.dirty = true;
-  }
-
-  /** True when this layer's range reads as zeros without any I/O (zero clusters, or unallocated with no backing file). */
-  private readsAsZeros(offset: number, length: number): boolean {
-    const pieces = mapSync(this.ctx, offset, length);
-    return !!pieces && pieces.every((p) => p.kind === KIND_ZERO || (p.kind === KIND_UNALLOCATED && !this.backing));
-  }
-
-  /**
-   * Makes a cluster read as zeros. With `keepHost` (a private cluster being zeroed) the host
-   * cluster stays allocated, so a later write reuses it instead of allocating (QEMU's
-   * preallocated zero cluster); otherwise the old reference is dropped.
-   */
-  private setZero(e: CacheEntry, i: number, keepHost = false): void {
-    const l = this.ctx.layout;
-    const kind = l2Kind(e.buf, i, l);
-    if (kind === KIND_ZERO && l2HostOffset(e.buf, i, l) === 0) return;
-    if (keepHost) {
-      const host = l2HostOffset(e.buf, i, l);
-      if (l.extended) setL2Extended(e.buf, i, l, host, true, 0, 0xffffffff);
-      else setL2ZeroAllocated(e.buf, i, host);
-    } else {
-      this.dropReference(e.buf, i);
-      setL2Zero(e.buf, i, l);
-    }
-    e.dirty = true;
-  }
-
-  /** Queues the free of whatever an L2 entry points at (applied after the change is durable). */
-  private dropReference(t: Buffer, i: number): void {
-    const l = this.ctx.layout;
-    const kind = l2Kind(t, i, l);
-    if (kind === KIND_COMPRESSED) {
-      const c = l2Compressed(t, i, l);
-      this.refcounts!.free(c.host, c.size);
-    } else if (kind !== KIND_UNALLOCATED) {
-      const host = l2HostOffset(t, i, l);
-      if (host) this.refcounts!.free(host, this.cs);
-    }
   }
 
   /** Reads this layer's current content (old data, backing, zeros) for COW; tables are pinned. */

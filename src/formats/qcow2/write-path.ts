@@ -1,0 +1,444 @@
+/**
+ * The write path. A request whose clusters are all private and allocated (and whose L2 tables
+ * are cached) is one host write per host-contiguous run, with no lock and no metadata I/O.
+ * Everything else goes in three steps:
+ *   1. plan, under the image lock: L2 tables made private where something changes, host runs
+ *      allocated (one contiguous run per stretch of clusters that needs new ones), zero
+ *      clusters set; the request's clusters are marked in flight;
+ *   2. data, without the lock: COW reads and one vectored write per run (head COW + payload +
+ *      tail COW; COW that reads as zeros is skipped since new clusters are pristine);
+ *   3. commit, under the lock: the L2 entries now point at the written data.
+ * Requests that touch a cluster in flight wait for it, so no cluster is allocated twice.
+ */
+import type { HostFile } from '../../io/host-file';
+import { mapSync, MapContext } from './mapping';
+import type { CacheEntry, MetadataCache } from './metadata-cache';
+import type { Mutex } from './mutex';
+import type { Refcounts } from './refcounts';
+import {
+  KIND_COMPRESSED,
+  KIND_NORMAL,
+  KIND_UNALLOCATED,
+  KIND_ZERO,
+  l1Copied,
+  l2AllocBits,
+  l2Compressed,
+  l2Copied,
+  l2HostOffset,
+  l2Kind,
+  l2ZeroBits,
+  setL2Extended,
+  setL2Normal,
+  setL2Zero,
+  setL2ZeroAllocated,
+  subclusterMask,
+} from './table-entry';
+
+export type ZeroMode = 'none' | 'unallocated' | 'all';
+
+export interface WriteCounters {
+  dataWrites: number;
+  allocatedClusters: number;
+}
+
+/** What the write path needs from its image. */
+export interface LayerAccess {
+  readonly ctx: MapContext;
+  readonly cache: MetadataCache;
+  readonly refcounts: Refcounts;
+  readonly dataFile: HostFile;
+  readonly counters: WriteCounters;
+  readonly mutex: Mutex;
+  readonly zeroClusters: boolean;
+  readonly hasBacking: boolean;
+  readonly virtualSize: number;
+  l2Offset(l1i: number): number;
+  /** The L2 table for an L1 index, allocated or copied when shared; pinned. */
+  privateL2(l1i: number): Promise<CacheEntry>;
+  /** This layer's current content (data, zeros, backing) for COW; tables must be pinned. */
+  readLayer(offset: number, into: Buffer): Promise<void>;
+}
+
+interface Plan {
+  pinned: CacheEntry[];
+  io: (() => Promise<void>)[];
+  commits: (() => void)[];
+}
+
+interface InFlight {
+  first: number;
+  last: number;
+  done: Promise<void>;
+}
+
+const ZERO_PAGE = Buffer.alloc(8192);
+function isAllZero(b: Buffer): boolean {
+  for (let o = 0; o < b.length; o += ZERO_PAGE.length) {
+    const n = Math.min(ZERO_PAGE.length, b.length - o);
+    if (b.compare(ZERO_PAGE, 0, n, o, o + n) !== 0) return false;
+  }
+  return true;
+}
+
+export class WritePath {
+  private readonly cs: number;
+  private inFlight: InFlight[] = [];
+
+  constructor(private readonly a: LayerAccess) {
+    this.cs = 2 ** a.ctx.clusterBits;
+  }
+
+  /** Host offset of a cluster that can be overwritten in place, or -1. */
+  directHost(t: Buffer, l2i: number): number {
+    const l = this.a.ctx.layout;
+    if (l2Kind(t, l2i, l) !== KIND_NORMAL || !l2Copied(t, l2i, l)) return -1;
+    if (l.extended && l2AllocBits(t, l2i, l) !== 0xffffffff) return -1;
+    return l2HostOffset(t, l2i, l);
+  }
+
+  /** Lock-free fast path; false when some cluster needs the slow path. */
+  async tryDirect(offset: number, buf: Buffer): Promise<boolean> {
+    const { ctx, cache } = this.a;
+    const cs = this.cs;
+    const runs: { host: number; from: number; to: number }[] = [];
+    const end = offset + buf.length;
+    let pos = offset;
+    let t: Buffer | undefined;
+    let tl1 = -1;
+    while (pos < end) {
+      const gc = Math.floor(pos / cs);
+      const l1i = Math.floor(gc / ctx.l2Entries);
+      if (l1i !== tl1) {
+        if (l1i >= ctx.l1Size || !l1Copied(ctx.l1, l1i)) return false;
+        const off = this.a.l2Offset(l1i);
+        t = off ? cache.peek(off) : undefined;
+        if (!t) return false;
+        tl1 = l1i;
+      }
+      const host = this.directHost(t!, gc % ctx.l2Entries);
+      if (host < 0) return false;
+      const cEnd = Math.min(end, (gc + 1) * cs);
+      const h = host + (pos - gc * cs);
+      const last = runs[runs.length - 1];
+      if (last && last.host + (last.to - last.from) === h) last.to = cEnd - offset;
+      else runs.push({ host: h, from: pos - offset, to: cEnd - offset });
+      pos = cEnd;
+    }
+    await Promise.all(runs.map((r) => this.a.dataFile.write(buf.subarray(r.from, r.to), r.host, 'data')));
+    this.a.counters.dataWrites += runs.length;
+    return true;
+  }
+
+  /** The slow path: plan (locked), data (unlocked), commit (locked). */
+  async write(offset: number, buf: Buffer, zeroMode: ZeroMode): Promise<void> {
+    const first = Math.floor(offset / this.cs);
+    const last = Math.floor((offset + buf.length - 1) / this.cs);
+    for (;;) {
+      let plan: Plan | undefined;
+      let busy: Promise<void> | undefined;
+      let finish!: () => void;
+      const entry: InFlight = { first, last, done: new Promise<void>((r) => (finish = r)) };
+      await this.a.mutex.run(async () => {
+        busy = this.inFlight.find((f) => f.first <= last && f.last >= first)?.done;
+        if (busy) return;
+        this.inFlight.push(entry);
+        try {
+          plan = await this.plan(offset, buf, zeroMode);
+        } catch (e) {
+          this.endFlight(entry, finish);
+          throw e;
+        }
+      });
+      if (busy) {
+        await busy;
+        continue;
+      }
+      const p = plan!;
+      try {
+        await Promise.all(p.io.map((f) => f()));
+        await this.a.mutex.run(async () => {
+          for (const c of p.commits) c();
+          for (const e of p.pinned) this.a.cache.unpin(e);
+          p.pinned.length = 0;
+          await this.a.cache.evict();
+        });
+      } finally {
+        // On a failed data write nothing is committed: the new clusters leak, nothing points at garbage.
+        for (const e of p.pinned) this.a.cache.unpin(e);
+        this.endFlight(entry, finish);
+      }
+      return;
+    }
+  }
+
+  private endFlight(entry: InFlight, finish: () => void): void {
+    this.inFlight = this.inFlight.filter((f) => f !== entry);
+    finish();
+  }
+
+  /** Step 1, under the lock. Zero clusters are set here (nothing to write for them). */
+  private async plan(offset: number, buf: Buffer, zeroMode: ZeroMode): Promise<Plan> {
+    const { ctx, cache } = this.a;
+    const cs = this.cs;
+    const n = ctx.l2Entries;
+    const end = offset + buf.length;
+    const firstC = Math.floor(offset / cs);
+    const lastC = Math.floor((end - 1) / cs);
+    const allZero = zeroMode === 'all' || (zeroMode === 'unallocated' && isAllZero(buf));
+    const plan: Plan = { pinned: [], io: [], commits: [] };
+    const views = new Map<number, CacheEntry | undefined>();
+    const priv = new Set<number>();
+    const makePrivate = async (c: number): Promise<void> => {
+      const l1i = Math.floor(c / n);
+      if (priv.has(l1i)) return;
+      const e = await this.a.privateL2(l1i);
+      plan.pinned.push(e);
+      views.set(l1i, e);
+      priv.add(l1i);
+    };
+    try {
+      for (let l1i = Math.floor(firstC / n); l1i <= Math.floor(lastC / n); l1i++) {
+        const off = this.a.l2Offset(l1i);
+        const e = off ? await cache.get('l2', off) : undefined;
+        if (e) plan.pinned.push(e);
+        views.set(l1i, e);
+      }
+      const entryOf = (c: number): [CacheEntry, number] => [views.get(Math.floor(c / n))!, c % n];
+      const direct = (c: number): number => {
+        const e = views.get(Math.floor(c / n));
+        return e ? this.directHost(e.buf, c % n) : -1;
+      };
+      const fullyCovered = (c: number): boolean => offset <= c * cs && end >= Math.min((c + 1) * cs, this.a.virtualSize);
+      // 'skip': already reads as zeros; 'zero': becomes a zero cluster; 'write': data goes out.
+      const zeroAction = (c: number): 'skip' | 'zero' | 'write' => {
+        if (!allZero || !fullyCovered(c)) return 'write';
+        if (this.readsAsZeros(c * cs, cs)) return 'skip';
+        if (this.a.zeroClusters && (zeroMode === 'all' || direct(c) < 0)) return 'zero';
+        return 'write';
+      };
+      let c = firstC;
+      while (c <= lastC) {
+        const za = zeroAction(c);
+        if (za === 'skip') {
+          c++;
+          continue;
+        }
+        if (za === 'zero') {
+          const keepHost = direct(c) >= 0;
+          await makePrivate(c);
+          const [e, i] = entryOf(c);
+          this.setZero(e, i, keepHost);
+          c++;
+          continue;
+        }
+        const host = direct(c);
+        if (host >= 0) {
+          // In place; clusters contiguous on the host too go out as one write.
+          const from = Math.max(offset, c * cs);
+          let to = Math.min(end, (c + 1) * cs);
+          let hostEnd = host + cs;
+          c++;
+          while (c <= lastC && direct(c) === hostEnd && zeroAction(c) === 'write') {
+            to = Math.min(end, (c + 1) * cs);
+            hostEnd += cs;
+            c++;
+          }
+          const at = host + (from - Math.floor(from / cs) * cs);
+          const data = buf.subarray(from - offset, to - offset);
+          plan.io.push(() => this.a.dataFile.write(data, at, 'data'));
+          this.a.counters.dataWrites++;
+          continue;
+        }
+        if (this.privateHost(c, entryOf) >= 0) {
+          // A private host cluster not fully writable in place (extended L2 with subclusters
+          // unallocated, or a zero cluster that kept its host cluster): reuse it.
+          await makePrivate(c);
+          if (ctx.layout.extended) this.planSubclusters(plan, c, offset, buf, entryOf);
+          else this.planZeroAllocated(plan, c, offset, buf, entryOf);
+          c++;
+          continue;
+        }
+        let k = 1;
+        while (c + k <= lastC && direct(c + k) < 0 && zeroAction(c + k) === 'write' && this.privateHost(c + k, entryOf) < 0) k++;
+        for (let j = 0; j < k; j++) await makePrivate(c + j);
+        await this.planRun(plan, c, k, offset, buf, entryOf);
+        c += k;
+      }
+      return plan;
+    } catch (e) {
+      for (const x of plan.pinned) cache.unpin(x);
+      throw e;
+    }
+  }
+
+  /** New contiguous host clusters for guest clusters [c0, c0+k). */
+  private async planRun(plan: Plan, c0: number, k: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): Promise<void> {
+    const cs = this.cs;
+    const l = this.a.ctx.layout;
+    const runStart = c0 * cs;
+    const runEnd = (c0 + k) * cs;
+    const end = offset + buf.length;
+    // Extended L2: an edge cluster with no host cluster yet only needs its touched subclusters;
+    // the others keep their state (unallocated → backing file, or zero).
+    const sc = cs / 32;
+    const noHost = (c: number): boolean => {
+      const [e, i] = entryOf(c);
+      return l2Kind(e.buf, i, l) === KIND_UNALLOCATED;
+    };
+    const writeStart = l.extended && offset > runStart && noHost(c0) ? Math.floor(offset / sc) * sc : runStart;
+    const writeEnd = l.extended && end < runEnd && noHost(c0 + k - 1) ? Math.ceil(end / sc) * sc : runEnd;
+    // New clusters lie past everything ever written (append-only allocation) and read as
+    // zeros: COW regions that read as zeros anyway are not written.
+    const headLen = offset > writeStart && !this.readsAsZeros(writeStart, offset - writeStart) ? offset - writeStart : 0;
+    const skipHead = offset > writeStart && headLen === 0 ? offset - writeStart : 0;
+    const tailLen = end < writeEnd && !this.readsAsZeros(end, writeEnd - end) ? writeEnd - end : 0;
+    const host = await this.a.refcounts.allocate(k);
+    this.a.counters.allocatedClusters += k;
+    const payload = buf.subarray(Math.max(offset, runStart) - offset, Math.min(end, runEnd) - offset);
+    plan.io.push(async () => {
+      const parts: Buffer[] = [];
+      if (headLen) {
+        const head = Buffer.alloc(headLen);
+        await this.a.readLayer(writeStart, head);
+        parts.push(head);
+      }
+      parts.push(payload);
+      if (tailLen) {
+        const tail = Buffer.alloc(tailLen);
+        await this.a.readLayer(end, tail);
+        parts.push(tail);
+      }
+      await this.a.dataFile.write(parts, host + (writeStart - runStart) + skipHead, 'data');
+    });
+    this.a.counters.dataWrites++;
+    plan.commits.push(() => {
+      for (let j = 0; j < k; j++) {
+        const [e, i] = entryOf(c0 + j);
+        const cStart = (c0 + j) * cs;
+        const from = Math.max(writeStart, cStart);
+        const to = Math.min(writeEnd, cStart + cs);
+        if (from === cStart && to === cStart + cs) {
+          this.dropReference(e.buf, i);
+          setL2Normal(e.buf, i, l, host + j * cs, true);
+        } else {
+          const mask = subclusterMask((from - cStart) / sc, (to - cStart) / sc);
+          setL2Extended(e.buf, i, l, host + j * cs, true, mask, l2ZeroBits(e.buf, i, l) & ~mask);
+        }
+        e.dirty = true;
+      }
+    });
+  }
+
+  /**
+   * Host offset of a private (refcount 1) host cluster that a write may reuse: any normal
+   * cluster, or a standard zero cluster that kept its host cluster. -1 otherwise.
+   */
+  private privateHost(c: number, entryOf: (c: number) => [CacheEntry, number]): number {
+    const [e, i] = entryOf(c);
+    if (!e) return -1;
+    const l = this.a.ctx.layout;
+    const kind = l2Kind(e.buf, i, l);
+    if ((kind !== KIND_NORMAL && kind !== KIND_ZERO) || !l2Copied(e.buf, i, l)) return -1;
+    if (!l1Copied(this.a.ctx.l1, Math.floor(c / this.a.ctx.l2Entries))) return -1;
+    const host = l2HostOffset(e.buf, i, l);
+    return host === 0 ? -1 : host;
+  }
+
+  /** Standard zero cluster that kept its host cluster: the whole cluster is written in place. */
+  private planZeroAllocated(plan: Plan, c: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): void {
+    const cs = this.cs;
+    const [e, i] = entryOf(c);
+    const l = this.a.ctx.layout;
+    const host = l2HostOffset(e.buf, i, l);
+    const cStart = c * cs;
+    const from = Math.max(offset, cStart);
+    const to = Math.min(offset + buf.length, cStart + cs);
+    // The host bytes are stale: zeros go out explicitly.
+    const parts = [Buffer.alloc(from - cStart), buf.subarray(from - offset, to - offset), Buffer.alloc(cStart + cs - to)];
+    plan.io.push(() => this.a.dataFile.write(parts, host, 'data'));
+    this.a.counters.dataWrites++;
+    plan.commits.push(() => {
+      setL2Normal(e.buf, i, l, host, true);
+      e.dirty = true;
+    });
+  }
+
+  /** Extended L2: writes into a private host cluster, allocating the touched subclusters. */
+  private planSubclusters(plan: Plan, c: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): void {
+    const cs = this.cs;
+    const l = this.a.ctx.layout;
+    const sc = cs / 32;
+    const [e, i] = entryOf(c);
+    const host = l2HostOffset(e.buf, i, l);
+    const alloc = l2AllocBits(e.buf, i, l);
+    const cStart = c * cs;
+    const from = Math.max(offset, cStart);
+    const to = Math.min(offset + buf.length, cStart + cs);
+    const a = Math.floor((from - cStart) / sc);
+    const b = Math.ceil((to - cStart) / sc);
+    // The host bytes of an unallocated subcluster may be stale: COW writes them explicitly.
+    const ws = !(alloc & (2 ** a)) && from > cStart + a * sc ? cStart + a * sc : from;
+    const we = !(alloc & (2 ** (b - 1))) && to < cStart + b * sc ? cStart + b * sc : to;
+    const payload = buf.subarray(from - offset, to - offset);
+    plan.io.push(async () => {
+      const parts: Buffer[] = [];
+      if (ws < from) {
+        const head = Buffer.alloc(from - ws);
+        await this.a.readLayer(ws, head);
+        parts.push(head);
+      }
+      parts.push(payload);
+      if (we > to) {
+        const tail = Buffer.alloc(we - to);
+        await this.a.readLayer(to, tail);
+        parts.push(tail);
+      }
+      await this.a.dataFile.write(parts, host + (ws - cStart), 'data');
+    });
+    this.a.counters.dataWrites++;
+    plan.commits.push(() => {
+      const mask = subclusterMask(a, b);
+      setL2Extended(e.buf, i, l, host, true, (l2AllocBits(e.buf, i, l) | mask) >>> 0, l2ZeroBits(e.buf, i, l) & ~mask);
+      e.dirty = true;
+    });
+  }
+
+  /** True when this layer's range reads as zeros without any I/O. */
+  readsAsZeros(offset: number, length: number): boolean {
+    const pieces = mapSync(this.a.ctx, offset, length);
+    return !!pieces && pieces.every((p) => p.kind === KIND_ZERO || (p.kind === KIND_UNALLOCATED && !this.a.hasBacking));
+  }
+
+  /**
+   * Makes a cluster read as zeros. With `keepHost` (a private cluster being zeroed) the host
+   * cluster stays allocated, so a later write reuses it instead of allocating (QEMU's
+   * preallocated zero cluster); otherwise the old reference is dropped.
+   */
+  private setZero(e: CacheEntry, i: number, keepHost: boolean): void {
+    const l = this.a.ctx.layout;
+    const kind = l2Kind(e.buf, i, l);
+    if (kind === KIND_ZERO && l2HostOffset(e.buf, i, l) === 0) return;
+    if (keepHost) {
+      const host = l2HostOffset(e.buf, i, l);
+      if (l.extended) setL2Extended(e.buf, i, l, host, true, 0, 0xffffffff);
+      else setL2ZeroAllocated(e.buf, i, host);
+    } else {
+      this.dropReference(e.buf, i);
+      setL2Zero(e.buf, i, l);
+    }
+    e.dirty = true;
+  }
+
+  /** Queues the free of whatever an L2 entry points at (applied after the change is durable). */
+  dropReference(t: Buffer, i: number): void {
+    const l = this.a.ctx.layout;
+    const kind = l2Kind(t, i, l);
+    if (kind === KIND_COMPRESSED) {
+      const c = l2Compressed(t, i, l);
+      this.a.refcounts.free(c.host, c.size);
+    } else if (kind !== KIND_UNALLOCATED) {
+      const host = l2HostOffset(t, i, l);
+      if (host) this.a.refcounts.free(host, this.cs);
+    }
+  }
+}
