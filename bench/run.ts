@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { cleanupAll, installSignalHandlers, onCleanup } from './lib/cleanup';
+import { checkAborted, cleanupAll, installSignalHandlers, isAborted, onCleanup } from './lib/cleanup';
 import { configFromEnv } from './lib/config';
 import type { BenchConfig } from './lib/config';
 import { fioJobs } from './lib/fio';
@@ -79,15 +79,18 @@ async function main(): Promise<number> {
   ];
   for (const [name, fn] of sections) {
     if (!cfg.sections.has(name)) continue;
+    checkAborted();
     try {
       parts.push(await fn(ctx));
     } catch (e) {
+      if (isAborted()) throw e;
       const msg = `## ${name}\n\nnot available: ${(e as Error).message}`;
       log(msg);
       parts.push(msg);
     }
   }
 
+  checkAborted();
   const minutes = ((Date.now() - started.getTime()) / 60000).toFixed(1);
   const report = [
     `# vdiskfs benchmarks${cfg.quick ? ' (QUICK smoke run: small sizes, 1 repeat; not for quoting)' : ''}`,
@@ -113,6 +116,7 @@ main()
   .then(
     (code) => code,
     (e) => {
+      if (isAborted()) return 130;
       process.stderr.write(`bench: ${(e as Error).stack ?? e}\n`);
       return 1;
     },

@@ -6,6 +6,17 @@ type Undo = () => Promise<void> | void;
 
 const undos: { name: string; fn: Undo }[] = [];
 let running: Promise<void> | undefined;
+let aborted = false;
+
+/** True once a signal asked the run to stop: loops stop starting new work, no results are written. */
+export function isAborted(): boolean {
+  return aborted;
+}
+
+/** Throws when the run was interrupted (called before each new piece of work). */
+export function checkAborted(): void {
+  if (aborted) throw new Error('interrupted');
+}
 
 /** Registers an undo step; the returned function runs it now (once) and forgets it. */
 export function onCleanup(name: string, fn: Undo): () => Promise<void> {
@@ -47,6 +58,7 @@ export function installSignalHandlers(): void {
       return;
     }
     stopping = true;
+    aborted = true;
     process.stderr.write(`\nbench: ${sig}, cleaning up ...\n`);
     void cleanupAll().finally(() => process.exit(code));
   };

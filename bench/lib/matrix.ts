@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { onCleanup } from './cleanup';
+import { checkAborted, onCleanup } from './cleanup';
 import { fioArgs, parseFioJson } from './fio';
 import type { FioJob, JobSettings } from './fio';
 import { run, lastLine } from './procs';
@@ -53,6 +53,7 @@ export async function runFioMatrix(opts: {
       for (const target of order) {
         const key = `${job.id}/${target.id}`;
         if (result.unavailable.has(target.id) || result.failed.has(key)) continue;
+        checkAborted();
         const dir = fs.mkdtempSync(path.join(opts.workRoot, `${opts.name}-${target.id}-`));
         const forgetDir = onCleanup(`folder ${dir}`, () => removeDir(dir));
         try {

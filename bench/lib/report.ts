@@ -44,12 +44,21 @@ export function ceilingTable(m: MatrixResult, jobs: readonly FioJob[], targets: 
   return [markdownTable(headers, rows, align), ...notes(m, targets, jobs)].join('\n');
 }
 
-/** ours vs peer: MB/s of both, ratio ours/peer and the target it must reach. */
-export function peerTable(m: MatrixResult, jobs: readonly FioJob[], ours: Target, peer: Target, goal: (job: FioJob) => number): string {
+/**
+ * ours vs peer: MB/s of both, ratio ours/peer and the target it must reach. With `ceiling`
+ * (the do-nothing mount, same run), also how far our FUSE stack alone could go against the peer:
+ * a target above that ratio is out of reach for any driver.
+ */
+export function peerTable(m: MatrixResult, jobs: readonly FioJob[], ours: Target, peer: Target, goal: (job: FioJob) => number, ceiling?: Target): string {
   const headers = ['job', `${ours.title} MB/s`, `${peer.title} MB/s`, 'ours / peer', 'target'];
+  if (ceiling) headers.push(`${ceiling.title} MB/s`, 'ceiling / peer');
   const rows = jobs.map((j) => {
     const r = ratio(m.samples.median(j.id, ours.id), m.samples.median(j.id, peer.id));
-    return [j.title, cell(m, j.id, ours.id), cell(m, j.id, peer.id), formatRatio(r), verdict(r, goal(j))];
+    const row = [j.title, cell(m, j.id, ours.id), cell(m, j.id, peer.id), formatRatio(r), verdict(r, goal(j))];
+    if (ceiling) row.push(cell(m, j.id, ceiling.id), formatRatio(ratio(m.samples.median(j.id, ceiling.id), m.samples.median(j.id, peer.id))));
+    return row;
   });
-  return [markdownTable(headers, rows, ['l', 'r', 'r', 'r', 'l']), ...notes(m, [ours, peer], jobs)].join('\n');
+  const align = headers.map((_, i) => (i === 0 || i === 4 ? 'l' : 'r') as 'l' | 'r');
+  const all = ceiling ? [ours, peer, ceiling] : [ours, peer];
+  return [markdownTable(headers, rows, align), ...notes(m, all, jobs)].join('\n');
 }

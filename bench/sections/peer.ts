@@ -43,7 +43,7 @@ export async function driverAvailable(format: DiskFormat, dir: string, size: num
   }
 }
 
-export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, Target] {
+export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, Target, Target] {
   const name = `x.${format}`;
   const ours: Target = {
     id: 'ours',
@@ -66,12 +66,24 @@ export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, T
       return { file: m.target, stop: () => m.stop() };
     },
   };
-  return [ours, peer];
+  // The FUSE stack's ceiling in the same run: our mount with a driver that does nothing.
+  const ceiling: Target = {
+    id: 'null',
+    title: 'do-nothing mount',
+    async setup(_job, dir) {
+      const images = path.join(dir, 'images');
+      fs.mkdirSync(images);
+      await createEmpty(path.join(images, name), format, ctx.cfg.imageSize);
+      const m = await mountOurs({ images, mountpoint: path.join(dir, 'mnt'), imageName: name, extraArgs: ['--null-driver'], nodeArgs: ctx.nodeArgs });
+      return { file: m.target, stop: () => m.stop() };
+    },
+  };
+  return [ours, peer, ceiling];
 }
 
 export async function peerFio(ctx: SectionContext, format: DiskFormat, goal: (job: FioJob) => number): Promise<{ table: string; result: MatrixResult }> {
-  const [ours, peer] = peerTargets(ctx, format);
-  const result = await runFioMatrix({ name: format, jobs: ctx.jobs, targets: [ours, peer], repeat: ctx.cfg.repeat, settings: ctx.settings, workRoot: ctx.workRoot, log: ctx.log });
+  const [ours, peer, ceiling] = peerTargets(ctx, format);
+  const result = await runFioMatrix({ name: format, jobs: ctx.jobs, targets: [ours, peer, ceiling], repeat: ctx.cfg.repeat, settings: ctx.settings, workRoot: ctx.workRoot, log: ctx.log });
   ctx.record(`${format}-fio`, { samples: result.samples.toJSON(), unavailable: Object.fromEntries(result.unavailable), failed: Object.fromEntries(result.failed) });
-  return { table: peerTable(result, ctx.jobs, ours, peer, goal), result };
+  return { table: peerTable(result, ctx.jobs, ours, peer, goal, ceiling), result };
 }

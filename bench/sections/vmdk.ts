@@ -11,7 +11,7 @@ import { createEmpty } from '../lib/images';
 import { BENCH_CLI, VDISKFS_MAIN } from '../lib/paths';
 import { lastLine, run } from '../lib/procs';
 import { Samples, formatRatio, formatSeconds, markdownTable, ratio, verdict } from '../lib/stats';
-import { onCleanup } from '../lib/cleanup';
+import { checkAborted, onCleanup } from '../lib/cleanup';
 import { removeDir } from '../lib/matrix';
 import type { SectionContext, SectionReport } from './context';
 import { driverAvailable, peerFio } from './peer';
@@ -54,6 +54,7 @@ export async function vmdkSection(ctx: SectionContext): Promise<SectionReport> {
   for (let r = 0; r < ctx.cfg.repeat; r++) {
     const order = r % 2 === 0 ? variants : [...variants].reverse();
     for (const v of order) {
+      checkAborted();
       const dir = fs.mkdtempSync(path.join(ctx.workRoot, `vmdk-bench-${v.id}-`));
       const forget = onCleanup(`folder ${dir}`, () => removeDir(dir));
       try {
@@ -110,7 +111,7 @@ export async function vmdkSection(ctx: SectionContext): Promise<SectionReport> {
   out.push(
     '### fio: vdiskfs vs qemu-storage-daemon (MB/s, median)',
     '',
-    'Fresh `qemu-img create -f vmdk X 1G` per job and repeat (read jobs: the same `qemu-img convert`-filled image for both). Targets: writes ≥ 2.0, reads ≥ 1.0.',
+    'Fresh `qemu-img create -f vmdk X 1G` per job and repeat (read jobs: the same `qemu-img convert`-filled image for both). The do-nothing mount (`--null-driver`, same run) is the ceiling of our FUSE stack: where *ceiling / peer* is below a target, no driver can reach it through this FUSE stack. Targets: writes ≥ 2.0, reads ≥ 1.0.',
     '',
     table,
   );

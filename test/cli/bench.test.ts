@@ -266,6 +266,9 @@ describe('make bench harness: pure parts', () => {
     expect(peer).toContain('| seq write 128k (end_fsync) | 200.0 | 100.0 | 2.00x | ≥ 1.5: met |');
     expect(peer).toContain('| seq write 4k | failed | n/a | n/a | ≥ 1.5: not measured |');
     expect(peer).toContain('- seq write 4k on ours: failed: fio exited 1');
+    for (const v of [25, 50, 75]) m.samples.add('seqw128k', 'null', v);
+    const withCeiling = peerTable(m, jobs, t('ours'), t('peer'), () => 1, t('null'));
+    expect(withCeiling).toContain('| seq write 128k (end_fsync) | 200.0 | 100.0 | 2.00x | ≥ 1: met | 50.00 | 0.50x |');
     const ceil = ceilingTable(m, jobs, [t('peer'), t('ours'), t('gone')], 'peer', ['ours'], (j) => (j.id === 'seqw128k' ? 0.9 : undefined));
     expect(ceil).toContain('| seq write 128k (end_fsync) | 100.0 | 200.0 | n/a | 2.00x (≥ 0.9: met) |');
     expect(ceil).toContain('- gone: not available: no flag');
