@@ -372,10 +372,14 @@ export class Qcow2Image implements Image {
       if (p.kind === KIND_NORMAL) x = { offset: p.guest, length: p.length, kind: 'data', hostOffset: p.host, hostFile: this.dataFile.path };
       else if (p.kind === KIND_COMPRESSED) x = { offset: p.guest, length: p.length, kind: 'data', compressed: true, hostFile: this.file.path };
       else if (p.kind === KIND_ZERO) x = { offset: p.guest, length: p.length, kind: 'zero' };
-      else x = { offset: p.guest, length: p.length, kind: this.backing ? 'backing' : 'unallocated' };
-      const prev = out[out.length - 1];
-      if (prev && prev.kind === x.kind && prev.kind !== 'data') prev.length += x.length;
-      else out.push(x);
+      else {
+        // Unallocated here: the backing file's bytes, or zeros past its end (or without one).
+        const split = this.backing ? Math.min(Math.max(this.backing.virtualSize, p.guest), p.guest + p.length) : p.guest;
+        if (split > p.guest) push(out, { offset: p.guest, length: split - p.guest, kind: 'backing' });
+        if (split < p.guest + p.length) push(out, { offset: split, length: p.guest + p.length - split, kind: 'unallocated' });
+        continue;
+      }
+      push(out, x);
     }
     return out;
   }
@@ -487,6 +491,12 @@ export class Qcow2Image implements Image {
     if (this.readOnly || !this.refcounts) throw VdiskError.readOnly(`${this.path} is open read-only`);
     if (this.closed) throw VdiskError.io(`${this.path} is closed`);
   }
+}
+
+function push(out: Extent[], x: Extent): void {
+  const prev = out[out.length - 1];
+  if (prev && prev.kind === x.kind && prev.kind !== 'data') prev.length += x.length;
+  else out.push(x);
 }
 
 function mapL2Offset(ctx: MapContext, l1i: number): number {
