@@ -97,6 +97,12 @@ describe('qcow2 corpus', () => {
 
   it('dissect/snapshot.qcow2 lists its two internal snapshots', async () => {
     const { qcow2Driver } = await import('../../../src/formats/qcow2');
-    expect(await qcow2Driver.listSnapshots!(path.join(corpus!, 'dissect/snapshot.qcow2'))).toEqual(["you can't see me", 'confused']);
+    const f = path.join(corpus!, 'dissect/snapshot.qcow2');
+    expect(await qcow2Driver.listSnapshots!(f)).toEqual(["you can't see me", 'confused']);
+    const img = await openImage(f, { writable: false });
+    const info = await img.info();
+    await img.close();
+    const q = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', '-U', f], { encoding: 'utf8' })) as { snapshots: unknown[] };
+    expect(info.snapshots).toEqual(q.snapshots);
   });
 });
