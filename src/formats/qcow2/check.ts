@@ -39,6 +39,7 @@ async function checkOnce(path: string, repair: boolean): Promise<CheckResult> {
       else leaks++;
       if (messages.length < 100) messages.push(`${s < r ? 'ERROR' : 'Leaked'} cluster ${c} refcount=${s} reference=${r}`);
     }
+    const wrongCopied: typeof walk.copiedChecks = [];
     for (const x of walk.copiedChecks) {
       const c = Math.floor(x.host / 2 ** h.clusterBits);
       const want = stored[c] === 1;
@@ -46,9 +47,17 @@ async function checkOnce(path: string, repair: boolean): Promise<CheckResult> {
         corruptions++;
         if (messages.length < 100) messages.push(`ERROR OFLAG_COPIED ${x.what}: refcount=${stored[c]}`);
       }
+      if ((walk.counts[c] === 1) !== x.copied) wrongCopied.push(x);
     }
     if (repair && leaks + corruptions > 0) {
       await writeFreshRefcounts(file, meta, walk.counts);
+      // COPIED must say "refcount is exactly 1" under the rebuilt refcounts.
+      const word = Buffer.alloc(4);
+      for (const x of wrongCopied) {
+        await file.read(word, x.at, 'check');
+        word.writeUInt32BE((x.copied ? word.readUInt32BE(0) & 0x7fffffff : word.readUInt32BE(0) | 0x80000000) >>> 0);
+        await file.write(word, x.at, x.what.startsWith('L1') ? 'l1' : 'l2');
+      }
       const b = Buffer.alloc(8);
       b.writeBigUInt64BE(h.incompatible & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT));
       if (h.version === 3) await file.write(b, 72, 'header');

@@ -21,8 +21,8 @@ export interface Walk {
   counts: Uint32Array; // expected refcount per host cluster
   messages: string[];
   corruptions: number;
-  /** Active-layer COPIED flags to verify once counts are known: [isL1, byte offset in host file... ] */
-  copiedChecks: { host: number; copied: boolean; what: string }[];
+  /** Active-layer COPIED flags to verify once counts are known; `at` = file offset of the entry. */
+  copiedChecks: { host: number; copied: boolean; what: string; at: number }[];
 }
 
 export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer, snaps: { snapshots: Snapshot[]; length: number }): Promise<Walk> {
@@ -59,7 +59,7 @@ export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer
         continue;
       }
       inc(l2off, cs, `${name} L2 table`);
-      if (active) w.copiedChecks.push({ host: l2off, copied: l1Copied(table, i), what: `L1 entry ${i}` });
+      if (active) w.copiedChecks.push({ host: l2off, copied: l1Copied(table, i), what: `L1 entry ${i}`, at: off + i * 8 });
       if (l2off >= meta.fileSize) continue;
       await file.read(l2, l2off, 'check');
       for (let j = 0; j < cs / layout.entrySize; j++) {
@@ -78,7 +78,7 @@ export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer
         }
         if (externalData) continue;
         inc(host, cs, `${name} data cluster`);
-        if (active) w.copiedChecks.push({ host, copied: l2Copied(l2, j, layout), what: `L2 ${l2off} entry ${j}` });
+        if (active) w.copiedChecks.push({ host, copied: l2Copied(l2, j, layout), what: `L2 ${l2off} entry ${j}`, at: l2off + j * layout.entrySize });
       }
     }
   };

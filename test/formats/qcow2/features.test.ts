@@ -235,3 +235,26 @@ describe('qcow2 writeZeroes over allocated clusters', () => {
     });
   }
 });
+
+describe('qcow2 check repair of COPIED flags', () => {
+  it('a data cluster with a wrong COPIED flag is reported and repaired', async () => {
+    const f = path.join(dir, 'copied.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', f, '4M']);
+    qemuIo(f, ['write -P 0x15 0 128k']);
+    const l1 = Number(headerU64(f, 40));
+    const l2 = Number(headerU64(f, l1) & 0x00fffffffffffe00n);
+    const fd = fs.openSync(f, 'r+');
+    const w = Buffer.alloc(4);
+    fs.readSync(fd, w, 0, 4, l2);
+    w.writeUInt32BE((w.readUInt32BE(0) & 0x7fffffff) >>> 0);
+    fs.writeSync(fd, w, 0, 4, l2);
+    fs.closeSync(fd);
+    expect(qemuCheck(f).ok).toBe(false);
+    const bad = await qcow2Driver.check!(f, { ...noop, writable: false, repair: false });
+    expect(bad.corruptions).toBe(1);
+    const fixed = await qcow2Driver.check!(f, { ...noop, writable: true, repair: true });
+    expect(fixed).toMatchObject({ corruptions: 0, leaks: 0 });
+    const q = qemuCheck(f);
+    expect(q.ok, q.output).toBe(true);
+  });
+});
