@@ -10,6 +10,7 @@ import { sliceVector, type CowSource, type VmdkExtent } from './extent';
 import { FlatExtent, ZeroExtent } from './flat-extent';
 import { parentPath, readLayout, type Layout } from './layout';
 import { SparseExtent } from './sparse-extent';
+import { SeSparseExtent } from './se-sparse-extent';
 import * as hdr from './sparse-header';
 
 const log = createDebug('vdiskfs:vmdk');
@@ -101,6 +102,14 @@ export class VmdkImage implements Image {
           } else if (line.type === 'SPARSE' || line.type === 'VMFSSPARSE') {
             const f = await HostFile.open(p, wantWrite);
             extents.push(await openSparseFile(f, line.fileName, line.access, size, wantWrite, !!opts.noMultiAlloc, cacheBytes, warn));
+          } else if (line.type === 'SESPARSE') {
+            const f = await HostFile.open(p, false);
+            try {
+              extents.push(await SeSparseExtent.open(f, line.access, size, line.fileName, opts.writable, warn));
+            } catch (e) {
+              await f.close().catch(() => {});
+              throw e;
+            }
           } else {
             throw VdiskError.unsupported(`${file}: extent type ${line.type} (${line.fileName}) is not supported`);
           }
@@ -113,7 +122,7 @@ export class VmdkImage implements Image {
           warn(`${file}: extent ${e.fileName ?? e.type} is ${e.access}; opened read-only`);
           readOnly = true;
         }
-        if (e instanceof SparseExtent && e.readOnly && !readOnly) readOnly = true;
+        if (((e instanceof SparseExtent && e.readOnly) || e instanceof SeSparseExtent) && !readOnly) readOnly = true;
       }
 
       let parent: Image | undefined;

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { isVdiskError } from '../../../src/io/errors';
@@ -6,6 +7,7 @@ import { openImage } from '../../../src/image/open';
 import { vmdkDriver } from '../../../src/formats/vmdk/index';
 import { readHead } from '../../../src/image/probe';
 import { corpusDir, hashImage } from './helpers';
+import { qemuRaw, sha256File } from '../../helpers/qemu';
 
 /** The real-world corpus: every vmdk row with a hash reads with exactly that SHA-256; qemu-fails rows fail cleanly. */
 const corpus = corpusDir();
@@ -66,4 +68,28 @@ describe('vmdk corpus', () => {
     expect(await vmdkDriver.auxiliaryFiles!(p, await readHead(p))).toEqual([]);
   });
 
+
+  it('dissect/sesparse.vmdk (bare seSparse extent) through a hand-written descriptor: read-only, as qemu-img reads it', async () => {
+    const ext = path.join(corpus, 'dissect/sesparse.vmdk');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-vmdk-se-'));
+    try {
+      const f = path.join(dir, 'se.vmdk');
+      fs.writeFileSync(f, `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="seSparse"\n\n# Extent description\nRW 1048576 SESPARSE "${ext}"\n`);
+      const raw = qemuRaw(f, path.join(dir, 'se.raw'));
+      const warnings: string[] = [];
+      const img = await openImage(f, { writable: true, warn: (m) => warnings.push(m) });
+      try {
+        expect(img.readOnly).toBe(true);
+        expect(warnings.join('\n')).toMatch(/seSparse/);
+        expect(await hashImage(img)).toBe(sha256File(raw));
+        const first = Buffer.alloc(16 << 20);
+        await img.read(0, first);
+        expect(first.every((x) => x === 0x61)).toBe(true); // dissect's own check: the first 16 MiB are 'a'
+      } finally {
+        await img.close();
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

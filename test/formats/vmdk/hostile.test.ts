@@ -61,7 +61,7 @@ describe('vmdk hostile images', () => {
     await refused(file, 'ECORRUPT', /past the end/);
   });
 
-  it('unknown version, a bare COWD extent, SESPARSE extent lines are ENOTSUP', async () => {
+  it('unknown version, a bare COWD extent, VMFSRDM extent lines are ENOTSUP', async () => {
     const v = base('v9.vmdk');
     v.buf.writeUInt32LE(9, 4);
     fs.writeFileSync(v.file, v.buf);
@@ -72,7 +72,7 @@ describe('vmdk hostile images', () => {
     fs.writeFileSync(cowd, c);
     await refused(cowd, 'ENOTSUP', /COWD/);
     fs.writeFileSync(path.join(dir, 'se-data.vmdk'), Buffer.alloc(4096));
-    for (const t of ['SESPARSE']) {
+    for (const t of ['VMFSRDM']) {
       const d = path.join(dir, `${t}.vmdk`);
       fs.writeFileSync(d, `# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="seSparse"\nRW 8 ${t} "se-data.vmdk"\n`);
       await refused(d, 'ENOTSUP', new RegExp(t));
