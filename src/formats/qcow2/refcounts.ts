@@ -84,8 +84,13 @@ export class Refcounts {
         const stop = Math.min(end, (bi + 1) * this.perBlock);
         for (; c < stop; c++) {
           const i = c % this.perBlock;
-          const v = getRefcount(e.buf, i, this.order) + delta;
-          if (v < 0) throw VdiskError.corrupt(`qcow2 refcount of cluster ${c} would drop below zero`);
+          let v = getRefcount(e.buf, i, this.order) + delta;
+          if (v < 0) {
+            // Only a free can get here, on an image whose refcounts were already wrong: a leak
+            // is harmless, a failed flush is not.
+            log('refcount of cluster %d already 0 on free; left at 0', c);
+            v = 0;
+          }
           if (v > maxRefcount(this.order)) throw VdiskError.noSpace(`qcow2 refcount of cluster ${c} overflows ${1 << this.order} bits`);
           setRefcount(e.buf, i, this.order, v);
         }
