@@ -16,6 +16,8 @@ export { VmdkImage };
  *   grain-table-cache.ts grain tables in memory (LRU, pins, dirty versions)
  *   grain-allocator.ts   THE SEED: multi-grain allocation, one vectored write, entries after
  *   flat-extent.ts       FLAT/VMFS and ZERO extents
+ *   cowd-header.ts       COWD (vmfsSparse) header, mapped by sparse-extent.ts, read-only
+ *   se-sparse-*.ts       ESXi seSparse headers and extent, read-only
  *   vmdk-image.ts        the Image: extents end to end, parent, CID, read loop, map, info
  *   create.ts, check.ts  qemu-img create -f vmdk / check
  */
