@@ -3,6 +3,7 @@
  * written to bench/results/latest.md (raw samples in latest.json). Settings: bench/README.md.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { checkAborted, cleanupAll, installSignalHandlers, isAborted, onCleanup } from './lib/cleanup';
@@ -47,6 +48,7 @@ async function main(): Promise<number> {
   if (!fs.existsSync(VDISKFS_MAIN)) log(`bench: ${VDISKFS_MAIN} is missing (run npx tsc -p .): mounted targets will be not available`);
 
   const started = new Date();
+  const loadAtStart = os.loadavg();
   const workRoot = fs.mkdtempSync(path.join(cfg.baseDir, 'vdiskfs-bench-'));
   onCleanup(`folder ${workRoot}`, () => removeDir(workRoot));
   const profileDir = path.join(RESULTS_DIR, 'profiles');
@@ -91,6 +93,8 @@ async function main(): Promise<number> {
   }
 
   checkAborted();
+  const load = (l: number[]) => l.map((x) => x.toFixed(1)).join(' / ');
+  const loadLine = `- Load average (1/5/15 min) at start: ${load(loadAtStart)}; at the end: ${load(os.loadavg())} (other work on the machine makes figures noisy)`;
   const minutes = ((Date.now() - started.getTime()) / 60000).toFixed(1);
   const report = [
     `# vdiskfs benchmarks${cfg.quick ? ' (QUICK smoke run: small sizes, 1 repeat; not for quoting)' : ''}`,
@@ -99,6 +103,7 @@ async function main(): Promise<number> {
       `every figure is the median of ${cfg.repeat} run(s), targets interleaved, a fresh image for every run.`,
     '',
     describeMachine(machine),
+    loadLine,
     '',
     parts.join('\n\n'),
     '',
