@@ -6,8 +6,8 @@ SHELL := /bin/bash
 
 # libfuse2: fuse-native loads libfuse.so.2. fuse3: fusermount. qemu-utils: qemu-img/qemu-io (the
 # oracle). qemu-system-common: qemu-storage-daemon (the peer). fio: benchmarks and verify tests.
-# libvmdk-utils: an independent VMDK reader. e2fsprogs/util-linux: mkfs.ext4, losetup.
-APT_PACKAGES := libfuse2 fuse3 qemu-utils qemu-system-common fio libvmdk-utils e2fsprogs util-linux kmod
+# libvmdk-utils: an independent VMDK reader. e2fsprogs/util-linux/fdisk: mkfs.ext4, losetup, sfdisk.
+APT_PACKAGES := libfuse2 fuse3 qemu-utils qemu-system-common fio libvmdk-utils e2fsprogs util-linux fdisk kmod
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps system-deps build test test-unit demo bench clean

@@ -9,5 +9,6 @@ export default defineConfig({
     // Integration tests mount real filesystems; two cores only, so keep parallelism modest.
     poolOptions: { forks: { maxForks: 2, minForks: 1 } },
     reporters: ['default'],
+    globalSetup: ['test/helpers/global-setup.ts'],
   },
 });

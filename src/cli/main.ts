@@ -38,7 +38,7 @@ async function main(): Promise<void> {
     .wrap(Math.min(110, process.stdout.columns ?? 100))
     .fail((msg, err) => {
       if (err) throw err;
-      process.stderr.write(`vdiskfs: ${msg}\nTry 'vdiskfs --help'.\n`);
+      process.stderr.write(`vdiskfs: ${msg} (see vdiskfs --help)\n`);
       process.exit(1);
     })
     .parseAsync();

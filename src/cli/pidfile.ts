@@ -22,10 +22,16 @@ export function readPid(mountpoint: string): number | undefined {
   }
 }
 
+/** A zombie (exited, not yet reaped by its parent) counts as gone: it flushed and closed everything. */
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
+  } catch {
+    return false;
+  }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
   } catch {
     return false;
   }

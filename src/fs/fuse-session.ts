@@ -41,6 +41,7 @@ export class FuseSession {
   async mount(): Promise<void> {
     if (!fs.existsSync('/dev/fuse')) throw new VdiskError('ENOENT', '/dev/fuse is missing (load the fuse module: modprobe fuse)');
     const Fuse = loadFuse();
+    const debugFuse = this.opts.debug;
     const extra = [
       'big_writes',
       `max_write=${MAX_WRITE}`,
@@ -51,7 +52,9 @@ export class FuseSession {
     class VdiskFuse extends Fuse {
       protected override _fuseOptions(): string {
         const base = super._fuseOptions();
-        const all = [...(base ? base.slice(2).split(',') : []), ...extra];
+        // fuse-native turns on libfuse's own debug output whenever DEBUG contains '*'; only --debug-fuse should.
+        const own = (base ? base.slice(2).split(',') : []).filter((o) => o !== 'debug' || debugFuse);
+        const all = [...own, ...extra];
         return '-o' + all.join(',');
       }
     }

@@ -76,8 +76,7 @@ export class ImageTable {
       let entry = this.open.get(key);
       if (entry && wantWrite && entry.image.readOnly && entry.readOnlyReason === undefined) {
         // Opened read-only so far; reopen writable for this handle and the others.
-        await entry.merger.flush();
-        await entry.image.close();
+        await entry.merger.close(); // drains, flushes and closes the read-only image
         entry.image = await this.openImageFor(view, true);
         entry.merger = new RequestMerger(entry.image, this.opts.merger);
         log('reopened %s writable', key);
@@ -101,9 +100,8 @@ export class ImageTable {
       if (entry.refs > 0) return;
       this.open.delete(entry.key);
       try {
-        await entry.merger.close();
+        await entry.merger.close(); // drains pending writes, flushes and closes the image
       } finally {
-        await entry.image.close();
         this.logStats(entry);
       }
     });

@@ -139,7 +139,7 @@ export function makeOperations(ctx: OperationsContext): Operations {
       answer(`flush ${path}`, async () => (h.writable ? h.entry.merger.flush() : undefined), cb);
     },
 
-    fsync(path, fd, _datasync, cb) {
+    fsync(path, _datasync, fd, cb) {
       const h = handles.get(fd);
       if (!h) return cb(errno('EBADF'));
       answer(`fsync ${path}`, () => h.entry.merger.flush(), cb);

@@ -9,6 +9,8 @@ const log = createDebug('vdiskfs:fs');
 
 /** The suffix every raw view carries: `<images>/a/b.qcow2` is shown as `/a/b.qcow2.raw`. */
 export const VIEW_SUFFIX = '.raw';
+/** As long as the kernel caches attributes (attr_timeout): a lookup within it reuses the last listing. */
+const LISTING_TTL_MS = 1000;
 /** Internal snapshots are shown read-only as `b.qcow2@<snapshot>.raw`. */
 export const SNAPSHOT_SEPARATOR = '@';
 
@@ -51,6 +53,8 @@ interface Probed {
  */
 export class ViewTree {
   private readonly probes = new Map<string, Probed>();
+  /** Last listing per folder: getattr resolves against it for a moment instead of re-reading the folder. */
+  private readonly listings = new Map<string, { at: number; entries: Array<{ name: string; entry: ViewEntry }> }>();
   private readonly warned = new Map<string, string>();
 
   constructor(readonly root: string, private readonly opts: ViewTreeOptions) {}
@@ -59,8 +63,14 @@ export class ViewTree {
     return path.join(this.root, viewPath);
   }
 
-  /** The entries of a mounted folder: subfolders and image views. */
+  /** The entries of a mounted folder, read afresh (readdir must show added and removed images). */
   async list(viewDir: string): Promise<Array<{ name: string; entry: ViewEntry }>> {
+    const entries = await this.readListing(viewDir);
+    this.listings.set(viewDir, { at: Date.now(), entries });
+    return entries;
+  }
+
+  private async readListing(viewDir: string): Promise<Array<{ name: string; entry: ViewEntry }>> {
     const hostDir = this.hostPathOf(viewDir);
     const dirents = await fs.readdir(hostDir, { withFileTypes: true });
     const files: Array<{ name: string; probed: Probed }> = [];
@@ -103,7 +113,9 @@ export class ViewTree {
     if (!viewPath.endsWith(VIEW_SUFFIX)) return undefined;
     const base = viewPath.slice(0, -VIEW_SUFFIX.length);
     const name = path.basename(viewPath);
-    const entries = await this.list(path.dirname(viewPath)).catch(() => []);
+    const dir = path.dirname(viewPath);
+    const recent = this.listings.get(dir);
+    const entries = recent && Date.now() - recent.at < LISTING_TTL_MS ? recent.entries : await this.list(dir).catch(() => []);
     const hit = entries.find((e) => e.name === name);
     if (hit) return hit.entry;
     log('not shown: %s (%s)', viewPath, base);
@@ -190,5 +202,6 @@ export class ViewTree {
   /** Forgets what was probed of a file (after we changed its size or content). */
   invalidate(hostPath: string): void {
     this.probes.delete(hostPath);
+    this.listings.clear();
   }
 }

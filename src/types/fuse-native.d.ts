@@ -15,7 +15,7 @@ declare module 'fuse-native' {
     read?(path: string, fd: number, buf: Buffer, len: number, pos: number, cb: (bytesOrErr: number) => void): void;
     write?(path: string, fd: number, buf: Buffer, len: number, pos: number, cb: (bytesOrErr: number) => void): void;
     flush?(path: string, fd: number, cb: (err: number) => void): void;
-    fsync?(path: string, fd: number, datasync: boolean, cb: (err: number) => void): void;
+    fsync?(path: string, datasync: number, fd: number, cb: (err: number) => void): void;
     release?(path: string, fd: number, cb: (err: number) => void): void;
     truncate?(path: string, size: number, cb: (err: number) => void): void;
     ftruncate?(path: string, fd: number, size: number, cb: (err: number) => void): void;

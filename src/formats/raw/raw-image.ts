@@ -45,7 +45,11 @@ export class RawImage implements Image {
     if (!this.readOnly) await this.file.datasync();
   }
 
+  private closed = false;
+
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     await this.flush();
     await this.file.close();
   }
