@@ -94,8 +94,23 @@ function escapeMountPath(p: string): string {
   return p.replace(/[\\ \t\n]/g, (c) => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'));
 }
 
-/** Unmounts with the first tool that exists: umount (root), fusermount3, fusermount. */
+/**
+ * Unmounts with the first tool that exists: umount (root), fusermount3, fusermount. A busy mount
+ * is retried for a moment: `losetup -d` releases its file asynchronously, so an unmount right
+ * after it would otherwise fail for no lasting reason.
+ */
 export async function unmountPath(dir: string, lazy: boolean): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await unmountOnce(dir, lazy);
+    } catch (e) {
+      if (attempt >= 20 || !/busy/i.test((e as Error).message)) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+async function unmountOnce(dir: string, lazy: boolean): Promise<void> {
   const attempts: Array<[string, string[]]> = [
     ['umount', [...(lazy ? ['-l'] : []), dir]],
     ['fusermount3', ['-u', ...(lazy ? ['-z'] : []), dir]],
