@@ -15,7 +15,8 @@ import type { Snapshot } from './snapshot-table';
 import { KIND_COMPRESSED, KIND_UNALLOCATED, L2Layout, l1Copied, l1Offset, l2Compressed, l2Copied, l2HostOffset, l2Kind } from './table-entry';
 
 const log = createDebug('vdiskfs:qcow2');
-const MAX_WALK_CLUSTERS = 64 * 1024 * 1024;
+const MAX_WALK_CLUSTERS = 16 * 1024 * 1024; // 1 TiB of 64 KiB clusters; 64 MiB per counter array
+const MAX_SNAPSHOT_L1_BYTES = 256 << 20; // all snapshots' L1 tables together
 
 export interface Walk {
   counts: Uint32Array; // expected refcount per host cluster
@@ -85,6 +86,9 @@ export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer
   await walkL1(l1, h.l1TableOffset, true, 'active');
   if (h.nbSnapshots) {
     inc(h.snapshotsOffset, Math.max(snaps.length, 1), 'snapshot table');
+    let total = 0;
+    for (const s of snapshots) total += s.l1Size * 8;
+    if (total > MAX_SNAPSHOT_L1_BYTES) throw VdiskError.corrupt(`qcow2 snapshot L1 tables total ${total} bytes: refusing to walk`);
     for (const s of snapshots) {
       const t = Buffer.alloc(s.l1Size * 8);
       await file.read(t, s.l1TableOffset, 'check');
@@ -95,19 +99,19 @@ export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer
 }
 
 /** Stored refcount of every cluster (0 where no block), up to `clusters`. */
-export async function readStoredRefcounts(file: HostFile, meta: ImageMeta, clusters: number): Promise<Float64Array> {
+export async function readStoredRefcounts(file: HostFile, meta: ImageMeta, clusters: number): Promise<Uint32Array> {
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
   const perBlock = (cs * 8) >> h.refcountOrder;
   const table = Buffer.alloc(h.refcountTableClusters * cs);
   await file.read(table, h.refcountTableOffset, 'check');
-  const out = new Float64Array(Math.max(clusters, 0));
+  const out = new Uint32Array(Math.max(clusters, 0));
   const block = Buffer.alloc(cs);
   for (let b = 0; b < table.length / 8 && b * perBlock < clusters; b++) {
     const off = reftableEntry(table, b);
     if (off === 0 || off >= meta.fileSize) continue;
     await file.read(block, off, 'check');
-    for (let i = 0; i < perBlock && b * perBlock + i < clusters; i++) out[b * perBlock + i] = getRefcount(block, i, h.refcountOrder);
+    for (let i = 0; i < perBlock && b * perBlock + i < clusters; i++) out[b * perBlock + i] = Math.min(getRefcount(block, i, h.refcountOrder), 0xffffffff);
   }
   return out;
 }
