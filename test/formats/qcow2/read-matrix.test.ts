@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { qemuImg, qemuIo } from '../../helpers/qemu';
+import { qemuCheck, qemuImg, qemuIo } from '../../helpers/qemu';
 import { expectSameAsQemu, open, tempDir } from './helpers';
 
 const dir = tempDir('read');
@@ -215,5 +215,24 @@ describe('qcow2 map()', () => {
         if (oe.kind === 'data') expect(oe.hostOffset! + (off - oe.offset)).toBe(qe.offset! + (off - qe.start));
       }
     }
+  });
+});
+
+describe('qcow2 over a VMDK backing file', () => {
+  it('reads fall through to a monolithicSparse VMDK parent; writes COW from it', async () => {
+    const sub = path.join(dir, 'vmdk-chain');
+    fs.mkdirSync(sub);
+    const base = path.join(sub, 'base.vmdk');
+    qemuImg(['create', '-q', '-f', 'vmdk', base, '4M']);
+    qemuIo(base, ['write -P 0x61 0 1M', 'write -P 0x62 3M 100k'], 'vmdk');
+    const top = path.join(sub, 'top.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'vmdk', '-b', 'base.vmdk', top, '6M']);
+    qemuIo(top, ['write -P 0x63 512k 4096']);
+    await expectSameAsQemu(top);
+    const img = await open(top, { writable: true });
+    await img.write(3 * MiB + 5000, Buffer.alloc(10, 0x64)); // partial cluster: tail/head COW from the VMDK
+    await img.close();
+    await expectSameAsQemu(top);
+    expect(qemuCheck(top).ok).toBe(true);
   });
 });
