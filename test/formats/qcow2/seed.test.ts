@@ -110,4 +110,22 @@ describe('qcow2 metadata cache (seed 2)', () => {
     expect(check.ok, check.output).toBe(true);
     expect(qemuCompare(f, mf).equal).toBe(true);
   });
+
+  it('the default cache holds the L2 tables of 8 GiB of virtual disk (64 KiB clusters)', async () => {
+    const f = path.join(dir, 'eight.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', f, '8G']);
+    qemuIo(f, Array.from({ length: 16 }, (_, i) => `write -P ${i + 1} ${i * 512}M 64k`));
+    const img = await openImage(f, { writable: true });
+    const b = Buffer.alloc(4096);
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 16; i++) {
+        await img.read(i * 512 * MiB, b);
+        expect(b[0]).toBe(i + 1);
+        await img.write(i * 512 * MiB + 100 * 65536, b); // allocations touch refcount blocks too
+      }
+    }
+    expect(img.stats().driver['cacheMisses']).toBe(16 + 1); // each L2 table once, one refcount block
+    await img.close();
+    expect(qemuCheck(f).ok).toBe(true);
+  });
 });
