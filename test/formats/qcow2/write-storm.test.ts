@@ -137,3 +137,22 @@ describe('qcow2 write storms (oracle: qemu-img check + compare)', () => {
     });
   });
 });
+
+describe('qcow2 write storms over several sessions', () => {
+  for (const opts of ['cluster_size=4096', 'extended_l2=on', 'compat=0.10,cluster_size=512']) {
+    it(`open/storm/close three times (${opts})`, async () => {
+      const f = path.join(dir, `sessions-${opts.replace(/[^a-z0-9]/gi, '_')}.qcow2`);
+      qemuImg(['create', '-q', '-f', 'qcow2', '-o', opts, f, String(8 * MiB)]);
+      const mirror = Buffer.alloc(8 * MiB);
+      for (let s = 0; s < 3; s++) {
+        const img = await openImage(f, { writable: true, cacheSize: s === 1 ? 8192 : undefined });
+        await storm(img, mirror, { seed: 500 + s, ops: 60, maxLen: 512 * 1024 });
+        await img.close();
+        const check = qemuCheck(f);
+        expect(check.ok, check.output).toBe(true);
+      }
+      fs.writeFileSync(`${f}.mirror`, mirror);
+      expect(qemuCompare(f, `${f}.mirror`).equal).toBe(true);
+    });
+  }
+});
