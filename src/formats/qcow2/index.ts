@@ -11,6 +11,7 @@ import { createQcow2 } from './create';
 import { MAGIC } from './header';
 import { readMeta, readSnapshots, resolveRelative } from './meta';
 import { openQcow2 } from './open';
+import { usableNames } from './snapshot-table';
 
 export { Qcow2Image } from './qcow2-image';
 
@@ -40,7 +41,7 @@ export const qcow2Driver: FormatDriver = {
     }
   },
   check: (path, opts) => checkQcow2(path, opts.repair),
-  listSnapshots: (path) => withFile(path, async (f) => (await readSnapshots(f, await readMeta(f))).map((s) => s.name)),
+  listSnapshots: (path) => withFile(path, async (f) => usableNames(await readSnapshots(f, await readMeta(f)))),
   backingFileOf: (path) =>
     withFile(path, async (f) => {
       const m = await readMeta(f);

@@ -14,7 +14,7 @@ import { DriverCounters, Qcow2Image } from './qcow2-image';
 import { getRefcount, reftableEntry } from './refcount-block';
 import { countRefcountStructures, walkReferences, writeFreshRefcounts } from './refcount-walk';
 import { Refcounts } from './refcounts';
-import type { Snapshot } from './snapshot-table';
+import { Snapshot, validateSnapshot } from './snapshot-table';
 
 const log = createDebug('vdiskfs:qcow2');
 
@@ -60,6 +60,7 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
       const snaps = (await snapshotTable()).snapshots;
       const s = snaps.find((x) => x.name === opts.snapshot) ?? snaps.find((x) => x.id === opts.snapshot);
       if (!s) throw new VdiskError('ENOENT', `${path}: no snapshot named '${opts.snapshot}'`);
+      validateSnapshot(s, cs);
       l1Offset = s.l1TableOffset;
       l1Size = s.l1Size;
       virtualSize = s.diskSize ?? h.size;

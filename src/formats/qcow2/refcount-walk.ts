@@ -8,10 +8,10 @@
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
-import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2 } from './header';
+import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, MAX_L1_BYTES } from './header';
 import type { ImageMeta } from './meta';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
-import type { Snapshot } from './snapshot-table';
+import { Snapshot, validateSnapshot } from './snapshot-table';
 import { KIND_COMPRESSED, KIND_UNALLOCATED, L2Layout, l1Copied, l1Offset, l2Compressed, l2Copied, l2HostOffset, l2Kind } from './table-entry';
 
 const log = createDebug('vdiskfs:qcow2');
@@ -87,9 +87,15 @@ export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer
   if (h.nbSnapshots) {
     inc(h.snapshotsOffset, Math.max(snaps.length, 1), 'snapshot table');
     let total = 0;
-    for (const s of snapshots) total += s.l1Size * 8;
+    for (const s of snapshots) total += Math.min(s.l1Size * 8, MAX_L1_BYTES);
     if (total > MAX_SNAPSHOT_L1_BYTES) throw VdiskError.corrupt(`qcow2 snapshot L1 tables total ${total} bytes: refusing to walk`);
     for (const s of snapshots) {
+      try {
+        validateSnapshot(s, cs);
+      } catch (e) {
+        bad((e as Error).message);
+        continue;
+      }
       const t = Buffer.alloc(s.l1Size * 8);
       await file.read(t, s.l1TableOffset, 'check');
       await walkL1(t, s.l1TableOffset, false, `snapshot '${s.name}'`);

@@ -30,7 +30,10 @@ export function parseSnapshotTable(buf: Buffer, count: number, clusterSize: numb
   let off = 0;
   for (let i = 0; i < count; i++) {
     if (off + 40 > buf.length) throw VdiskError.corrupt(`qcow2 snapshot table truncated at entry ${i}`);
-    const l1TableOffset = readU64(buf, off, 'snapshot l1_table_offset');
+    // Offsets are checked only when a snapshot is used (QEMU does the same): a bad entry must
+    // not stop the active layer from opening.
+    const rawL1 = buf.readBigUInt64BE(off);
+    const l1TableOffset = rawL1 <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(rawL1) : -1;
     const l1Size = buf.readUInt32BE(off + 8);
     const idSize = buf.readUInt16BE(off + 12);
     const nameSize = buf.readUInt16BE(off + 14);
@@ -39,8 +42,6 @@ export function parseSnapshotTable(buf: Buffer, count: number, clusterSize: numb
     const extra = off + 40;
     const end = extra + extraSize + idSize + nameSize;
     if (end > buf.length) throw VdiskError.corrupt(`qcow2 snapshot table truncated at entry ${i}`);
-    if (l1TableOffset % clusterSize !== 0) throw VdiskError.corrupt(`qcow2 snapshot ${i} L1 table not cluster aligned`);
-    if (l1Size * 8 > MAX_L1_BYTES) throw VdiskError.corrupt(`qcow2 snapshot ${i} L1 table too large`);
     const s: Snapshot = {
       l1TableOffset,
       l1Size,
@@ -58,6 +59,19 @@ export function parseSnapshotTable(buf: Buffer, count: number, clusterSize: numb
     off = Math.ceil(end / 8) * 8;
   }
   return { snapshots: out, length: off };
+}
+
+/** Refuses a snapshot whose L1 table cannot be used (checked when the snapshot is opened or walked). */
+export function validateSnapshot(s: Snapshot, clusterSize: number): void {
+  if (s.l1TableOffset < 0 || s.l1TableOffset % clusterSize !== 0) throw VdiskError.corrupt(`qcow2 snapshot '${s.name}' (id ${s.id}): L1 table offset invalid`);
+  if (s.l1Size * 8 > MAX_L1_BYTES) throw VdiskError.corrupt(`qcow2 snapshot '${s.name}' (id ${s.id}): L1 table too large`);
+}
+
+/** Names usable as views: non-empty and unique (QEMU allows neither to be guaranteed). */
+export function usableNames(snaps: Snapshot[]): string[] {
+  const seen = new Set<string>();
+  for (const s of snaps) if (s.name && !seen.has(s.name)) seen.add(s.name);
+  return [...seen];
 }
 
 export function snapshotInfo(s: Snapshot): SnapshotInfo {
