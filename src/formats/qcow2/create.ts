@@ -73,6 +73,7 @@ export async function createQcow2(path: string, opts: CreateOptions): Promise<Cr
     await b.close();
   }
   if (!Number.isSafeInteger(size) || size < 0) throw VdiskError.invalid(`bad size ${size}`);
+  size = Math.ceil(size / 512) * 512; // qemu-img rounds up to whole sectors too
   const cs = 2 ** spec.clusterBits;
   const entrySize = spec.extendedL2 ? 16 : 8;
   const l1Size = Math.ceil(size / ((cs / entrySize) * cs));

@@ -37,7 +37,7 @@ describe('qcow2 create', () => {
     ['extended L2', { extended_l2: 'on', cluster_size: '128k' }, 16 * MiB],
     ['zstd compression type', { compression_type: 'zstd', compat: '1.1' }, 16 * MiB],
     ['large L1 (512-byte clusters, 1 GiB)', { cluster_size: '512', refcount_bits: '8' }, 1024 * MiB],
-    ['odd size', {}, 12345 * 512 + 7 * 0],
+    ['odd size', {}, 12345 * 512],
   ];
   cases.forEach(([name, opts, size], idx) => {
     it(name, async () => {
@@ -111,6 +111,12 @@ describe('qcow2 create', () => {
     const v2 = path.join(dir, 'overlay-v2.qcow2');
     await create(v2, 4 * MiB, { compat: '0.10' }, 'overlay.qcow2', 'qcow2');
     expect(info(v2)['backing-filename-format']).toBe('qcow2');
+  });
+
+  it('rounds the size up to whole sectors like qemu-img', async () => {
+    const f = path.join(dir, 'round.qcow2');
+    await create(f, 1000, {});
+    expect(info(f)['virtual-size']).toBe(1024);
   });
 
   it('refuses bad options', async () => {
