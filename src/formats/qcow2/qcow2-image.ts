@@ -388,6 +388,7 @@ export class Qcow2Image implements Image {
     this.checkWritable();
     if (!Number.isSafeInteger(newSize) || newSize < this.virtualSize) throw VdiskError.invalid(`${this.path}: shrinking a qcow2 image is not supported (${this.virtualSize} -> ${newSize})`);
     if (newSize === this.virtualSize) return;
+    if (newSize % 512 !== 0) throw VdiskError.invalid(`${this.path}: the new size must be a multiple of 512 (${newSize})`);
     await this.mutex.run(async () => {
       await this.flushLocked();
       const rc = this.refcounts!;

@@ -151,6 +151,7 @@ describe('qcow2 resize', () => {
       await img.flush();
       expect(qemuCheck(f).ok).toBe(true); // consistent while still open (flushed)
       await expect(img.resize!(to - 512)).rejects.toMatchObject({ code: 'EINVAL' });
+      await expect(img.resize!(to + 100)).rejects.toMatchObject({ code: 'EINVAL' }); // not whole sectors (QEMU refuses too)
       await img.close();
       const check = qemuCheck(f);
       expect(check.ok, check.output).toBe(true);
