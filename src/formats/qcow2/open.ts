@@ -7,7 +7,7 @@ import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import { HostFile } from '../../io/host-file';
 import type { Image, OpenOptions } from '../types';
-import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header';
+import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header';
 import { readMeta, readSnapshotTable, resolveRelative } from './meta';
 import { MetadataCache } from './metadata-cache';
 import { DriverCounters, Qcow2Image } from './qcow2-image';
@@ -105,6 +105,7 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
       await file.read(table, h.refcountTableOffset, 'reftable');
       const end = await usedEnd(file, table, cs, h.refcountOrder, meta.fileSize);
       refcounts = new Refcounts(file, cache, h.clusterBits, h.refcountOrder, table, h.refcountTableOffset, end, counters);
+      if (h.version === 3 && (h.compatible & COMPAT_LAZY_REFCOUNTS) !== 0n) refcounts.lazy = { header: h, marked: false };
     }
     image = new Qcow2Image({
       path,

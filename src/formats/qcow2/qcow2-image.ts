@@ -349,7 +349,10 @@ export class Qcow2Image implements Image {
   async close(): Promise<void> {
     if (this.closed) return;
     try {
-      if (!this.readOnly) await this.flush();
+      if (!this.readOnly) {
+        await this.flush();
+        if (this.refcounts?.lazy?.marked) await this.mutex.run(() => this.refcounts!.setDirtyBit(false));
+      }
       const st = this.stats().driver;
       log('close %s: metadataWrites=%d dataWrites=%d hostFlushes=%d cacheHits=%d cacheMisses=%d allocatedClusters=%d', this.path, st['metadataWrites'], st['dataWrites'], st['hostFlushes'], st['cacheHits'], st['cacheMisses'], st['allocatedClusters']);
     } finally {

@@ -11,7 +11,7 @@
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
-import { MAX_REFTABLE_BYTES } from './header';
+import { Header, INCOMPAT_DIRTY, MAX_REFTABLE_BYTES } from './header';
 import type { CacheEntry, MetadataCache } from './metadata-cache';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
 
@@ -33,6 +33,12 @@ export class Refcounts {
   /** Refcount changes not yet made durable (written + datasync). */
   private unsynced = false;
   private pendingFrees: { host: number; length: number }[] = [];
+  /**
+   * Lazy refcounts (compatible bit 0): the image carries the dirty bit while we have unsynced
+   * refcount changes on disk, so L2 tables need not wait for a datasync after the refcount
+   * blocks; a crash leaves a dirty image whose refcounts are rebuilt on the next writable open.
+   */
+  lazy: { header: Header; marked: boolean } | undefined;
 
   constructor(
     private readonly file: HostFile,
@@ -148,6 +154,7 @@ export class Refcounts {
   /** Writes dirty refcount blocks, then the table (and header when it moved), then datasync. */
   async writePhase(): Promise<void> {
     if (!this.needsWrite) return;
+    if (this.lazy && !this.lazy.marked) await this.setDirtyBit(true);
     await this.writeBlocks(this.cache.dirty('refblock'));
     if (this.relocated) {
       const old = this.relocated;
@@ -165,7 +172,7 @@ export class Refcounts {
       this.dirtyHi = -1;
       this.free(old.oldOffset, old.oldClusters * this.clusterSize);
     } else if (this.dirtyHi >= 0) {
-      await this.sync(); // new blocks durable before the table points at them
+      if (!this.lazy) await this.sync(); // new blocks durable before the table points at them
       const lo = this.dirtyLo * 8;
       const hi = (this.dirtyHi + 1) * 8;
       this.dirtyLo = Infinity;
@@ -173,8 +180,22 @@ export class Refcounts {
       await this.file.write(Buffer.from(this.table.subarray(lo, hi)), this.tableOffset + lo, 'reftable');
       this.counters.metadataWrites++;
     }
-    await this.sync();
+    if (!this.lazy) await this.sync();
     this.unsynced = false;
+  }
+
+  /** Lazy refcounts: sets (before the first refcount write) or clears (on a clean close) the dirty bit, durably. */
+  async setDirtyBit(dirty: boolean): Promise<void> {
+    const l = this.lazy!;
+    l.header.incompatible = dirty ? l.header.incompatible | INCOMPAT_DIRTY : l.header.incompatible & ~INCOMPAT_DIRTY;
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64BE(l.header.incompatible);
+    if (!dirty) await this.sync(); // everything else durable before the image says "clean"
+    await this.file.write(b, 72, 'header');
+    this.counters.metadataWrites++;
+    await this.sync();
+    l.marked = dirty;
+    log('dirty bit %s', dirty ? 'set' : 'cleared');
   }
 
   /** Writes refcount blocks (eviction or flush); coalesces adjacent ones into one write. */

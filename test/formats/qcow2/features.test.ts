@@ -259,3 +259,36 @@ describe('qcow2 check repair of COPIED flags', () => {
     expect(q.ok, q.output).toBe(true);
   });
 });
+
+describe('qcow2 lazy refcounts', () => {
+  it('dirty bit set while refcounts may be stale, cleared on close; a crash copy is rebuilt on open', async () => {
+    const f = path.join(dir, 'lazy-session.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'lazy_refcounts=on', f, '8M']);
+    const img = await openImage(f, { writable: true });
+    await img.write(0, Buffer.alloc(3 * MiB, 0x41));
+    const flushesBefore = img.stats().driver['hostFlushes']!;
+    await img.flush();
+    expect(headerU64(f, 72) & 1n).toBe(1n);
+    expect((await img.info())['dirty-flag']).toBe(true);
+    // A crash now: copy the file as it is on disk.
+    const crashed = path.join(dir, 'lazy-crashed.qcow2');
+    fs.copyFileSync(f, crashed);
+    await img.write(4 * MiB, Buffer.alloc(MiB, 0x42));
+    const second = img.stats().driver['hostFlushes']!;
+    await img.flush();
+    expect(img.stats().driver['hostFlushes']! - second).toBe(1); // refcount blocks + L2 table + one datasync (no sync between them)
+    expect(second - flushesBefore).toBe(3); // first flush: dirty bit, L2 before L1, final
+    await img.close();
+    expect(headerU64(f, 72) & 1n).toBe(0n);
+    expect(qemuCheck(f).ok).toBe(true);
+    const warnings: string[] = [];
+    const re = await openImage(crashed, { writable: true, warn: (m) => warnings.push(m) });
+    expect(warnings.join()).toMatch(/dirty/);
+    const b = Buffer.alloc(3 * MiB);
+    await re.read(0, b);
+    expect(b.every((x) => x === 0x41)).toBe(true);
+    await re.close();
+    const check = qemuCheck(crashed);
+    expect(check.ok, check.output).toBe(true);
+  });
+});
