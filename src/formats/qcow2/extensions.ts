@@ -29,16 +29,21 @@ export interface Extensions {
 
 const FEATURE_TYPES = ['incompatible', 'compatible', 'autoclear'] as const;
 
-export function parseExtensions(cluster0: Buffer, start: number): Extensions {
+/**
+ * Extensions end at the end marker, at the backing file name (older images put the name right
+ * after the header, with no extension area: `limit` = backing_file_offset) or at the cluster end.
+ */
+export function parseExtensions(cluster0: Buffer, start: number, limit = cluster0.length): Extensions {
   const ext: Extensions = { features: [], hasBitmaps: false, end: start };
+  const end = Math.min(limit, cluster0.length);
   let off = start;
   for (;;) {
-    if (off + 8 > cluster0.length) break; // no end marker within cluster 0: treat as ended (QEMU does too)
+    if (off + 8 > end) break; // no room for another extension: ended (QEMU does the same)
     const type = cluster0.readUInt32BE(off);
     const len = cluster0.readUInt32BE(off + 4);
     off += 8;
     if (type === EXT_END) break;
-    if (off + len > cluster0.length) throw VdiskError.corrupt(`qcow2 header extension 0x${type.toString(16)} runs past the first cluster`);
+    if (off + len > end) throw VdiskError.corrupt(`qcow2 header extension 0x${type.toString(16)} runs past the extension area`);
     const data = cluster0.subarray(off, off + len);
     switch (type) {
       case EXT_BACKING_FORMAT:

@@ -32,7 +32,8 @@ export async function readMeta(file: HostFile): Promise<ImageMeta> {
   const cs = 2 ** header.clusterBits;
   const cluster0 = cs <= head.length ? head.subarray(0, cs) : Buffer.alloc(cs);
   if (cs > head.length) await file.read(cluster0, 0, 'header');
-  const ext = parseExtensions(cluster0, header.headerLength); // v2 images carry extensions after byte 72 too
+  // v2 images carry extensions after byte 72 too; they stop where the backing file name starts.
+  const ext = parseExtensions(cluster0, header.headerLength, header.backingFileOffset > 0 ? header.backingFileOffset : cs);
   const unknown = header.incompatible & ~INCOMPAT_KNOWN;
   if (unknown !== 0n) {
     const names = bitNumbers(unknown).map((b) => {

@@ -197,3 +197,29 @@ describe('qcow2 hostile images opened for writing', () => {
     await expect(openImage(f, { writable: true })).rejects.toMatchObject({ code: 'ECORRUPT' });
   });
 });
+
+describe('qcow2 old layouts', () => {
+  it('a v2 image whose backing file name follows the header directly (no extension area)', async () => {
+    const base = path.join(dir, 'old-base.raw');
+    fs.writeFileSync(base, Buffer.alloc(1 << 20, 0x3d));
+    const f = path.join(dir, 'old.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', '-F', 'raw', '-b', base, f]);
+    qemuIo(f, ['write -P 0x3e 4096 4096']);
+    // Rewrite cluster 0 the old way: name at byte 72, no extensions.
+    const c0 = Buffer.alloc(512);
+    const fd = fs.openSync(f, 'r+');
+    fs.readSync(fd, c0, 0, 72, 0);
+    c0.writeBigUInt64BE(72n, 8);
+    c0.writeUInt32BE(Buffer.byteLength(base), 16);
+    c0.write(base, 72);
+    fs.writeSync(fd, c0, 0, 512, 0);
+    fs.closeSync(fd);
+    const img = await openImage(f, { writable: false });
+    const b = Buffer.alloc(8192);
+    await img.read(0, b);
+    expect(b[0]).toBe(0x3d);
+    expect(b[4096]).toBe(0x3e);
+    expect((await img.info())['backing-filename']).toBe(base);
+    await img.close();
+  });
+});
