@@ -205,8 +205,10 @@ export class WritePath {
       }
       const entryOf = (c: number): [CacheEntry, number] => [views.get(Math.floor(c / n))!, c % n];
       const direct = (c: number): number => {
-        const e = views.get(Math.floor(c / n));
-        return e ? this.directHost(e.buf, c % n) : -1;
+        const l1i = Math.floor(c / n);
+        const e = views.get(l1i);
+        // A table shared with a snapshot (L1 entry without COPIED) is never written in place.
+        return e && l1Copied(ctx.l1, l1i) ? this.directHost(e.buf, c % n) : -1;
       };
       const fullyCovered = (c: number): boolean => offset <= c * cs && end >= Math.min((c + 1) * cs, this.a.virtualSize);
       // 'skip': already reads as zeros; 'zero': becomes a zero cluster; 'write': data goes out.
