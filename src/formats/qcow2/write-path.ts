@@ -155,7 +155,10 @@ export class WritePath {
       }
       const p = plan!;
       try {
-        await Promise.all(p.io.map((f) => f()));
+        // Wait for every piece even when one fails, so no stray write lands after the clusters are released.
+        const results = await Promise.allSettled(p.io.map((f) => f()));
+        const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+        if (failed) throw failed.reason;
         await this.a.mutex.run(async () => {
           for (const c of p.commits) c();
           for (const e of p.pinned) this.a.cache.unpin(e);
