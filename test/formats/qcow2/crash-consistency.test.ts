@@ -76,4 +76,41 @@ describe('qcow2 crash consistency (program order)', () => {
     const final = qemuCheck(f);
     expect(final.ok, final.output).toBe(true);
   });
+
+  it('also while the refcount table grows and moves (512-byte clusters, 64-bit refcounts) and the L1 table moves (resize)', async () => {
+    const f = path.join(dir, 'grow.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512,refcount_bits=64', f, '1M']);
+    const snapsDir = path.join(dir, 'states-grow');
+    fs.mkdirSync(snapsDir);
+    const states: string[] = [];
+    const stop = addIoObserver((e) => {
+      if (e.path !== f) return;
+      if ((e.kind === 'write' && e.tag !== 'data') || e.kind === 'flush') {
+        const copy = path.join(snapsDir, `s${states.length}.qcow2`);
+        fs.copyFileSync(f, copy);
+        states.push(`${copy}\t${e.kind}:${e.tag ?? ''}`);
+      }
+    });
+    const img = await openImage(f, { writable: true, cacheSize: 8 * 512 });
+    const r = rng(11);
+    for (let op = 0; op < 30; op++) {
+      if (op === 15) await img.resize!(3 * MiB);
+      const len = 1 + Math.floor(r() * 60000);
+      const off = Math.floor(r() * (img.virtualSize - len));
+      await img.write(off, Buffer.alloc(len, op + 1));
+    }
+    await img.close();
+    stop();
+    const tags = states.map((s) => s.split('\t')[1]);
+    expect(tags).toContain('write:reftable');
+    expect(tags).toContain('write:l1');
+    const bad: string[] = [];
+    for (const s of states) {
+      const [file, what] = s.split('\t');
+      if (corruptions(file!) > 0) bad.push(`${path.basename(file!)} after ${what}`);
+      fs.rmSync(file!);
+    }
+    expect(bad).toEqual([]);
+    expect(qemuCheck(f).ok).toBe(true);
+  });
 });
