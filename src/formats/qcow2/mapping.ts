@@ -120,4 +120,3 @@ export function tablesFor(ctx: MapContext, offset: number, length: number): numb
   return out;
 }
 
-export { KIND_ZERO };

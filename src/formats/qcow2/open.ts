@@ -12,7 +12,7 @@ import { readMeta, readSnapshotTable, resolveRelative } from './meta';
 import { MetadataCache } from './metadata-cache';
 import { DriverCounters, Qcow2Image } from './qcow2-image';
 import { getRefcount, reftableEntry } from './refcount-block';
-import { countRefcountStructures, walkReferences, writeFreshRefcounts } from './refcount-walk';
+import { walkReferences, writeFreshRefcounts } from './refcount-walk';
 import { Refcounts } from './refcounts';
 import { Snapshot, validateSnapshot } from './snapshot-table';
 
@@ -163,4 +163,3 @@ async function usedEnd(file: HostFile, table: Buffer, cs: number, order: number,
   return end;
 }
 
-export { countRefcountStructures };
