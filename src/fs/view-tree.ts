@@ -11,6 +11,7 @@ const log = createDebug('vdiskfs:fs');
 export const VIEW_SUFFIX = '.raw';
 /** As long as the kernel caches attributes (attr_timeout): a lookup within it reuses the last listing. */
 const LISTING_TTL_MS = 1000;
+const FAILED_PROBE_RETRY_MS = 2000;
 /** Internal snapshots are shown read-only as `b.qcow2@<snapshot>.raw`. */
 export const SNAPSHOT_SEPARATOR = '@';
 
@@ -35,6 +36,7 @@ export interface ViewTreeOptions {
 
 interface Probed {
   key: string;
+  at: number;
   driver?: FormatDriver;
   head?: Buffer;
   error?: string;
@@ -154,8 +156,10 @@ export class ViewTree {
     if (!st) return undefined;
     const key = `${st.mtimeMs}:${st.size}:${st.ino}`;
     const cached = this.probes.get(hostPath);
-    if (cached && (cached.key === key || this.opts.isOpen(hostPath))) return cached;
-    const probed: Probed = { key };
+    // A failed probe is retried after a moment: the missing backing or data file may have arrived.
+    const fresh = cached && (!cached.error || Date.now() - cached.at < FAILED_PROBE_RETRY_MS);
+    if (cached && ((cached.key === key && fresh) || this.opts.isOpen(hostPath))) return cached;
+    const probed: Probed = { key, at: Date.now() };
     try {
       const ext = extensionOf(hostPath);
       if (ext === 'img' || ext === 'raw') {

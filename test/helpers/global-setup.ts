@@ -1,41 +1,45 @@
 /**
  * Last line of defence for "a test run leaves nothing behind": after all tests, unmount any
- * vdiskfs mount and detach any loop device still under a test temp folder, and kill leftovers.
+ * vdiskfs mount and detach any loop device still under this run's temp folders, and kill this
+ * run's leftover processes. Scoped by a run id, so two test runs on one machine never touch
+ * each other's mounts. Before the run, only dead mounts (daemon gone) are swept.
  */
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 
-function sweep(): void {
-  const tmpRoot = os.tmpdir();
-  const lines = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n');
-  // Loop devices first (a mounted ext4 on a loop device keeps the FUSE mount busy).
+const runId = randomBytes(4).toString('hex');
+
+function mountpoints(): string[] {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter(Boolean);
+}
+
+function sweep(marker: string): void {
   let loops = '';
   try { loops = execFileSync('losetup', ['-a'], { encoding: 'utf8' }); } catch { /* no losetup */ }
   for (const line of loops.split('\n')) {
     const m = /^(\/dev\/loop\d+):.*\((.*)\)/.exec(line);
-    if (m && m[2]!.includes('/vdiskfs-test-')) {
-      for (const l of lines) {
-        const f = l.split(' ');
-        if (f[9]?.startsWith(m[1]!)) try { execFileSync('umount', ['-l', f[4]!]); } catch { /* ignore */ }
-      }
-      try { execFileSync('losetup', ['-d', m[1]!]); } catch { /* ignore */ }
+    if (m && m[2]!.includes(marker)) {
+      for (const p of mountpoints()) if (p.includes(marker)) try { execFileSync('umount', ['-l', p], { stdio: 'ignore' }); } catch { /* ignore */ }
+      try { execFileSync('losetup', ['-d', m[1]!], { stdio: 'ignore' }); } catch { /* ignore */ }
     }
   }
-  for (const l of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const f = l.split(' ');
-    if (f[4]?.startsWith(tmpRoot) && f[4].includes('/vdiskfs-test-')) {
-      try { execFileSync('umount', ['-l', f[4]]); } catch { /* ignore */ }
-    }
-  }
-  try { execFileSync('pkill', ['-f', 'main.js mount -f .*vdiskfs-test-']); } catch { /* none */ }
-  try { execFileSync('pkill', ['-f', 'qemu-storage-daemon.*vdiskfs-test-']); } catch { /* none */ }
+  for (const p of mountpoints()) if (p.includes(marker)) try { execFileSync('umount', ['-l', p], { stdio: 'ignore' }); } catch { /* ignore */ }
+  try { execFileSync('pkill', ['-f', `main.js mount .*${marker}`], { stdio: 'ignore' }); } catch { /* none */ }
+  try { execFileSync('pkill', ['-f', `qemu-storage-daemon.*${marker}`], { stdio: 'ignore' }); } catch { /* none */ }
 }
 
 export function setup(): void {
-  sweep();
+  process.env.VDISKFS_TEST_RUN = runId;
+  // Mounts left by an earlier, killed run: their daemon is gone, so stat fails with ENOTCONN.
+  for (const p of mountpoints()) {
+    if (!p.includes('/vdiskfs-test-')) continue;
+    try { fs.statSync(p); } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOTCONN') try { execFileSync('umount', ['-l', p], { stdio: 'ignore' }); } catch { /* ignore */ }
+    }
+  }
 }
 
 export function teardown(): void {
-  sweep();
+  sweep(`/vdiskfs-test-${runId}-`);
 }

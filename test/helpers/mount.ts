@@ -9,8 +9,8 @@ import * as tmp from 'tmp-promise';
 
 export const REPO = path.resolve(__dirname, '../..');
 export const CLI = path.join(REPO, 'dist/src/cli/main.js');
-/** Every test's temp folder starts with this, so the global teardown can find leftovers. */
-export const TMP_PREFIX = 'vdiskfs-test-';
+/** Every test's temp folder starts with this (with this run's id), so the global teardown finds leftovers. */
+export const TMP_PREFIX = `vdiskfs-test-${process.env.VDISKFS_TEST_RUN ?? 'x'}-`;
 
 export function isMounted(dir: string): boolean {
   return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
