@@ -13,6 +13,8 @@ export interface BenchConfig {
   imageSize: number;
   /** Requests of the `qemu-img bench` comparison (-c). */
   benchCount: number;
+  /** Runs per figure of that comparison: each run is well under a second, so more of them are cheap and tame the noise. */
+  benchRepeat: number;
   baseDir: string;
   sections: Set<string>;
   /** Start our mount under `node --cpu-prof` (profiles land in bench/results/profiles). */
@@ -41,6 +43,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv): BenchConfig {
     runtime: positiveInt('BENCH_RUNTIME', env.BENCH_RUNTIME, quick ? 2 : 5),
     imageSize: 2 ** 30,
     benchCount: positiveInt('BENCH_COUNT', env.BENCH_COUNT, quick ? 256 : 1024),
+    benchRepeat: positiveInt('BENCH_CMD_REPEAT', env.BENCH_CMD_REPEAT, quick ? 1 : 7),
     baseDir: env.BENCH_DIR || os.tmpdir(),
     sections,
     profile: env.BENCH_PROFILE === '1',

@@ -67,6 +67,8 @@ export async function runFioMatrix(opts: {
             continue;
           }
           try {
+            // The previous run's dirty pages are written back now, not during this run's fsync.
+            await run('sync', []);
             const args = fioArgs(job, prepared.file, opts.settings);
             const budget = (job.args.includes('--time_based') ? opts.settings.runtime : opts.settings.maxRuntime) * 1000 + 120_000;
             const res = await run('fio', args, { timeoutMs: budget });

@@ -266,7 +266,7 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
       .option('i', { type: 'string', describe: 'AIO backend (threads, native, io_uring): accepted for compatibility, no effect' })
       .option('q', { type: 'boolean', default: false, describe: 'quiet: accepted for compatibility (the two result lines are always printed)' })
       .option('U', { type: 'boolean', default: false, describe: 'force share: accepted for compatibility, no effect' })
-      .option('pattern', { type: 'string', default: '0', describe: 'byte written by write tests (default 0)' })
+      .option('pattern', { type: 'string', default: '0', describe: 'byte written by write tests (default 0). All-zero writes may become zero clusters/grains instead of data (qemu-img bench does not detect zeros): use a non-zero pattern to time data writes' })
       .option('flush-interval', { type: 'string', default: '0', describe: 'write tests: flush whenever the number of requests left is a multiple of this' })
       .option('drain', { type: 'boolean', default: true, describe: 'drain the queue before each --flush-interval flush (--no-drain: flush without draining)' })
       .option('multi-alloc', { type: 'boolean', default: true, describe: 'VMDK: allocate all grains of a request at once (--no-multi-alloc: grain by grain, QEMU\'s way)' })
