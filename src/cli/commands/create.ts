@@ -3,11 +3,11 @@ import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { driverByName, openImage } from '../../image';
 import { VdiskError } from '../../io/errors';
-import { formatSize, parseOptionList, parseSize } from '../size';
+import { parseOptionList, parseSize } from '../size';
 
 interface CreateArgs {
   format: string;
-  o?: string[];
+  o?: string | string[];
   b?: string;
   F?: string;
   file: string;
@@ -22,7 +22,7 @@ export const createCommand: CommandModule<object, CreateArgs> = {
       .positional('file', { type: 'string', demandOption: true })
       .positional('size', { type: 'string', describe: 'virtual size: 1G, 512M, bytes (default: the backing file\'s)' })
       .option('format', { alias: 'f', type: 'string', default: 'qcow2', describe: 'qcow2, vmdk or raw' })
-      .option('o', { type: 'string', array: true, describe: 'format options: cluster_size=,compat=,refcount_bits=,lazy_refcounts=,extended_l2=,preallocation= (qcow2); subformat=,zeroed_grain=,adapter_type=,hwversion= (vmdk)' })
+      .option('o', { type: 'string', requiresArg: true, describe: 'format options (repeatable): cluster_size=,compat=,refcount_bits=,lazy_refcounts=,extended_l2=,preallocation= (qcow2); subformat=,zeroed_grain=,adapter_type=,hwversion= (vmdk)' })
       .option('b', { type: 'string', describe: 'backing file (qcow2) / parent (vmdk)' })
       .option('F', { type: 'string', describe: 'backing file format' })
       .example('$0 create -f qcow2 disk.qcow2 10G', 'empty 10 GiB qcow2')
@@ -54,6 +54,5 @@ export const createCommand: CommandModule<object, CreateArgs> = {
     });
     const opts = Object.entries(options).map(([k, v]) => ` ${k}=${v}`).join('');
     process.stdout.write(`Formatting '${argv.file}', fmt=${argv.format} size=${size}${argv.b ? ` backing_file=${argv.b}` : ''}${opts}\n`);
-    void formatSize;
   },
 };

@@ -15,7 +15,7 @@ interface MountArgs {
   'read-only': boolean;
   'include-raw': boolean;
   debug: boolean;
-  o: string[];
+  o?: string | string[];
   merge: boolean;
   'merge-max': string;
   'merge-delay': number;
@@ -37,7 +37,7 @@ export const mountCommand: CommandModule<object, MountArgs> = {
       .option('read-only', { alias: 'r', type: 'boolean', default: false, describe: 'every view read-only' })
       .option('include-raw', { type: 'boolean', default: false, describe: 'also show .img/.raw files' })
       .option('debug', { type: 'boolean', default: false, describe: 'log what each layer does (same as DEBUG=vdiskfs:*)' })
-      .option('o', { type: 'string', array: true, default: [], describe: 'FUSE mount options, e.g. -o allow_other' })
+      .option('o', { type: 'string', requiresArg: true, describe: 'FUSE mount options, e.g. -o allow_other (repeatable)' })
       .option('merge', { type: 'boolean', default: true, describe: 'merge small writes (--no-merge sends each to the driver)' })
       .option('merge-max', { type: 'string', default: '1M', describe: 'pending extent size that goes to the driver' })
       .option('merge-delay', { type: 'number', default: 5, describe: 'idle milliseconds before pending writes go to the driver' })
@@ -76,7 +76,7 @@ async function runMount(argv: MountArgs): Promise<number> {
       readOnly: argv['read-only'],
       includeRaw: argv['include-raw'],
       debug: false,
-      fuseOptions: argv.o.flatMap((o) => o.split(',')).filter(Boolean),
+      fuseOptions: ([] as string[]).concat(argv.o ?? []).flatMap((o) => o.split(',')).filter(Boolean),
       nullDriver: argv['null-driver'],
       merger: { merge: argv.merge, maxBytes: parseSize(argv['merge-max'], '--merge-max'), delayMs: argv['merge-delay'] },
       cacheSize: argv['cache-size'] ? parseSize(argv['cache-size'], '--cache-size') : undefined,
