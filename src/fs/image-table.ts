@@ -4,6 +4,7 @@ import type { Image } from '../image';
 import { openImage } from '../image';
 import { NullImage } from '../formats/null/null-image';
 import { RequestMerger, type MergerOptions } from '../merge';
+import { SessionStats } from './session-stats';
 import type { ImageView } from './view-tree';
 
 const log = createDebug('vdiskfs:fs');
@@ -39,6 +40,8 @@ export class ImageTable {
   private readonly open = new Map<string, OpenImage>();
   /** Per-image serialisation of open/upgrade/close, so a quick reopen never races a close. */
   private readonly locks = new Map<string, Promise<unknown>>();
+  /** Every closed image's counters, for `--stats` at unmount. */
+  readonly sessionStats = new SessionStats();
 
   constructor(private readonly opts: ImageTableOptions) {}
 
@@ -134,6 +137,7 @@ export class ImageTable {
 
   private logStats(entry: OpenImage): void {
     const s = entry.image.stats();
+    this.sessionStats.add(entry.key, s, entry.merger.stats());
     const io = Object.values(s.io).reduce((a, c) => ({ reads: a.reads + c.reads, writes: a.writes + c.writes, flushes: a.flushes + c.flushes }), { reads: 0, writes: 0, flushes: 0 });
     log('closed %s: host reads=%d writes=%d flushes=%d driver=%o merger=%o', entry.key, io.reads, io.writes, io.flushes, s.driver, entry.merger.stats());
   }

@@ -24,6 +24,8 @@ export interface MountOptions {
   merger: MergerOptions;
   cacheSize?: number;
   noMultiAlloc?: boolean;
+  /** Print every image's counters (host I/O, metadata writes, cache hits, merging) at unmount. */
+  stats?: boolean;
   warn(message: string): void;
 }
 
@@ -37,7 +39,7 @@ export class MountedFs {
   private stopping = false;
   private watch?: NodeJS.Timeout;
 
-  constructor(readonly mountpoint: string, private readonly images: ImageTable) {
+  constructor(readonly mountpoint: string, private readonly images: ImageTable, private readonly onClosed?: () => void) {
     this.finished = new Promise((res) => (this.finish = res));
   }
 
@@ -55,6 +57,7 @@ export class MountedFs {
     if (this.watch) clearInterval(this.watch);
     if (isMounted(this.mountpoint)) await unmountPath(this.mountpoint, true).catch((e: Error) => log('unmount: %s', e.message));
     const errors = await this.images.closeAll();
+    this.onClosed?.();
     this.finish({ errors });
   }
 }
@@ -93,7 +96,8 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
   const ops = makeOperations({ tree, images: table, handles: new HandleTable(), readOnly: opts.readOnly, warn: opts.warn });
   const session = new FuseSession(mountpoint, ops, { extraOptions: opts.fuseOptions, debug: opts.debug, readOnly: opts.readOnly });
   await session.mount();
-  const mounted = new MountedFs(mountpoint, table);
+  const imageTable = table;
+  const mounted = new MountedFs(mountpoint, table, opts.stats ? () => process.stderr.write(imageTable.sessionStats.report(images) + '\n') : undefined);
   mounted.startWatching();
   log('mounted %s on %s', images, mountpoint);
   return mounted;

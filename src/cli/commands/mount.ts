@@ -22,6 +22,7 @@ interface MountArgs {
   'multi-alloc': boolean;
   'cache-size'?: string;
   'null-driver': boolean;
+  stats: boolean;
   'log-file'?: string;
   'daemon-child': boolean;
 }
@@ -43,6 +44,7 @@ export const mountCommand: CommandModule<object, MountArgs> = {
       .option('merge-delay', { type: 'number', default: 5, describe: 'idle milliseconds before pending writes go to the driver' })
       .option('multi-alloc', { type: 'boolean', default: true, describe: 'VMDK: allocate all grains of a request at once (--no-multi-alloc: grain by grain)' })
       .option('cache-size', { type: 'string', describe: 'qcow2 metadata cache size per image (e.g. 32M)' })
+      .option('stats', { type: 'boolean', default: false, describe: 'at unmount, print each image\'s counters (host I/O, metadata writes, cache hits, merged writes)' })
       .option('log-file', { type: 'string', describe: 'where a background mount logs (default: a file in /tmp named after the mountpoint)' })
       .option('null-driver', { type: 'boolean', default: false, hidden: true })
       .option('daemon-child', { type: 'boolean', default: false, hidden: true })
@@ -81,6 +83,7 @@ async function runMount(argv: MountArgs): Promise<number> {
       merger: { merge: argv.merge, maxBytes: parseSize(argv['merge-max'], '--merge-max'), delayMs: argv['merge-delay'] },
       cacheSize: argv['cache-size'] ? parseSize(argv['cache-size'], '--cache-size') : undefined,
       noMultiAlloc: !argv['multi-alloc'],
+      stats: argv.stats,
       warn,
     });
   } catch (e) {
