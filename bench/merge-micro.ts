@@ -5,44 +5,13 @@
  *
  *   npx tsc -p . && node dist/bench/merge-micro.js [totalMiB=1024]
  */
-import type { Extent, Image, ImageInfo, ImageStats } from '../src/formats/types';
+import { NullImage } from '../src/formats/null/null-image';
 import { RequestMerger, type MergerOptions } from '../src/merge';
-
-class NullImage implements Image {
-  readonly format = 'null';
-  readonly path = '/dev/null-image';
-  readonly readOnly = false;
-  writes = 0;
-  constructor(readonly virtualSize: number) {}
-  async read(_offset: number, into: Buffer): Promise<void> {
-    into.fill(0);
-  }
-  async write(): Promise<void> {
-    this.writes++;
-  }
-  async writeZeroes(): Promise<void> {
-    this.writes++;
-  }
-  async flush(): Promise<void> {}
-  async close(): Promise<void> {}
-  async map(offset: number, length: number): Promise<Extent[]> {
-    return [{ offset, length, kind: 'data' }];
-  }
-  hostFiles(): string[] {
-    return [];
-  }
-  stats(): ImageStats {
-    return { io: {}, driver: {} };
-  }
-  async info(): Promise<ImageInfo> {
-    return { filename: this.path, format: this.format, 'virtual-size': this.virtualSize };
-  }
-}
 
 const BLOCK = 4096;
 
 async function runMerger(label: string, totalBytes: number, opts: MergerOptions): Promise<void> {
-  const image = new NullImage(totalBytes);
+  const image = new NullImage('/dev/null-image', totalBytes);
   const merger = new RequestMerger(image, opts);
   const src = Buffer.alloc(BLOCK, 0x5a); // non-zero so the zero check runs its cheap reject
   const n = totalBytes / BLOCK;

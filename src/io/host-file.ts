@@ -20,36 +20,24 @@ export function addIoObserver(o: IoObserver): () => void {
  */
 export const SYNC_IO_MAX = Number(process.env.VDISKFS_SYNC_IO_MAX ?? 256 * 1024);
 
-function pRead(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
-  if (len <= SYNC_IO_MAX) {
+/** Runs the synchronous syscall for small requests, the thread-pool one for the rest. */
+function small<T>(bytes: number, sync: () => T, async: (cb: (e: Error | null, v: T) => void) => void): Promise<T> {
+  if (bytes <= SYNC_IO_MAX) {
     try {
-      return Promise.resolve(fs.readSync(fd, buf, off, len, pos));
+      return Promise.resolve(sync());
     } catch (e) {
       return Promise.reject(e);
     }
   }
-  return new Promise((res, rej) => fs.read(fd, buf, off, len, pos, (e, n) => (e ? rej(e) : res(n))));
+  return new Promise((res, rej) => async((e, v) => (e ? rej(e) : res(v))));
 }
-function pWrite(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
-  if (len <= SYNC_IO_MAX) {
-    try {
-      return Promise.resolve(fs.writeSync(fd, buf, off, len, pos));
-    } catch (e) {
-      return Promise.reject(e);
-    }
-  }
-  return new Promise((res, rej) => fs.write(fd, buf, off, len, pos, (e, n) => (e ? rej(e) : res(n))));
-}
-function pWritev(fd: number, bufs: Buffer[], pos: number, total: number): Promise<number> {
-  if (total <= SYNC_IO_MAX) {
-    try {
-      return Promise.resolve(fs.writevSync(fd, bufs, pos));
-    } catch (e) {
-      return Promise.reject(e);
-    }
-  }
-  return new Promise((res, rej) => fs.writev(fd, bufs, pos, (e, n) => (e ? rej(e) : res(n))));
-}
+
+const pRead = (fd: number, buf: Buffer, off: number, len: number, pos: number) =>
+  small(len, () => fs.readSync(fd, buf, off, len, pos), (cb) => fs.read(fd, buf, off, len, pos, (e, n) => cb(e, n)));
+const pWrite = (fd: number, buf: Buffer, off: number, len: number, pos: number) =>
+  small(len, () => fs.writeSync(fd, buf, off, len, pos), (cb) => fs.write(fd, buf, off, len, pos, (e, n) => cb(e, n)));
+const pWritev = (fd: number, bufs: Buffer[], pos: number, total: number) =>
+  small(total, () => fs.writevSync(fd, bufs, pos), (cb) => fs.writev(fd, bufs, pos, (e, n) => cb(e, n)));
 
 /**
  * A host file (image, extent, backing file) with positional, loop-until-done reads and writes.

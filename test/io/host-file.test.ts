@@ -1,0 +1,82 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { addIoObserver, HostFile, SYNC_IO_MAX } from '../../src/io/host-file';
+import type { IoEvent } from '../../src/io/counters';
+import { readU64, toSafeNumber, writeU64 } from '../../src/io/safe-int';
+import { VdiskError } from '../../src/io/errors';
+
+let dir: string;
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-io-'));
+});
+afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+describe('HostFile', () => {
+  it('reads fully, and past the end of the file as zeros', async () => {
+    const p = path.join(dir, 'f');
+    fs.writeFileSync(p, Buffer.from('abcdef'));
+    const f = await HostFile.open(p, false);
+    const buf = Buffer.alloc(10, 0xff);
+    expect(await f.read(buf, 2)).toBe(4);
+    expect(buf.toString('latin1', 0, 4)).toBe('cdef');
+    expect([...buf.subarray(4)]).toEqual([0, 0, 0, 0, 0, 0]);
+    await f.close();
+  });
+
+  it('writes a vector contiguously, small (synchronous) and large (thread pool) alike', async () => {
+    const p = path.join(dir, 'g');
+    const f = await HostFile.create(p);
+    const big = Buffer.alloc(SYNC_IO_MAX + 4096, 0x42);
+    await f.write([Buffer.from('xy'), Buffer.alloc(0), Buffer.from('z')], 10);
+    await f.write([big, Buffer.from('!')], 100);
+    const back = Buffer.alloc(big.length + 1);
+    await f.read(back, 100);
+    expect(back.subarray(0, big.length).equals(big)).toBe(true);
+    expect(back.toString('latin1', big.length)).toBe('!');
+    expect(fs.readFileSync(p).toString('latin1', 10, 13)).toBe('xyz');
+    expect(f.counters).toMatchObject({ writes: 2, bytesWritten: 3 + big.length + 1, reads: 1 });
+    await f.close();
+  });
+
+  it('tells observers every read, write and flush with its tag, in order', async () => {
+    const events: IoEvent[] = [];
+    const off = addIoObserver((e) => events.push(e));
+    const f = await HostFile.create(path.join(dir, 'h'));
+    await f.write(Buffer.alloc(512), 0, 'l2');
+    await f.datasync('barrier');
+    await f.read(Buffer.alloc(512), 0);
+    off();
+    await f.write(Buffer.alloc(1), 0);
+    expect(events.map((e) => `${e.kind}:${e.tag ?? ''}:${e.offset}+${e.length}`)).toEqual(['write:l2:0+512', 'flush:barrier:0+0', 'read::0+512']);
+    await f.close();
+  });
+
+  it('turns host errors into VdiskError with the path', async () => {
+    await expect(HostFile.open(path.join(dir, 'missing'), false)).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(HostFile.open(path.join(dir, 'missing'), false)).rejects.toThrow(/open .*missing/);
+    fs.writeFileSync(path.join(dir, 'ro'), 'x');
+    const f = await HostFile.open(path.join(dir, 'ro'), false);
+    await expect(f.write(Buffer.from('y'), 0)).rejects.toBeInstanceOf(VdiskError);
+    await f.close();
+  });
+
+  it('closes once', async () => {
+    const f = await HostFile.create(path.join(dir, 'c'));
+    await f.close();
+    await f.close();
+  });
+});
+
+describe('64-bit fields', () => {
+  it('are exact up to 2^53 and refused beyond, with the field name', () => {
+    const b = Buffer.alloc(8);
+    writeU64(b, 0, Number.MAX_SAFE_INTEGER);
+    expect(readU64(b, 0, 'x')).toBe(Number.MAX_SAFE_INTEGER);
+    b.writeBigUInt64BE(2n ** 60n);
+    expect(() => readU64(b, 0, 'l1_table_offset')).toThrow(/l1_table_offset out of range/);
+    expect(() => toSafeNumber(-1n, 'y')).toThrow(VdiskError);
+    expect(() => writeU64(b, 0, 2 ** 60)).toThrow(VdiskError);
+  });
+});
