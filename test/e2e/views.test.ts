@@ -41,6 +41,8 @@ describe('views of qcow2 features', () => {
     expect(fs.statSync(snap).mode & 0o777).toBe(0o444);
     expect(() => fs.openSync(snap, 'r+')).toThrow(/EROFS/);
     expect(sha256File(snap)).toBe(sha256File(path.join(dir.path, 'first.raw')));
+    // qemu-img itself can use a view as a raw image.
+    expect(execFileSync('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', snap, path.join(dir.path, 'first.raw')], { encoding: 'utf8' })).toMatch(/Images are identical/);
     expect(fs.readFileSync(path.join(m.mnt, 's.qcow2.raw')).subarray(1 << 20, (1 << 20) + 4).toString()).toBe('bbbb');
   });
 
