@@ -1,7 +1,7 @@
 import * as fs from 'node:fs/promises';
 import createDebug from 'debug';
 import type { Image } from '../image';
-import { openImage } from '../image';
+import { foreignLocks, openImage } from '../image';
 import { NullImage } from '../formats/null/null-image';
 import { RequestMerger, type MergerOptions } from '../merge';
 import { SessionStats } from './session-stats';
@@ -70,6 +70,8 @@ export class ImageTable {
       return 'the image file is not writable';
     }
     if (await this.opts.isBackingOfAnother(view.hostPath)) return 'another image uses it as its backing file';
+    const locks = await foreignLocks(view.hostPath).catch(() => undefined);
+    if (locks) return `another program has it open${locks.writer ? ' for writing' : ''} (QEMU's image locks are held: a running VM, qemu-io or qemu-storage-daemon?)`;
     return undefined;
   }
 

@@ -3,7 +3,7 @@
  * snapshot views, backing files protected, truncate to grow, and the CLI's info/check/map
  * against qemu-img's.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -58,6 +58,23 @@ describe('views of qcow2 features', () => {
     m = undefined;
     expect(qemuImg('check', 'base.qcow2')).toMatch(/No errors/);
     expect(qemuImg('check', 'overlay.qcow2')).toMatch(/No errors/);
+  });
+
+  it('never writes an image a running QEMU has open: its view is read-only while QEMU holds its locks', async () => {
+    qemuImg('create', '-f', 'qcow2', 'vm.qcow2', '16M');
+    const qsd = spawn('qemu-storage-daemon', ['--blockdev', `driver=file,node-name=f,filename=${path.join(images, 'vm.qcow2')}`, '--blockdev', 'driver=qcow2,node-name=q,file=f',
+      '--nbd-server', `addr.type=unix,addr.path=${path.join(dir.path, 'nbd.sock')}`, '--export', 'type=nbd,id=e,node-name=q,writable=on'], { stdio: 'ignore' });
+    try {
+      for (let i = 0; i < 100 && !fs.readFileSync('/proc/locks', 'utf8').includes(`:${fs.statSync(path.join(images, 'vm.qcow2')).ino} 100 101`); i++) await new Promise((r) => setTimeout(r, 50));
+      m = await mount(images, path.join(dir.path, 'mnt'));
+      expect(() => fs.openSync(path.join(m!.mnt, 'vm.qcow2.raw'), 'r+')).toThrow(/EROFS/);
+    } finally {
+      qsd.kill('SIGKILL');
+      await new Promise((r) => qsd.once('exit', r));
+    }
+    // Once QEMU is gone, the view is writable again.
+    const fd = fs.openSync(path.join(m.mnt, 'vm.qcow2.raw'), 'r+');
+    fs.closeSync(fd);
   });
 
   it('grows an image when its view is truncated larger, and refuses to shrink it', async () => {
