@@ -15,7 +15,7 @@ import * as marker from './stream-marker';
  * grain-table entries of all of them set together (in the cached tables, written back on flush:
  * data → GT → GD). Grains already allocated are written in place, no metadata I/O.
  * With noMultiAlloc the same request goes grain by grain and every entry is written through
- * at once (QEMU 7.2's way), so the gain can be measured.
+ * and flushed at once (QEMU 7.2's vmdk_L2update), so the gain can be measured.
  */
 
 const deflate = promisify(zlib.deflate);
