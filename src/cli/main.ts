@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { benchCommand } from './commands/bench';
 import { checkCommand } from './commands/check';
 import { createCommand } from './commands/create';
 import { infoCommand } from './commands/info';
@@ -12,12 +13,6 @@ import { enableDebug, reportFatal } from './output';
 if (process.argv.includes('--debug')) enableDebug();
 
 async function main(): Promise<void> {
-  let bench: import('yargs').CommandModule<object, any> | undefined;
-  try {
-    bench = (await import('./commands/bench')).benchCommand;
-  } catch {
-    bench = undefined;
-  }
   const cli = yargs(hideBin(process.argv))
     .scriptName('vdiskfs')
     .usage('$0 <command> [options]\n\nShows VM disk images (qcow2, VMDK) as flat raw files you can dd, fio, losetup and mount.')
@@ -26,8 +21,8 @@ async function main(): Promise<void> {
     .command(createCommand)
     .command(infoCommand)
     .command(checkCommand)
-    .command(mapCommand);
-  if (bench) cli.command(bench);
+    .command(mapCommand)
+    .command(benchCommand);
   await cli
     .demandCommand(1, 'name a command: mount, unmount, create, info, check, map, bench')
     .strict()
