@@ -53,17 +53,22 @@ describe('SIGKILL in the middle of writes', () => {
       let written = 0;
       const writer = (async () => {
         const h = await fs.promises.open(view, 'r+');
-        for (let k = 0; k < 100000; k++) {
-          const off = Math.floor(r() * (SIZE - 300_000));
-          const len = 1 + Math.floor(r() * 300_000);
-          // Never over the durable blocks: they must stay exactly as fsync'd.
-          if (durable.some((d) => off < d.off + d.data.length && d.off < off + len)) continue;
-          try {
-            await h.write(Buffer.alloc(len, (k & 0xfe) + 1), 0, len, off);
-            written++;
-          } catch {
-            return; // the mount is gone
+        try {
+          for (let k = 0; k < 100000; k++) {
+            const off = Math.floor(r() * (SIZE - 300_000));
+            const len = 1 + Math.floor(r() * 300_000);
+            // Never over the durable blocks: they must stay exactly as fsync'd.
+            if (durable.some((d) => off < d.off + d.data.length && d.off < off + len)) continue;
+            try {
+              await h.write(Buffer.alloc(len, (k & 0xfe) + 1), 0, len, off);
+              written++;
+            } catch {
+              return; // the mount is gone
+            }
           }
+        } finally {
+          // Closed here, not by the garbage collector (whose failed close on a dead mount is uncaught).
+          await h.close().catch(() => undefined);
         }
       })();
       await new Promise((res) => setTimeout(res, 400 + Math.floor(r() * 400)));
