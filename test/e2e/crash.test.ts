@@ -6,20 +6,12 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { isMounted, mount, tempDir, type Mounted } from '../helpers/mount';
+import { describe, expect, it } from 'vitest';
+import { isMounted, mountFixture } from '../helpers/mount';
 import { rng } from '../helpers/qemu';
 
 const SIZE = 64 << 20;
-let dir: { path: string; cleanup(): Promise<void> } | undefined;
-let m: Mounted | undefined;
-
-afterEach(async () => {
-  await m?.cleanup();
-  m = undefined;
-  await dir?.cleanup();
-  dir = undefined;
-});
+const fx = mountFixture();
 
 const variants = [
   { name: 'qcow2', file: 'c.qcow2', create: ['-f', 'qcow2'] },
@@ -30,12 +22,9 @@ const variants = [
 describe('SIGKILL in the middle of writes', () => {
   for (const [i, v] of variants.entries()) {
     it(`${v.name}: qemu-img check finds no corruption and fsync'd data survives`, async () => {
-      dir = await tempDir();
-      const images = path.join(dir.path, 'images');
-      fs.mkdirSync(images);
-      const image = path.join(images, v.file);
+      const image = path.join(fx.images, v.file);
       execFileSync('qemu-img', ['create', '-q', ...v.create, image, String(SIZE)]);
-      m = await mount(images, path.join(dir.path, 'mnt'));
+      const m = await fx.mount();
       const view = path.join(m.mnt, v.file + '.raw');
       const r = rng(4242 + i);
       // Durable part: distinct 64 KiB blocks, fsync'd.
@@ -84,7 +73,7 @@ describe('SIGKILL in the middle of writes', () => {
       expect([0, 3], check.stdout + check.stderr).toContain(check.status);
       expect(check.stdout).not.toMatch(/ERROR/);
       // fsync'd data survived.
-      const raw = path.join(dir.path, 'after.raw');
+      const raw = path.join(fx.dir, 'after.raw');
       execFileSync('qemu-img', ['convert', '-O', 'raw', image, raw]);
       const rfd = fs.openSync(raw, 'r');
       for (const d of durable) {

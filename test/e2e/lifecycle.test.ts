@@ -6,29 +6,17 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { CLI, isMounted, mount, tempDir, type Mounted } from '../helpers/mount';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { CLI, isMounted, mountFixture, type Mounted } from '../helpers/mount';
 
-let dir: { path: string; cleanup(): Promise<void> };
-let mounts: Mounted[] = [];
+const fx = mountFixture();
 let images: string;
 let mnt: string;
 
-beforeEach(async () => {
-  dir = await tempDir();
-  images = path.join(dir.path, 'images');
-  mnt = path.join(dir.path, 'mnt');
-  fs.mkdirSync(images);
-  fs.mkdirSync(mnt);
+beforeEach(() => {
+  ({ images, mnt } = fx);
   fs.writeFileSync(path.join(images, 'd.img'), '');
   fs.truncateSync(path.join(images, 'd.img'), 8 << 20);
-});
-
-afterEach(async () => {
-  for (const m of mounts) await m.cleanup();
-  mounts = [];
-  if (isMounted(mnt)) spawnSync('umount', ['-l', mnt]);
-  await dir.cleanup();
 });
 
 function cli(args: string[]) {
@@ -37,8 +25,7 @@ function cli(args: string[]) {
 
 /** Writes without fsync (so the data may still be pending in the merger), then stops the mount. */
 async function writeThenStop(stop: (m: Mounted) => void): Promise<void> {
-  const m = await mount(images, mnt, ['--include-raw', '--merge-delay', '60000']);
-  mounts.push(m);
+  const m = await fx.mount(['--include-raw', '--merge-delay', '60000']);
   const data = randomBytes(3 * 4096 + 100);
   const fd = fs.openSync(`${mnt}/d.img.raw`, 'r+');
   fs.writeSync(fd, data, 0, data.length, 5000);
@@ -88,7 +75,7 @@ describe('user mistakes are one clear line and a non-zero exit', () => {
   };
 
   it('mountpoint missing', () => {
-    const r = cli(['mount', images, path.join(dir.path, 'nope')]);
+    const r = cli(['mount', images, path.join(fx.dir, 'nope')]);
     oneLine(r);
     expect(r.stderr).toMatch(/mountpoint .*nope does not exist/);
   });
@@ -100,13 +87,13 @@ describe('user mistakes are one clear line and a non-zero exit', () => {
   });
 
   it('images folder missing', () => {
-    const r = cli(['mount', path.join(dir.path, 'none'), mnt]);
+    const r = cli(['mount', path.join(fx.dir, 'none'), mnt]);
     oneLine(r);
     expect(r.stderr).toMatch(/images folder .* does not exist/);
   });
 
   it('already mounted', async () => {
-    mounts.push(await mount(images, mnt, ['--include-raw']));
+    await fx.mount(['--include-raw']);
     const r = cli(['mount', images, mnt]);
     oneLine(r);
     expect(r.stderr).toMatch(/already mounted/);

@@ -7,30 +7,22 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { attachFirstPartition, detach } from '../helpers/loop';
-import { mount, tempDir, type Mounted } from '../helpers/mount';
+import { mountFixture, type Mounted } from '../helpers/mount';
 
-let dir: { path: string; cleanup(): Promise<void> };
-let mounts: Mounted[] = [];
+const fx = mountFixture();
 let images: string;
 let mnt: string;
+let mounts: Mounted[] = [];
 
-beforeEach(async () => {
-  dir = await tempDir();
-  images = path.join(dir.path, 'images');
-  mnt = path.join(dir.path, 'mnt');
-  fs.mkdirSync(images);
-});
-
-afterEach(async () => {
-  for (const m of mounts) await m.cleanup();
+beforeEach(() => {
+  ({ images, mnt } = fx);
   mounts = [];
-  await dir.cleanup();
 });
 
 async function mountIt(args: string[] = ['--include-raw']): Promise<Mounted> {
-  const m = await mount(images, mnt, args);
+  const m = await fx.mount(args);
   mounts.push(m);
   return m;
 }
@@ -65,14 +57,14 @@ describe('raw views through a real mount', () => {
     await mountIt();
     const da = randomBytes(8 << 20);
     const db = randomBytes(8 << 20);
-    fs.writeFileSync(path.join(dir.path, 'da'), da);
-    fs.writeFileSync(path.join(dir.path, 'db'), db);
+    fs.writeFileSync(path.join(fx.dir, 'da'), da);
+    fs.writeFileSync(path.join(fx.dir, 'db'), db);
     const dd = (src: string, dst: string, bs: string) =>
       new Promise<number>((res) => {
         const p = require('node:child_process').spawn('dd', [`if=${src}`, `of=${dst}`, `bs=${bs}`, 'conv=notrunc,fsync', 'status=none']);
         p.on('exit', (c: number) => res(c));
       });
-    const codes = await Promise.all([dd(path.join(dir.path, 'da'), `${mnt}/a.img.raw`, '4k'), dd(path.join(dir.path, 'db'), `${mnt}/sub/b.img.raw`, '128k')]);
+    const codes = await Promise.all([dd(path.join(fx.dir, 'da'), `${mnt}/a.img.raw`, '4k'), dd(path.join(fx.dir, 'db'), `${mnt}/sub/b.img.raw`, '128k')]);
     expect(codes).toEqual([0, 0]);
     expect(fs.readFileSync(`${mnt}/a.img.raw`).subarray(0, 8 << 20).equals(da)).toBe(true);
     expect(fs.readFileSync(`${mnt}/sub/b.img.raw`).subarray(0, 8 << 20).equals(db)).toBe(true);
@@ -105,7 +97,7 @@ describe('raw views through a real mount', () => {
     const part = await attachFirstPartition(view);
     m.loops.push(...part.loops);
     execFileSync('mkfs.ext4', ['-q', '-F', part.device]);
-    const fsMnt = path.join(dir.path, 'ext4');
+    const fsMnt = path.join(fx.dir, 'ext4');
     fs.mkdirSync(fsMnt);
     execFileSync('mount', [part.device, fsMnt]);
     fs.writeFileSync(path.join(fsMnt, 'hello.txt'), 'hello from inside a vdiskfs view\n');

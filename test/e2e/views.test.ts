@@ -6,26 +6,22 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { CLI, mount, tempDir, type Mounted } from '../helpers/mount';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { CLI, mountFixture, type Mounted } from '../helpers/mount';
 import { sha256File } from '../helpers/qemu';
 
-let dir: { path: string; cleanup(): Promise<void> };
+const fx = mountFixture();
 let images: string;
+let dir: { path: string };
 let m: Mounted | undefined;
 const qemuImg = (...a: string[]) => execFileSync('qemu-img', a, { cwd: images, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 const qemuIo = (file: string, ...cmds: string[]) => execFileSync('qemu-io', [...cmds.flatMap((c) => ['-c', c]), file], { cwd: images, stdio: 'pipe' });
 const cli = (...a: string[]) => spawnSync(process.execPath, [CLI, ...a], { cwd: images, encoding: 'utf8' });
 
-beforeEach(async () => {
-  dir = await tempDir();
-  images = path.join(dir.path, 'images');
-  fs.mkdirSync(images);
-});
-afterEach(async () => {
-  await m?.cleanup();
+beforeEach(() => {
+  images = fx.images;
+  dir = { path: fx.dir };
   m = undefined;
-  await dir.cleanup();
 });
 
 describe('views of qcow2 features', () => {
@@ -35,7 +31,7 @@ describe('views of qcow2 features', () => {
     qemuImg('snapshot', '-c', 'first', 's.qcow2');
     qemuIo('s.qcow2', 'write -P 0x62 1M 1M');
     qemuImg('convert', '-l', 'snapshot.name=first', '-O', 'raw', 's.qcow2', path.join(dir.path, 'first.raw'));
-    m = await mount(images, path.join(dir.path, 'mnt'));
+    m = await fx.mount();
     expect(fs.readdirSync(m.mnt).sort()).toEqual(['s.qcow2.raw', 's.qcow2@first.raw']);
     const snap = path.join(m.mnt, 's.qcow2@first.raw');
     expect(fs.statSync(snap).mode & 0o777).toBe(0o444);
@@ -49,13 +45,12 @@ describe('views of qcow2 features', () => {
   it('keeps a backing file read-only while an overlay in the tree uses it', async () => {
     qemuImg('create', '-f', 'qcow2', 'base.qcow2', '8M');
     qemuImg('create', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', 'overlay.qcow2');
-    m = await mount(images, path.join(dir.path, 'mnt'));
+    m = await fx.mount();
     expect(() => fs.openSync(path.join(m!.mnt, 'base.qcow2.raw'), 'r+')).toThrow(/EROFS/);
     const fd = fs.openSync(path.join(m.mnt, 'overlay.qcow2.raw'), 'r+');
     fs.writeSync(fd, Buffer.from('top'), 0, 3, 0);
     fs.closeSync(fd);
     await m.cleanup();
-    m = undefined;
     expect(qemuImg('check', 'base.qcow2')).toMatch(/No errors/);
     expect(qemuImg('check', 'overlay.qcow2')).toMatch(/No errors/);
   });
@@ -66,7 +61,7 @@ describe('views of qcow2 features', () => {
       '--nbd-server', `addr.type=unix,addr.path=${path.join(dir.path, 'nbd.sock')}`, '--export', 'type=nbd,id=e,node-name=q,writable=on'], { stdio: 'ignore' });
     try {
       for (let i = 0; i < 100 && !fs.readFileSync('/proc/locks', 'utf8').includes(`:${fs.statSync(path.join(images, 'vm.qcow2')).ino} 100 101`); i++) await new Promise((r) => setTimeout(r, 50));
-      m = await mount(images, path.join(dir.path, 'mnt'));
+      m = await fx.mount();
       expect(() => fs.openSync(path.join(m!.mnt, 'vm.qcow2.raw'), 'r+')).toThrow(/EROFS/);
     } finally {
       qsd.kill('SIGKILL');
@@ -79,7 +74,7 @@ describe('views of qcow2 features', () => {
 
   it('grows an image when its view is truncated larger, and refuses to shrink it', async () => {
     qemuImg('create', '-f', 'qcow2', 'g.qcow2', '8M');
-    m = await mount(images, path.join(dir.path, 'mnt'));
+    m = await fx.mount();
     const view = path.join(m.mnt, 'g.qcow2.raw');
     fs.truncateSync(view, 64 << 20);
     expect(fs.statSync(view).size).toBe(64 << 20);
@@ -89,7 +84,6 @@ describe('views of qcow2 features', () => {
     fs.closeSync(fd);
     expect(await m.waitForLog(/refused to shrink/)).toMatch(/conv=notrunc/);
     await m.cleanup();
-    m = undefined;
     expect(JSON.parse(qemuImg('info', '--output=json', 'g.qcow2'))['virtual-size']).toBe(64 << 20);
     expect(qemuImg('check', 'g.qcow2')).toMatch(/No errors/);
   });

@@ -7,8 +7,8 @@
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { mount, tempDir, type Mounted } from '../helpers/mount';
+import { describe, expect, it } from 'vitest';
+import { mountFixture } from '../helpers/mount';
 import { qemuCheck, qemuCompare, rng } from '../helpers/qemu';
 
 const SIZE = 48 << 20;
@@ -89,15 +89,7 @@ const variants: Variant[] = [
   },
 ];
 
-let dir: { path: string; cleanup(): Promise<void> } | undefined;
-let m: Mounted | undefined;
-
-afterEach(async () => {
-  await m?.cleanup();
-  m = undefined;
-  await dir?.cleanup();
-  dir = undefined;
-});
+const fx = mountFixture();
 
 /** One writer's ops: mostly in its own slice (so concurrent writers never overlap), sometimes anywhere. */
 function ops(seed: number, lo: number, hi: number, count: number): Array<{ off: number; data: Buffer }> {
@@ -154,14 +146,11 @@ async function storm(view: string, mirror: string, seed: number): Promise<void> 
 describe('write storms through the mount, checked by qemu-img', () => {
   for (const [i, v] of variants.entries()) {
     it(`${v.name} (seed ${BASE_SEED + i * 1000})`, async () => {
-      dir = await tempDir();
-      const images = path.join(dir.path, 'images');
-      fs.mkdirSync(images);
-      v.make(images);
-      const image = path.join(images, v.file);
-      const mirror = path.join(dir.path, 'mirror.raw');
+      v.make(fx.images);
+      const image = path.join(fx.images, v.file);
+      const mirror = path.join(fx.dir, 'mirror.raw');
       execFileSync('qemu-img', ['convert', '-O', 'raw', image, mirror]);
-      m = await mount(images, path.join(dir.path, 'mnt'), v.mountArgs ?? []);
+      const m = await fx.mount(v.mountArgs ?? []);
       await storm(path.join(m.mnt, v.file + '.raw'), mirror, BASE_SEED + i * 1000);
       expect(await m.unmount()).toBe(0);
       const check = qemuCheck(image, v.format);

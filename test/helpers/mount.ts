@@ -6,6 +6,7 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tmp from 'tmp-promise';
+import { afterEach, beforeEach } from 'vitest';
 
 export const REPO = path.resolve(__dirname, '../..');
 export const CLI = path.join(REPO, 'dist/src/cli/main.js');
@@ -79,4 +80,49 @@ export async function mount(images: string, mnt: string, args: string[] = []): P
     },
   };
   return m;
+}
+
+export interface MountFixture {
+  /** This test's temp folder, with `images/` and `mnt/` in it. */
+  dir: string;
+  images: string;
+  mnt: string;
+  /** Mounts `images` on `mnt` (foreground child); cleaned up after the test. */
+  mount(args?: string[]): Promise<Mounted>;
+}
+
+/**
+ * Registers per-test hooks: a fresh temp folder before each test; after it (also when it
+ * failed) every mount made through the fixture is cleaned up and the folder removed.
+ */
+export function mountFixture(): MountFixture {
+  let folder: { path: string; cleanup(): Promise<void> } | undefined;
+  let mounts: Mounted[] = [];
+  const f: MountFixture = {
+    dir: '',
+    images: '',
+    mnt: '',
+    async mount(args: string[] = []) {
+      const m = await mount(f.images, f.mnt, args);
+      mounts.push(m);
+      return m;
+    },
+  };
+  beforeEach(async () => {
+    folder = await tempDir();
+    f.dir = folder.path;
+    f.images = path.join(folder.path, 'images');
+    f.mnt = path.join(folder.path, 'mnt');
+    fs.mkdirSync(f.images);
+    fs.mkdirSync(f.mnt);
+  });
+  afterEach(async () => {
+    for (const m of mounts) await m.cleanup();
+    mounts = [];
+    if (isMounted(f.mnt)) {
+      try { execFileSync('umount', ['-l', f.mnt], { stdio: 'ignore' }); } catch { /* already gone */ }
+    }
+    await folder?.cleanup();
+  });
+  return f;
 }
