@@ -19,6 +19,36 @@ const dir = tempDir('crash');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
 
+/**
+ * Copies the image after every metadata write and every flush: each copy is what a crash at
+ * that moment would leave behind. Entries are `<copy>\t<kind>:<tag>`.
+ */
+function recordCrashStates(f: string, name: string): { states: string[]; stop: () => void } {
+  const snapsDir = path.join(dir, name);
+  fs.mkdirSync(snapsDir);
+  const states: string[] = [];
+  const stop = addIoObserver((e) => {
+    if (e.path !== f) return;
+    if ((e.kind === 'write' && e.tag !== 'data') || e.kind === 'flush') {
+      const copy = path.join(snapsDir, `s${states.length}.qcow2`);
+      fs.copyFileSync(f, copy);
+      states.push(`${copy}\t${e.kind}:${e.tag ?? ''}`);
+    }
+  });
+  return { states, stop: () => void stop() };
+}
+
+/** The recorded states qemu-img check finds corrupt (each copy is removed once checked). */
+function corruptStates(states: string[]): string[] {
+  const bad: string[] = [];
+  for (const s of states) {
+    const [file, what] = s.split('\t');
+    if (corruptions(file!) > 0) bad.push(`${path.basename(file!)} after ${what}`);
+    fs.rmSync(file!);
+  }
+  return bad;
+}
+
 function corruptions(file: string): number {
   try {
     const out = execFileSync('qemu-img', ['check', '--output=json', file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
@@ -43,17 +73,7 @@ describe('qcow2 crash consistency (program order)', () => {
     qemuImg(['convert', '-c', '-O', 'qcow2', '-o', 'cluster_size=4096', src, f]); // compressed clusters to overwrite
     qemuIo(f, ['write -P 0x32 6M 1M']);
     qemuImg(['snapshot', '-c', 'snap', f]); // shared clusters and tables
-    const snapsDir = path.join(dir, 'states');
-    fs.mkdirSync(snapsDir);
-    const states: string[] = [];
-    const stop = addIoObserver((e) => {
-      if (e.path !== f) return;
-      if ((e.kind === 'write' && e.tag !== 'data') || e.kind === 'flush') {
-        const copy = path.join(snapsDir, `s${states.length}.qcow2`);
-        fs.copyFileSync(f, copy);
-        states.push(`${copy}\t${e.kind}:${e.tag ?? ''}`);
-      }
-    });
+    const { states, stop } = recordCrashStates(f, 'states');
     const img = await openImage(f, { writable: true, cacheSize: 3 * 4096 });
     const r = rng(7);
     for (let op = 0; op < 160; op++) {
@@ -66,13 +86,7 @@ describe('qcow2 crash consistency (program order)', () => {
     await img.close();
     stop();
     expect(states.length).toBeGreaterThan(50);
-    const bad: string[] = [];
-    for (const s of states) {
-      const [file, what] = s.split('\t');
-      if (corruptions(file!) > 0) bad.push(`${path.basename(file!)} after ${what}`);
-      fs.rmSync(file!);
-    }
-    expect(bad).toEqual([]);
+    expect(corruptStates(states)).toEqual([]);
     const final = qemuCheck(f);
     expect(final.ok, final.output).toBe(true);
   });
@@ -80,17 +94,7 @@ describe('qcow2 crash consistency (program order)', () => {
   it('also while the refcount table grows and moves (512-byte clusters, 64-bit refcounts) and the L1 table moves (resize)', async () => {
     const f = path.join(dir, 'grow.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512,refcount_bits=64', f, '1M']);
-    const snapsDir = path.join(dir, 'states-grow');
-    fs.mkdirSync(snapsDir);
-    const states: string[] = [];
-    const stop = addIoObserver((e) => {
-      if (e.path !== f) return;
-      if ((e.kind === 'write' && e.tag !== 'data') || e.kind === 'flush') {
-        const copy = path.join(snapsDir, `s${states.length}.qcow2`);
-        fs.copyFileSync(f, copy);
-        states.push(`${copy}\t${e.kind}:${e.tag ?? ''}`);
-      }
-    });
+    const { states, stop } = recordCrashStates(f, 'states-grow');
     const img = await openImage(f, { writable: true, cacheSize: 8 * 512 });
     const r = rng(11);
     for (let op = 0; op < 30; op++) {
@@ -104,13 +108,7 @@ describe('qcow2 crash consistency (program order)', () => {
     const tags = states.map((s) => s.split('\t')[1]);
     expect(tags).toContain('write:reftable');
     expect(tags).toContain('write:l1');
-    const bad: string[] = [];
-    for (const s of states) {
-      const [file, what] = s.split('\t');
-      if (corruptions(file!) > 0) bad.push(`${path.basename(file!)} after ${what}`);
-      fs.rmSync(file!);
-    }
-    expect(bad).toEqual([]);
+    expect(corruptStates(states)).toEqual([]);
     expect(qemuCheck(f).ok).toBe(true);
   });
 });
