@@ -1,7 +1,7 @@
 import * as fs from 'node:fs/promises';
 import createDebug from 'debug';
 import type { Image } from '../image';
-import { foreignLocks, openImage } from '../image';
+import { foreignLocks, openImage, otherWriters } from '../image';
 import { NullImage } from '../formats/null/null-image';
 import { RequestMerger, type MergerOptions } from '../merge';
 import { SessionStats } from './session-stats';
@@ -72,6 +72,10 @@ export class ImageTable {
     if (await this.opts.isBackingOfAnother(view.hostPath)) return 'another image uses it as its backing file';
     const locks = await foreignLocks(view.hostPath).catch(() => undefined);
     if (locks) return `another program has it open${locks.writer ? ' for writing' : ''} (QEMU's image locks are held: a running VM, qemu-io or qemu-storage-daemon?)`;
+    for (const file of view.hostFiles) {
+      const writers = await otherWriters(file).catch(() => []);
+      if (writers.length) return `process ${writers.join(', ')} has ${file === view.hostPath ? 'it' : file} open for writing (another vdiskfs mount? a VM?)`;
+    }
     return undefined;
   }
 

@@ -4,5 +4,5 @@ export { openImage, MAX_CHAIN_DEPTH } from './open';
 export type { OpenImageOptions } from './open';
 export { probeImage, detectFormat, readHead, extensionOf } from './probe';
 export { drivers, driverByName } from './registry';
-export { foreignLocks } from './locks';
+export { foreignLocks, otherWriters } from './locks';
 export type { ForeignLocks } from './locks';

@@ -39,3 +39,33 @@ export async function foreignLocks(file: string, procLocks = '/proc/locks'): Pro
   }
   return count > 0 ? { writer, writeUnshared, count } : undefined;
 }
+
+const O_ACCMODE = 3;
+
+/**
+ * Other processes that have this file open for writing (from /proc/<pid>/fd and fdinfo): a VM
+ * started with locking=off, a second vdiskfs mount of the same folder, dd into the image itself.
+ * Linux only; processes we may not inspect are skipped.
+ */
+export async function otherWriters(file: string): Promise<number[]> {
+  const st = await fs.stat(file);
+  const pids = (await fs.readdir('/proc').catch(() => [] as string[])).filter((d) => /^\d+$/.test(d) && Number(d) !== process.pid);
+  const found: number[] = [];
+  await Promise.all(
+    pids.map(async (pid) => {
+      const fdDir = `/proc/${pid}/fd`;
+      const fds = await fs.readdir(fdDir).catch(() => [] as string[]);
+      for (const fd of fds) {
+        const target = await fs.stat(`${fdDir}/${fd}`).catch(() => undefined);
+        if (!target || target.ino !== st.ino || target.dev !== st.dev) continue;
+        const info = await fs.readFile(`/proc/${pid}/fdinfo/${fd}`, 'utf8').catch(() => '');
+        const flags = /^flags:\s*([0-7]+)/m.exec(info);
+        if (flags && (parseInt(flags[1]!, 8) & O_ACCMODE) !== 0) {
+          found.push(Number(pid));
+          return;
+        }
+      }
+    }),
+  );
+  return found.sort((a, b) => a - b);
+}

@@ -7,7 +7,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { CLI, mountFixture, type Mounted } from '../helpers/mount';
+import { CLI, mount, mountFixture, type Mounted } from '../helpers/mount';
 import { sha256File } from '../helpers/qemu';
 
 const fx = mountFixture();
@@ -70,6 +70,26 @@ describe('views of qcow2 features', () => {
     // Once QEMU is gone, the view is writable again.
     const fd = fs.openSync(path.join(m.mnt, 'vm.qcow2.raw'), 'r+');
     fs.closeSync(fd);
+  });
+
+  it('two mounts of one folder never write the same image at once', async () => {
+    qemuImg('create', '-f', 'qcow2', 'shared.qcow2', '16M');
+    const first = await fx.mount();
+    const secondMnt = path.join(dir.path, 'mnt2');
+    const second = await mount(images, secondMnt);
+    try {
+      const fd = fs.openSync(path.join(first.mnt, 'shared.qcow2.raw'), 'r+');
+      try {
+        expect(() => fs.openSync(path.join(secondMnt, 'shared.qcow2.raw'), 'r+')).toThrow(/EROFS/);
+        expect(fs.readFileSync(path.join(secondMnt, 'shared.qcow2.raw')).length).toBe(16 << 20); // reading is fine
+      } finally {
+        fs.closeSync(fd);
+      }
+      // The first mount closed it: now the second may write.
+      fs.closeSync(fs.openSync(path.join(secondMnt, 'shared.qcow2.raw'), 'r+'));
+    } finally {
+      await second.cleanup();
+    }
   });
 
   it('grows an image when its view is truncated larger, and refuses to shrink it', async () => {
