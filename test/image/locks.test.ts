@@ -31,3 +31,19 @@ it('sees the image locks of a QEMU process that has the image open for writing',
   }
   expect(locks).toMatchObject({ writer: true });
 });
+
+it('finds other processes that have a file open for writing, and not readers', async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-locks-'));
+  const f = path.join(dir, 'disk.img');
+  fs.writeFileSync(f, 'x');
+  const { otherWriters } = await import('../../src/image');
+  expect(await otherWriters(f)).toEqual([]);
+  proc = spawn('sh', ['-c', `exec 3<"${f}"; exec sleep 30`], { stdio: 'ignore' });
+  await new Promise((r) => setTimeout(r, 200));
+  expect(await otherWriters(f)).toEqual([]); // a reader is no writer
+  proc.kill('SIGKILL');
+  await new Promise((r) => proc!.once('exit', r));
+  proc = spawn('sh', ['-c', `exec 3<>"${f}"; exec sleep 30`], { stdio: 'ignore' });
+  await new Promise((r) => setTimeout(r, 200));
+  expect(await otherWriters(f)).toEqual([proc.pid]);
+});
