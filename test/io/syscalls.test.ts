@@ -1,0 +1,187 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import * as sys from '../../src/io/syscalls';
+import { VdiskError } from '../../src/io/errors';
+
+let dir: string;
+const fds: number[] = [];
+const open = (p: string, flags: string | number = 'r+') => {
+  const fd = fs.openSync(p, flags);
+  fds.push(fd);
+  return fd;
+};
+const track = (fd: number) => (fds.push(fd), fd);
+
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-sys-'));
+});
+afterEach(() => {
+  for (const fd of fds.splice(0)) fs.closeSync(fd);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('OFD locks', () => {
+  it('conflict between two open file descriptions of one file, in one process', () => {
+    const p = path.join(dir, 'img');
+    fs.writeFileSync(p, Buffer.alloc(4096));
+    const a = open(p);
+    const b = open(p);
+    expect(sys.ofdLock(a, 101, 1, 'read')).toBe(true);
+    expect(sys.ofdLock(b, 101, 1, 'read')).toBe(true); // readers share
+    expect(sys.ofdLock(b, 101, 1, 'write')).toBe(false); // a's read lock conflicts
+    expect(sys.ofdTestLock(b, 101, 1, 'write')).toEqual({ type: 'read', pid: -1 });
+    expect(sys.ofdTestLock(a, 101, 1, 'write')).toEqual({ type: 'read', pid: -1 }); // b's read lock now
+    expect(sys.ofdLock(b, 101, 1, 'unlock')).toBe(true);
+    expect(sys.ofdTestLock(a, 101, 1, 'write')).toBeUndefined(); // own locks never conflict
+    expect(sys.ofdTestLock(b, 100, 1, 'write')).toBeUndefined(); // other bytes are free
+    expect(sys.ofdLock(a, 101, 1, 'unlock')).toBe(true);
+    expect(sys.ofdLock(b, 101, 1, 'write')).toBe(true);
+  });
+
+  it('are released when the last fd of the description closes', () => {
+    const p = path.join(dir, 'img');
+    fs.writeFileSync(p, '');
+    const a = fs.openSync(p, 'r+');
+    const b = open(p);
+    expect(sys.ofdLock(a, 0, 0, 'write')).toBe(true);
+    expect(sys.ofdLock(b, 5, 1, 'read')).toBe(false);
+    fs.closeSync(a);
+    expect(sys.ofdLock(b, 5, 1, 'read')).toBe(true);
+  });
+
+  it('throws a SyscallError carrying the errno name', () => {
+    expect(() => sys.ofdLock(-1, 0, 1, 'read')).toThrow(expect.objectContaining({ errno: 'EBADF', syscall: 'fcntl', code: 'EIO' }));
+    try {
+      sys.ofdTestLock(123456, 0, 1, 'read');
+    } catch (e) {
+      expect(e).toBeInstanceOf(VdiskError);
+      expect((e as Error).message).toMatch(/^fcntl F_OFD_GETLK fd 123456 .*: EBADF \(Bad file descriptor\)$/);
+      return;
+    }
+    expect.unreachable();
+  });
+});
+
+describe('fallocate', () => {
+  it('punches a hole that stat.blocks shows, keeping the size', () => {
+    const p = path.join(dir, 'f');
+    fs.writeFileSync(p, Buffer.alloc(1 << 20, 0xaa));
+    const fd = open(p);
+    fs.fsyncSync(fd);
+    const before = fs.fstatSync(fd).blocks;
+    sys.fallocate(fd, sys.FALLOC_FL_PUNCH_HOLE | sys.FALLOC_FL_KEEP_SIZE, 0, 512 * 1024);
+    const st = fs.fstatSync(fd);
+    expect(st.size).toBe(1 << 20);
+    expect(before - st.blocks).toBe(1024); // 512 KiB in 512-byte blocks
+    const head = Buffer.alloc(16, 1);
+    fs.readSync(fd, head, 0, 16, 0);
+    expect(head.equals(Buffer.alloc(16))).toBe(true);
+  });
+
+  it('allocates, and reports EINVAL/EBADF by name', () => {
+    const p = path.join(dir, 'g');
+    const fd = open(p, 'w+');
+    sys.fallocate(fd, 0, 0, 65536);
+    expect(fs.fstatSync(fd).size).toBe(65536);
+    expect(() => sys.fallocate(fd, 0, 0, 0)).toThrow(expect.objectContaining({ errno: 'EINVAL', code: 'EINVAL' }));
+    expect(() => sys.fallocate(-1, 0, 0, 1)).toThrow(expect.objectContaining({ errno: 'EBADF' }));
+  });
+});
+
+describe('eventfd and poll', () => {
+  it('poll sees an eventfd become readable; the counter reads and resets', () => {
+    const efd = track(sys.eventfd(0, sys.EFD_NONBLOCK | sys.EFD_CLOEXEC));
+    expect(sys.poll([{ fd: efd, events: sys.POLLIN }], 0)).toEqual([0]);
+    expect(sys.eventfdRead(efd)).toBe(0);
+    sys.eventfdWrite(efd, 3);
+    sys.eventfdWrite(efd, 4);
+    expect(sys.poll([{ fd: efd, events: sys.POLLIN | sys.POLLOUT }], 0)).toEqual([sys.POLLIN | sys.POLLOUT]);
+    expect(sys.eventfdRead(efd)).toBe(7);
+    expect(sys.poll([{ fd: efd, events: sys.POLLIN }], 0)).toEqual([0]);
+  });
+
+  it('pollAsync waits on another thread while the event loop runs', async () => {
+    const efd = track(sys.eventfd(0, sys.EFD_CLOEXEC));
+    const waiting = sys.pollAsync([{ fd: efd, events: sys.POLLIN }], -1);
+    let loopRan = false;
+    await new Promise<void>((r) => setImmediate(() => {
+      loopRan = true;
+      r();
+    }));
+    expect(loopRan).toBe(true);
+    sys.eventfdWrite(efd, 1);
+    expect(await waiting).toEqual([sys.POLLIN]);
+    expect(sys.eventfdRead(efd)).toBe(1);
+  });
+
+  it('reports a closed fd as POLLNVAL', async () => {
+    const efd = sys.eventfd(0, 0);
+    fs.closeSync(efd);
+    expect(sys.poll([{ fd: efd, events: sys.POLLIN }], 0)).toEqual([sys.POLLNVAL]);
+    expect(await sys.pollAsync([{ fd: efd, events: sys.POLLIN }], 0)).toEqual([sys.POLLNVAL]);
+  });
+});
+
+describe('SCM_RIGHTS', () => {
+  it('passes an fd over a socketpair; the received one is the same open file', () => {
+    const [a, b] = sys.socketpair();
+    track(a);
+    track(b);
+    const p = path.join(dir, 'shared');
+    fs.writeFileSync(p, 'hello');
+    const fd = open(p, 'r');
+    sys.sendFd(a, fd);
+    const got = track(sys.recvFd(b));
+    expect(got).not.toBe(fd);
+    expect(fs.fstatSync(got).ino).toBe(fs.fstatSync(fd).ino);
+    const buf = Buffer.alloc(5);
+    fs.readSync(got, buf, 0, 5, 0);
+    expect(buf.toString()).toBe('hello');
+    expect(sys.fcntlGetFlags(got) & fs.constants.O_ACCMODE).toBe(fs.constants.O_RDONLY);
+  });
+
+  it('recvFd fails with one line when the peer closes without sending', () => {
+    const [a, b] = sys.socketpair();
+    track(b);
+    fs.closeSync(a);
+    expect(() => sys.recvFd(b)).toThrow(/closed before a file descriptor came/);
+  });
+
+  it('fcntl flags toggle O_NONBLOCK', () => {
+    const [a, b] = sys.socketpair();
+    track(a);
+    track(b);
+    const flags = sys.fcntlGetFlags(a);
+    expect(flags & fs.constants.O_NONBLOCK).toBe(0);
+    sys.fcntlSetFlags(a, flags | fs.constants.O_NONBLOCK);
+    expect(sys.fcntlGetFlags(a) & fs.constants.O_NONBLOCK).toBe(fs.constants.O_NONBLOCK);
+    expect(() => fs.readSync(a, Buffer.alloc(1))).toThrow(expect.objectContaining({ code: 'EAGAIN' }));
+  });
+});
+
+describe('mount', () => {
+  it('mounts and detaches a tmpfs (tests run as root)', () => {
+    expect(sys.geteuid()).toBe(0);
+    const target = path.join(dir, 'mnt');
+    fs.mkdirSync(target);
+    sys.mount('vdiskfs-test', target, 'tmpfs', sys.MS_NOSUID | sys.MS_NODEV, 'size=1m,mode=0700');
+    try {
+      expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).toContain(` ${target} `);
+      fs.writeFileSync(path.join(target, 'x'), 'y');
+      expect(() => fs.rmdirSync(target)).toThrow(); // busy: a mountpoint
+    } finally {
+      sys.umount2(target, sys.MNT_DETACH);
+    }
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(` ${target} `);
+    expect(fs.readdirSync(target)).toEqual([]);
+  });
+
+  it('names the errno of a failed mount and umount2', () => {
+    const target = path.join(dir, 'nope');
+    expect(() => sys.mount('x', target, 'tmpfs', 0, null)).toThrow(expect.objectContaining({ errno: 'ENOENT', code: 'ENOENT' }));
+    expect(() => sys.umount2(dir, 0)).toThrow(expect.objectContaining({ errno: 'EINVAL' })); // not a mountpoint
+    expect(sys.getuid()).toBe(process.getuid!());
+  });
+});
