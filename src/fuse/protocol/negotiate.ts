@@ -1,0 +1,59 @@
+import { InitFlag } from './flags';
+import type { InitIn, InitOut } from './init';
+
+/**
+ * The newest protocol minor whose semantics this server implements. Everything we use exists by
+ * 7.31 (MAX_PAGES came in 7.28); answering a newer minor would promise behaviour we never checked.
+ */
+export const OUR_MINOR = 31;
+/** Oldest kernel protocol we speak: 7.12 (Linux 2.6.29) has the struct sizes used here. */
+export const MIN_MINOR = 12;
+const PAGE = 4096;
+/** Largest request with MAX_PAGES: 1 MiB (256 pages); without it the kernel caps at 32 pages. */
+export const MAX_WRITE = 1 << 20;
+const MAX_PAGES = MAX_WRITE / PAGE;
+const LEGACY_MAX_WRITE = 32 * PAGE;
+
+export interface TransportWishes {
+  /** Let the kernel cache writes (it then owns size and mtime). */
+  writebackCache: boolean;
+}
+
+export type Negotiation =
+  | { ok: true; reply: InitOut; wanted: number }
+  | { ok: false; reason: string; /** A newer major: answer with ours and wait for a new INIT. */ retryWithMajor?: number };
+
+/**
+ * Picks what to ask for from what the kernel offers. Only flags the kernel offered are set, so
+ * an older kernel simply gets fewer features (no MAX_PAGES → 128 KiB requests).
+ */
+export function negotiate(k: InitIn, wishes: TransportWishes): Negotiation {
+  if (k.major > 7) return { ok: false, reason: `kernel FUSE protocol ${k.major}.${k.minor} is newer than 7: asking for 7`, retryWithMajor: 7 };
+  if (k.major < 7 || k.minor < MIN_MINOR) return { ok: false, reason: `kernel FUSE protocol ${k.major}.${k.minor} is older than 7.${MIN_MINOR}` };
+  const minor = Math.min(k.minor, OUR_MINOR);
+  const wanted =
+    InitFlag.ASYNC_READ |
+    InitFlag.BIG_WRITES |
+    InitFlag.ATOMIC_O_TRUNC |
+    InitFlag.ASYNC_DIO |
+    InitFlag.PARALLEL_DIROPS |
+    InitFlag.MAX_PAGES |
+    (wishes.writebackCache ? InitFlag.WRITEBACK_CACHE : 0);
+  const flags = (wanted & k.flags) >>> 0;
+  const bigRequests = (flags & InitFlag.MAX_PAGES) !== 0 && minor >= 28;
+  return {
+    ok: true,
+    wanted,
+    reply: {
+      major: 7,
+      minor,
+      maxReadahead: k.maxReadahead,
+      flags,
+      maxBackground: 0, // 0: the kernel's defaults (12 / 9), as libfuse leaves them
+      congestionThreshold: 0,
+      maxWrite: bigRequests ? MAX_WRITE : LEGACY_MAX_WRITE,
+      timeGran: 1,
+      maxPages: bigRequests ? MAX_PAGES : 0,
+    },
+  };
+}
