@@ -1,0 +1,330 @@
+/**
+ * Simulated power cuts. Every host write (with its bytes) and every barrier (fdatasync) of a run
+ * is recorded with the logical time it was issued and completed, together with the guest's writes
+ * and flushes. A crash state is: the file as it was, plus every write that completed before the
+ * start of the last completed barrier, plus ANY subset of the writes issued after that (a disk may
+ * reorder anything it was not told to order). Each state is materialised as a file, checked by
+ * `qemu-img check` (no corruption; leaks are fine) and read back: what a completed flush()
+ * acknowledged must be there, and bytes no write touched must keep their old content.
+ */
+import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { HostFile } from '../../src/io/host-file';
+import type { Image } from '../../src/formats/types';
+import { openImage } from '../../src/image/open';
+import { rng } from './qemu';
+
+interface HostWrite {
+  kind: 'write' | 'truncate';
+  offset: number;
+  data?: Buffer; // write: the bytes, copied when issued
+  issued: number;
+  completed: number; // Infinity while in flight (or failed)
+}
+
+interface Barrier {
+  start: number;
+  end: number;
+}
+
+interface GuestWrite {
+  offset: number;
+  data: Buffer;
+  start: number;
+  end: number;
+}
+
+interface GuestFlush {
+  start: number;
+  end: number;
+}
+
+/** Records host I/O on one file by wrapping HostFile's write/truncate/datasync for the run. */
+export class CrashRecorder {
+  private clock = 0;
+  readonly writes: HostWrite[] = [];
+  readonly barriers: Barrier[] = [];
+  readonly guestWrites: GuestWrite[] = [];
+  readonly guestFlushes: GuestFlush[] = [];
+  readonly base: Buffer;
+  private restore: (() => void) | undefined;
+
+  constructor(readonly file: string) {
+    this.base = fs.readFileSync(file);
+    const proto = HostFile.prototype;
+    const { write, truncate, datasync } = proto;
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const rec = this;
+    proto.write = async function (this: HostFile, data: Buffer | Buffer[], pos: number, tag?: string): Promise<void> {
+      if (this.path !== rec.file) return write.call(this, data, pos, tag);
+      const w: HostWrite = { kind: 'write', offset: pos, data: Buffer.concat(Array.isArray(data) ? data : [data]), issued: rec.clock++, completed: Infinity };
+      rec.writes.push(w);
+      await write.call(this, data, pos, tag);
+      w.completed = rec.clock++;
+    };
+    proto.truncate = async function (this: HostFile, length: number): Promise<void> {
+      if (this.path !== rec.file) return truncate.call(this, length);
+      const w: HostWrite = { kind: 'truncate', offset: length, issued: rec.clock++, completed: Infinity };
+      rec.writes.push(w);
+      await truncate.call(this, length);
+      w.completed = rec.clock++;
+    };
+    proto.datasync = async function (this: HostFile, tag?: string): Promise<void> {
+      if (this.path !== rec.file) return datasync.call(this, tag);
+      const start = rec.clock++;
+      await datasync.call(this, tag);
+      rec.barriers.push({ start, end: rec.clock++ });
+    };
+    this.restore = () => Object.assign(proto, { write, truncate, datasync });
+  }
+
+  /** A guest write through the image, timed on the same clock as the host I/O. */
+  async guestWrite(offset: number, data: Buffer, run: () => Promise<void>): Promise<void> {
+    const g: GuestWrite = { offset, data: Buffer.from(data), start: this.clock++, end: Infinity };
+    this.guestWrites.push(g);
+    await run();
+    g.end = this.clock++;
+  }
+
+  async guestFlush(run: () => Promise<void>): Promise<void> {
+    const f: GuestFlush = { start: this.clock++, end: Infinity };
+    this.guestFlushes.push(f);
+    await run();
+    f.end = this.clock++;
+  }
+
+  stop(): void {
+    this.restore?.();
+    this.restore = undefined;
+  }
+
+  /** The crash states of the run: per barrier epoch, prefixes, single drops and random subsets. */
+  states(opts: { seed: number; perEpoch: number; allSubsetsUpTo: number }): CrashState[] {
+    const r = rng(opts.seed);
+    const ends = this.barriers.map((b) => b.end).sort((a, b) => a - b);
+    const out: CrashState[] = [];
+    // Epoch k: after the k-th barrier completed (k = -1: before any), before the next one completes.
+    for (let k = -1; k < ends.length; k++) {
+      const doneBy = k < 0 ? -1 : ends[k]!;
+      const until = k + 1 < ends.length ? ends[k + 1]! : Infinity;
+      let covered = -1; // writes completed before this time are durable
+      for (const b of this.barriers) if (b.end <= doneBy) covered = Math.max(covered, b.start);
+      const durable = this.writes.filter((w) => w.completed < covered);
+      const maybe = this.writes.filter((w) => w.completed >= covered && w.issued < until);
+      const picks: boolean[][] = [];
+      const n = maybe.length;
+      if (n <= opts.allSubsetsUpTo) {
+        for (let m = 0; m < 2 ** n; m++) picks.push(maybe.map((_, i) => ((m >> i) & 1) === 1));
+      } else {
+        for (let p = 0; p <= n; p++) picks.push(maybe.map((_, i) => i < p)); // prefixes in issue order
+        for (let d = 0; d < n; d++) picks.push(maybe.map((_, i) => i !== d)); // all but one
+        for (let x = 0; x < opts.perEpoch; x++) picks.push(maybe.map(() => r() < 0.5));
+      }
+      const acked = this.ackedWrites(until);
+      const issued = this.guestWrites.filter((g) => g.start < until);
+      for (const p of picks) {
+        const chosen = durable.concat(maybe.filter((_, i) => p[i])).sort((a, b) => a.issued - b.issued);
+        out.push({ epoch: k, writes: chosen, acked, guest: issued });
+      }
+    }
+    return out;
+  }
+
+  /** Guest writes that completed before a flush() started which itself completed before `until`. */
+  private ackedWrites(until: number): Set<GuestWrite> {
+    let flushStart = -1;
+    for (const f of this.guestFlushes) if (f.end < until) flushStart = Math.max(flushStart, f.start);
+    return new Set(this.guestWrites.filter((g) => g.end < flushStart));
+  }
+
+  /** The bytes of the file in a crash state. */
+  materialise(s: CrashState): Buffer {
+    let img = Buffer.alloc(0);
+    let len = 0;
+    const ensure = (n: number): void => {
+      if (n <= img.length) return;
+      const bigger = Buffer.alloc(Math.max(n, img.length * 2));
+      img.copy(bigger, 0, 0, len);
+      img = bigger;
+    };
+    ensure(this.base.length);
+    this.base.copy(img);
+    len = this.base.length;
+    for (const w of s.writes) {
+      if (w.kind === 'truncate') {
+        if (w.offset < len) img.fill(0, w.offset, len);
+        ensure(w.offset);
+        len = w.offset;
+      } else {
+        ensure(w.offset + w.data!.length);
+        if (w.offset > len) img.fill(0, len, w.offset);
+        w.data!.copy(img, w.offset);
+        len = Math.max(len, w.offset + w.data!.length);
+      }
+    }
+    return img.subarray(0, len);
+  }
+}
+
+export interface CrashState {
+  epoch: number;
+  writes: HostWrite[];
+  acked: Set<GuestWrite>;
+  guest: GuestWrite[]; // guest writes issued before the crash
+}
+
+/**
+ * The guest content a crash state must show: bytes written by an acknowledged write (the last
+ * one), or the old content where no write was issued; bytes under an unacknowledged write, or
+ * under writes that ran concurrently with each other, may be either and are not checked.
+ */
+export function expectedGuest(initial: Buffer, s: CrashState): { expected: Buffer; checked: Uint8Array } {
+  const expected = Buffer.from(initial);
+  const checked = new Uint8Array(initial.length).fill(1);
+  const ws = [...s.guest].sort((a, b) => a.start - b.start);
+  for (const [i, w] of ws.entries()) {
+    const end = w.offset + w.data.length;
+    const concurrent = ws.some((o, j) => j !== i && o.offset < end && w.offset < o.offset + o.data.length && o.start < w.end && w.start < o.end);
+    if (s.acked.has(w) && !concurrent) {
+      w.data.copy(expected, w.offset);
+      checked.fill(1, w.offset, end);
+    } else {
+      checked.fill(0, w.offset, end);
+    }
+  }
+  // An unacknowledged write issued after an acknowledged one may still have landed over it.
+  for (const w of ws) if (!s.acked.has(w)) checked.fill(0, w.offset, w.offset + w.data.length);
+  return { expected, checked };
+}
+
+export interface CheckResult {
+  states: number; // distinct states checked
+  bad: string[]; // one line per failing state
+}
+
+/**
+ * Checks up to `budget` distinct crash states (identical files are checked once) with
+ * `qemu-img check`, and reads each back through the driver against what it must show.
+ */
+export async function checkCrashStates(rec: CrashRecorder, states: CrashState[], o: { file: string; format: 'qcow2' | 'vmdk'; initial: Buffer; budget: number; seed: number }): Promise<CheckResult> {
+  const r = rng(o.seed);
+  const seen = new Set<string>();
+  const bad: string[] = [];
+  // Random order, so a budget smaller than the state count still samples every epoch.
+  const order = states.map((s, i) => ({ s, k: r(), i })).sort((a, b) => a.k - b.k);
+  let checked = 0;
+  for (const { s } of order) {
+    if (checked >= o.budget) break;
+    const bytes = rec.materialise(s);
+    const h = createHash('sha1').update(bytes).digest('hex');
+    if (seen.has(h)) continue;
+    seen.add(h);
+    checked++;
+    fs.writeFileSync(o.file, bytes);
+    const what = `epoch ${s.epoch}, ${s.writes.length} writes`;
+    const problem = qemuCheckProblem(o.file, o.format);
+    if (problem) {
+      bad.push(`${what}: ${problem}`);
+      continue;
+    }
+    const mismatch = await readBackProblem(o.file, o.initial, s);
+    if (mismatch) bad.push(`${what}: ${mismatch}`);
+  }
+  fs.rmSync(o.file, { force: true });
+  return { states: checked, bad };
+}
+
+/** qcow2 incompatible feature bit 0: refcounts may be stale (lazy refcounts) and are rebuilt. */
+function qcow2Dirty(file: string): boolean {
+  const b = Buffer.alloc(8);
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.readSync(fd, b, 0, 8, 72);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const version = fs.readFileSync(file).readUInt32BE(4);
+  return version >= 3 && (b[7]! & 1) === 1;
+}
+
+/**
+ * Null when `qemu-img check` finds no corruption (leaks allowed). A dirty lazy-refcounts image
+ * may have stale refcounts by design: it must come out of `-r all` (what QEMU runs on open) whole.
+ */
+function qemuCheckProblem(file: string, format: 'qcow2' | 'vmdk'): string | null {
+  const repair = format === 'qcow2' && qcow2Dirty(file);
+  const args = ['check', '--output=json', '-f', format, ...(repair ? ['-r', 'all'] : []), file];
+  let out: string;
+  try {
+    out = execFileSync('qemu-img', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (e) {
+    const err = e as { stdout?: string; stderr?: string; status?: number };
+    // Exit 3: leaks only.
+    if (err.status === 3 && err.stdout) out = err.stdout;
+    else {
+      const text = `${err.stdout ?? ''}${err.stderr ?? ''}`;
+      const human = humanCheck(file, format);
+      return `qemu-img check exit ${err.status}: ${text.trim().slice(0, 300)} ${human}`;
+    }
+  }
+  const j = JSON.parse(out) as Record<string, unknown>;
+  const corrupt = Number(j['corruptions'] ?? 0) + Number(j['check-errors'] ?? 0);
+  return corrupt > 0 ? `qemu-img check: ${corrupt} corruptions/errors ${humanCheck(file, format)}` : null;
+}
+
+function humanCheck(file: string, format: string): string {
+  try {
+    return execFileSync('qemu-img', ['check', '-f', format, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).split('\n').filter((l) => /ERROR|Leak/.test(l)).slice(0, 3).join(' | ');
+  } catch (e) {
+    const err = e as { stdout?: string; stderr?: string };
+    return `${err.stdout ?? ''}${err.stderr ?? ''}`.split('\n').filter((l) => /ERROR|rror/.test(l)).slice(0, 3).join(' | ');
+  }
+}
+
+async function readBackProblem(file: string, initial: Buffer, s: CrashState): Promise<string | null> {
+  const { expected, checked } = expectedGuest(initial, s);
+  const img = await openImage(file, { writable: false });
+  const got = Buffer.alloc(img.virtualSize);
+  try {
+    await img.read(0, got);
+  } finally {
+    await img.close();
+  }
+  for (let i = 0; i < got.length; i++) {
+    if (checked[i] && got[i] !== expected[i]) {
+      const acked = [...s.acked].some((w) => i >= w.offset && i < w.offset + w.data.length);
+      return `guest byte ${i} reads ${got[i]} instead of ${expected[i]} (${acked ? 'acknowledged by a flush' : 'old content no write touched'})`;
+    }
+  }
+  return null;
+}
+
+/** Writers running at once: writes (often overlapping), zero writes and flushes, seeded. */
+export async function concurrentStorm(img: Image, rec: CrashRecorder, seed: number, writers: number, ops: number, unit: number): Promise<void> {
+  const r = rng(seed);
+  let n = 0;
+  // Hot spots make writers meet on the same clusters and tables.
+  const hot = Array.from({ length: 6 }, () => Math.floor(r() * (img.virtualSize / unit - 8)) * unit);
+  const one = async (w: number): Promise<void> => {
+    for (let i = 0; i < ops; i++) {
+      const k = r();
+      if (k < 0.15) {
+        await rec.guestFlush(() => img.flush());
+        continue;
+      }
+      const small = r() < 0.5;
+      const len = small ? 512 * (1 + Math.floor(r() * 9)) : unit * (1 + Math.floor(r() * 4)) - (r() < 0.5 ? 512 : 0);
+      const base = r() < 0.6 ? hot[Math.floor(r() * hot.length)]! : Math.floor(r() * (img.virtualSize / unit)) * unit;
+      const off = Math.min(img.virtualSize - len, base + 512 * Math.floor(r() * (2 * unit / 512)));
+      if (k < 0.25) {
+        await rec.guestWrite(off, Buffer.alloc(len), () => img.writeZeroes(off, len));
+      } else {
+        const data = Buffer.alloc(len, ((w * 40 + n++) % 250) + 2);
+        await rec.guestWrite(off, data, () => img.write(off, data));
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: writers }, (_, w) => one(w)));
+}
+
