@@ -81,10 +81,17 @@ export interface OpenOptions {
   writable: boolean;
   /**
    * Opens a backing file / VMDK parent through the registry (any format, probed by content;
-   * `format` from the image's header wins when given). Relative paths are resolved by the
-   * driver against the image's own folder before calling. Backing images open read-only.
+   * `format` from the image's header wins when given). The path comes from `reach()`.
+   * Backing images open read-only.
    */
   openBacking(path: string, format?: string): Promise<Image>;
+  /**
+   * Every file name an image carries (backing file, data file, extent, parent) goes through
+   * here before it is opened: the confinement rule (src/image/confine.ts) gives the real path of
+   * a regular file inside the folders this image may reach, or throws one line naming the
+   * image, the field and the name.
+   */
+  reach(name: string, field: string): Promise<string>;
   /** qcow2 metadata cache size in bytes (L2 + refcount blocks); driver default when undefined. */
   cacheSize?: number;
   /** VMDK: allocate grain by grain, each grain-table entry written through (QEMU's way), for measuring the seed. */
@@ -103,6 +110,8 @@ export interface CreateOptions {
   backingFormat?: string;
   /** Opens an image (for reading a backing file's size / CID). */
   openBacking(path: string, format?: string): Promise<Image>;
+  /** The confinement rule for names the new image carries (see OpenOptions.reach). */
+  reach(name: string, field: string): Promise<string>;
 }
 
 export interface CheckResult {

@@ -1,7 +1,7 @@
 import { isVdiskError, type ErrorCode } from '../io/errors';
 
 /** Linux errno values, negated as FUSE wants them. Only this layer speaks errno. */
-const ERRNO: Record<ErrorCode | 'EACCES' | 'EISDIR' | 'ENOTDIR' | 'EPERM' | 'EBADF', number> = {
+const ERRNO: Record<ErrorCode | 'EACCES' | 'ENOTDIR' | 'EPERM' | 'ENOSYS', number> = {
   EIO: 5,
   EROFS: 30,
   EINVAL: 22,
@@ -16,6 +16,8 @@ const ERRNO: Record<ErrorCode | 'EACCES' | 'EISDIR' | 'ENOTDIR' | 'EPERM' | 'EBA
   ENOTDIR: 20,
   EPERM: 1,
   EBADF: 9,
+  ENXIO: 6,
+  ENOSYS: 38,
 };
 
 export function errno(code: keyof typeof ERRNO): number {

@@ -1,7 +1,9 @@
 import * as fs from 'node:fs/promises';
 import createDebug from 'debug';
 import type { Image } from '../image';
-import { foreignLocks, openImage, otherWriters } from '../image';
+import { ImageLock, openImage, writerElsewhere } from '../image';
+import { VdiskError } from '../io/errors';
+import type { Confinement } from '../image/confine';
 import { NullImage } from '../formats/null/null-image';
 import { RequestMerger, type MergerOptions } from '../merge';
 import { SessionStats } from './session-stats';
@@ -15,6 +17,8 @@ export interface ImageTableOptions {
   cacheSize?: number;
   noMultiAlloc?: boolean;
   merger: MergerOptions;
+  /** What images may reach (src/image/confine.ts). */
+  confinement: Confinement;
   warn(message: string): void;
   /** True when another image in the tree uses this one as its backing file / parent. */
   isBackingOfAnother(hostPath: string): Promise<boolean>;
@@ -29,7 +33,14 @@ export interface OpenImage {
   refs: number;
   /** Why writes are refused, if they are. */
   readOnlyReason?: string;
+  /** QEMU's image locks on the view's host files, held while it is open (src/image/locks.ts). */
+  lock?: ImageLock;
+  /** readOnlyReason is someone else's lock: a later writable open tries again. */
+  lockedOut?: boolean;
 }
+
+/** Shown when someone else's image lock keeps a view read-only. */
+const LOCKED_OUT = 'locked by another process (QEMU or another vdiskfs mount is writing it)';
 
 /**
  * Opens images lazily on first open(), shares them between handles, and closes them (merger
@@ -70,37 +81,85 @@ export class ImageTable {
       return 'the image file is not writable';
     }
     if (await this.opts.isBackingOfAnother(view.hostPath)) return 'another image uses it as its backing file';
-    const locks = await foreignLocks(view.hostPath).catch(() => undefined);
-    if (locks) return `another program has it open${locks.writer ? ' for writing' : ''} (QEMU's image locks are held: a running VM, qemu-io or qemu-storage-daemon?)`;
-    for (const file of view.hostFiles) {
-      const writers = await otherWriters(file).catch(() => []);
-      if (writers.length) return `process ${writers.join(', ')} has ${file === view.hostPath ? 'it' : file} open for writing (another vdiskfs mount? a VM?)`;
-    }
-    return undefined;
+    return undefined; // someone else's image lock is found by acquire(), which takes ours at the same time
+  }
+
+  /** Does someone else write this view's image (QEMU's lock test)? Then getattr shows it 0444. */
+  async lockedByOthers(view: ImageView): Promise<boolean> {
+    if (this.opts.readOnly || this.opts.nullDriver) return false;
+    const entry = this.get(view);
+    if (entry && !entry.image.readOnly) return false;
+    if (entry?.lock) return entry.lock.test('write') !== undefined;
+    return (await writerElsewhere(view.hostFiles).catch(() => undefined)) !== undefined;
   }
 
   async acquire(view: ImageView, wantWrite: boolean): Promise<OpenImage> {
     const key = ImageTable.keyOf(view);
     return this.locked(key, async () => {
       let entry = this.open.get(key);
-      if (entry && wantWrite && entry.image.readOnly && entry.readOnlyReason === undefined) {
-        // Opened read-only so far; reopen writable for this handle and the others.
-        await entry.merger.close(); // drains, flushes and closes the read-only image
-        entry.image = await this.openImageFor(view, true);
-        entry.merger = new RequestMerger(entry.image, this.opts.merger);
-        log('reopened %s writable', key);
-      }
+      if (entry && wantWrite && entry.image.readOnly && (entry.readOnlyReason === undefined || entry.lockedOut)) await this.reopenWritable(entry);
       if (!entry) {
-        const reason = wantWrite ? await this.readOnlyReason(view) : undefined;
-        const image = await this.openImageFor(view, wantWrite && reason === undefined);
-        entry = { key, view, image, merger: new RequestMerger(image, this.opts.merger), refs: 0, readOnlyReason: reason };
-        if (wantWrite && reason === undefined && image.readOnly) entry.readOnlyReason = 'the driver opened it read-only (see log)';
+        entry = await this.openEntry(view, wantWrite);
         this.open.set(key, entry);
-        log('opened %s (%s)', key, image.readOnly ? 'read-only' : 'writable');
       }
       entry.refs++;
       return entry;
     });
+  }
+
+  /** Opens a view's image. Locks first, so an image someone else writes is never opened writable, not even for a moment. */
+  private async openEntry(view: ImageView, wantWrite: boolean): Promise<OpenImage> {
+    const key = ImageTable.keyOf(view);
+    let reason = wantWrite ? await this.readOnlyReason(view) : undefined;
+    const lock = this.opts.nullDriver ? undefined : await ImageLock.open(view.hostFiles);
+    const lockedOut = wantWrite && reason === undefined && !this.takeWriteLock(lock, key);
+    if (lockedOut) reason = LOCKED_OUT;
+    const writable = wantWrite && reason === undefined;
+    try {
+      const conflict = writable ? undefined : lock?.set('read');
+      if (conflict) throw new VdiskError('EBUSY', `${conflict}: another process refuses to share reading it`);
+      const image = await this.openImageFor(view, writable);
+      if (writable) reason = this.driverRefusedWrite(image, lock);
+      log('opened %s (%s)', key, image.readOnly ? 'read-only' : 'writable');
+      return { key, view, image, merger: new RequestMerger(image, this.opts.merger), refs: 0, readOnlyReason: reason, lock, lockedOut };
+    } catch (e) {
+      await lock?.close();
+      throw e;
+    }
+  }
+
+  /** A read-only entry becomes writable for this handle and the others, unless someone else's lock is in the way. */
+  private async reopenWritable(entry: OpenImage): Promise<void> {
+    if (!this.takeWriteLock(entry.lock, entry.key)) {
+      entry.readOnlyReason = LOCKED_OUT;
+      entry.lockedOut = true;
+      return;
+    }
+    try {
+      await entry.merger.close(); // drains, flushes and closes the read-only image
+      entry.image = await this.openImageFor(entry.view, true);
+    } catch (e) {
+      entry.lock?.set('read');
+      throw e;
+    }
+    entry.merger = new RequestMerger(entry.image, this.opts.merger);
+    entry.lockedOut = false;
+    entry.readOnlyReason = this.driverRefusedWrite(entry.image, entry.lock);
+    log('reopened %s writable', entry.key);
+  }
+
+  /** Takes QEMU's writer locks (true), or logs whose lock is in the way and keeps the old ones (false). */
+  private takeWriteLock(lock: ImageLock | undefined, key: string): boolean {
+    const conflict = lock?.set('write');
+    if (conflict) log('%s stays read-only: %s', key, conflict);
+    return conflict === undefined;
+  }
+
+  /** A driver may open read-only anyway (corrupt bit, read-only extent): then we let others write. */
+  private driverRefusedWrite(image: Image, lock: ImageLock | undefined): string | undefined {
+    if (!image.readOnly) return undefined;
+    lock?.set('read');
+    return 'the driver opened it read-only (see log)';
   }
 
   async release(entry: OpenImage): Promise<void> {
@@ -111,6 +170,7 @@ export class ImageTable {
       try {
         await entry.merger.close(); // drains pending writes, flushes and closes the image
       } finally {
+        await entry.lock?.close(); // after the last write is on disk
         this.logStats(entry);
       }
     });
@@ -137,6 +197,7 @@ export class ImageTable {
       cacheSize: this.opts.cacheSize,
       noMultiAlloc: this.opts.noMultiAlloc,
       warn: this.opts.warn,
+      confinement: this.opts.confinement,
       ...(view.snapshot !== undefined ? { snapshot: view.snapshot } : {}),
     });
   }

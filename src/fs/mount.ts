@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import createDebug from 'debug';
 import type { MergerOptions } from '../merge';
 import { VdiskError } from '../io/errors';
+import { Confinement } from '../image';
 import { FuseSession, isMounted, unmountPath } from './fuse-session';
 import { HandleTable } from './handles';
 import { ImageTable } from './image-table';
@@ -22,6 +23,8 @@ export interface MountOptions {
   /** Benchmark only: serve every image with a driver that does nothing. */
   nullDriver: boolean;
   merger: MergerOptions;
+  /** Folders outside `images` that images may reach too (--allow-outside). */
+  allowOutside: string[];
   cacheSize?: number;
   noMultiAlloc?: boolean;
   /** Print every image's counters (host I/O, metadata writes, cache hits, merging) at unmount. */
@@ -82,14 +85,16 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
   const mountpoint = path.resolve(opts.mountpoint);
   checkMountArguments(images, mountpoint);
 
+  const confinement = await Confinement.create(images, opts.allowOutside);
   let table: ImageTable | undefined;
-  const tree = new ViewTree(images, { includeRaw: opts.includeRaw, warn: opts.warn, isOpen: (p) => table?.isOpen(p) ?? false });
+  const tree = new ViewTree(images, { includeRaw: opts.includeRaw, warn: opts.warn, confinement, isOpen: (p) => table?.isOpen(p) ?? false });
   table = new ImageTable({
     readOnly: opts.readOnly,
     nullDriver: opts.nullDriver,
     cacheSize: opts.cacheSize,
     noMultiAlloc: opts.noMultiAlloc,
     merger: opts.merger,
+    confinement,
     warn: opts.warn,
     isBackingOfAnother: (p) => tree.isBackingOfAnother(p),
   });

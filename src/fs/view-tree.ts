@@ -4,6 +4,7 @@ import createDebug from 'debug';
 import type { FormatDriver } from '../image';
 import { probeImage, readHead, detectFormat, extensionOf, drivers, openImage } from '../image';
 import { isVdiskError } from '../io/errors';
+import type { Confinement } from '../image/confine';
 
 const log = createDebug('vdiskfs:fs');
 
@@ -32,6 +33,8 @@ export interface ViewTreeOptions {
   warn(message: string): void;
   /** True while the mount has this image open: its probe is kept (our own writes change mtime). */
   isOpen(hostPath: string): boolean;
+  /** What images in this tree may reach (src/image/confine.ts). */
+  confinement: Confinement;
 }
 
 interface Probed {
@@ -110,7 +113,8 @@ export class ViewTree {
   async resolve(viewPath: string): Promise<ViewEntry | undefined> {
     if (viewPath === '/') return { kind: 'dir', hostPath: this.root };
     const hostPath = this.hostPathOf(viewPath);
-    const st = await fs.stat(hostPath).catch(() => undefined);
+    // lstat: a symlinked folder is not mirrored (listings skip it too), so it cannot lead outside.
+    const st = await fs.lstat(hostPath).catch(() => undefined);
     if (st?.isDirectory()) return { kind: 'dir', hostPath };
     if (!viewPath.endsWith(VIEW_SUFFIX)) return undefined;
     const base = viewPath.slice(0, -VIEW_SUFFIX.length);
@@ -180,7 +184,7 @@ export class ViewTree {
       // listing instead of failing later, and so stat needs no open.
       probed.sizes = new Map();
       for (const snap of ['', ...(probed.snapshots ?? [])]) {
-        const img = await openImage(hostPath, { writable: false, format: probed.driver.name, ...(snap ? { snapshot: snap } : {}), warn: (m) => log('%s', m) });
+        const img = await openImage(hostPath, { writable: false, format: probed.driver.name, confinement: this.opts.confinement, ...(snap ? { snapshot: snap } : {}), warn: (m) => log('%s', m) });
         try {
           probed.sizes.set(snap, img.virtualSize);
           if (snap === '') probed.hostFiles = img.hostFiles();

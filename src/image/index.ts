@@ -1,8 +1,9 @@
 // The public face of the image layer: the contract drivers implement, and how to open them.
 export type { Image, Extent, ExtentKind, ImageInfo, ImageStats, OpenOptions, CreateOptions, CheckResult, FormatDriver, SnapshotInfo } from '../formats/types';
-export { openImage, MAX_CHAIN_DEPTH } from './open';
+export { openImage, driverOptions, MAX_CHAIN_DEPTH } from './open';
 export type { OpenImageOptions } from './open';
+export { Confinement } from './confine';
 export { probeImage, detectFormat, readHead, extensionOf } from './probe';
 export { drivers, driverByName } from './registry';
-export { foreignLocks, otherWriters } from './locks';
-export type { ForeignLocks } from './locks';
+export { ImageLock, lockImage, writerElsewhere, LOCK_MODES } from './locks';
+export type { LockMode, LockPerms } from './locks';

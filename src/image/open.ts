@@ -1,7 +1,8 @@
-import * as path from 'node:path';
+import * as fs from 'node:fs/promises';
 import createDebug from 'debug';
 import type { Image, OpenOptions } from '../formats/types';
 import { VdiskError } from '../io/errors';
+import { Confinement } from './confine';
 import { detectFormat, probeImage, readHead } from './probe';
 import { driverByName } from './registry';
 
@@ -20,14 +21,20 @@ export interface OpenImageOptions {
   /** Shown images must carry an extension that agrees with their content. */
   checkExtension?: boolean;
   warn?: (message: string) => void;
+  /** Which files the image may reach (src/image/confine.ts); default: the image's own folder. */
+  confinement?: Confinement;
 }
 
 /**
  * Opens an image and, through the driver, its whole backing chain (backing files always
- * read-only). The driver resolves relative backing names; this checks depth and loops.
+ * read-only). Every name the image carries is resolved by the confinement (by default: the
+ * image's own folder); this checks depth and loops (on real paths, so a loop through symlinks
+ * is caught too).
  */
 export async function openImage(file: string, opts: OpenImageOptions, chain: string[] = []): Promise<Image> {
-  const abs = path.resolve(file);
+  const top = chain.length === 0 ? await resolveTop(file, opts.confinement) : undefined;
+  const abs = top?.file ?? file;
+  const confinement = top?.confinement ?? opts.confinement!;
   if (chain.includes(abs)) throw VdiskError.corrupt(`backing chain loops back to ${abs}`);
   if (chain.length >= MAX_CHAIN_DEPTH) throw VdiskError.corrupt(`backing chain deeper than ${MAX_CHAIN_DEPTH} at ${abs}`);
 
@@ -41,15 +48,37 @@ export async function openImage(file: string, opts: OpenImageOptions, chain: str
     driver = detectFormat(await readHead(abs), abs);
   }
   const warn = opts.warn ?? ((m: string) => log('warning: %s', m));
-  const next = [...chain, abs];
-  const driverOpts: OpenOptions = {
+  const driverOpts = driverOptions(abs, { ...opts, warn, confinement }, [...chain, abs]);
+  log('open %s as %s (%s)', abs, driver.name, opts.writable ? 'rw' : 'ro');
+  return driver.open(abs, driverOpts);
+}
+
+/**
+ * What a driver gets to open `file` (real path) and reach what it names. Also used on its own
+ * by commands that hand a file to a driver directly (check).
+ */
+export function driverOptions(file: string, opts: OpenImageOptions & { confinement: Confinement }, chain: string[] = [file]): OpenOptions {
+  const warn = opts.warn ?? ((m: string) => log('warning: %s', m));
+  return {
     writable: opts.writable,
     cacheSize: opts.cacheSize,
     noMultiAlloc: opts.noMultiAlloc,
     snapshot: opts.snapshot,
     warn,
-    openBacking: (p, format) => openImage(p, { writable: false, format, warn, cacheSize: opts.cacheSize }, next),
+    reach: (name, field) => opts.confinement.reach(file, name, field),
+    openBacking: (p, format) => openImage(p, { writable: false, format, warn, cacheSize: opts.cacheSize, confinement: opts.confinement }, chain),
   };
-  log('open %s as %s (%s)', abs, driver.name, opts.writable ? 'rw' : 'ro');
-  return driver.open(abs, driverOpts);
+}
+
+/**
+ * The image a caller names is trusted as a name (symlinks followed), but it must lie inside the
+ * confinement when one is given (a mount: a symlinked folder must not lead outside).
+ */
+async function resolveTop(file: string, given: Confinement | undefined): Promise<{ file: string; confinement: Confinement }> {
+  if (!given) return Confinement.forFile(file);
+  const real = await fs.realpath(file).catch(() => {
+    throw new VdiskError('ENOENT', `${file} does not exist`);
+  });
+  if (!given.contains(real)) throw new VdiskError('EACCES', `${file} leads outside ${given.roots[0]} (to ${real})`);
+  return { file: real, confinement: given };
 }

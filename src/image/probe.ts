@@ -1,17 +1,18 @@
-import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import type { FormatDriver } from '../formats/types';
 import { VdiskError } from '../io/errors';
+import { HostFile } from '../io/host-file';
 import { drivers } from './registry';
 
 export const PROBE_BYTES = 4096;
 
+/** The first bytes of a file, read without ever blocking on a FIFO or device (see HostFile.open). */
 export async function readHead(file: string): Promise<Buffer> {
-  const fh = await fs.open(file, 'r');
+  const fh = await HostFile.open(file, false);
   try {
     const buf = Buffer.alloc(PROBE_BYTES);
-    const { bytesRead } = await fh.read(buf, 0, PROBE_BYTES, 0);
-    return buf.subarray(0, bytesRead);
+    const got = await fh.read(buf, 0, 'probe');
+    return buf.subarray(0, got);
   } finally {
     await fh.close();
   }

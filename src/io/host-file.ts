@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import createDebug from 'debug';
-import { fromNodeError } from './errors';
+import { fromNodeError, VdiskError } from './errors';
 import { IoCounters, IoObserver, newCounters } from './counters';
+import { LockType, ofdLock, ofdTestLock } from './syscalls';
 
 const log = createDebug('vdiskfs:io');
 
@@ -39,6 +40,27 @@ const pWrite = (fd: number, buf: Buffer, off: number, len: number, pos: number) 
 const pWritev = (fd: number, bufs: Buffer[], pos: number, total: number) =>
   small(total, () => fs.writevSync(fd, bufs, pos), (cb) => fs.writev(fd, bufs, pos, (e, n) => cb(e, n)));
 
+/** Opens `path` without blocking, refusing anything but a regular file or a block device. */
+export async function openNonBlocking(path: string, flags: number): Promise<number> {
+  const all = flags | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW;
+  const fd = await new Promise<number>((res, rej) => fs.open(path, all, (e, fd) => (e ? rej(openError(e, path)) : res(fd))));
+  try {
+    const st = await new Promise<fs.Stats>((res, rej) => fs.fstat(fd, (e, s) => (e ? rej(fromNodeError(e, `stat ${path}`)) : res(s))));
+    if (!st.isFile() && !st.isBlockDevice()) throw new VdiskError('EINVAL', `${path} is ${st.isDirectory() ? 'a folder' : 'a special file'}, not a regular file`);
+  } catch (e) {
+    fs.close(fd, () => undefined);
+    throw e;
+  }
+  return fd;
+}
+
+function openError(e: NodeJS.ErrnoException, path: string): VdiskError {
+  if (e.code === 'ELOOP') return new VdiskError('EINVAL', `${path} is a symlink (give the file it points to)`, {}, { cause: e });
+  if (e.code === 'ENOENT') return new VdiskError('ENOENT', `cannot open ${path}: no such file`, {}, { cause: e });
+  if (e.code === 'EISDIR') return new VdiskError('EINVAL', `${path} is a folder, not a file`, {}, { cause: e });
+  return fromNodeError(e, `open ${path}`);
+}
+
 /**
  * A host file (image, extent, backing file) with positional, loop-until-done reads and writes.
  * Short reads and writes happen; every method here completes the whole request or throws.
@@ -49,9 +71,14 @@ export class HostFile {
 
   private constructor(readonly path: string, private readonly fd: number, readonly writable: boolean) {}
 
+  /**
+   * Opens an image's file. Never blocks and never opens anything but a regular file or a block
+   * device: O_NONBLOCK keeps a FIFO from parking a thread in open(), O_NOFOLLOW refuses a final
+   * symlink (callers pass resolved paths, see src/image/confine.ts), and the type is checked on
+   * the descriptor itself, so a file swapped in after the caller looked cannot slip through.
+   */
   static async open(path: string, writable: boolean): Promise<HostFile> {
-    const flags = writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY;
-    const fd = await new Promise<number>((res, rej) => fs.open(path, flags, (e, fd) => (e ? rej(fromNodeError(e, `open ${path}`)) : res(fd))));
+    const fd = await openNonBlocking(path, writable ? fs.constants.O_RDWR : fs.constants.O_RDONLY);
     log('open %s %s', path, writable ? 'rw' : 'ro');
     return new HostFile(path, fd, writable);
   }
@@ -118,6 +145,19 @@ export class HostFile {
 
   async stat(): Promise<fs.Stats> {
     return new Promise((res, rej) => fs.fstat(this.fd, (e, st) => (e ? rej(fromNodeError(e, `stat ${this.path}`)) : res(st))));
+  }
+
+  /**
+   * An OFD byte-range lock on this descriptor, without waiting (src/image/locks.ts speaks QEMU's
+   * protocol with it). False when another open file description holds a conflicting lock.
+   */
+  lockBytes(start: number, length: number, type: LockType): boolean {
+    return ofdLock(this.fd, start, length, type);
+  }
+
+  /** Would a lock of `type` conflict with another open file description's lock? */
+  testLockBytes(start: number, length: number, type: LockType): boolean {
+    return ofdTestLock(this.fd, start, length, type) !== undefined;
   }
 
   async truncate(length: number): Promise<void> {

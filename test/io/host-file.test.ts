@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -60,6 +61,20 @@ describe('HostFile', () => {
     const f = await HostFile.open(path.join(dir, 'ro'), false);
     await expect(f.write(Buffer.from('y'), 0)).rejects.toBeInstanceOf(VdiskError);
     await f.close();
+  });
+
+  it('never blocks on, and never opens, a FIFO, a device, a folder or a final symlink', async () => {
+    const fifo = path.join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    // A blocking open of a FIFO with no writer would hang here (and park a thread-pool thread).
+    await expect(HostFile.open(fifo, false)).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/special file/) });
+    await expect(HostFile.open('/dev/zero', false)).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(HostFile.open(dir, false)).rejects.toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/folder/) });
+    fs.writeFileSync(path.join(dir, 'real'), 'x');
+    fs.symlinkSync('real', path.join(dir, 'link'));
+    await expect(HostFile.open(path.join(dir, 'link'), false)).rejects.toMatchObject({ message: expect.stringMatching(/symlink/) });
+    const ok = await HostFile.open(path.join(dir, 'real'), true);
+    await ok.close();
   });
 
   it('closes once', async () => {

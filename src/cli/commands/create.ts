@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import { driverByName, openImage } from '../../image';
+import { Confinement, driverByName, openImage } from '../../image';
+import { withAllowOutside } from '../allow-outside';
 import { VdiskError } from '../../io/errors';
 import { parseOptionList, parseSize } from '../size';
 
@@ -12,13 +13,14 @@ interface CreateArgs {
   F?: string;
   file: string;
   size?: string;
+  'allow-outside': string[];
 }
 
 export const createCommand: CommandModule<object, CreateArgs> = {
   command: 'create <file> [size]',
   describe: 'create an image (qemu-img create vocabulary)',
   builder: (y: Argv) =>
-    y
+    withAllowOutside(y)
       .positional('file', { type: 'string', demandOption: true })
       .positional('size', { type: 'string', describe: 'virtual size: 1G, 512M, bytes (default: the backing file\'s)' })
       .option('format', { alias: 'f', type: 'string', default: 'qcow2', describe: 'qcow2, vmdk or raw' })
@@ -34,9 +36,17 @@ export const createCommand: CommandModule<object, CreateArgs> = {
     if (!driver?.create) throw VdiskError.invalid(`unknown or unsupported format '${argv.format}' (qcow2, vmdk, raw)`);
     if (fs.existsSync(argv.file)) throw VdiskError.invalid(`${argv.file} already exists`);
     let size = argv.size !== undefined ? parseSize(argv.size) : undefined;
+    const folder = await fs.promises.realpath(path.dirname(path.resolve(argv.file))).catch(() => {
+      throw new VdiskError('ENOENT', `folder ${path.dirname(argv.file)} does not exist`);
+    });
+    const file = path.join(folder, path.basename(argv.file));
+    // The backing file the user names is theirs to choose; what the new image names is confined
+    // to its own folder, the backing file's folder and the folders given with --allow-outside.
+    const doors = [...argv['allow-outside']];
     if (argv.b) {
-      const backingPath = path.resolve(path.dirname(path.resolve(argv.file)), argv.b);
+      const backingPath = path.resolve(folder, argv.b);
       if (!fs.existsSync(backingPath)) throw new VdiskError('ENOENT', `backing file ${argv.b} does not exist`);
+      doors.push(path.dirname(await fs.promises.realpath(backingPath)));
       if (size === undefined) {
         const backing = await openImage(backingPath, { writable: false, format: argv.F });
         size = backing.virtualSize;
@@ -44,13 +54,15 @@ export const createCommand: CommandModule<object, CreateArgs> = {
       }
     }
     if (size === undefined) throw VdiskError.invalid('a size is needed (or -b with a backing file)');
+    const confinement = await Confinement.create(folder, doors);
     const options = parseOptionList(argv.o);
-    await driver.create(path.resolve(argv.file), {
+    await driver.create(file, {
       size,
       options,
       backingFile: argv.b,
       backingFormat: argv.F,
       openBacking: (p, format) => openImage(p, { writable: false, format }),
+      reach: (name, field) => confinement.reach(file, name, field),
     });
     const opts = Object.entries(options).map(([k, v]) => ` ${k}=${v}`).join('');
     process.stdout.write(`Formatting '${argv.file}', fmt=${argv.format} size=${size}${argv.b ? ` backing_file=${argv.b}` : ''}${opts}\n`);

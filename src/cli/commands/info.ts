@@ -1,25 +1,30 @@
 import type { Argv, CommandModule } from 'yargs';
 import type { ImageInfo } from '../../image';
-import { openImage } from '../../image';
+import { Confinement, openImage } from '../../image';
+import { withAllowOutside } from '../allow-outside';
+import { lockForCommand, readLockMode, withForceShare } from '../image-lock';
 import { formatSize } from '../size';
 import { warn } from '../output';
 
-export const infoCommand: CommandModule<object, { file: string; output: string; snapshot?: string }> = {
+export const infoCommand: CommandModule<object, { file: string; 'allow-outside': string[]; 'force-share': boolean; output: string; snapshot?: string }> = {
   command: 'info <file>',
   describe: 'describe an image (qemu-img info field names)',
   builder: (y: Argv) =>
-    y
+    withForceShare(withAllowOutside(y))
       .positional('file', { type: 'string', demandOption: true })
       .option('output', { type: 'string', choices: ['human', 'json'], default: 'human' })
       .example('$0 info disk.qcow2', 'format, sizes, backing chain, snapshots')
       .example('$0 info --output=json disk.vmdk', 'the same as JSON (qemu-img info --output=json names)'),
   handler: async (argv) => {
-    const image = await openImage(argv.file, { writable: false, warn });
+    const { file, confinement } = await Confinement.forFile(argv.file, argv['allow-outside']);
+    const lock = await lockForCommand(file, confinement, readLockMode(argv['force-share'])); // dropped at exit if the open fails
+    const image = await openImage(file, { writable: false, warn, confinement });
     try {
       const info = await image.info();
       process.stdout.write(argv.output === 'json' ? JSON.stringify(info, null, 4) + '\n' : human(info));
     } finally {
       await image.close();
+      await lock.close();
     }
   },
 };

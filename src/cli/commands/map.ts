@@ -1,20 +1,24 @@
 import type { Argv, CommandModule } from 'yargs';
-import { openImage } from '../../image';
+import { Confinement, openImage } from '../../image';
+import { withAllowOutside } from '../allow-outside';
+import { lockForCommand, readLockMode, withForceShare } from '../image-lock';
 import { warn } from '../output';
 
 /** Bounded steps so a huge sparse disk is mapped without one giant extent list in memory. */
 const STEP = 1 << 30;
 
-export const mapCommand: CommandModule<object, { file: string; output: string }> = {
+export const mapCommand: CommandModule<object, { file: string; 'allow-outside': string[]; 'force-share': boolean; output: string }> = {
   command: 'map <file>',
   describe: 'show which guest ranges are data, zero, unallocated or from the backing file',
   builder: (y: Argv) =>
-    y
+    withForceShare(withAllowOutside(y))
       .positional('file', { type: 'string', demandOption: true })
       .option('output', { type: 'string', choices: ['human', 'json'], default: 'human' })
       .example('$0 map disk.qcow2', 'like qemu-img map'),
   handler: async (argv) => {
-    const image = await openImage(argv.file, { writable: false, warn });
+    const { file, confinement } = await Confinement.forFile(argv.file, argv['allow-outside']);
+    const lock = await lockForCommand(file, confinement, readLockMode(argv['force-share'])); // dropped at exit if the open fails
+    const image = await openImage(file, { writable: false, warn, confinement });
     try {
       const rows: Array<{ start: number; length: number; kind: string; offset?: number; file?: string }> = [];
       for (let off = 0; off < image.virtualSize; off += STEP) {
@@ -37,6 +41,7 @@ export const mapCommand: CommandModule<object, { file: string; output: string }>
       }
     } finally {
       await image.close();
+      await lock.close();
     }
   },
 };

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { checkMountArguments, mountImages } from '../../fs/mount';
+import { withAllowOutside } from '../allow-outside';
 import { VdiskError } from '../../io/errors';
 import { parseSize } from '../size';
 import { enableDebug, reportFatal, warn } from '../output';
@@ -25,13 +26,14 @@ interface MountArgs {
   stats: boolean;
   'log-file'?: string;
   'daemon-child': boolean;
+  'allow-outside': string[];
 }
 
 export const mountCommand: CommandModule<object, MountArgs> = {
   command: 'mount <images> <mountpoint>',
   describe: 'show every .qcow2/.vmdk under <images> as a raw file under <mountpoint>',
   builder: (y: Argv) =>
-    y
+    withAllowOutside(y)
       .positional('images', { type: 'string', demandOption: true, describe: 'folder holding the images' })
       .positional('mountpoint', { type: 'string', demandOption: true, describe: 'empty folder to mount on' })
       .option('foreground', { alias: 'f', type: 'boolean', default: false, describe: 'stay in the foreground (logs to stderr; Ctrl-C unmounts)' })
@@ -83,6 +85,7 @@ async function runMount(argv: MountArgs): Promise<number> {
       merger: { merge: argv.merge, maxBytes: parseSize(argv['merge-max'], '--merge-max'), delayMs: argv['merge-delay'] },
       cacheSize: argv['cache-size'] ? parseSize(argv['cache-size'], '--cache-size') : undefined,
       noMultiAlloc: !argv['multi-alloc'],
+      allowOutside: argv['allow-outside'],
       stats: argv.stats,
       warn,
     });

@@ -32,7 +32,7 @@ export const qcow2Driver: FormatDriver = {
   async create(path, opts) {
     const spec = await createQcow2(path, opts);
     if (spec.preallocation === 'metadata') {
-      const img = await openQcow2(path, { writable: true, openBacking: opts.openBacking, warn: () => undefined });
+      const img = await openQcow2(path, { writable: true, openBacking: opts.openBacking, reach: opts.reach, warn: () => undefined });
       try {
         await img.preallocateMetadata();
       } finally {

@@ -8,7 +8,7 @@ import { VdiskError } from '../../io/errors';
 import { HostFile } from '../../io/host-file';
 import type { Image, OpenOptions } from '../types';
 import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header';
-import { readMeta, readSnapshotTable, resolveRelative } from './meta';
+import { readMeta, readSnapshotTable } from './meta';
 import { MetadataCache } from './metadata-cache';
 import { DriverCounters, Qcow2Image } from './qcow2-image';
 import { getRefcount, reftableEntry } from './refcount-block';
@@ -39,7 +39,7 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
       readOnly = true;
     }
     if (meta.ext.dataFile) {
-      dataFile = await HostFile.open(resolveRelative(path, meta.ext.dataFile), false);
+      dataFile = await HostFile.open(await opts.reach(meta.ext.dataFile, 'data file'), false);
       if (!readOnly) {
         opts.warn(`${path}: qcow2 with an external data file is served read-only`);
         readOnly = true;
@@ -47,7 +47,7 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
     }
     let backingPath: string | undefined;
     if (meta.backingName !== undefined) {
-      backingPath = resolveRelative(path, meta.backingName);
+      backingPath = await opts.reach(meta.backingName, 'backing file');
       backing = await opts.openBacking(backingPath, meta.ext.backingFormat);
     }
     let snapCache: Promise<{ snapshots: Snapshot[]; length: number }> | undefined;

@@ -1,6 +1,6 @@
-import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { VdiskError, fromNodeError } from '../../io/errors';
+import { VdiskError } from '../../io/errors';
+import { HostFile } from '../../io/host-file';
 import * as hdr from './sparse-header';
 import { Descriptor, MAX_DESCRIPTOR_BYTES, looksLikeDescriptor } from './descriptor';
 
@@ -24,16 +24,11 @@ export interface Layout {
 }
 
 export async function readLayout(file: string): Promise<Layout> {
-  let fh;
+  const fh = await HostFile.open(file, false); // never blocks, regular files only
   try {
-    fh = await fs.open(file, 'r');
-  } catch (e) {
-    throw fromNodeError(e, `open ${file}`);
-  }
-  try {
-    const st = await fh.stat();
+    const st = { size: await fh.size() };
     const head = Buffer.alloc(Math.min(hdr.SIZE, st.size));
-    await fh.read(head, 0, head.length, 0);
+    await fh.read(head, 0, 'header');
     const magic = head.toString('latin1', 0, 4);
     if (magic === COWD_MAGIC) throw VdiskError.unsupported(`${file}: a bare COWD (vmfsSparse) extent; open the descriptor that names it`);
     if (head.length >= 4 && head.readUInt32LE(0) === hdr.MAGIC) {
@@ -45,7 +40,7 @@ export async function readLayout(file: string): Promise<Layout> {
       if (room > MAX_DESCRIPTOR_BYTES) throw VdiskError.corrupt(`${file}: embedded descriptor of ${room} bytes is too big`);
       if (at + room > st.size) throw VdiskError.corrupt(`${file}: embedded descriptor lies past the end of the file`);
       const buf = Buffer.alloc(room);
-      await fh.read(buf, 0, room, at);
+      await fh.read(buf, at, 'descriptor');
       const text = buf.toString('latin1');
       const end = text.indexOf('\0');
       const body = end < 0 ? text : text.slice(0, end);
@@ -54,7 +49,7 @@ export async function readLayout(file: string): Promise<Layout> {
     }
     if (st.size > MAX_DESCRIPTOR_BYTES) throw VdiskError.corrupt(`${file}: not a VMDK (no sparse header, too big for a descriptor)`);
     const buf = Buffer.alloc(st.size);
-    await fh.read(buf, 0, st.size, 0);
+    await fh.read(buf, 0, 'descriptor');
     const text = buf.toString('latin1');
     if (!looksLikeDescriptor(text)) throw VdiskError.corrupt(`${file}: not a VMDK descriptor`);
     return { descriptor: Descriptor.parse(text), embedded: false, descriptorAt: 0, descriptorRoom: 0 };

@@ -8,7 +8,7 @@ import type { Extent, Image, ImageInfo, ImageStats, OpenOptions } from '../types
 import { formatCid, type Descriptor } from './descriptor';
 import { sliceVector, type CowSource, type VmdkExtent } from './extent';
 import { FlatExtent, ZeroExtent } from './flat-extent';
-import { parentPath, readLayout, type Layout } from './layout';
+import { readLayout, type Layout } from './layout';
 import { SparseExtent } from './sparse-extent';
 import { SeSparseExtent } from './se-sparse-extent';
 import * as hdr from './sparse-header';
@@ -66,7 +66,6 @@ export class VmdkImage implements Image {
   static async open(file: string, opts: OpenOptions): Promise<VmdkImage> {
     const layout = await readLayout(file);
     const desc = layout.descriptor;
-    const dir = path.dirname(file);
     const warn = opts.warn;
     let readOnly = !opts.writable;
     const extents: VmdkExtent[] = [];
@@ -95,7 +94,7 @@ export class VmdkImage implements Image {
             continue;
           }
           if (!line.fileName) throw VdiskError.corrupt(`${file}: ${line.type} extent without a file name`);
-          const p = path.resolve(dir, line.fileName);
+          const p = await opts.reach(line.fileName, `${line.type} extent`);
           const wantWrite = opts.writable && line.access === 'RW';
           if (line.type === 'FLAT' || line.type === 'VMFS') {
             extents.push(new FlatExtent(line.type, line.access, size, await HostFile.open(p, wantWrite), line.fileName, line.offsetSectors));
@@ -126,8 +125,8 @@ export class VmdkImage implements Image {
       }
 
       let parent: Image | undefined;
-      const parentFile = parentPath(file, layout);
-      if (parentFile && !(await exists(parentFile))) throw new VdiskError('ENOENT', `${file}: parent ${parentFile} not found`);
+      const hint = layout.descriptor?.parentFileNameHint;
+      const parentFile = hint ? await opts.reach(hint, 'parent (parentFileNameHint)') : undefined;
       if (parentFile && desc && desc.parentCid !== 0xffffffff) {
         parent = await opts.openBacking(parentFile);
         const pcid = (parent as Partial<VmdkImage>).cid;
@@ -353,10 +352,6 @@ export class VmdkImage implements Image {
     }
     return info;
   }
-}
-
-async function exists(p: string): Promise<boolean> {
-  return fsp.access(p).then(() => true, () => false);
 }
 
 async function openSparseFile(

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { isVdiskError } from '../../../src/io/errors';
 import { openImage } from '../../../src/image/open';
+import { Confinement } from '../../../src/image/confine';
 import { vmdkDriver } from '../../../src/formats/vmdk/index';
 import { readHead } from '../../../src/image/probe';
 import { corpusDir, hashImage } from './helpers';
@@ -77,7 +78,9 @@ describe('vmdk corpus', () => {
       fs.writeFileSync(f, `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="seSparse"\n\n# Extent description\nRW 1048576 SESPARSE "${ext}"\n`);
       const raw = qemuRaw(f, path.join(dir, 'se.raw'));
       const warnings: string[] = [];
-      const img = await openImage(f, { writable: true, warn: (m) => warnings.push(m) });
+      // The descriptor names the corpus file outside its folder: that takes a door (--allow-outside).
+      const confinement = await Confinement.create(dir, [path.dirname(ext)]);
+      const img = await openImage(f, { writable: true, warn: (m) => warnings.push(m), confinement });
       try {
         expect(img.readOnly).toBe(true);
         expect(warnings.join('\n')).toMatch(/seSparse/);

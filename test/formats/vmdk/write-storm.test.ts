@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { openImage } from '../../../src/image/open';
+import { driverOptions, openImage } from '../../../src/image/open';
+import { Confinement } from '../../../src/image/confine';
 import { vmdkDriver } from '../../../src/formats/vmdk/index';
 import type { Image } from '../../../src/formats/types';
 import { qemuCheck, qemuCompare, qemuImg, qemuIo, qemuRaw, rng } from '../../helpers/qemu';
@@ -135,7 +136,7 @@ describe('vmdk write storms (qemu-img check + compare)', () => {
         } finally {
           fs.closeSync(fd);
         }
-        const ours = await vmdkDriver.check!(f, { writable: false, repair: false, warn: () => {}, openBacking: (p) => openImage(p, { writable: false }) });
+        const ours = await vmdkDriver.check!(f, { ...driverOptions(f, { writable: false, warn: () => {}, confinement: await Confinement.create(path.dirname(f)) }), repair: false });
         expect(ours.errors + ours.corruptions, ours.messages.join('\n')).toBe(0);
         const check = qemuCheck(f, 'vmdk');
         expect(check.ok, check.output).toBe(true);
