@@ -1,49 +1,137 @@
-import { spawn, execFileSync } from 'node:child_process';
+/**
+ * QEMU's image-lock protocol, against QEMU itself: qemu-io / qemu-img see our locks, we see theirs.
+ */
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterEach, expect, it } from 'vitest';
-import { foreignLocks } from '../../src/image';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ImageLock, lockImage, writerElsewhere } from '../../src/image';
 
 let dir = '';
-let proc: ReturnType<typeof spawn> | undefined;
-afterEach(async () => {
-  if (proc && proc.exitCode === null) {
-    proc.kill('SIGKILL');
-    await new Promise((r) => proc!.once('exit', r));
-  }
-  proc = undefined;
-  if (dir) fs.rmSync(dir, { recursive: true, force: true });
-});
+let img = '';
+const locks: ImageLock[] = [];
+const procs: ChildProcess[] = [];
 
-it('sees the image locks of a QEMU process that has the image open for writing', async () => {
+beforeEach(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-locks-'));
-  const img = path.join(dir, 'vm.qcow2');
+  img = path.join(dir, 'vm.qcow2');
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', img, '16M']);
-  expect(await foreignLocks(img)).toBeUndefined();
-  proc = spawn('qemu-storage-daemon', ['--blockdev', `driver=file,node-name=f,filename=${img}`, '--blockdev', 'driver=qcow2,node-name=q,file=f',
-    '--nbd-server', `addr.type=unix,addr.path=${path.join(dir, 'sock')}`, '--export', 'type=nbd,id=e,node-name=q,writable=on'], { stdio: 'ignore' });
-  // QEMU takes its locks one by one while it sets up: wait for the write lock.
-  let locks;
-  for (let i = 0; i < 100 && !locks?.writer; i++) {
-    await new Promise((r) => setTimeout(r, 50));
-    locks = await foreignLocks(img);
-  }
-  expect(locks).toMatchObject({ writer: true });
 });
 
-it('finds other processes that have a file open for writing, and not readers', async () => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-locks-'));
-  const f = path.join(dir, 'disk.img');
-  fs.writeFileSync(f, 'x');
-  const { otherWriters } = await import('../../src/image');
-  expect(await otherWriters(f)).toEqual([]);
-  proc = spawn('sh', ['-c', `exec 3<"${f}"; exec sleep 30`], { stdio: 'ignore' });
-  await new Promise((r) => setTimeout(r, 200));
-  expect(await otherWriters(f)).toEqual([]); // a reader is no writer
-  proc.kill('SIGKILL');
-  await new Promise((r) => proc!.once('exit', r));
-  proc = spawn('sh', ['-c', `exec 3<>"${f}"; exec sleep 30`], { stdio: 'ignore' });
-  await new Promise((r) => setTimeout(r, 200));
-  expect(await otherWriters(f)).toEqual([proc.pid]);
+afterEach(async () => {
+  for (const l of locks.splice(0)) await l.close();
+  for (const p of procs.splice(0)) {
+    if (p.exitCode === null && p.signalCode === null) {
+      const gone = new Promise((r) => p.once('exit', r));
+      p.kill('SIGKILL');
+      await gone;
+    }
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+async function lockOf(paths: string[]): Promise<ImageLock> {
+  const l = await ImageLock.open(paths);
+  locks.push(l);
+  return l;
+}
+
+const qemuIo = (file: string, cmd: string, ...opts: string[]) => spawnSync('qemu-io', [...opts, '-c', cmd, file], { encoding: 'utf8' });
+const qemuImgInfo = (file: string, ...opts: string[]) => spawnSync('qemu-img', ['info', ...opts, file], { encoding: 'utf8' });
+
+/** qemu-io holding the image open for writing until killed; resolves once its locks are in place. */
+async function qemuWriter(file: string): Promise<ChildProcess> {
+  const p = spawn('qemu-io', ['-c', 'sleep 600000', file], { stdio: 'ignore' });
+  procs.push(p);
+  const probe = await lockOf([file]);
+  // QEMU takes its bytes one by one while it opens the image: wait for the last, "resize not shared".
+  for (let i = 0; i < 200 && !probe.test({ perm: 0, unshared: 0x8 }); i++) await new Promise((r) => setTimeout(r, 25));
+  expect(probe.test({ perm: 0, unshared: 0x8 })).toMatch(/Failed to get shared "resize" lock/);
+  return p;
+}
+
+describe('QEMU sees our locks', () => {
+  it('a writer lock makes qemu-io refuse to write and qemu-img info refuse without -U', async () => {
+    const l = await lockOf([img]);
+    expect(l.set('write')).toBeUndefined();
+    const w = qemuIo(img, 'write 0 4k');
+    expect(w.status).not.toBe(0);
+    expect(w.stderr).toMatch(/Failed to get "write" lock/);
+    const info = qemuImgInfo(img);
+    expect(info.status).not.toBe(0);
+    expect(info.stderr).toMatch(/Failed to get shared "write" lock/);
+    expect(qemuImgInfo(img, '-U').status).toBe(0);
+    // Dropping to a reader lets QEMU write again.
+    expect(l.set('read')).toBeUndefined();
+    expect(qemuIo(img, 'write 0 4k').status).toBe(0);
+  });
+
+  it('a reader lock (shared read, as qemu-img) lets qemu-img info in, and keeps qemu-io writers out', async () => {
+    const l = await lockOf([img]);
+    expect(l.set('sharedRead')).toBeUndefined();
+    expect(qemuImgInfo(img).status).toBe(0);
+    expect(qemuIo(img, 'write 0 4k').stderr).toMatch(/Failed to get "write" lock/);
+    await l.close();
+    expect(qemuIo(img, 'write 0 4k').status).toBe(0); // closing drops everything
+  });
+
+  it('every host file of a VMDK is locked', async () => {
+    const vmdk = path.join(dir, 'split.vmdk');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentSparse', vmdk, '16M']);
+    const extent = path.join(dir, 'split-s001.vmdk');
+    const l = await lockOf([extent]); // the extent only: QEMU's open of the extent file fails
+    expect(l.set('write')).toBeUndefined();
+    expect(qemuIo(vmdk, 'write 0 4k').stderr).toMatch(/Failed to get "write" lock/);
+  });
+});
+
+describe('we see QEMU\'s locks', () => {
+  it('an image qemu-io writes: no writer lock for us, a plain reader lock yes', async () => {
+    await qemuWriter(img);
+    const l = await lockOf([img]);
+    expect(l.set('write')).toBe(`${img}: Failed to get "write" lock`);
+    expect(l.mode).toBeUndefined(); // a failed set keeps what was held before: nothing
+    expect(l.set('sharedRead')).toBe(`${img}: Failed to get shared "write" lock`);
+    expect(l.set('read')).toBeUndefined();
+    expect(l.set('write')).toMatch(/Failed to get "write" lock/);
+    expect(l.mode).toEqual({ perm: 1, unshared: 0 }); // still the reader lock
+    expect(await writerElsewhere([img])).toMatch(/Failed to get "write" lock/);
+    await expect(lockImage([img], 'sharedRead')).rejects.toThrow(/Failed to get shared "write" lock\. Is another process using the image\? \(-U reads it anyway\)/);
+    await expect(lockImage([img], 'write')).rejects.toMatchObject({ code: 'EBUSY' });
+  });
+
+  it('once QEMU is gone, the writer lock is ours', async () => {
+    const p = await qemuWriter(img);
+    const l = await lockOf([img]);
+    expect(l.set('read')).toBeUndefined();
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill('SIGKILL');
+    await gone;
+    expect(await writerElsewhere([img])).toBeUndefined();
+    expect(l.set('write')).toBeUndefined(); // upgraded in place
+    expect(qemuIo(img, 'write 0 4k').stderr).toMatch(/Failed to get "write" lock/);
+  });
+});
+
+describe('between vdiskfs users', () => {
+  it('two writers exclude each other; readers share; locks move both ways', async () => {
+    const a = await lockOf([img]);
+    const b = await lockOf([img]);
+    expect(a.set('write')).toBeUndefined();
+    expect(b.set('write')).toMatch(/Failed to get "write" lock/);
+    expect(b.set('read')).toBeUndefined();
+    expect(a.test('write')).toBeUndefined(); // a plain reader does not stop a writer
+    expect(b.test('sharedRead')).toMatch(/Failed to get shared "write" lock/);
+    expect(a.set('read')).toBeUndefined(); // writer steps down
+    expect(b.set('write')).toBeUndefined();
+    expect(a.set('write')).toMatch(/Failed to get "write" lock/);
+  });
+
+  it('an image that cannot be opened (a FIFO) is refused before any lock, without blocking', async () => {
+    const fifo = path.join(dir, 'pipe');
+    execFileSync('mkfifo', [fifo]);
+    await expect(ImageLock.open([img, fifo])).rejects.toThrow(/special file|not a regular file/);
+    expect(qemuIo(img, 'write 0 4k').status).toBe(0); // the lock fd of img was closed again
+  });
 });
