@@ -4,10 +4,13 @@ import createDebug from 'debug';
 import type { MergerOptions } from '../merge';
 import { VdiskError } from '../io/errors';
 import { Confinement } from '../image';
-import { FuseSession, isMounted, unmountPath } from './fuse-session';
-import { HandleTable } from './handles';
+import { startKernelTransport } from '../fuse/kernel-transport';
+import { MNT_DETACH, geteuid, umount2 } from '../io/syscalls';
+import { isMounted, isOurMount, startFuseNativeTransport, unmountPath } from './fuse-session';
 import { ImageTable } from './image-table';
-import { makeOperations } from './operations';
+import { parseFuseOptions, userMayAllowOther } from './mount-options';
+import { FsCore } from './operations-core';
+import type { Transport, TransportName } from './transport';
 import { ViewTree } from './view-tree';
 
 const log = createDebug('vdiskfs:fs');
@@ -29,47 +32,88 @@ export interface MountOptions {
   noMultiAlloc?: boolean;
   /** Print every image's counters (host I/O, metadata writes, cache hits, merging) at unmount. */
   stats?: boolean;
+  /** Who speaks FUSE to the kernel: our kernel-protocol loop (default) or fuse-native (libfuse 2.9). */
+  transport?: TransportName;
+  /** Kernel transport: the kernel caches writes (WRITEBACK_CACHE). */
+  writebackCache?: boolean;
   warn(message: string): void;
 }
 
-/** How often we look whether someone else (umount, fusermount -u) unmounted us. */
+/** fuse-native: how often we look whether someone else (umount, fusermount -u) unmounted us. */
 const WATCH_MS = 250;
 
-/** A live mount. `finished` resolves once everything is flushed and closed after unmount. */
+/**
+ * A live mount. `finished` resolves once everything is flushed and closed after unmount.
+ *
+ * Kernel transport: a stop (signal) flushes every image, detaches the mount lazily and keeps
+ * serving the files still open (a loop device, a reader) until the kernel ends the session with
+ * the last close; an outside umount ends it the same way. fuse-native: the mount goes at once.
+ */
 export class MountedFs {
   readonly finished: Promise<{ errors: Error[] }>;
   private finish!: (r: { errors: Error[] }) => void;
   private stopping = false;
+  private closing = false;
   private watch?: NodeJS.Timeout;
 
-  constructor(readonly mountpoint: string, private readonly images: ImageTable, private readonly onClosed?: () => void) {
+  constructor(
+    readonly mountpoint: string,
+    private readonly images: ImageTable,
+    private readonly core: FsCore,
+    readonly transport: Transport,
+    private readonly onClosed?: () => void,
+  ) {
     this.finished = new Promise((res) => (this.finish = res));
+    void transport.ended.then(() => this.closeImages('the kernel ended the session'));
+    if (!transport.servesAfterDetach) {
+      this.watch = setInterval(() => {
+        if (!this.stopping && !isMounted(this.mountpoint)) void this.shutdown('unmounted from outside');
+      }, WATCH_MS);
+    }
   }
 
-  startWatching(): void {
-    this.watch = setInterval(() => {
-      if (!this.stopping && !isMounted(this.mountpoint)) void this.shutdown('unmounted from outside');
-    }, WATCH_MS);
-  }
-
-  /** Unmount (lazily, so a busy mount still goes), then drain every merger and close every image. */
+  /** Flush every image, detach lazily; then (kernel transport) serve open files until the last close. */
   async shutdown(why: string): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
     log('shutting down: %s', why);
     if (this.watch) clearInterval(this.watch);
-    if (isMounted(this.mountpoint)) await unmountPath(this.mountpoint, true).catch((e: Error) => log('unmount: %s', e.message));
+    if (this.transport.servesAfterDetach) {
+      const errors = await this.core.flushAll();
+      for (const e of errors) log('flush at shutdown: %s', e.message);
+    }
+    if (isMounted(this.mountpoint)) await detach(this.mountpoint).catch((e: Error) => log('unmount: %s', e.message));
+    if (!this.transport.servesAfterDetach) await this.closeImages(why);
+    else if (this.core.openHandles > 0) log('detached; serving %d open file(s) until they are closed', this.core.openHandles);
+  }
+
+  private async closeImages(why: string): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    if (this.watch) clearInterval(this.watch);
+    log('closing every image: %s', why);
     const errors = await this.images.closeAll();
     this.onClosed?.();
     this.finish({ errors });
   }
 }
 
-/** User mistakes found before anything is mounted, each one clear line. */
-export function checkMountArguments(images: string, mountpoint: string): void {
+/** Lazy unmount: root detaches with umount2 itself; a user asks fusermount3. */
+async function detach(mountpoint: string): Promise<void> {
+  if (geteuid() === 0) return umount2(mountpoint, MNT_DETACH);
+  await unmountPath(mountpoint, true);
+}
+
+/**
+ * User mistakes found before anything is mounted, each one clear line. A dead mount of ours (its
+ * daemon died: stat fails ENOTCONN) is cleared, with a line saying so.
+ */
+export function checkMountArguments(images: string, mountpoint: string, fuseOptions: string[] = [], warn?: (m: string) => void): void {
+  const o = parseFuseOptions(fuseOptions);
   const st = fs.statSync(images, { throwIfNoEntry: false });
   if (!st) throw new VdiskError('ENOENT', `images folder ${images} does not exist`);
   if (!st.isDirectory()) throw new VdiskError('EINVAL', `${images} is not a folder`);
+  clearDeadMount(mountpoint, warn);
   const mt = fs.statSync(mountpoint, { throwIfNoEntry: false });
   if (!mt) throw new VdiskError('ENOENT', `mountpoint ${mountpoint} does not exist (mkdir -p ${mountpoint})`);
   if (!mt.isDirectory()) throw new VdiskError('EINVAL', `mountpoint ${mountpoint} is not a folder`);
@@ -77,13 +121,39 @@ export function checkMountArguments(images: string, mountpoint: string): void {
   if (path.resolve(mountpoint).startsWith(path.resolve(images) + path.sep)) {
     throw new VdiskError('EINVAL', `mountpoint ${mountpoint} is inside the images folder ${images}`);
   }
+  if (!o.nonempty && fs.readdirSync(mountpoint).length > 0) throw new VdiskError('EINVAL', `mountpoint ${mountpoint} is not empty (use -o nonempty to mount over its files)`);
   if (!fs.existsSync('/dev/fuse')) throw new VdiskError('ENOENT', '/dev/fuse is missing (modprobe fuse, or run the container with --device /dev/fuse)');
+  if (o.allowOther && geteuid() !== 0 && !userMayAllowOther()) {
+    throw new VdiskError('EINVAL', '-o allow_other needs user_allow_other in /etc/fuse.conf (as root: echo user_allow_other >> /etc/fuse.conf)');
+  }
+}
+
+/**
+ * A vdiskfs mount whose daemon is gone answers every stat with ENOTCONN: detach it so the
+ * mountpoint is usable again. Only our own mounts are stat'ed (another FUSE server that hangs
+ * would hang us).
+ */
+function clearDeadMount(mountpoint: string, warn?: (m: string) => void): void {
+  if (!isMounted(mountpoint) || !isOurMount(mountpoint)) return;
+  try {
+    fs.statSync(mountpoint);
+    return;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOTCONN') return;
+  }
+  try {
+    if (geteuid() === 0) umount2(mountpoint, MNT_DETACH);
+    else require('node:child_process').execFileSync('fusermount3', ['-u', '-z', mountpoint], { stdio: 'ignore' });
+  } catch (e) {
+    throw new VdiskError('EBUSY', `${mountpoint} holds a dead vdiskfs mount that could not be cleared: ${(e as Error).message}`);
+  }
+  warn?.(`cleared a dead vdiskfs mount on ${mountpoint} (its daemon had died)`);
 }
 
 export async function mountImages(opts: MountOptions): Promise<MountedFs> {
   const images = path.resolve(opts.images);
   const mountpoint = path.resolve(opts.mountpoint);
-  checkMountArguments(images, mountpoint);
+  checkMountArguments(images, mountpoint, opts.fuseOptions, opts.warn);
 
   const confinement = await Confinement.create(images, opts.allowOutside);
   let table: ImageTable | undefined;
@@ -98,12 +168,23 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
     warn: opts.warn,
     isBackingOfAnother: (p) => tree.isBackingOfAnother(p),
   });
-  const ops = makeOperations({ tree, images: table, handles: new HandleTable(), readOnly: opts.readOnly, warn: opts.warn });
-  const session = new FuseSession(mountpoint, ops, { extraOptions: opts.fuseOptions, debug: opts.debug, readOnly: opts.readOnly });
-  await session.mount();
+  const core = new FsCore({ tree, images: table, readOnly: opts.readOnly, warn: opts.warn });
+  const start = opts.transport === 'fuse-native' ? startFuseNativeTransport : startKernelTransport;
+  const transport = await start({
+    mountpoint,
+    core,
+    options: parseFuseOptions(opts.fuseOptions),
+    readOnly: opts.readOnly,
+    debug: opts.debug,
+    writebackCache: opts.writebackCache ?? false,
+    warn: opts.warn,
+  });
   const imageTable = table;
-  const mounted = new MountedFs(mountpoint, table, opts.stats ? () => process.stderr.write(imageTable.sessionStats.report(images) + '\n') : undefined);
-  mounted.startWatching();
-  log('mounted %s on %s', images, mountpoint);
+  const report = () => {
+    const lines = [imageTable.sessionStats.report(images), transport.report()].filter(Boolean);
+    process.stderr.write(lines.join('\n') + '\n');
+  };
+  const mounted = new MountedFs(mountpoint, table, core, transport, opts.stats ? report : undefined);
+  log('mounted %s on %s (%s transport)', images, mountpoint, transport.name);
   return mounted;
 }

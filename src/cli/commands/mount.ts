@@ -26,6 +26,8 @@ interface MountArgs {
   stats: boolean;
   'log-file'?: string;
   'daemon-child': boolean;
+  transport: 'kernel' | 'fuse-native';
+  'writeback-cache': boolean;
   'allow-outside': string[];
 }
 
@@ -48,6 +50,8 @@ export const mountCommand: CommandModule<object, MountArgs> = {
       .option('cache-size', { type: 'string', describe: 'qcow2 metadata cache size per image (e.g. 32M)' })
       .option('stats', { type: 'boolean', default: false, describe: 'at unmount, print each image\'s counters (host I/O, metadata writes, cache hits, merged writes)' })
       .option('log-file', { type: 'string', describe: 'where a background mount logs (default: a file in /tmp named after the mountpoint)' })
+      .option('transport', { choices: ['kernel', 'fuse-native'] as const, default: 'fuse-native' as const, describe: 'who speaks FUSE: our kernel-protocol loop, or fuse-native (libfuse 2.9, the old baseline)' })
+      .option('writeback-cache', { type: 'boolean', default: false, describe: 'kernel transport: let the kernel cache small writes and send them merged (--no-writeback-cache: off)' })
       .option('null-driver', { type: 'boolean', default: false, hidden: true })
       .option('daemon-child', { type: 'boolean', default: false, hidden: true })
       .example('$0 mount ./images /mnt/raw', 'mount in the background; unmount with: vdiskfs unmount /mnt/raw')
@@ -72,6 +76,10 @@ async function runMount(argv: MountArgs): Promise<number> {
       process.disconnect?.();
     }
   };
+  // Ctrl-C or SIGTERM while mounting: finish mounting, then take it down again at once.
+  let early: NodeJS.Signals | undefined;
+  const onEarly = (sig: NodeJS.Signals) => (early = sig);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onEarly);
   let mounted;
   try {
     mounted = await mountImages({
@@ -87,12 +95,21 @@ async function runMount(argv: MountArgs): Promise<number> {
       noMultiAlloc: !argv['multi-alloc'],
       allowOutside: argv['allow-outside'],
       stats: argv.stats,
+      transport: argv.transport,
+      writebackCache: argv['writeback-cache'],
       warn,
     });
   } catch (e) {
     const err = e instanceof Error && !(e instanceof VdiskError) && /fuse failed|Mountpoint/.test(e.message) ? new VdiskError('EIO', `cannot mount on ${argv.mountpoint}: ${e.message}`) : e;
     ready({ ok: false, message: (err as Error).message });
     return reportFatal(err);
+  }
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, onEarly);
+  if (early) {
+    await mounted.shutdown(early);
+    await mounted.finished;
+    ready({ ok: false, message: `interrupted by ${early} while mounting; nothing is left mounted` });
+    return reportFatal(new VdiskError('EIO', `interrupted by ${early} while mounting; nothing is left mounted`));
   }
   const pidFile = pidFileFor(argv.mountpoint);
   fs.writeFileSync(pidFile, `${process.pid}\n`);
@@ -105,7 +122,7 @@ async function runMount(argv: MountArgs): Promise<number> {
 
 /** Like sshfs: returns once the mount is ready, and keeps serving from a detached child. */
 async function startDaemon(argv: MountArgs): Promise<number> {
-  checkMountArguments(path.resolve(argv.images), path.resolve(argv.mountpoint));
+  checkMountArguments(path.resolve(argv.images), path.resolve(argv.mountpoint), ([] as string[]).concat(argv.o ?? []), warn);
   const logFile = argv['log-file'] ?? defaultLogFile(argv.mountpoint);
   const log = fs.openSync(logFile, 'a');
   const args = process.argv.slice(1).filter((a) => a !== '--daemon-child');

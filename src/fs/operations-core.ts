@@ -1,0 +1,219 @@
+import * as fs from 'node:fs/promises';
+import createDebug from 'debug';
+import { VdiskError } from '../io/errors';
+import { HandleTable, handleMode, wantsWrite, type Handle } from './handles';
+import type { ImageTable } from './image-table';
+import type { ImageView, ViewTree } from './view-tree';
+
+const log = createDebug('vdiskfs:fs');
+
+export interface CoreContext {
+  tree: ViewTree;
+  images: ImageTable;
+  readOnly: boolean;
+  warn(message: string): void;
+}
+
+/** What a transport needs to answer stat(2) for a mounted path. Times in ms since the epoch. */
+export interface NodeAttr {
+  kind: 'dir' | 'file';
+  size: number;
+  /** 512-byte blocks the image really takes (du tells the truth). */
+  blocks: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  atimeMs: number;
+  mtimeMs: number;
+  ctimeMs: number;
+}
+
+export interface CoreDirEntry {
+  name: string;
+  kind: 'dir' | 'file';
+}
+
+export interface CoreFsStats {
+  bsize: number;
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  namemax: number;
+}
+
+const O_TRUNC = 0o1000;
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+
+/**
+ * The operations core: everything a mount answers, by path and handle number, knowing neither
+ * transport (src/fuse speaks the kernel protocol, operations.ts adapts fuse-native). Throws
+ * VdiskError; the adapters turn codes into errno.
+ *
+ * Buffers belong to the transport: write() hands `data` to the merger before its first await
+ * (the merger copies it at once), read() fills `into` in place.
+ */
+export class FsCore {
+  private readonly handles = new HandleTable();
+
+  constructor(private readonly ctx: CoreContext) {}
+
+  /** How many files are open through the mount (a shutdown waits for them). */
+  get openHandles(): number {
+    return this.handles.all().length;
+  }
+
+  /** Drains and flushes every image that has an open handle (a stop signal: data safe before we detach). */
+  async flushAll(): Promise<Error[]> {
+    const errors: Error[] = [];
+    const entries = new Set(this.handles.all().map((h) => h.entry));
+    for (const e of entries) await e.merger.flush().catch((err: Error) => errors.push(err));
+    return errors;
+  }
+
+  async getattr(path: string): Promise<NodeAttr> {
+    const { tree, images } = this.ctx;
+    const entry = await tree.resolve(path);
+    if (!entry) throw new VdiskError('ENOENT', `${path} is not shown`);
+    const st = await fs.stat(entry.hostPath);
+    const times = { atimeMs: st.atimeMs, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, uid: st.uid, gid: st.gid };
+    if (entry.kind === 'dir') return { kind: 'dir', size: 4096, blocks: 0, mode: S_IFDIR | 0o755, nlink: 2, ...times };
+    const open = images.get(entry);
+    const size = open ? open.image.virtualSize : entry.virtualSize;
+    const files = open ? open.image.hostFiles() : entry.hostFiles;
+    let blocks = 0;
+    for (const f of files) blocks += (await fs.stat(f).catch(() => undefined))?.blocks ?? 0;
+    const readOnly = this.ctx.readOnly || entry.snapshot !== undefined || (open?.readOnlyReason !== undefined && open.image.readOnly) || (st.mode & 0o222) === 0;
+    return { kind: 'file', size, blocks, mode: S_IFREG | (readOnly ? 0o444 : 0o644), nlink: 1, ...times };
+  }
+
+  async readdir(path: string): Promise<CoreDirEntry[]> {
+    return (await this.ctx.tree.list(path)).map((e) => ({ name: e.name, kind: e.entry.kind === 'dir' ? 'dir' : 'file' }));
+  }
+
+  /** Opens a view; returns the handle number. O_TRUNC goes to openTruncate(). */
+  async open(path: string, flags: number): Promise<number> {
+    const { images } = this.ctx;
+    const view = await this.imageView(path);
+    const write = wantsWrite(flags);
+    if (write) {
+      const reason = this.ctx.readOnly ? 'mounted with --read-only' : await images.readOnlyReason(view);
+      if (reason) throw VdiskError.readOnly(`${path} is read-only: ${reason}`);
+    }
+    if (flags & O_TRUNC) await this.openTruncate(path);
+    const entry = await images.acquire(view, write);
+    if (write && entry.image.readOnly) {
+      await images.release(entry);
+      throw VdiskError.readOnly(`${path} is read-only: ${entry.readOnlyReason ?? 'opened read-only by its driver'}`);
+    }
+    const fh = this.handles.add({ entry, writable: write, ...handleMode(flags) });
+    log('open %s flags=%s fh=%d', path, flags.toString(8), fh);
+    return fh;
+  }
+
+  /**
+   * open(O_TRUNC) of a view. Today: what truncate(path, 0) does (a disk is never shrunk: refused).
+   * Issue 9 ("views that behave like disks") decides what O_TRUNC means for a disk.
+   */
+  async openTruncate(path: string): Promise<void> {
+    await this.truncate(path, 0);
+  }
+
+  /** Fills `into` from `offset`; returns the bytes inside the disk (0 at or past its end). */
+  read(fh: number, offset: number, into: Buffer): Promise<number> {
+    const h = this.handle(fh);
+    const size = h.entry.image.virtualSize;
+    if (offset >= size) return Promise.resolve(0);
+    const n = Math.min(into.length, size - offset);
+    return h.entry.merger.read(offset, into.length === n ? into : into.subarray(0, n)).then(() => n);
+  }
+
+  /** Writes `data` at `offset`; returns the bytes written. `data` is copied before this returns. */
+  write(fh: number, offset: number, data: Buffer): Promise<number> {
+    const h = this.handle(fh);
+    if (!h.writable) throw new VdiskError('EBADF', 'handle is not open for writing');
+    const size = h.entry.image.virtualSize;
+    if (offset >= size) throw VdiskError.noSpace(`write at ${offset} is past the end of the disk (${size} bytes)`);
+    const n = Math.min(data.length, size - offset);
+    // The merger copies the bytes synchronously, before anything is awaited (merger rule 7).
+    return h.entry.merger.write(offset, data.length === n ? data : data.subarray(0, n), { writeThrough: h.writeThrough, sync: h.sync }).then(() => n);
+  }
+
+  /** close(2) of a descriptor: a writer's data is drained and made durable, so errors reach the closing program. */
+  async flush(fh: number): Promise<void> {
+    const h = this.handles.get(fh);
+    if (h?.writable) await h.entry.merger.flush();
+  }
+
+  async fsync(fh: number, _datasync: boolean): Promise<void> {
+    await this.handle(fh).entry.merger.flush();
+  }
+
+  /** The last close of an open file: the image is closed when its last handle goes. */
+  async release(fh: number): Promise<void> {
+    const h = this.handles.remove(fh);
+    if (h) await this.ctx.images.release(h.entry);
+  }
+
+  /** truncate(2)/ftruncate(2): grows the disk; shrinking is refused. */
+  async truncate(path: string, size: number): Promise<void> {
+    const { tree, images } = this.ctx;
+    const view = await this.imageView(path);
+    const reason = this.ctx.readOnly ? 'mounted with --read-only' : await images.readOnlyReason(view);
+    if (reason) throw VdiskError.readOnly(`${path} is read-only: ${reason}`);
+    const entry = await images.acquire(view, true);
+    try {
+      if (size === entry.image.virtualSize) return;
+      if (size < entry.image.virtualSize) {
+        this.ctx.warn(`refused to shrink ${path} to ${size} bytes (shrinking loses data; for dd use conv=notrunc)`);
+        throw VdiskError.invalid('shrinking an image is not supported');
+      }
+      if (!entry.image.resize) throw VdiskError.unsupported(`${view.driver.name} images cannot be resized`);
+      await entry.merger.flush();
+      await entry.image.resize(size);
+      tree.invalidate(view.hostPath);
+    } finally {
+      await images.release(entry);
+    }
+  }
+
+  /**
+   * fallocate(2) on an open view (mode: FALLOC_FL_* bits). Not supported yet: issue 9 maps
+   * punch-hole to discard and zero-range to writeZeroes here.
+   */
+  async fallocate(fh: number, offset: number, length: number, mode: number): Promise<void> {
+    this.handle(fh);
+    throw VdiskError.unsupported(`fallocate mode 0x${mode.toString(16)} [${offset}, +${length}) is not supported yet`);
+  }
+
+  /**
+   * lseek(2) SEEK_DATA (3) / SEEK_HOLE (4) on an open view. Past the end: ENXIO, as lseek(2)
+   * says. Otherwise not supported yet: issue 9 answers it from Image.map().
+   */
+  async lseek(fh: number, offset: number, whence: number): Promise<number> {
+    const h = this.handle(fh);
+    if (offset >= h.entry.image.virtualSize) throw new VdiskError('ENXIO', `lseek whence ${whence} at ${offset} is past the end of the disk`);
+    throw VdiskError.unsupported(`lseek whence ${whence} is not supported yet`);
+  }
+
+  async statfs(): Promise<CoreFsStats> {
+    const s = await fs.statfs(this.ctx.tree.root);
+    return { bsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, namemax: 255 };
+  }
+
+  private handle(fh: number): Handle {
+    const h = this.handles.get(fh);
+    if (!h) throw new VdiskError('EBADF', `no open handle ${fh}`);
+    return h;
+  }
+
+  private async imageView(path: string): Promise<ImageView> {
+    const entry = await this.ctx.tree.resolve(path);
+    if (!entry) throw new VdiskError('ENOENT', `${path} is not shown`);
+    if (entry.kind !== 'image') throw new VdiskError('EISDIR', `${path} is a folder`);
+    return entry;
+  }
+}

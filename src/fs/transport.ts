@@ -1,0 +1,29 @@
+import type { FuseMountOptions } from './mount-options';
+import type { FsCore } from './operations-core';
+
+export type TransportName = 'kernel' | 'fuse-native';
+
+export interface TransportOptions {
+  mountpoint: string;
+  core: FsCore;
+  options: FuseMountOptions;
+  readOnly: boolean;
+  debug: boolean;
+  /** Kernel transport: let the kernel cache writes (WRITEBACK_CACHE). */
+  writebackCache: boolean;
+  warn(message: string): void;
+}
+
+/** A mounted FUSE session, whichever transport speaks to the kernel. */
+export interface Transport {
+  readonly name: TransportName;
+  /**
+   * Kernel transport: resolves when the kernel ends the session (unmounted and the last open
+   * file closed). fuse-native: never (the mount watches mountinfo instead).
+   */
+  readonly ended: Promise<void>;
+  /** Whether open files are still served after a lazy detach, until the last one closes. */
+  readonly servesAfterDetach: boolean;
+  /** What the transport saw, for --stats. */
+  report(): string | undefined;
+}

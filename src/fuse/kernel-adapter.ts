@@ -1,0 +1,314 @@
+import createDebug from 'debug';
+import { errno, toErrno } from '../fs/errno';
+import type { FsCore, NodeAttr } from '../fs/operations-core';
+import { BufferPool } from './buffer-pool';
+import { NodeTable, ROOT_ID } from './node-table';
+import * as P from './protocol';
+import { TransportStats } from './transport-stats';
+
+const log = createDebug('vdiskfs:fuse');
+
+/** How long the kernel may cache names and attributes (seconds), as the fuse-native transport did. */
+const ENTRY_VALID = 1;
+const ATTR_VALID = 1;
+const EPROTO = 71;
+
+/** Where replies go: the session loop writes them to /dev/fuse. */
+export interface ReplySink {
+  send(buf: Buffer, len: number): void;
+}
+
+export interface KernelAdapterOptions {
+  writebackCache: boolean;
+  warn(message: string): void;
+  /** DESTROY came: the kernel is done with this mount. */
+  onDestroy(): void;
+}
+
+interface DirHandle {
+  path: string;
+  entries: P.DirEntry[] | undefined;
+}
+
+/**
+ * The kernel-protocol adapter: decodes each request, calls the operations core, encodes the
+ * reply. dispatch() takes what it needs from the request buffer synchronously (the loop reuses
+ * that buffer for the next request): header fields, and write payloads, which the core copies
+ * before its first await. A request whose core call needs no waiting is answered in the same
+ * microtask checkpoint, without leaving the main thread.
+ */
+export class KernelAdapter {
+  readonly stats = new TransportStats();
+  private readonly nodes = new NodeTable();
+  private readonly dirs = new Map<number, DirHandle>();
+  private nextDir = 1;
+  private readonly pool = new BufferPool();
+  /** Shared by replies that are encoded and written in one synchronous step. */
+  private readonly small = Buffer.alloc(P.OUT_HEADER_SIZE + 8192);
+  /** Requests handed to the core and not answered yet, by unique id (INTERRUPT names them). */
+  private readonly inflight = new Set<number>();
+
+  constructor(private readonly core: FsCore, private readonly sink: ReplySink, private readonly opts: KernelAdapterOptions) {}
+
+  /** Requests still waiting for the core (thread-pool I/O, a flush): the loop sleeps off-thread meanwhile. */
+  get pending(): number {
+    return this.inflight.size;
+  }
+
+  /** Handles one request of `n` bytes in `buf`. Never throws. */
+  dispatch(buf: Buffer, n: number): void {
+    let h: P.RequestHeader;
+    try {
+      h = P.decodeInHeader(buf, n);
+    } catch (e) {
+      this.opts.warn(`ignored a malformed FUSE request: ${(e as Error).message}`);
+      return;
+    }
+    this.stats.request(h.opcode);
+    try {
+      this.route(h, buf, n);
+    } catch (e) {
+      // A decoding error (a request shorter than its struct): answer it, never crash the loop.
+      this.fail(h, e);
+    }
+  }
+
+  private route(h: P.RequestHeader, buf: Buffer, n: number): void {
+    const off = P.IN_HEADER_SIZE;
+    const core = this.core;
+    switch (h.opcode) {
+      case P.Op.READ: {
+        const r = P.decodeReadIn(buf, off);
+        this.stats.size('read', r.size);
+        return this.read(h, r);
+      }
+      case P.Op.WRITE: {
+        const w = P.decodeWriteIn(buf, off, n);
+        this.stats.size('write', w.size);
+        // A view into the request buffer: the core copies it before the buffer is read into again.
+        const data = buf.subarray(w.dataOffset, w.dataOffset + w.size);
+        return this.run(h, () => core.write(w.fh, w.offset, data), (b, o, written) => P.encodeWriteOut(b, o, written));
+      }
+      case P.Op.LOOKUP: {
+        const parent = this.nodes.pathOf(h.nodeid);
+        if (parent === undefined) return this.error(h, errno('ENOENT'));
+        const path = this.nodes.childPath(parent, P.decodeName(buf, off, n));
+        return this.run(h, () => core.getattr(path), (b, o, a) => {
+          const id = this.nodes.remember(path);
+          return P.encodeEntryOut(b, o, id, ENTRY_VALID, ATTR_VALID, this.attr(path, a));
+        });
+      }
+      case P.Op.GETATTR: {
+        const path = this.pathOf(h);
+        if (path === undefined) return this.error(h, errno('ENOENT'));
+        return this.run(h, () => core.getattr(path), (b, o, a) => P.encodeAttrOut(b, o, ATTR_VALID, this.attr(path, a)));
+      }
+      case P.Op.SETATTR: {
+        const path = this.pathOf(h);
+        if (path === undefined) return this.error(h, errno('ENOENT'));
+        const s = P.decodeSetattrIn(buf, off);
+        // Modes and owners of a view come from its image file; times are harmless (`touch`) and ignored.
+        if (s.valid & (P.SetattrValid.MODE | P.SetattrValid.UID | P.SetattrValid.GID)) return this.error(h, errno('EPERM'));
+        return this.run(
+          h,
+          async () => {
+            if (s.size !== undefined) await core.truncate(path, s.size);
+            return core.getattr(path);
+          },
+          (b, o, a) => P.encodeAttrOut(b, o, ATTR_VALID, this.attr(path, a)),
+        );
+      }
+      case P.Op.OPEN: {
+        const path = this.pathOf(h);
+        if (path === undefined) return this.error(h, errno('ENOENT'));
+        const { flags } = P.decodeOpenIn(buf, off);
+        return this.run(h, () => core.open(path, flags), (b, o, fh) => P.encodeOpenOut(b, o, fh, 0));
+      }
+      case P.Op.FLUSH: {
+        const { fh } = P.decodeFlushIn(buf, off);
+        return this.run(h, () => core.flush(fh), () => 0);
+      }
+      case P.Op.FSYNC: {
+        const { fh, datasync } = P.decodeFsyncIn(buf, off);
+        return this.run(h, () => core.fsync(fh, datasync), () => 0);
+      }
+      case P.Op.RELEASE: {
+        const { fh } = P.decodeReleaseIn(buf, off);
+        return this.run(h, () => core.release(fh), () => 0);
+      }
+      case P.Op.OPENDIR: {
+        const path = this.pathOf(h);
+        if (path === undefined) return this.error(h, errno('ENOENT'));
+        const fh = this.nextDir++;
+        this.dirs.set(fh, { path, entries: undefined });
+        return this.reply(h, (b, o) => P.encodeOpenOut(b, o, fh, 0));
+      }
+      case P.Op.READDIR:
+        return this.readdir(h, P.decodeReadIn(buf, off));
+      case P.Op.RELEASEDIR:
+        this.dirs.delete(P.decodeReleaseIn(buf, off).fh);
+        return this.reply(h, () => 0);
+      case P.Op.FSYNCDIR:
+        return this.reply(h, () => 0);
+      case P.Op.STATFS:
+        return this.run(h, () => core.statfs(), (b, o, s) =>
+          P.encodeStatfsOut(b, o, { blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, bsize: s.bsize, namelen: s.namemax, frsize: s.bsize }));
+      case P.Op.FALLOCATE: {
+        const f = P.decodeFallocateIn(buf, off);
+        return this.run(h, () => core.fallocate(f.fh, f.offset, f.length, f.mode), () => 0);
+      }
+      case P.Op.LSEEK: {
+        const l = P.decodeLseekIn(buf, off);
+        return this.run(h, () => core.lseek(l.fh, l.offset, l.whence), (b, o, pos) => P.encodeLseekOut(b, o, pos));
+      }
+      case P.Op.FORGET:
+        this.nodes.forget(h.nodeid, P.decodeForgetIn(buf, off).nlookup);
+        return;
+      case P.Op.BATCH_FORGET:
+        for (const f of P.decodeBatchForgetIn(buf, off, n)) this.nodes.forget(f.nodeid, f.nlookup);
+        return;
+      case P.Op.INTERRUPT: {
+        // The core cannot abandon a request half done (a driver write, a flush): it finishes and
+        // is answered; the kernel drops the answer if the caller is gone. Counted for --stats.
+        const { unique } = P.decodeInterruptIn(buf, off);
+        if (this.inflight.has(unique)) this.stats.interrupts++;
+        return;
+      }
+      case P.Op.INIT:
+        return this.init(h, P.decodeInitIn(buf, off, n));
+      case P.Op.DESTROY:
+        this.reply(h, () => 0);
+        this.opts.onDestroy();
+        return;
+      case P.Op.CREATE:
+      case P.Op.MKNOD:
+      case P.Op.MKDIR:
+      case P.Op.UNLINK:
+      case P.Op.RMDIR:
+      case P.Op.RENAME:
+      case P.Op.RENAME2:
+      case P.Op.LINK:
+      case P.Op.SYMLINK:
+        // The namespace mirrors the images folder: it changes there, never through the mount.
+        return this.error(h, errno('EPERM'));
+      default:
+        if (P.expectsReply(h.opcode)) this.error(h, errno('ENOSYS')); // xattrs, locks, ioctl...: the kernel stops asking
+    }
+  }
+
+  private init(h: P.RequestHeader, k: P.InitIn): void {
+    const n = P.negotiate(k, { writebackCache: this.opts.writebackCache });
+    this.stats.kernel = { major: k.major, minor: k.minor, flags: k.flags };
+    if (!n.ok) {
+      if (n.retryWithMajor !== undefined) {
+        // A newer major: tell the kernel ours; it sends INIT again with 7.x.
+        return this.reply(h, (b, o) => P.encodeInitOut(b, o, { major: 7, minor: P.OUR_MINOR, maxReadahead: 0, flags: 0, maxBackground: 0, congestionThreshold: 0, maxWrite: 0, timeGran: 0, maxPages: 0 }));
+      }
+      this.opts.warn(`cannot serve this kernel: ${n.reason}`);
+      return this.error(h, -EPROTO);
+    }
+    this.stats.negotiated = n.reply;
+    log('INIT kernel 7.%d flags %s -> 7.%d max_write %d flags %s', k.minor, P.initFlagNames(k.flags).join(','), n.reply.minor, n.reply.maxWrite, P.initFlagNames(n.reply.flags).join(','));
+    this.reply(h, (b, o) => P.encodeInitOut(b, o, n.reply));
+  }
+
+  private read(h: P.RequestHeader, r: P.ReadIn): void {
+    const out = this.pool.take(P.OUT_HEADER_SIZE + r.size);
+    const into = out.subarray(P.OUT_HEADER_SIZE, P.OUT_HEADER_SIZE + r.size);
+    let p: Promise<number>;
+    try {
+      p = this.core.read(r.fh, r.offset, into);
+    } catch (e) {
+      p = Promise.reject(e);
+    }
+    this.inflight.add(h.unique);
+    p.then(
+      (got) => {
+        this.inflight.delete(h.unique);
+        P.encodeOutHeader(out, P.OUT_HEADER_SIZE + got, 0, h.unique);
+        this.sink.send(out, P.OUT_HEADER_SIZE + got);
+        this.pool.give(out);
+      },
+      (e) => {
+        this.inflight.delete(h.unique);
+        this.pool.give(out);
+        this.fail(h, e);
+      },
+    );
+  }
+
+  private readdir(h: P.RequestHeader, r: P.ReadIn): void {
+    const dir = this.dirs.get(r.fh);
+    if (!dir) return this.error(h, errno('EBADF'));
+    const answer = (entries: P.DirEntry[]) => {
+      const b = P.OUT_HEADER_SIZE + r.size <= this.small.length ? this.small : Buffer.alloc(P.OUT_HEADER_SIZE + r.size);
+      const len = P.encodeDirents(b, P.OUT_HEADER_SIZE, r.size, entries, r.offset);
+      P.encodeOutHeader(b, P.OUT_HEADER_SIZE + len, 0, h.unique);
+      this.sink.send(b, P.OUT_HEADER_SIZE + len);
+    };
+    // The folder is listed afresh when a reader starts at 0 (images come and go), then served from that listing.
+    if (dir.entries && r.offset > 0) return answer(dir.entries);
+    this.run(h, () => this.core.readdir(dir.path), () => 0, (list) => {
+      const parent = dir.path === '/' ? '/' : dir.path.slice(0, dir.path.lastIndexOf('/')) || '/';
+      dir.entries = [
+        { ino: this.nodes.inoOf(dir.path), name: '.', type: P.DirentType.DIR },
+        { ino: this.nodes.inoOf(parent), name: '..', type: P.DirentType.DIR },
+        ...list.map((e) => ({ ino: this.nodes.inoOf(this.nodes.childPath(dir.path, e.name)), name: e.name, type: e.kind === 'dir' ? P.DirentType.DIR : P.DirentType.REG })),
+      ];
+      answer(dir.entries);
+    });
+  }
+
+  /**
+   * Runs a core call and answers with `encode`d value (into the shared reply buffer, written at
+   * once), or with the error. `custom` replaces the standard reply when the answer is built elsewhere.
+   */
+  private run<T>(h: P.RequestHeader, fn: () => Promise<T>, encode: (b: Buffer, off: number, v: T) => number, custom?: (v: T) => void): void {
+    let p: Promise<T>;
+    try {
+      p = fn();
+    } catch (e) {
+      p = Promise.reject(e);
+    }
+    this.inflight.add(h.unique);
+    p.then(
+      (v) => {
+        this.inflight.delete(h.unique);
+        if (custom) custom(v);
+        else this.reply(h, (b, o) => encode(b, o, v));
+      },
+      (e) => {
+        this.inflight.delete(h.unique);
+        this.fail(h, e);
+      },
+    );
+  }
+
+  /** Encodes a body into the shared buffer after the header and writes the reply. */
+  private reply(h: P.RequestHeader, body: (b: Buffer, off: number) => number): void {
+    const len = P.OUT_HEADER_SIZE + body(this.small, P.OUT_HEADER_SIZE);
+    P.encodeOutHeader(this.small, len, 0, h.unique);
+    this.sink.send(this.small, len);
+  }
+
+  private error(h: P.RequestHeader, negErrno: number): void {
+    P.encodeOutHeader(this.small, P.OUT_HEADER_SIZE, negErrno, h.unique);
+    this.sink.send(this.small, P.OUT_HEADER_SIZE);
+  }
+
+  private fail(h: P.RequestHeader, e: unknown): void {
+    const code = e instanceof RangeError ? errno('EINVAL') : toErrno(e);
+    const what = `${P.opName(h.opcode)} node ${h.nodeid} (${this.nodes.pathOf(h.nodeid) ?? '?'})`;
+    if (code === errno('EIO')) log('%s failed: %s', what, (e as Error)?.stack ?? e);
+    else log('%s: %s', what, (e as Error)?.message ?? e);
+    if (P.expectsReply(h.opcode)) this.error(h, code);
+  }
+
+  private pathOf(h: P.RequestHeader): string | undefined {
+    return h.nodeid === ROOT_ID ? '/' : this.nodes.pathOf(h.nodeid);
+  }
+
+  private attr(path: string, a: NodeAttr): P.Attr {
+    return { ino: this.nodes.inoOf(path), size: a.size, blocks: a.blocks, atimeMs: a.atimeMs, mtimeMs: a.mtimeMs, ctimeMs: a.ctimeMs, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, blksize: 4096 };
+  }
+}

@@ -1,0 +1,22 @@
+import * as fs from 'node:fs';
+import type { Transport, TransportOptions } from '../fs/transport';
+import { KernelAdapter } from './kernel-adapter';
+import { mountKernel } from './kernel-mount';
+import { SessionLoop } from './session-loop';
+
+/** Mounts with the kernel protocol (the default transport) and starts serving at once. */
+export async function startKernelTransport(t: TransportOptions): Promise<Transport> {
+  const { fd } = await mountKernel(t.mountpoint, { ...t.options, readOnly: t.readOnly || t.options.readOnly });
+  const loop = new SessionLoop(fd);
+  const adapter = new KernelAdapter(t.core, loop, { writebackCache: t.writebackCache, warn: t.warn, onDestroy: () => undefined });
+  loop.onAbandonedReply = () => adapter.stats.abandonedReplies++;
+  // mount(2) does not wait for INIT: the kernel queues it, and the loop answers it first.
+  loop.start(adapter);
+  const ended = loop.ended.then(() => fs.closeSync(fd));
+  return {
+    name: 'kernel',
+    ended,
+    servesAfterDetach: true,
+    report: () => adapter.stats.report() + `\n    loop: ${Object.entries(loop.counts).map(([k, v]) => `${k}=${v}`).join(' ')}`,
+  };
+}
