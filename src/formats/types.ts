@@ -115,11 +115,25 @@ export interface CreateOptions {
 }
 
 export interface CheckResult {
+  /** The check itself could not finish a part (qemu-img's check-errors, exit 1); not the image's fault. */
   errors: number;
   leaks: number;
   corruptions: number;
   messages: string[];
   repaired?: number;
+  /** Of `repaired`: how many were leaks and how many corruptions (qemu-img's leaks-fixed / corruptions-fixed). */
+  leaksFixed?: number;
+  corruptionsFixed?: number;
+  /** qemu-img check's allocation line and image end offset, where the format counts them (qcow2). */
+  stats?: CheckStats;
+}
+
+export interface CheckStats {
+  totalClusters: number;      // guest clusters of the virtual disk
+  allocatedClusters: number;  // active layer: normal, preallocated-zero and compressed clusters
+  fragmentedClusters: number;
+  compressedClusters: number;
+  imageEndOffset: number;     // end of the last host cluster in use (stored or referenced)
 }
 
 /** One format: how to recognise it, open it, create it. The registry in src/image lists them. */

@@ -24,6 +24,8 @@ export interface Walk {
   corruptions: number;
   /** Active-layer COPIED flags to verify once counts are known; `at` = file offset of the entry. */
   copiedChecks: { host: number; copied: boolean; what: string; at: number }[];
+  /** Active layer only, counted as qemu-img check does (its allocation / fragmentation line). */
+  frag: { allocated: number; fragmented: number; compressed: number };
 }
 
 export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer, snaps: { snapshots: Snapshot[]; length: number }): Promise<Walk> {
@@ -33,7 +35,7 @@ export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer
   const clusters = Math.ceil(meta.fileSize / cs);
   if (clusters > MAX_WALK_CLUSTERS) throw VdiskError.unsupported('qcow2 image too large for a refcount walk');
   const counts = new Uint32Array(clusters);
-  const w: Walk = { counts, messages: [], corruptions: 0, copiedChecks: [] };
+  const w: Walk = { counts, messages: [], corruptions: 0, copiedChecks: [], frag: { allocated: 0, fragmented: 0, compressed: 0 } };
   const extended = (h.incompatible & INCOMPAT_EXTL2) !== 0n;
   const layout: L2Layout = { clusterBits: h.clusterBits, extended, entrySize: extended ? 16 : 8 };
   const externalData = (h.incompatible & INCOMPAT_DATA_FILE) !== 0n;
@@ -63,16 +65,24 @@ export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer
       if (active) w.copiedChecks.push({ host: l2off, copied: l1Copied(table, i), what: `L1 entry ${i}`, at: off + i * 8 });
       if (l2off >= meta.fileSize) continue;
       await file.read(l2, l2off, 'check');
+      let nextContiguous = 0; // per L2 table, as QEMU counts fragmentation
       for (let j = 0; j < cs / layout.entrySize; j++) {
         const kind = l2Kind(l2, j, layout);
         if (kind === KIND_COMPRESSED) {
           const c = l2Compressed(l2, j, layout);
           inc(c.host, c.size, 'compressed');
+          // QEMU counts every compressed cluster as fragmented too.
+          if (active) (w.frag.allocated++, w.frag.compressed++, w.frag.fragmented++);
           continue;
         }
         if (kind === KIND_UNALLOCATED) continue;
         const host = l2HostOffset(l2, j, layout);
         if (host === 0) continue;
+        if (active) {
+          w.frag.allocated++;
+          if (nextContiguous && host !== nextContiguous) w.frag.fragmented++;
+          nextContiguous = host + cs;
+        }
         if (host % cs !== 0) {
           bad(`${name} data cluster ${host} (L2 ${l2off} entry ${j}) not cluster aligned`);
           continue;
