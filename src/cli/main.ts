@@ -1,28 +1,40 @@
 #!/usr/bin/env node
 import yargs from 'yargs';
+import type { CommandModule } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { benchCommand } from './commands/bench';
-import { checkCommand } from './commands/check';
-import { createCommand } from './commands/create';
-import { infoCommand } from './commands/info';
-import { mapCommand } from './commands/map';
-import { mountCommand } from './commands/mount';
-import { unmountCommand } from './commands/unmount';
 import { enableDebug, reportFatal } from './output';
 
 if (process.argv.includes('--debug')) enableDebug();
 
+/* eslint-disable @typescript-eslint/no-require-imports */
+// Each command's module is loaded only when that command runs: `vdiskfs check` should not pay
+// for FUSE, the mount stack or the benchmark code (start-up is most of a small check's time).
+const COMMANDS: Record<string, () => CommandModule<any, any>> = {
+  mount: () => require('./commands/mount').mountCommand,
+  unmount: () => require('./commands/unmount').unmountCommand,
+  create: () => require('./commands/create').createCommand,
+  info: () => require('./commands/info').infoCommand,
+  check: () => require('./commands/check').checkCommand,
+  map: () => require('./commands/map').mapCommand,
+  bench: () => require('./commands/bench').benchCommand,
+};
+const ALIASES: Record<string, string> = { umount: 'unmount' };
+
+/** The command named on the command line, when it is one we know; otherwise all are loaded (help, typos). */
+function commandsToLoad(args: string[]): Array<() => CommandModule<any, any>> {
+  const first = args.find((a) => !a.startsWith('-'));
+  const name = first && (ALIASES[first] ?? first);
+  const only = name ? COMMANDS[name] : undefined;
+  return only ? [only] : Object.values(COMMANDS);
+}
+
 async function main(): Promise<void> {
-  const cli = yargs(hideBin(process.argv))
+  const args = hideBin(process.argv);
+  const cli = yargs(args)
     .scriptName('vdiskfs')
     .usage('$0 <command> [options]\n\nShows VM disk images (qcow2, VMDK) as flat raw files you can dd, fio, losetup and mount.')
-    .command(mountCommand)
-    .command(unmountCommand)
-    .command(createCommand)
-    .command(infoCommand)
-    .command(checkCommand)
-    .command(mapCommand)
-    .command(benchCommand);
+    .option('debug', { type: 'boolean', default: false, global: true, describe: 'log what each layer does, and show the stack of an unexpected error (same as DEBUG=vdiskfs:*)' });
+  for (const load of commandsToLoad(args)) cli.command(load());
   await cli
     .demandCommand(1, 'name a command: mount, unmount, create, info, check, map, bench')
     .strict()
