@@ -329,6 +329,7 @@ export class VmdkImage implements Image {
       'virtual-size': this.virtualSize,
       'actual-size': actual,
       ...(first ? { 'cluster-size': first.grainBytes } : {}),
+      'dirty-flag': false, // QEMU reports it for VMDK and never sets it
       'format-specific': {
         type: 'vmdk',
         data: {
@@ -337,7 +338,7 @@ export class VmdkImage implements Image {
           'create-type': d?.createType ?? 'monolithicSparse',
           extents: this.extents.map((e) => ({
             filename: e.file?.path ?? '',
-            format: e.type,
+            format: this.layout.embedded ? '' : e.type, // QEMU: a descriptor inside the extent names no type
             'virtual-size': e.size,
             ...(e.grainBytes !== undefined ? { 'cluster-size': e.grainBytes } : {}),
             ...(e instanceof SparseExtent && e.compressed ? { compressed: true } : {}),
@@ -348,6 +349,7 @@ export class VmdkImage implements Image {
     if (this.parentFile) {
       info['backing-filename'] = d?.parentFileNameHint;
       info['full-backing-filename'] = this.parentFile;
+      info['backing-filename-format'] = 'vmdk'; // a VMDK parent is always a VMDK (QEMU reports it so)
       if (this.parent) info['backing-image'] = await this.parent.info();
     }
     return info;
