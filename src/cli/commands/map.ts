@@ -1,47 +1,126 @@
 import type { Argv, CommandModule } from 'yargs';
+import type { Image } from '../../image';
 import { Confinement, openImage } from '../../image';
+import { VdiskError } from '../../io/errors';
 import { withAllowOutside } from '../allow-outside';
+import { chainAsGiven } from '../as-given';
+import { driverFor, withFormat } from '../format-option';
 import { lockForCommand, readLockMode, withForceShare } from '../image-lock';
 import { warn } from '../output';
+import { parseSize } from '../size';
 
 /** Bounded steps so a huge sparse disk is mapped without one giant extent list in memory. */
 const STEP = 1 << 30;
 
-export const mapCommand: CommandModule<object, { file: string; 'allow-outside': string[]; 'force-share': boolean; output: string }> = {
+interface MapArgs { file: string; format?: string; 'allow-outside': string[]; 'force-share': boolean; output: string; 'start-offset': string; 'max-length'?: string }
+
+/** One range as qemu-img map --output=json reports it (depth: which layer of the chain answers). */
+interface MapEntry { start: number; length: number; depth: number; present: boolean; zero: boolean; data: boolean; offset?: number; file: string }
+
+/** A layer of the backing chain: opened on demand, shown under the name qemu-img would use. */
+interface Layer { name: string; real: string; format?: string; image?: Image }
+
+export const mapCommand: CommandModule<object, MapArgs> = {
   command: 'map <file>',
-  describe: 'show which guest ranges are data, zero, unallocated or from the backing file',
+  describe: 'show which guest ranges are data, zero, unallocated, and in which file of the backing chain',
   builder: (y: Argv) =>
-    withForceShare(withAllowOutside(y))
+    withFormat(withForceShare(withAllowOutside(y)))
       .positional('file', { type: 'string', demandOption: true })
       .option('output', { type: 'string', choices: ['human', 'json'], default: 'human' })
-      .example('$0 map disk.qcow2', 'like qemu-img map'),
+      .option('start-offset', { type: 'string', default: '0', describe: 'first guest byte to map (1G, 512M, bytes)' })
+      .option('max-length', { type: 'string', describe: 'map at most this many bytes' })
+      .example('$0 map disk.qcow2', 'ranges, their kind and where they live')
+      .example('$0 map --output=json --start-offset 1G --max-length 64M overlay.qcow2', 'as qemu-img map --output=json'),
   handler: async (argv) => {
     const { file, confinement } = await Confinement.forFile(argv.file, argv['allow-outside']);
+    if (argv.format) await driverFor(file, argv.format);
     const lock = await lockForCommand(file, confinement, readLockMode(argv['force-share'])); // dropped at exit if the open fails
-    const image = await openImage(file, { writable: false, warn, confinement });
+    const top = await openImage(file, { writable: false, warn, confinement, format: argv.format });
+    const layers: Layer[] = [];
     try {
-      const rows: Array<{ start: number; length: number; kind: string; offset?: number; file?: string }> = [];
-      for (let off = 0; off < image.virtualSize; off += STEP) {
-        for (const e of await image.map(off, Math.min(STEP, image.virtualSize - off))) {
+      layers.push(...chainLayers(await top.info(), argv.file, file));
+      layers[0]!.image = top;
+      const open = async (depth: number): Promise<Image | undefined> => {
+        const l = layers[depth];
+        if (l && !l.image) l.image = await openImage(l.real, { writable: false, warn, confinement, format: l.format });
+        return l?.image;
+      };
+      const start = parseSize(argv['start-offset'], '--start-offset');
+      const end = Math.min(top.virtualSize, argv['max-length'] !== undefined ? start + parseSize(argv['max-length'], '--max-length') : Infinity);
+      const rows: MapEntry[] = [];
+      for (let off = start; off < end; off += STEP) {
+        for (const e of await mapLayer(open, layers, 0, off, Math.min(STEP, end - off))) {
           const last = rows[rows.length - 1];
-          const contiguous = last && last.kind === e.kind && last.start + last.length === e.offset && (e.hostOffset === undefined ? last.offset === undefined : last.offset !== undefined && last.offset + last.length === e.hostOffset);
-          if (contiguous) last.length += e.length;
-          else rows.push({ start: e.offset, length: e.length, kind: e.kind, offset: e.hostOffset, file: e.hostFile });
+          if (last && mergeable(last, e)) last.length += e.length;
+          else rows.push(e);
         }
       }
       if (argv.output === 'json') {
-        const json = rows.map((r) => ({ start: r.start, length: r.length, depth: r.kind === 'backing' ? 1 : 0, present: r.kind === 'data' || r.kind === 'backing', zero: r.kind === 'zero' || r.kind === 'unallocated', data: r.kind === 'data' || r.kind === 'backing', ...(r.offset !== undefined ? { offset: r.offset } : {}) }));
+        const json = rows.map(({ file: _file, offset, ...r }) => ({ ...r, ...(offset !== undefined ? { offset } : {}) }));
         process.stdout.write(JSON.stringify(json, null, 2) + '\n');
       } else {
-        process.stdout.write('Offset          Length          Kind        Mapped to       File\n');
+        const hex = (v: number) => '0x' + v.toString(16);
+        process.stdout.write('Offset          Length          Kind        Depth  Mapped to       File\n');
         for (const r of rows) {
-          const hex = (v: number) => '0x' + v.toString(16);
-          process.stdout.write(`${hex(r.start).padEnd(16)}${hex(r.length).padEnd(16)}${r.kind.padEnd(12)}${r.offset !== undefined ? hex(r.offset).padEnd(16) : ''.padEnd(16)}${r.file ?? ''}\n`);
+          const kind = r.data ? 'data' : r.present ? 'zero' : 'unallocated';
+          process.stdout.write(`${hex(r.start).padEnd(16)}${hex(r.length).padEnd(16)}${kind.padEnd(12)}${String(r.depth).padEnd(7)}${(r.offset !== undefined ? hex(r.offset) : '').padEnd(16)}${r.present ? r.file : ''}\n`.replace(/ +\n$/, '\n'));
         }
       }
     } finally {
-      await image.close();
+      for (const l of layers.reverse()) await l.image?.close();
+      if (!layers.length) await top.close();
       await lock.close();
     }
   },
 };
+
+/** The chain top first: names as qemu-img shows them, real paths and formats to open them by. */
+function chainLayers(info: Awaited<ReturnType<Image['info']>>, given: string, real: string): Layer[] {
+  const shown = chainAsGiven(info, given);
+  const layers: Layer[] = [];
+  let cur: typeof info | undefined = info;
+  let path = real;
+  let format: string | undefined;
+  for (const s of shown) {
+    layers.push({ name: s.filename, real: path, format });
+    if (!cur) break;
+    path = cur['full-backing-filename'] ?? path;
+    format = cur['backing-filename-format'];
+    cur = cur['backing-image'];
+  }
+  return layers;
+}
+
+/**
+ * Where each byte of [off, off+len) comes from: this layer's data or zero clusters, or (for
+ * ranges this layer leaves to its backing file) the backing layer's answer, depth+1, split where
+ * that layer's answer changes, as qemu-img map splits them.
+ */
+async function mapLayer(open: (d: number) => Promise<Image | undefined>, layers: Layer[], depth: number, off: number, len: number): Promise<MapEntry[]> {
+  const image = await open(depth);
+  if (!image) throw new VdiskError('EIO', `backing layer ${depth} of the chain could not be opened`);
+  const file = layers[depth]!.name;
+  const out: MapEntry[] = [];
+  for (const e of await image.map(off, len)) {
+    if (e.kind === 'backing') {
+      const below = layers[depth + 1] ? await open(depth + 1) : undefined;
+      const inBacking = below ? Math.max(0, Math.min(e.offset + e.length, below.virtualSize) - e.offset) : 0;
+      if (inBacking > 0) out.push(...(await mapLayer(open, layers, depth + 1, e.offset, inBacking)));
+      // Past the end of a shorter backing file the disk reads zeros that no layer stores.
+      if (inBacking < e.length) out.push({ start: e.offset + inBacking, length: e.length - inBacking, depth: depth + 1, present: false, zero: true, data: false, file });
+      continue;
+    }
+    const data = e.kind === 'data';
+    const offset = data && e.hostOffset !== undefined && !e.compressed ? e.hostOffset : undefined;
+    out.push({ start: e.offset, length: e.length, depth, present: e.kind !== 'unallocated', zero: !data, data, ...(offset !== undefined ? { offset } : {}), file: data && e.hostFile && depth === 0 ? file : file });
+  }
+  return out;
+}
+
+/** qemu-img map's merge rule: same answer, same layer, and host offsets that continue. */
+function mergeable(a: MapEntry, b: MapEntry): boolean {
+  if (a.start + a.length !== b.start) return false;
+  if (a.depth !== b.depth || a.present !== b.present || a.zero !== b.zero || a.data !== b.data || a.file !== b.file) return false;
+  if ((a.offset === undefined) !== (b.offset === undefined)) return false;
+  return a.offset === undefined || a.offset + a.length === b.offset;
+}
