@@ -11,6 +11,8 @@ const log = createDebug('vdiskfs:fuse');
 export const FS_TYPE = 'fuse.vdiskfs';
 export const FS_SOURCE = 'vdiskfs';
 
+/** /dev/fuse is character device 10:229 (makedev as glibc encodes small numbers). */
+const FUSE_DEV = (10 << 8) | 229;
 const MS_NOATIME = 1024;
 const MS_NODIRATIME = 2048;
 const MS_RELATIME = 1 << 21;
@@ -41,6 +43,11 @@ function mountPrivileged(mountpoint: string, o: FuseMountOptions): number {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENODEV' || code === 'ENXIO') throw new VdiskError('ENOENT', '/dev/fuse is missing (modprobe fuse, or run the container with --device /dev/fuse)');
     throw new VdiskError('EROFS', `cannot open /dev/fuse: ${(e as Error).message}`);
+  }
+  const st = fs.fstatSync(fd);
+  if (!st.isCharacterDevice() || st.rdev !== FUSE_DEV) {
+    fs.closeSync(fd);
+    throw new VdiskError('ENOENT', '/dev/fuse is not the FUSE device (modprobe fuse, or run the container with --device /dev/fuse)');
   }
   let flags = MS_NOSUID | MS_NODEV; // as fusermount3 always does
   if (o.readOnly) flags |= MS_RDONLY;

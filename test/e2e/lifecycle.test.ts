@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { CLI, isMounted, mountFixture, type Mounted } from '../helpers/mount';
+import { CLI, TEST_TRANSPORT, isMounted, mountFixture, type Mounted } from '../helpers/mount';
 
 const fx = mountFixture();
 let images: string;
@@ -23,7 +23,11 @@ function cli(args: string[]) {
   return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
 }
 
-/** Writes without fsync (so the data may still be pending in the merger), then stops the mount. */
+/**
+ * Writes without fsync (so the data may still be pending in the merger), then stops the mount.
+ * Kernel transport: the stop flushes, detaches, and keeps serving the open file until it is
+ * closed, then exits 0. fuse-native: the mount goes at once (the open file gets an error).
+ */
 async function writeThenStop(stop: (m: Mounted) => void): Promise<void> {
   const m = await fx.mount(['--include-raw', '--merge-delay', '60000']);
   const data = randomBytes(3 * 4096 + 100);
@@ -31,12 +35,22 @@ async function writeThenStop(stop: (m: Mounted) => void): Promise<void> {
   fs.writeSync(fd, data, 0, data.length, 5000);
   // No close and no fsync: the merger holds it (delay 60 s), only shutdown can write it.
   stop(m);
+  const onDisk = () => fs.readFileSync(path.join(images, 'd.img')).subarray(5000, 5000 + data.length);
+  if (TEST_TRANSPORT !== 'fuse-native') {
+    for (let i = 0; i < 200 && (isMounted(mnt) || !onDisk().equals(data)); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(isMounted(mnt)).toBe(false); // detached at once...
+    expect(onDisk().equals(data)).toBe(true); // ...after every image was flushed
+    expect(m.proc.exitCode).toBe(null); // ...and still serving the open file
+    const back = Buffer.alloc(data.length);
+    fs.readSync(fd, back, 0, back.length, 5000);
+    expect(back.equals(data)).toBe(true);
+    fs.closeSync(fd);
+  }
   const code = await Promise.race([m.exited, new Promise((r) => setTimeout(() => r('timeout'), 15_000))]);
   expect(code).toBe(0);
   expect(isMounted(mnt)).toBe(false);
-  try { fs.closeSync(fd); } catch { /* the mount is gone: EBADF/ENOTCONN is expected */ }
-  const onDisk = fs.readFileSync(path.join(images, 'd.img')).subarray(5000, 5000 + data.length);
-  expect(onDisk.equals(data)).toBe(true);
+  if (TEST_TRANSPORT === 'fuse-native') try { fs.closeSync(fd); } catch { /* the mount is gone: EBADF/ENOTCONN is expected */ }
+  expect(onDisk().equals(data)).toBe(true);
 }
 
 describe('clean shutdown', () => {
@@ -99,7 +113,7 @@ describe('user mistakes are one clear line and a non-zero exit', () => {
     expect(r.stderr).toMatch(/already mounted/);
   });
 
-  it('no /dev/fuse, or no libfuse.so.2: a clear line (simulated in a private mount namespace)', () => {
+  it('no /dev/fuse, or (fuse-native transport) no libfuse.so.2: a clear line (simulated in a private mount namespace)', () => {
     // Hide /dev/fuse and libfuse in a private mount namespace so the real machine is untouched.
     const lib = execFileSync('sh', ['-c', 'ldconfig -p | grep -o "/.*libfuse.so.2$" | head -1'], { encoding: 'utf8' }).trim();
     const noFuse = spawnSync('unshare', ['-m', 'sh', '-c', `mount --bind /dev/null /dev/fuse 2>/dev/null; rm -f /dev/fuse 2>/dev/null || mount -t tmpfs none /dev 2>/dev/null; exec "${process.execPath}" "${CLI}" mount "${images}" "${mnt}"`], { encoding: 'utf8' });
@@ -108,7 +122,7 @@ describe('user mistakes are one clear line and a non-zero exit', () => {
     expect(noFuse.stderr).not.toMatch(/\n\s+at /);
     if (lib) {
       const real = fs.realpathSync(lib);
-      const noLib = spawnSync('unshare', ['-m', 'sh', '-c', `mount --bind /dev/null "${real}" && exec "${process.execPath}" "${CLI}" mount -f "${images}" "${mnt}"`], { encoding: 'utf8' });
+      const noLib = spawnSync('unshare', ['-m', 'sh', '-c', `mount --bind /dev/null "${real}" && exec "${process.execPath}" "${CLI}" mount -f --transport fuse-native "${images}" "${mnt}"`], { encoding: 'utf8' });
       expect(noLib.status).not.toBe(0);
       expect(noLib.stderr.trim().split('\n')).toHaveLength(1);
       expect(noLib.stderr).toMatch(/libfuse/);

@@ -37,9 +37,13 @@ export interface Mounted {
   loops: string[];
 }
 
+/** VDISKFS_TEST_TRANSPORT=fuse-native runs the mounting tests on the fuse-native transport instead of the default. */
+export const TEST_TRANSPORT = process.env.VDISKFS_TEST_TRANSPORT;
+
 export async function mount(images: string, mnt: string, args: string[] = []): Promise<Mounted> {
   fs.mkdirSync(mnt, { recursive: true });
-  const proc = spawn(process.execPath, [CLI, 'mount', '-f', ...args, images, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const transport = TEST_TRANSPORT && !args.includes('--transport') ? ['--transport', TEST_TRANSPORT] : [];
+  const proc = spawn(process.execPath, [CLI, 'mount', '-f', ...transport, ...args, images, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   proc.stderr!.on('data', (d) => (err += d));
   proc.stdout!.on('data', (d) => (err += d));

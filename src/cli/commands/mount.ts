@@ -50,7 +50,7 @@ export const mountCommand: CommandModule<object, MountArgs> = {
       .option('cache-size', { type: 'string', describe: 'qcow2 metadata cache size per image (e.g. 32M)' })
       .option('stats', { type: 'boolean', default: false, describe: 'at unmount, print each image\'s counters (host I/O, metadata writes, cache hits, merged writes)' })
       .option('log-file', { type: 'string', describe: 'where a background mount logs (default: a file in /tmp named after the mountpoint)' })
-      .option('transport', { choices: ['kernel', 'fuse-native'] as const, default: 'fuse-native' as const, describe: 'who speaks FUSE: our kernel-protocol loop, or fuse-native (libfuse 2.9, the old baseline)' })
+      .option('transport', { choices: ['kernel', 'fuse-native'] as const, default: 'kernel' as const, describe: 'who speaks FUSE: our kernel-protocol loop, or fuse-native (libfuse 2.9, the old baseline)' })
       .option('writeback-cache', { type: 'boolean', default: false, describe: 'kernel transport: let the kernel cache small writes and send them merged (--no-writeback-cache: off)' })
       .option('null-driver', { type: 'boolean', default: false, hidden: true })
       .option('daemon-child', { type: 'boolean', default: false, hidden: true })
