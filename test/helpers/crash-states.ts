@@ -123,10 +123,7 @@ export class CrashRecorder {
       }
       const acked = this.ackedWrites(until);
       const issued = this.guestWrites.filter((g) => g.start < until);
-      for (const p of picks) {
-        const chosen = durable.concat(maybe.filter((_, i) => p[i])).sort((a, b) => a.issued - b.issued);
-        out.push({ epoch: k, writes: chosen, acked, guest: issued });
-      }
+      for (const p of picks) out.push({ epoch: k, durable, maybe, pick: p, acked, guest: issued });
     }
     return out;
   }
@@ -140,6 +137,7 @@ export class CrashRecorder {
 
   /** The bytes of the file in a crash state. */
   materialise(s: CrashState): Buffer {
+    const writes = s.durable.concat(s.maybe.filter((_, i) => s.pick[i])).sort((a, b) => a.issued - b.issued);
     let img = Buffer.alloc(0);
     let len = 0;
     const ensure = (n: number): void => {
@@ -151,7 +149,7 @@ export class CrashRecorder {
     ensure(this.base.length);
     this.base.copy(img);
     len = this.base.length;
-    for (const w of s.writes) {
+    for (const w of writes) {
       if (w.kind === 'truncate') {
         if (w.offset < len) img.fill(0, w.offset, len);
         ensure(w.offset);
@@ -169,33 +167,30 @@ export class CrashRecorder {
 
 export interface CrashState {
   epoch: number;
-  writes: HostWrite[];
+  durable: HostWrite[]; // on disk for sure
+  maybe: HostWrite[]; // issued since the last barrier that covers them
+  pick: boolean[]; // which of `maybe` reached the disk
   acked: Set<GuestWrite>;
   guest: GuestWrite[]; // guest writes issued before the crash
 }
 
 /**
  * The guest content a crash state must show: bytes written by an acknowledged write (the last
- * one), or the old content where no write was issued; bytes under an unacknowledged write, or
- * under writes that ran concurrently with each other, may be either and are not checked.
+ * one), or the old content where no write was issued. Bytes under an unacknowledged write, or
+ * under writes that ran concurrently with each other, may be either: they are returned as
+ * `unchecked` ranges.
  */
-export function expectedGuest(initial: Buffer, s: CrashState): { expected: Buffer; checked: Uint8Array } {
+export function expectedGuest(initial: Buffer, s: CrashState): { expected: Buffer; unchecked: Array<[number, number]> } {
   const expected = Buffer.from(initial);
-  const checked = new Uint8Array(initial.length).fill(1);
+  const unchecked: Array<[number, number]> = [];
   const ws = [...s.guest].sort((a, b) => a.start - b.start);
   for (const [i, w] of ws.entries()) {
     const end = w.offset + w.data.length;
     const concurrent = ws.some((o, j) => j !== i && o.offset < end && w.offset < o.offset + o.data.length && o.start < w.end && w.start < o.end);
-    if (s.acked.has(w) && !concurrent) {
-      w.data.copy(expected, w.offset);
-      checked.fill(1, w.offset, end);
-    } else {
-      checked.fill(0, w.offset, end);
-    }
+    if (s.acked.has(w) && !concurrent) w.data.copy(expected, w.offset);
+    else unchecked.push([w.offset, end]);
   }
-  // An unacknowledged write issued after an acknowledged one may still have landed over it.
-  for (const w of ws) if (!s.acked.has(w)) checked.fill(0, w.offset, w.offset + w.data.length);
-  return { expected, checked };
+  return { expected, unchecked };
 }
 
 export interface CheckResult {
@@ -222,7 +217,7 @@ export async function checkCrashStates(rec: CrashRecorder, states: CrashState[],
     seen.add(h);
     checked++;
     fs.writeFileSync(o.file, bytes);
-    const what = `epoch ${s.epoch}, ${s.writes.length} writes`;
+    const what = `epoch ${s.epoch}, ${s.durable.length} durable writes + ${s.pick.filter((x) => x).length} of ${s.maybe.length} unsynced`;
     const problem = qemuCheckProblem(o.file, o.format);
     if (problem) {
       bad.push(`${what}: ${problem}`);
@@ -283,7 +278,7 @@ function humanCheck(file: string, format: string): string {
 }
 
 async function readBackProblem(file: string, initial: Buffer, s: CrashState): Promise<string | null> {
-  const { expected, checked } = expectedGuest(initial, s);
+  const { expected, unchecked } = expectedGuest(initial, s);
   const img = await openImage(file, { writable: false });
   const got = Buffer.alloc(img.virtualSize);
   try {
@@ -291,13 +286,12 @@ async function readBackProblem(file: string, initial: Buffer, s: CrashState): Pr
   } finally {
     await img.close();
   }
-  for (let i = 0; i < got.length; i++) {
-    if (checked[i] && got[i] !== expected[i]) {
-      const acked = [...s.acked].some((w) => i >= w.offset && i < w.offset + w.data.length);
-      return `guest byte ${i} reads ${got[i]} instead of ${expected[i]} (${acked ? 'acknowledged by a flush' : 'old content no write touched'})`;
-    }
-  }
-  return null;
+  for (const [a, b] of unchecked) expected.copy(got, a, a, b);
+  if (got.equals(expected)) return null;
+  let i = 0;
+  while (got[i] === expected[i]) i++;
+  const acked = [...s.acked].some((w) => i >= w.offset && i < w.offset + w.data.length);
+  return `guest byte ${i} reads ${got[i]} instead of ${expected[i]} (${acked ? 'acknowledged by a flush' : 'old content no write touched'})`;
 }
 
 /** Writers running at once: writes (often overlapping), zero writes and flushes, seeded. */

@@ -78,10 +78,11 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
         if (refcounts && offset >= refcounts.nextFree * cs) throw VdiskError.corrupt(`qcow2 ${kind} table at ${offset} lies past the end of the image`);
         await file.read(into, offset, kind);
       },
-      writeBack: async (kind, entries) => {
-        if (kind === 'refblock') await refcounts!.writeBlocks(entries);
-        else await image!.writeL2s(entries);
+      write: async (kind, offset, bufs) => {
+        await file.write(bufs, offset, kind);
+        counters.metadataWrites++;
       },
+      sync: () => image!.syncHost(),
     });
 
     if (!readOnly) {
@@ -105,7 +106,7 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
       await file.read(table, h.refcountTableOffset, 'reftable');
       const end = await usedEnd(file, table, cs, h.refcountOrder, meta.fileSize);
       refcounts = new Refcounts(file, cache, h.clusterBits, h.refcountOrder, table, h.refcountTableOffset, end, counters);
-      if (h.version === 3 && (h.compatible & COMPAT_LAZY_REFCOUNTS) !== 0n) refcounts.lazy = { header: h, marked: false };
+      if (h.version === 3 && (h.compatible & COMPAT_LAZY_REFCOUNTS) !== 0n) refcounts.lazyRefcounts = { header: h, marked: false };
     }
     image = new Qcow2Image({
       path,

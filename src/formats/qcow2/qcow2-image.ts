@@ -125,6 +125,13 @@ export class Qcow2Image implements Image {
       privateL2: (l1i) => this.privateL2(l1i),
       readLayer: (off, into) => this.readLayer(off, into),
     });
+    // The L1 table is the root of the L2 side of the cache's write order.
+    this.cache.setSide('l2', {
+      lazy: false,
+      lazyBarrier: async () => undefined,
+      rootsDirty: () => this.l1DirtyHi >= 0,
+      writeRoots: () => this.writeL1(),
+    });
   }
 
   // ---- reads ----
@@ -264,6 +271,7 @@ export class Qcow2Image implements Image {
       this.cache.unpin(src);
       this.refcounts!.free(old, this.cs);
     }
+    await this.cache.dependOn(e, 'refblock'); // the L1 entry will point at a new cluster
     setL1(this.ctx.l1, l1i, host, true);
     this.l1DirtyLo = Math.min(this.l1DirtyLo, l1i);
     this.l1DirtyHi = Math.max(this.l1DirtyHi, l1i);
@@ -282,6 +290,7 @@ export class Qcow2Image implements Image {
           const count = Math.min(n, clusters - l1i * n);
           const host = await this.refcounts!.allocate(count);
           this.counters.allocatedClusters += count;
+          await this.cache.dependOn(e, 'refblock');
           for (let i = 0; i < count; i++) setL2Normal(e.buf, i, this.ctx.layout, host + i * this.cs, true);
           e.dirty = true;
         } finally {
@@ -301,46 +310,29 @@ export class Qcow2Image implements Image {
     await this.mutex.run(() => this.flushLocked());
   }
 
-  /** refcount blocks → datasync → L2 tables → datasync → L1 → datasync; then queued frees. */
+  /** Every dirty table and root in the cache's write order (metadata-cache.ts), then queued frees. */
   private async flushLocked(): Promise<void> {
     const rc = this.refcounts!;
-    await rc.writePhase();
-    const l2s = this.cache.dirty('l2');
-    await this.writeL2s(l2s);
-    if (this.l1DirtyHi >= 0) {
-      if (l2s.length) await this.sync();
-      const lo = this.l1DirtyLo * 8;
-      const hi = (this.l1DirtyHi + 1) * 8;
-      this.l1DirtyLo = Infinity;
-      this.l1DirtyHi = -1;
-      await this.file.write(Buffer.from(this.ctx.l1.subarray(lo, hi)), this.l1Offset + lo, 'l1');
-      this.counters.metadataWrites++;
-    }
-    await this.sync();
+    await this.cache.flush();
     if (rc.hasPendingFrees) {
       await rc.applyFrees();
-      await rc.writePhase();
+      await this.cache.flush();
     }
     log('flush %s: metadataWrites=%d dataWrites=%d hostFlushes=%d', this.path, this.counters.metadataWrites, this.counters.dataWrites, this.counters.hostFlushes);
   }
 
-  /** Writes L2 tables; the refcounts they depend on are made durable first. */
-  async writeL2s(entries: CacheEntry[]): Promise<void> {
-    if (!entries.length) return;
-    await this.refcounts!.writePhase();
-    let i = 0;
-    while (i < entries.length) {
-      let j = i + 1;
-      while (j < entries.length && entries[j]!.offset === entries[j - 1]!.offset + this.cs) j++;
-      const run = entries.slice(i, j);
-      for (const e of run) e.dirty = false;
-      await this.file.write(run.map((e) => Buffer.from(e.buf)), run[0]!.offset, 'l2');
-      this.counters.metadataWrites++;
-      i = j;
-    }
+  /** The dirty part of the L1 table (the cache calls this once the L2 tables are durable). */
+  private async writeL1(): Promise<void> {
+    const lo = this.l1DirtyLo * 8;
+    const hi = (this.l1DirtyHi + 1) * 8;
+    this.l1DirtyLo = Infinity;
+    this.l1DirtyHi = -1;
+    await this.file.write(Buffer.from(this.ctx.l1.subarray(lo, hi)), this.l1Offset + lo, 'l1');
+    this.counters.metadataWrites++;
   }
 
-  private async sync(): Promise<void> {
+  /** The host barrier behind the cache's `sync()`: image file and data file. */
+  async syncHost(): Promise<void> {
     await this.file.datasync('flush');
     if (this.dataFile !== this.file) await this.dataFile.datasync('flush');
     this.counters.hostFlushes++;
@@ -351,7 +343,7 @@ export class Qcow2Image implements Image {
     try {
       if (!this.readOnly) {
         await this.flush();
-        if (this.refcounts?.lazy?.marked) await this.mutex.run(() => this.refcounts!.setDirtyBit(false));
+        if (this.refcounts?.lazyRefcounts?.marked) await this.mutex.run(() => this.refcounts!.setDirtyBit(false));
       }
       const st = this.stats().driver;
       log('close %s: metadataWrites=%d dataWrites=%d hostFlushes=%d cacheHits=%d cacheMisses=%d allocatedClusters=%d', this.path, st['metadataWrites'], st['dataWrites'], st['hostFlushes'], st['cacheHits'], st['cacheMisses'], st['allocatedClusters']);
@@ -411,12 +403,12 @@ export class Qcow2Image implements Image {
           const clusters = Math.ceil((need * 8) / this.cs);
           l1Off = await rc.allocate(clusters);
           this.counters.allocatedClusters += clusters;
-          await rc.writePhase(); // the new table's refcounts durable before the header points at it
+          await this.cache.flushSide('refblock'); // the new table's refcounts durable before the header points at it
           await this.file.write(Buffer.concat([l1, Buffer.alloc(clusters * this.cs - l1.length)]), l1Off, 'l1');
           if (this.ctx.l1Size > 0) rc.free(this.l1Offset, oldBytes);
         }
         this.counters.metadataWrites++;
-        await this.sync();
+        await this.cache.sync();
       }
       // size (24), crypt (32, unchanged 0), l1_size (36), l1_table_offset (40): one header write.
       const h = Buffer.alloc(24);
@@ -426,7 +418,7 @@ export class Qcow2Image implements Image {
       h.writeBigUInt64BE(BigInt(l1Off), 16);
       await this.file.write(h, 24, 'header');
       this.counters.metadataWrites++;
-      await this.sync();
+      await this.cache.sync();
       this.ctx.l1 = l1;
       this.ctx.l1Size = l1.length / 8;
       this.l1Offset = l1Off;
@@ -436,7 +428,7 @@ export class Qcow2Image implements Image {
       this.header.l1TableOffset = l1Off;
       if (rc.hasPendingFrees) {
         await rc.applyFrees();
-        await rc.writePhase();
+        await this.cache.flush();
       }
     });
   }

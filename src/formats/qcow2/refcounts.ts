@@ -4,15 +4,16 @@
  * request; freed clusters are not reused in the same session, so a concurrent read that looked
  * up a mapping before the free still reads the old bytes.
  *
- * Ordering (the seed's dependency): `writePhase()` writes dirty refcount blocks (and the table),
- * then datasyncs; the image runs it before writing any L2 table. Frees are queued and applied only
- * after the image made the dropped references durable.
+ * Ordering: the refcount side of the metadata cache's write order (metadata-cache.ts). This file
+ * writes the refcount table (the side's root) when the cache asks, and declares that a decrement
+ * waits for the dropped references. Frees are queued and applied after a flush, so by then the
+ * references are already durable and the decrement waits for nothing.
  */
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
 import { Header, INCOMPAT_DIRTY, MAX_REFTABLE_BYTES } from './header';
-import type { CacheEntry, MetadataCache } from './metadata-cache';
+import type { CacheEntry, MetadataCache, TableSide } from './metadata-cache';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
 
 const log = createDebug('vdiskfs:qcow2');
@@ -22,7 +23,7 @@ export interface RefcountCounters {
   hostFlushes: number;
 }
 
-export class Refcounts {
+export class Refcounts implements TableSide {
   readonly clusterSize: number;
   readonly perBlock: number; // refcounts per block
   /** Next host cluster index to allocate (end of the image). */
@@ -30,15 +31,13 @@ export class Refcounts {
   private dirtyLo = Infinity; // dirty reftable entry range (in-place updates)
   private dirtyHi = -1;
   private relocated: { oldOffset: number; oldClusters: number } | undefined;
-  /** Refcount changes not yet made durable (written + datasync). */
-  private unsynced = false;
   private pendingFrees: { host: number; length: number }[] = [];
   /**
-   * Lazy refcounts (compatible bit 0): the image carries the dirty bit while we have unsynced
-   * refcount changes on disk, so L2 tables need not wait for a datasync after the refcount
-   * blocks; a crash leaves a dirty image whose refcounts are rebuilt on the next writable open.
+   * Lazy refcounts (compatible bit 0): the image carries the dirty bit while refcounts on disk
+   * may be stale, so L2 tables need not wait for the refcount blocks (they still wait for their
+   * data); a crash leaves a dirty image whose refcounts are rebuilt on the next writable open.
    */
-  lazy: { header: Header; marked: boolean } | undefined;
+  lazyRefcounts: { header: Header; marked: boolean } | undefined;
 
   constructor(
     private readonly file: HostFile,
@@ -53,6 +52,7 @@ export class Refcounts {
     this.clusterSize = 2 ** clusterBits;
     this.perBlock = (this.clusterSize * 8) >> order;
     this.nextFree = nextFree;
+    cache.setSide('refblock', this);
   }
 
   get tableEntries(): number {
@@ -87,6 +87,7 @@ export class Refcounts {
       if (b === 0) throw VdiskError.corrupt(`qcow2 no refcount block for cluster ${c}`);
       const e = await this.cache.get('refblock', b);
       try {
+        if (delta < 0) await this.cache.dependOn(e, 'l2'); // a decrement waits for the dropped references
         const stop = Math.min(end, (bi + 1) * this.perBlock);
         for (; c < stop; c++) {
           const i = c % this.perBlock;
@@ -100,7 +101,7 @@ export class Refcounts {
           if (v > maxRefcount(this.order)) throw VdiskError.noSpace(`qcow2 refcount of cluster ${c} overflows ${1 << this.order} bits`);
           setRefcount(e.buf, i, this.order, v);
         }
-        this.markDirty(e);
+        e.dirty = true;
       } finally {
         this.cache.unpin(e);
       }
@@ -146,22 +147,28 @@ export class Refcounts {
     }
   }
 
-  /** True when refcount state must be written and synced before an L2 table may go to disk. */
-  get needsWrite(): boolean {
-    return this.unsynced || this.relocated !== undefined || this.dirtyHi >= 0 || this.cache.hasDirty('refblock');
+  // ---- the refcount side of the cache's write order ----
+
+  get lazy(): boolean {
+    return this.lazyRefcounts !== undefined;
   }
 
-  /** Writes dirty refcount blocks, then the table (and header when it moved), then datasync. */
-  async writePhase(): Promise<void> {
-    if (!this.needsWrite) return;
-    if (this.lazy && !this.lazy.marked) await this.setDirtyBit(true);
-    await this.writeBlocks(this.cache.dirty('refblock'));
+  /** Lazy refcounts: the dirty bit, set durably, stands in for durable refcounts. */
+  async lazyBarrier(): Promise<void> {
+    if (this.lazyRefcounts && !this.lazyRefcounts.marked) await this.setDirtyBit(true);
+  }
+
+  rootsDirty(): boolean {
+    return this.relocated !== undefined || this.dirtyHi >= 0;
+  }
+
+  /** The refcount table (its blocks are durable by now); when it moved, then the header. */
+  async writeRoots(): Promise<void> {
     if (this.relocated) {
       const old = this.relocated;
-      await this.sync(); // blocks durable before the new table points at them
       await this.file.write(this.table, this.tableOffset, 'reftable');
       this.counters.metadataWrites++;
-      await this.sync();
+      await this.cache.sync(); // the new table durable before the header points at it
       const hdr = Buffer.alloc(12);
       hdr.writeBigUInt64BE(BigInt(this.tableOffset), 0);
       hdr.writeUInt32BE(this.table.length / this.clusterSize, 8);
@@ -172,7 +179,6 @@ export class Refcounts {
       this.dirtyHi = -1;
       this.free(old.oldOffset, old.oldClusters * this.clusterSize);
     } else if (this.dirtyHi >= 0) {
-      if (!this.lazy) await this.sync(); // new blocks durable before the table points at them
       const lo = this.dirtyLo * 8;
       const hi = (this.dirtyHi + 1) * 8;
       this.dirtyLo = Infinity;
@@ -180,52 +186,25 @@ export class Refcounts {
       await this.file.write(Buffer.from(this.table.subarray(lo, hi)), this.tableOffset + lo, 'reftable');
       this.counters.metadataWrites++;
     }
-    if (!this.lazy) await this.sync();
-    this.unsynced = false;
   }
 
   /** Lazy refcounts: sets (before the first refcount write) or clears (on a clean close) the dirty bit, durably. */
   async setDirtyBit(dirty: boolean): Promise<void> {
-    const l = this.lazy!;
+    const l = this.lazyRefcounts!;
     l.header.incompatible = dirty ? l.header.incompatible | INCOMPAT_DIRTY : l.header.incompatible & ~INCOMPAT_DIRTY;
     const b = Buffer.alloc(8);
     b.writeBigUInt64BE(l.header.incompatible);
-    if (!dirty) await this.sync(); // everything else durable before the image says "clean"
+    if (!dirty) await this.cache.sync(); // everything else durable before the image says "clean"
     await this.file.write(b, 72, 'header');
     this.counters.metadataWrites++;
-    await this.sync();
+    await this.cache.sync();
     l.marked = dirty;
     log('dirty bit %s', dirty ? 'set' : 'cleared');
-  }
-
-  /** Writes refcount blocks (eviction or flush); coalesces adjacent ones into one write. */
-  async writeBlocks(entries: CacheEntry[]): Promise<void> {
-    let i = 0;
-    while (i < entries.length) {
-      let j = i + 1;
-      while (j < entries.length && entries[j]!.offset === entries[j - 1]!.offset + this.clusterSize) j++;
-      const run = entries.slice(i, j);
-      for (const e of run) e.dirty = false;
-      await this.file.write(run.map((e) => Buffer.from(e.buf)), run[0]!.offset, 'refblock');
-      this.counters.metadataWrites++;
-      i = j;
-    }
-  }
-
-  private async sync(): Promise<void> {
-    await this.file.datasync('refcount');
-    this.counters.hostFlushes++;
-  }
-
-  private markDirty(e: CacheEntry): void {
-    e.dirty = true;
-    this.unsynced = true;
   }
 
   private markTableDirty(i: number): void {
     this.dirtyLo = Math.min(this.dirtyLo, i);
     this.dirtyHi = Math.max(this.dirtyHi, i);
-    this.unsynced = true;
   }
 
   private firstMissingBlock(start: number, count: number): number {
@@ -246,14 +225,13 @@ export class Refcounts {
     const target = this.blockOffset(own) === 0 ? own : missing;
     const e = this.cache.create('refblock', rb * this.clusterSize);
     this.cache.unpin(e);
-    this.markDirty(e);
     setReftableEntry(this.table, target, rb * this.clusterSize);
     if (!this.relocated) this.markTableDirty(target);
     await this.change(rb, 1, 1);
     log('new refcount block %d at cluster %d', target, rb);
   }
 
-  /** Moves the refcount table to a bigger one at the end of the image (written in writePhase). */
+  /** Moves the refcount table to a bigger one at the end of the image (written by writeRoots). */
   private async growTable(minEntries: number): Promise<void> {
     const bytes = Math.ceil((minEntries * 8 * 2) / this.clusterSize) * this.clusterSize;
     if (bytes > MAX_REFTABLE_BYTES) throw VdiskError.noSpace('qcow2 refcount table would exceed its size limit');
@@ -268,7 +246,6 @@ export class Refcounts {
     this.table = table;
     this.tableOffset = start * this.clusterSize;
     this.relocated = old;
-    this.unsynced = true;
     // Count the new table's clusters (placing refcount blocks for them as needed).
     for (;;) {
       const missing = this.firstMissingBlock(start, clusters);

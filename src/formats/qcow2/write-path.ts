@@ -9,10 +9,12 @@
  *      tail COW; COW that reads as zeros is skipped since new clusters are pristine);
  *   3. commit, under the lock: the L2 entries now point at the written data.
  * Requests that touch a cluster in flight wait for it, so no cluster is allocated twice.
+ * Write order: each changed L2 table declares what it waits for (the refcounts of new clusters,
+ * the data written to them); the metadata cache writes it back only after those are durable.
  */
 import type { HostFile } from '../../io/host-file';
 import { mapSync, MapContext } from './mapping';
-import type { CacheEntry, MetadataCache } from './metadata-cache';
+import type { CacheEntry, DataWrite, MetadataCache } from './metadata-cache';
 import type { Mutex } from './mutex';
 import type { Refcounts } from './refcounts';
 import {
@@ -299,7 +301,9 @@ export class WritePath {
     const tailLen = end < writeEnd && !this.readsAsZeros(end, writeEnd - end) ? writeEnd - end : 0;
     const host = await this.a.refcounts.allocate(k);
     this.a.counters.allocatedClusters += k;
+    for (let j = 0; j < k; j++) await this.a.cache.dependOn(entryOf(c0 + j)[0], 'refblock');
     const payload = buf.subarray(Math.max(offset, runStart) - offset, Math.min(end, runEnd) - offset);
+    let written: DataWrite | undefined;
     plan.io.push(async () => {
       const parts: Buffer[] = [];
       if (headLen) {
@@ -313,7 +317,7 @@ export class WritePath {
         await this.a.readLayer(end, tail);
         parts.push(tail);
       }
-      await this.a.dataFile.write(parts, host + (writeStart - runStart) + skipHead, 'data');
+      written = await this.track(this.a.dataFile.write(parts, host + (writeStart - runStart) + skipHead, 'data'));
     });
     this.a.counters.dataWrites++;
     plan.commits.push(() => {
@@ -330,6 +334,7 @@ export class WritePath {
           setL2Extended(e.buf, i, l, host + j * cs, true, mask, l2ZeroBits(e.buf, i, l) & ~mask);
         }
         e.dirty = true;
+        this.a.cache.pointsAtData(e, written!);
       }
     });
   }
@@ -360,11 +365,15 @@ export class WritePath {
     const to = Math.min(offset + buf.length, cStart + cs);
     // The host bytes are stale: zeros go out explicitly.
     const parts = [Buffer.alloc(from - cStart), buf.subarray(from - offset, to - offset), Buffer.alloc(cStart + cs - to)];
-    plan.io.push(() => this.a.dataFile.write(parts, host, 'data'));
+    let written: DataWrite | undefined;
+    plan.io.push(async () => {
+      written = await this.track(this.a.dataFile.write(parts, host, 'data'));
+    });
     this.a.counters.dataWrites++;
     plan.commits.push(() => {
       setL2Normal(e.buf, i, l, host, true);
       e.dirty = true;
+      this.a.cache.pointsAtData(e, written!);
     });
   }
 
@@ -385,6 +394,7 @@ export class WritePath {
     const ws = !(alloc & (2 ** a)) && from > cStart + a * sc ? cStart + a * sc : from;
     const we = !(alloc & (2 ** (b - 1))) && to < cStart + b * sc ? cStart + b * sc : to;
     const payload = buf.subarray(from - offset, to - offset);
+    let written: DataWrite | undefined;
     plan.io.push(async () => {
       const parts: Buffer[] = [];
       if (ws < from) {
@@ -398,14 +408,22 @@ export class WritePath {
         await this.a.readLayer(to, tail);
         parts.push(tail);
       }
-      await this.a.dataFile.write(parts, host + (ws - cStart), 'data');
+      written = await this.track(this.a.dataFile.write(parts, host + (ws - cStart), 'data'));
     });
     this.a.counters.dataWrites++;
     plan.commits.push(() => {
       const mask = subclusterMask(a, b);
       setL2Extended(e.buf, i, l, host, true, (l2AllocBits(e.buf, i, l) | mask) >>> 0, l2ZeroBits(e.buf, i, l) & ~mask);
       e.dirty = true;
+      this.a.cache.pointsAtData(e, written!);
     });
+  }
+
+  /** A data write that L2 entries will point at, known to the cache's write order; throws if it failed. */
+  private async track(write: Promise<void>): Promise<DataWrite> {
+    const d = this.a.cache.trackData(write);
+    await write;
+    return d;
   }
 
   /** True when this layer's range reads as zeros without any I/O. */

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { zstdFrameLength } from '../../../src/formats/qcow2/compression';
 import { parseExtensions, serializeExtensions, STANDARD_FEATURES } from '../../../src/formats/qcow2/extensions';
 import { Header, parseHeader, serializeHeader, V3_SIZE } from '../../../src/formats/qcow2/header';
-import { CacheEntry, MetadataCache, TableKind } from '../../../src/formats/qcow2/metadata-cache';
+import { MetadataCache, TableKind } from '../../../src/formats/qcow2/metadata-cache';
 import { Mutex } from '../../../src/formats/qcow2/mutex';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from '../../../src/formats/qcow2/refcount-block';
 import {
@@ -144,12 +144,10 @@ describe('metadata cache', () => {
       load: async (_k: TableKind, off: number, into: Buffer) => {
         into.fill(off / 512);
       },
-      writeBack: async (_k: TableKind, es: CacheEntry[]) => {
-        for (const e of es) {
-          written.push(e.offset);
-          e.dirty = false;
-        }
+      write: async (_k: TableKind, offset: number, bufs: Buffer[]) => {
+        for (let i = 0; i < bufs.length; i++) written.push(offset + i * 512);
       },
+      sync: async () => undefined,
     });
     return { cache, written };
   }
