@@ -86,7 +86,8 @@ export class FsCore {
     const files = open ? open.image.hostFiles() : entry.hostFiles;
     let blocks = 0;
     for (const f of files) blocks += (await fs.stat(f).catch(() => undefined))?.blocks ?? 0;
-    const readOnly = this.ctx.readOnly || entry.snapshot !== undefined || (open?.readOnlyReason !== undefined && open.image.readOnly) || (st.mode & 0o222) === 0;
+    const readOnly = this.ctx.readOnly || entry.snapshot !== undefined || (open?.readOnlyReason !== undefined && open.image.readOnly) || (st.mode & 0o222) === 0
+      || (await images.lockedByOthers(entry)); // QEMU or another mount writes it (its image locks)
     return { kind: 'file', size, blocks, mode: S_IFREG | (readOnly ? 0o444 : 0o644), nlink: 1, ...times };
   }
 
