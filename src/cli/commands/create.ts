@@ -1,13 +1,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import { Confinement, driverByName, openImage } from '../../image';
+import { Confinement, detectFormat, driverByName, extensionOf, openImage, readHead } from '../../image';
 import { withAllowOutside } from '../allow-outside';
 import { VdiskError } from '../../io/errors';
 import { parseOptionList, parseSize } from '../size';
 
 interface CreateArgs {
-  format: string;
+  format?: string;
   o?: string | string[];
   b?: string;
   F?: string;
@@ -23,17 +23,19 @@ export const createCommand: CommandModule<object, CreateArgs> = {
     withAllowOutside(y)
       .positional('file', { type: 'string', demandOption: true })
       .positional('size', { type: 'string', describe: 'virtual size: 1G, 512M, bytes (default: the backing file\'s)' })
-      .option('format', { alias: 'f', type: 'string', default: 'qcow2', describe: 'qcow2, vmdk or raw' })
+      .option('format', { alias: 'f', type: 'string', describe: 'qcow2, vmdk or raw (default: from the extension: .qcow2, .vmdk, .img/.raw)' })
       .option('o', { type: 'string', requiresArg: true, describe: 'format options (repeatable): cluster_size=,compat=,refcount_bits=,lazy_refcounts=,extended_l2=,preallocation= (qcow2); subformat=,zeroed_grain=,adapter_type=,hwversion= (vmdk)' })
       .option('b', { type: 'string', describe: 'backing file (qcow2) / parent (vmdk)' })
-      .option('F', { type: 'string', describe: 'backing file format' })
+      .option('F', { type: 'string', describe: 'backing file format (needed with -b, as in qemu-img)' })
       .example('$0 create -f qcow2 disk.qcow2 10G', 'empty 10 GiB qcow2')
       .example('$0 create -f qcow2 -o cluster_size=2M,extended_l2=on big.qcow2 100G', 'with qemu-img option names')
       .example('$0 create -f vmdk -o subformat=streamOptimized disk.vmdk 1G', 'a streamOptimized VMDK')
       .example('$0 create -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2', 'an overlay on a backing file'),
   handler: async (argv) => {
-    const driver = driverByName(argv.format);
-    if (!driver?.create) throw VdiskError.invalid(`unknown or unsupported format '${argv.format}' (qcow2, vmdk, raw)`);
+    // Without -f the name decides (qemu-img would make a raw file named .qcow2, which no mount shows).
+    const format = argv.format ?? formatOfName(argv.file);
+    const driver = driverByName(format);
+    if (!driver?.create) throw VdiskError.invalid(`unknown or unsupported format '${format}' (qcow2, vmdk, raw)`);
     if (fs.existsSync(argv.file)) throw VdiskError.invalid(`${argv.file} already exists`);
     let size = argv.size !== undefined ? parseSize(argv.size) : undefined;
     const folder = await fs.promises.realpath(path.dirname(path.resolve(argv.file))).catch(() => {
@@ -46,6 +48,11 @@ export const createCommand: CommandModule<object, CreateArgs> = {
     if (argv.b) {
       const backingPath = path.resolve(folder, argv.b);
       if (!fs.existsSync(backingPath)) throw new VdiskError('ENOENT', `backing file ${argv.b} does not exist`);
+      // qemu-img refuses to guess a backing format: a probed one is how a raw disk gets read as qcow2.
+      if (!argv.F) {
+        const seen = await readHead(backingPath).then((h) => detectFormat(h, backingPath).name, () => undefined);
+        throw VdiskError.invalid(`${argv.file}: backing file specified without backing format${seen ? ` (its content is ${seen}: add -F ${seen})` : ' (add -F)'}`);
+      }
       doors.push(path.dirname(await fs.promises.realpath(backingPath)));
       if (size === undefined) {
         const backing = await openImage(backingPath, { writable: false, format: argv.F });
@@ -65,6 +72,15 @@ export const createCommand: CommandModule<object, CreateArgs> = {
       reach: (name, field) => confinement.reach(file, name, field),
     });
     const opts = Object.entries(options).map(([k, v]) => ` ${k}=${v}`).join('');
-    process.stdout.write(`Formatting '${argv.file}', fmt=${argv.format} size=${size}${argv.b ? ` backing_file=${argv.b}` : ''}${opts}\n`);
+    process.stdout.write(`Formatting '${argv.file}', fmt=${format} size=${size}${argv.b ? ` backing_file=${argv.b}` : ''}${opts}\n`);
   },
 };
+
+/** The format a new image's name asks for: .qcow2, .vmdk, .img/.raw. */
+function formatOfName(file: string): string {
+  const ext = extensionOf(file);
+  const byExt: Record<string, string> = { qcow2: 'qcow2', vmdk: 'vmdk', img: 'raw', raw: 'raw' };
+  const format = byExt[ext];
+  if (!format) throw VdiskError.invalid(`${file}: cannot tell the format from the name; add -f qcow2, -f vmdk or -f raw`);
+  return format;
+}

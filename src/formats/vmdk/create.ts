@@ -150,20 +150,30 @@ async function writeSparseExtent(file: string, capacity: number, o: { zeroed: bo
     uncleanShutdown: 0,
     compressAlgorithm: o.stream ? hdr.COMPRESSION_DEFLATE : hdr.COMPRESSION_NONE,
   };
-  const meta = Buffer.alloc(overHead * SECTOR);
-  hdr.serialize(h).copy(meta, 0);
+  // Grain-directory entries are 32-bit sector numbers: the tables must lie below 2^32 sectors.
+  if (overHead > 0xffffffff) throw VdiskError.invalid(`vmdk: ${capacity * SECTOR} bytes is too large for a hosted sparse extent`);
+  const head = Buffer.alloc((descOffset + DESCRIPTOR_SECTORS) * SECTOR);
+  hdr.serialize(h).copy(head, 0);
   if (o.descriptor) {
     const d = Buffer.from(o.descriptor, 'latin1');
     if (d.length > DESCRIPTOR_SECTORS * SECTOR) throw VdiskError.invalid('vmdk: descriptor too long');
-    d.copy(meta, descOffset * SECTOR);
-  }
-  for (let i = 0; i < gtCount; i++) {
-    meta.writeUInt32LE(rgdOffset + gdSectors + i * gtSectors, rgdOffset * SECTOR + i * 4);
-    meta.writeUInt32LE(gdOffset + gdSectors + i * gtSectors, gdOffset * SECTOR + i * 4);
+    d.copy(head, descOffset * SECTOR);
   }
   const f = await HostFile.create(file);
   try {
-    await f.write(meta, 0, 'header');
+    // The preallocated grain tables are all zero: leave them as a hole (a 100 TiB disk has
+    // 13 GB of them), as qemu-img does; write the header and both directories in bounded pieces.
+    await f.truncate(overHead * SECTOR);
+    await f.write(head, 0, 'header');
+    const PIECE = 1 << 20; // directory entries per write (4 MiB)
+    for (const [dir, firstTable] of [[rgdOffset, rgdOffset + gdSectors], [gdOffset, gdOffset + gdSectors]] as const) {
+      for (let i = 0; i < gtCount; i += PIECE) {
+        const n = Math.min(PIECE, gtCount - i);
+        const buf = Buffer.alloc(n * 4);
+        for (let j = 0; j < n; j++) buf.writeUInt32LE(firstTable + (i + j) * gtSectors, j * 4);
+        await f.write(buf, dir * SECTOR + i * 4, 'gd');
+      }
+    }
   } finally {
     await f.close();
   }
