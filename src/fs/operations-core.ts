@@ -168,6 +168,7 @@ export class FsCore {
     const entry = await images.acquire(view, true);
     try {
       if (size === entry.image.virtualSize) return;
+      if (entry.image.readOnly) throw VdiskError.readOnly(`${path} is read-only: ${entry.readOnlyReason ?? 'opened read-only by its driver'}`);
       if (size < entry.image.virtualSize) {
         this.ctx.warn(`refused to shrink ${path} to ${size} bytes (shrinking loses data; for dd use conv=notrunc)`);
         throw VdiskError.invalid('shrinking an image is not supported');

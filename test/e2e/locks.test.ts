@@ -90,6 +90,7 @@ describe('QEMU writes, vdiskfs reads', () => {
     const view = path.join(m.mnt, 'vm.qcow2.raw');
     expect(modeOf(view)).toBe(0o444);
     expect(() => fs.openSync(view, 'r+')).toThrow(/EROFS/);
+    expect(() => fs.truncateSync(view, 32 << 20)).toThrow(/EROFS/);
     const fd = fs.openSync(view, 'r'); // reading keeps working, and while it is open...
     try {
       expect(fs.readSync(fd, Buffer.alloc(4096), 0, 4096, 0)).toBe(4096);
