@@ -7,6 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ImageLock, lockImage, writerElsewhere } from '../../src/image';
+import { PERM_RESIZE } from '../../src/image/locks';
 
 let dir = '';
 let img = '';
@@ -45,9 +46,9 @@ async function qemuWriter(file: string): Promise<ChildProcess> {
   const p = spawn('qemu-io', ['-c', 'sleep 600000', file], { stdio: 'ignore' });
   procs.push(p);
   const probe = await lockOf([file]);
-  // QEMU takes its bytes one by one while it opens the image: wait for the last, "resize not shared".
-  for (let i = 0; i < 200 && !probe.test({ perm: 0, unshared: 0x8 }); i++) await new Promise((r) => setTimeout(r, 25));
-  expect(probe.test({ perm: 0, unshared: 0x8 })).toMatch(/Failed to get shared "resize" lock/);
+  // QEMU takes its bytes one by one while it opens the image: wait for the last, 203 "resize not shared".
+  for (let i = 0; i < 200 && !probe.test({ perm: PERM_RESIZE, unshared: 0 }); i++) await new Promise((r) => setTimeout(r, 25));
+  expect(probe.test({ perm: PERM_RESIZE, unshared: 0 })).toMatch(/Failed to get "resize" lock/);
   return p;
 }
 
@@ -111,6 +112,34 @@ describe('we see QEMU\'s locks', () => {
     expect(await writerElsewhere([img])).toBeUndefined();
     expect(l.set('write')).toBeUndefined(); // upgraded in place
     expect(qemuIo(img, 'write 0 4k').stderr).toMatch(/Failed to get "write" lock/);
+  });
+});
+
+/** The lock bytes held on `file`, from /proc/locks (adjacent bytes merge into one range there). */
+function heldBytes(file: string): number[] {
+  const ino = fs.statSync(file).ino;
+  const bytes: number[] = [];
+  for (const line of fs.readFileSync('/proc/locks', 'utf8').split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (!f[5]?.endsWith(`:${ino}`) || line.includes('->')) continue;
+    for (let b = Number(f[6]); b <= Number(f[7]); b++) bytes.push(b);
+  }
+  return bytes.sort((a, b) => a - b);
+}
+
+describe('the same bytes as QEMU', () => {
+  it('our writer holds exactly what a qemu-io writer holds', async () => {
+    const p = await qemuWriter(img);
+    const qemus = heldBytes(img);
+    expect(qemus).toEqual([100, 101, 103, 201, 203]);
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill('SIGKILL');
+    await gone;
+    const l = await lockOf([img]);
+    expect(l.set('write')).toBeUndefined();
+    expect(heldBytes(img)).toEqual(qemus);
+    expect(l.set('read')).toBeUndefined();
+    expect(heldBytes(img)).toEqual([100]);
   });
 });
 
