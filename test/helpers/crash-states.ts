@@ -49,6 +49,8 @@ export class CrashRecorder {
   readonly guestFlushes: GuestFlush[] = [];
   readonly base: Buffer;
   private restore: (() => void) | undefined;
+  /** Lets a test hold a host write back (by its tag) to force an interleaving. */
+  hold: ((tag: string | undefined) => Promise<void> | undefined) | undefined;
 
   constructor(readonly file: string) {
     this.base = fs.readFileSync(file);
@@ -58,6 +60,7 @@ export class CrashRecorder {
     const rec = this;
     proto.write = async function (this: HostFile, data: Buffer | Buffer[], pos: number, tag?: string): Promise<void> {
       if (this.path !== rec.file) return write.call(this, data, pos, tag);
+      await rec.hold?.(tag);
       const w: HostWrite = { kind: 'write', offset: pos, data: Buffer.concat(Array.isArray(data) ? data : [data]), issued: rec.clock++, completed: Infinity };
       rec.writes.push(w);
       await write.call(this, data, pos, tag);

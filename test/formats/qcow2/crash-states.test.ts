@@ -59,4 +59,41 @@ describe('qcow2 crash states: any subset of unsynced writes', () => {
       expect(final.ok, final.output).toBe(true);
     });
   }
+
+  it('default refcounts: a flush racing an allocating write, then a flush with no refcount change, still syncs the data before the L2 table', async () => {
+    const f = path.join(dir, 'race.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', f, '8M']);
+    const rec = new CrashRecorder(f);
+    try {
+      const img = await openImage(f, { writable: true });
+      for (let i = 0; i < 6; i++) {
+        // The allocating write's data is held back (its clusters allocated) until a flush has finished.
+        let release!: () => void;
+        let held!: () => void;
+        const gate = new Promise<void>((r) => (release = r));
+        const reached = new Promise<void>((r) => (held = r));
+        rec.hold = (tag) => {
+          if (tag !== 'data') return undefined;
+          held();
+          return gate;
+        };
+        const off = i * MiB + 512;
+        const data = Buffer.alloc(64 * 1024, i + 1);
+        const writing = rec.guestWrite(off, data, () => img.write(off, data));
+        await reached;
+        await rec.guestFlush(() => img.flush());
+        rec.hold = undefined;
+        release();
+        await writing;
+        await rec.guestFlush(() => img.flush());
+      }
+      await img.close();
+    } finally {
+      rec.stop();
+    }
+    const states = rec.states({ seed: 3, perEpoch: 8, allSubsetsUpTo: 5 });
+    const res = await checkCrashStates(rec, states, { file: path.join(dir, 'race-state.qcow2'), format: 'qcow2', initial: Buffer.alloc(8 * MiB), budget: 80, seed: 3 });
+    expect(res.states).toBeGreaterThan(20);
+    expect(res.bad).toEqual([]);
+  });
 });
