@@ -8,6 +8,7 @@ import { VdiskError } from '../../io/errors';
 import { parseSize } from '../size';
 import { enableDebug, reportFatal, warn } from '../output';
 import { defaultLogFile, pidFileFor } from '../pidfile';
+import { reportBackgroundMount, writeMountRecord } from '../mount-report';
 
 interface MountArgs {
   images: string;
@@ -125,6 +126,7 @@ async function startDaemon(argv: MountArgs): Promise<number> {
   checkMountArguments(path.resolve(argv.images), path.resolve(argv.mountpoint), ([] as string[]).concat(argv.o ?? []), warn);
   const logFile = argv['log-file'] ?? defaultLogFile(argv.mountpoint);
   const log = fs.openSync(logFile, 'a');
+  const logStart = fs.fstatSync(log).size;
   const args = process.argv.slice(1).filter((a) => a !== '--daemon-child');
   const child = spawn(process.execPath, [...process.execArgv, ...args, '--daemon-child'], {
     detached: true,
@@ -143,5 +145,7 @@ async function startDaemon(argv: MountArgs): Promise<number> {
     warn(result.message ?? 'mount failed');
     return 1;
   }
+  writeMountRecord(argv.mountpoint, { logFile, stats: argv.stats });
+  await reportBackgroundMount(path.resolve(argv.mountpoint), logFile, logStart);
   return 0;
 }

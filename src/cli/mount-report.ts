@@ -1,0 +1,67 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { pidFileFor } from './pidfile';
+
+/** A shown disk view: `<image>.raw` (snapshot views carry `@`, partition views `.pN.raw`). */
+const DISK_VIEW = /\.(qcow2|vmdk|img|raw)\.raw$/i;
+/** How a left-out image is logged (src/fs/view-tree.ts). */
+const LEFT_OUT = /^vdiskfs: left out /;
+
+/**
+ * What a background mount tells the user once it serves: what its daemon said while starting
+ * (one line per image left out, with the reason), the log path, and one summary line. Walking
+ * the mount from this (the parent) process makes the daemon look at every image now, so the
+ * lines are there to read.
+ */
+export async function reportBackgroundMount(mountpoint: string, logFile: string, logStart: number): Promise<void> {
+  let shown = 0;
+  const walk = async (dir: string): Promise<void> => {
+    for (const d of await fs.promises.readdir(dir, { withFileTypes: true })) {
+      if (d.isDirectory()) await walk(path.join(dir, d.name));
+      else if (DISK_VIEW.test(d.name) && !d.name.includes('@')) shown++;
+    }
+  };
+  const walked = await walk(mountpoint).then(() => true, () => false);
+  const said = readLogSince(logFile, logStart).filter((l) => l.startsWith('vdiskfs: '));
+  for (const line of said) process.stderr.write(line + '\n');
+  const leftOut = said.filter((l) => LEFT_OUT.test(l)).length;
+  process.stdout.write(`vdiskfs: logging to ${logFile}\n`);
+  if (walked) process.stdout.write(`vdiskfs: ${mountpoint}: ${shown} image${shown === 1 ? '' : 's'} shown, ${leftOut} left out\n`);
+}
+
+export function readLogSince(logFile: string, start: number): string[] {
+  try {
+    const fd = fs.openSync(logFile, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const buf = Buffer.alloc(Math.max(0, Math.min(size - start, 1 << 20)));
+      fs.readSync(fd, buf, 0, buf.length, start);
+      return buf.toString('utf8').split('\n').filter(Boolean);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return [];
+  }
+}
+
+/** What `vdiskfs unmount` needs to know about a background mount: its log, and whether it keeps --stats. */
+export interface MountRecord { logFile: string; stats: boolean }
+
+const recordFileFor = (mountpoint: string) => pidFileFor(mountpoint).replace(/\.pid$/, '.mount.json');
+
+export function writeMountRecord(mountpoint: string, record: MountRecord): void {
+  fs.writeFileSync(recordFileFor(mountpoint), JSON.stringify(record) + '\n');
+}
+
+export function takeMountRecord(mountpoint: string): MountRecord | undefined {
+  const file = recordFileFor(mountpoint);
+  try {
+    const r = JSON.parse(fs.readFileSync(file, 'utf8')) as MountRecord;
+    return typeof r.logFile === 'string' ? r : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    fs.rmSync(file, { force: true });
+  }
+}
