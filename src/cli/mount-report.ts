@@ -54,14 +54,15 @@ export function writeMountRecord(mountpoint: string, record: MountRecord): void 
   fs.writeFileSync(recordFileFor(mountpoint), JSON.stringify(record) + '\n');
 }
 
-export function takeMountRecord(mountpoint: string): MountRecord | undefined {
-  const file = recordFileFor(mountpoint);
+export function readMountRecord(mountpoint: string): MountRecord | undefined {
   try {
-    const r = JSON.parse(fs.readFileSync(file, 'utf8')) as MountRecord;
+    const r = JSON.parse(fs.readFileSync(recordFileFor(mountpoint), 'utf8')) as MountRecord;
     return typeof r.logFile === 'string' ? r : undefined;
   } catch {
     return undefined;
-  } finally {
-    fs.rmSync(file, { force: true });
   }
+}
+
+export function forgetMountRecord(mountpoint: string): void {
+  fs.rmSync(recordFileFor(mountpoint), { force: true });
 }
