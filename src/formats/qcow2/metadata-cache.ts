@@ -232,7 +232,7 @@ export class MetadataCache {
   /** True when `kind` has nothing unwritten and nothing written since the last barrier. */
   private settled(kind: TableKind): boolean {
     const s = this.sides[kind];
-    return !this.anyDirty(kind, () => true) && !s.side?.rootsDirty() && s.lastWrite < this.syncedFrom;
+    return !this.anyDirty(kind, () => true) && !s.side?.rootsDirty() && s.lastWrite <= this.syncedFrom; // equal only when both are -1
   }
 
   private anyDirty(kind: TableKind, pred: (e: CacheEntry) => boolean): boolean {
@@ -283,7 +283,12 @@ export class MetadataCache {
         e.dataAt = -1;
         e.after = undefined;
       }
-      await this.backend.write(run[0]!.kind, run[0]!.offset, bufs);
+      try {
+        await this.backend.write(run[0]!.kind, run[0]!.offset, bufs);
+      } catch (err) {
+        for (const e of run) e.dirty = true; // still to be written; what it waited for stays durable
+        throw err;
+      }
       i = j;
     }
     this.sides[entries[0]!.kind].lastWrite = this.clock++;
