@@ -7,6 +7,7 @@ import { HostFile } from '../../io/host-file';
 import type { CheckResult } from '../types';
 import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './header';
 import { readMeta, readSnapshotTable } from './meta';
+import { MIN_V3_EXTRA_DATA } from './snapshot-table';
 import { countRefcountStructures, readStoredRefcounts, walkReferences, writeFreshRefcounts } from './refcount-walk';
 
 export async function checkQcow2(path: string, repair: boolean): Promise<CheckResult> {
@@ -26,11 +27,18 @@ async function checkOnce(path: string, repair: boolean): Promise<CheckResult> {
     const snaps = await readSnapshotTable(file, meta);
     const walk = await walkReferences(file, meta, l1, snaps);
     const refs = Uint32Array.from(walk.counts);
-    await countRefcountStructures(file, meta, refs);
+    const sharedRefblocks = await countRefcountStructures(file, meta, refs);
     const stored = await readStoredRefcounts(file, meta, refs.length);
-    const messages = [...walk.messages];
+    const messages = [...walk.messages, ...sharedRefblocks.slice(0, 100)];
     let leaks = 0;
-    let corruptions = walk.corruptions;
+    let corruptions = walk.corruptions + sharedRefblocks.length;
+    if (h.version >= 3) {
+      snaps.snapshots.forEach((s, i) => {
+        if (s.extraDataSize >= MIN_V3_EXTRA_DATA) return;
+        corruptions++;
+        if (messages.length < 100) messages.push(`ERROR snapshot table entry ${i} is incomplete`);
+      });
+    }
     for (let c = 0; c < refs.length; c++) {
       const s = stored[c]!;
       const r = refs[c]!;

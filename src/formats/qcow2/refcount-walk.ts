@@ -8,7 +8,7 @@
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
-import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, MAX_L1_BYTES } from './header';
+import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2 } from './header';
 import type { ImageMeta } from './meta';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
 import { Snapshot, validateSnapshot } from './snapshot-table';
@@ -39,66 +39,66 @@ export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer
   const extended = (h.incompatible & INCOMPAT_EXTL2) !== 0n;
   const layout: L2Layout = { clusterBits: h.clusterBits, extended, entrySize: extended ? 16 : 8 };
   const externalData = (h.incompatible & INCOMPAT_DATA_FILE) !== 0n;
-  const bad = (msg: string): void => {
-    w.corruptions++;
+  // `times`: how often the structure is referenced (snapshots share tables; see below).
+  const bad = (msg: string, times = 1): void => {
+    w.corruptions += times;
     if (w.messages.length < 100) w.messages.push(msg);
   };
-  const inc = (host: number, length: number, what: string): void => {
-    if (host % 512 !== 0 && what !== 'compressed') return bad(`${what} at ${host} not aligned`);
+  const inc = (host: number, length: number, what: string, times = 1): void => {
+    if (host % 512 !== 0 && what !== 'compressed') return bad(`${what} at ${host} not aligned`, times);
     const first = Math.floor(host / cs);
     const last = Math.floor((host + length - 1) / cs);
-    if (last >= clusters) return bad(`${what} at ${host} beyond the end of the image`);
-    for (let c = first; c <= last; c++) counts[c]!++;
+    if (last >= clusters) return bad(`${what} at ${host} beyond the end of the image`, times);
+    for (let c = first; c <= last; c++) counts[c] = Math.min(counts[c]! + times, 0xffffffff);
   };
   inc(0, cs, 'header');
-  const walkL1 = async (table: Buffer, off: number, active: boolean, name: string): Promise<void> => {
-    if (table.length) inc(off, table.length, `${name} L1 table`);
-    const l2 = Buffer.alloc(cs);
-    for (let i = 0; i < table.length / 8; i++) {
-      const l2off = l1Offset(table, i);
-      if (l2off === 0) continue;
-      if (l2off % cs !== 0) {
-        bad(`${name} L2 table ${i} offset ${l2off} not cluster aligned`);
+  const l2 = Buffer.alloc(cs); // one buffer for every L2 table of the walk
+
+  // The active layer: every entry counted, COPIED flags and fragmentation noted.
+  if (l1.length) inc(h.l1TableOffset, l1.length, 'active L1 table');
+  for (let i = 0; i < l1.length / 8; i++) {
+    const l2off = l1Offset(l1, i);
+    if (l2off === 0) continue;
+    if (l2off % cs !== 0) {
+      bad(`active L2 table ${i} offset ${l2off} not cluster aligned`);
+      continue;
+    }
+    inc(l2off, cs, 'active L2 table');
+    w.copiedChecks.push({ host: l2off, copied: l1Copied(l1, i), what: `L1 entry ${i}`, at: h.l1TableOffset + i * 8 });
+    if (l2off >= meta.fileSize) continue;
+    await file.read(l2, l2off, 'check');
+    let nextContiguous = 0; // per L2 table, as QEMU counts fragmentation
+    for (let j = 0; j < cs / layout.entrySize; j++) {
+      const kind = l2Kind(l2, j, layout);
+      if (kind === KIND_COMPRESSED) {
+        const c = l2Compressed(l2, j, layout);
+        inc(c.host, c.size, 'compressed');
+        // QEMU counts every compressed cluster as fragmented too.
+        (w.frag.allocated++, w.frag.compressed++, w.frag.fragmented++);
         continue;
       }
-      inc(l2off, cs, `${name} L2 table`);
-      if (active) w.copiedChecks.push({ host: l2off, copied: l1Copied(table, i), what: `L1 entry ${i}`, at: off + i * 8 });
-      if (l2off >= meta.fileSize) continue;
-      await file.read(l2, l2off, 'check');
-      let nextContiguous = 0; // per L2 table, as QEMU counts fragmentation
-      for (let j = 0; j < cs / layout.entrySize; j++) {
-        const kind = l2Kind(l2, j, layout);
-        if (kind === KIND_COMPRESSED) {
-          const c = l2Compressed(l2, j, layout);
-          inc(c.host, c.size, 'compressed');
-          // QEMU counts every compressed cluster as fragmented too.
-          if (active) (w.frag.allocated++, w.frag.compressed++, w.frag.fragmented++);
-          continue;
-        }
-        if (kind === KIND_UNALLOCATED) continue;
-        const host = l2HostOffset(l2, j, layout);
-        if (host === 0) continue;
-        if (active) {
-          w.frag.allocated++;
-          if (nextContiguous && host !== nextContiguous) w.frag.fragmented++;
-          nextContiguous = host + cs;
-        }
-        if (host % cs !== 0) {
-          bad(`${name} data cluster ${host} (L2 ${l2off} entry ${j}) not cluster aligned`);
-          continue;
-        }
-        if (externalData) continue;
-        inc(host, cs, `${name} data cluster`);
-        if (active) w.copiedChecks.push({ host, copied: l2Copied(l2, j, layout), what: `L2 ${l2off} entry ${j}`, at: l2off + j * layout.entrySize });
+      if (kind === KIND_UNALLOCATED) continue;
+      const host = l2HostOffset(l2, j, layout);
+      if (host === 0) continue;
+      w.frag.allocated++;
+      if (nextContiguous && host !== nextContiguous) w.frag.fragmented++;
+      nextContiguous = host + cs;
+      if (host % cs !== 0) {
+        bad(`active data cluster ${host} (L2 ${l2off} entry ${j}) not cluster aligned`);
+        continue;
       }
+      if (externalData) continue;
+      inc(host, cs, 'active data cluster');
+      w.copiedChecks.push({ host, copied: l2Copied(l2, j, layout), what: `L2 ${l2off} entry ${j}`, at: l2off + j * layout.entrySize });
     }
-  };
-  await walkL1(l1, h.l1TableOffset, true, 'active');
+  }
+
+  // Snapshots share L1 and L2 tables (those of an unchanged disk are all the same): each distinct
+  // table is read once and what it references counted as often as it is referenced. So 65,536
+  // snapshots, or a hostile table pointing them all at one huge L1, cost one read per table.
   if (h.nbSnapshots) {
     inc(h.snapshotsOffset, Math.max(snaps.length, 1), 'snapshot table');
-    let total = 0;
-    for (const s of snapshots) total += Math.min(s.l1Size * 8, MAX_L1_BYTES);
-    if (total > MAX_SNAPSHOT_L1_BYTES) throw VdiskError.corrupt(`qcow2 snapshot L1 tables total ${total} bytes: refusing to walk`);
+    const l1Tables = new Map<string, { s: Snapshot; times: number }>();
     for (const s of snapshots) {
       try {
         validateSnapshot(s, cs);
@@ -106,9 +106,53 @@ export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer
         bad((e as Error).message);
         continue;
       }
+      const key = `${s.l1TableOffset}:${s.l1Size}`;
+      const seen = l1Tables.get(key);
+      if (seen) seen.times++;
+      else l1Tables.set(key, { s, times: 1 });
+    }
+    let total = 0;
+    for (const { s } of l1Tables.values()) total += s.l1Size * 8;
+    if (total > MAX_SNAPSHOT_L1_BYTES) throw VdiskError.corrupt(`qcow2 snapshot L1 tables total ${total} bytes: refusing to walk`);
+    const l2Times = new Uint32Array(clusters); // references to each L2 table from snapshot L1 tables
+    for (const { s, times } of l1Tables.values()) {
+      if (s.l1Size === 0) continue;
+      const name = `snapshot '${s.name}'`;
+      inc(s.l1TableOffset, s.l1Size * 8, `${name} L1 table`, times);
       const t = Buffer.alloc(s.l1Size * 8);
       await file.read(t, s.l1TableOffset, 'check');
-      await walkL1(t, s.l1TableOffset, false, `snapshot '${s.name}'`);
+      for (let i = 0; i < s.l1Size; i++) {
+        const l2off = l1Offset(t, i);
+        if (l2off === 0) continue;
+        if (l2off % cs !== 0) {
+          bad(`${name} L2 table ${i} offset ${l2off} not cluster aligned`, times);
+          continue;
+        }
+        inc(l2off, cs, `${name} L2 table`, times);
+        if (l2off < meta.fileSize) l2Times[l2off / cs] = Math.min(l2Times[l2off / cs]! + times, 0xffffffff);
+      }
+    }
+    for (let t = 0; t < clusters; t++) {
+      const times = l2Times[t]!;
+      if (times === 0) continue;
+      const l2off = t * cs;
+      await file.read(l2, l2off, 'check');
+      for (let j = 0; j < cs / layout.entrySize; j++) {
+        const kind = l2Kind(l2, j, layout);
+        if (kind === KIND_COMPRESSED) {
+          const c = l2Compressed(l2, j, layout);
+          inc(c.host, c.size, 'compressed', times);
+          continue;
+        }
+        if (kind === KIND_UNALLOCATED) continue;
+        const host = l2HostOffset(l2, j, layout);
+        if (host === 0) continue;
+        if (host % cs !== 0) {
+          bad(`snapshot data cluster ${host} (L2 ${l2off} entry ${j}) not cluster aligned`, times);
+          continue;
+        }
+        if (!externalData) inc(host, cs, 'snapshot data cluster', times);
+      }
     }
   }
   return w;
@@ -132,8 +176,11 @@ export async function readStoredRefcounts(file: HostFile, meta: ImageMeta, clust
   return out;
 }
 
-/** Refcount table and blocks of the current structures, counted as references too. */
-export async function countRefcountStructures(file: HostFile, meta: ImageMeta, counts: Uint32Array): Promise<void> {
+/**
+ * Refcount table and blocks of the current structures, counted as references too (last, as
+ * QEMU does). Returns one message per refcount block that something else also references.
+ */
+export async function countRefcountStructures(file: HostFile, meta: ImageMeta, counts: Uint32Array): Promise<string[]> {
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
   const table = Buffer.alloc(h.refcountTableClusters * cs);
@@ -142,10 +189,15 @@ export async function countRefcountStructures(file: HostFile, meta: ImageMeta, c
     for (let c = Math.floor(off / cs); c < Math.ceil((off + n) / cs) && c < counts.length; c++) counts[c]!++;
   };
   mark(h.refcountTableOffset, table.length);
+  const shared: string[] = [];
   for (let b = 0; b < table.length / 8; b++) {
     const off = reftableEntry(table, b);
-    if (off) mark(off, cs);
+    if (!off) continue;
+    mark(off, cs);
+    const c = Math.floor(off / cs);
+    if (c < counts.length && counts[c] !== 1) shared.push(`ERROR refcount block ${b} refcount=${counts[c]}`);
   }
+  return shared;
 }
 
 /**

@@ -19,6 +19,8 @@ export interface Snapshot {
   dateNsec: number;
   vmClockNsec: number;
   vmStateSize: number;
+  /** Bytes of extra data; qcow2 v3 requires at least 16 (vm_state_size_large and disk_size). */
+  extraDataSize: number;
   /** Virtual disk size when the snapshot was taken (extra data), if recorded. */
   diskSize?: number;
   icount?: number;
@@ -51,6 +53,7 @@ export function parseSnapshotTable(buf: Buffer, count: number, clusterSize: numb
       dateNsec: buf.readUInt32BE(off + 20),
       vmClockNsec: toSafeNumber(buf.readBigUInt64BE(off + 24) & 0x1fffffffffffffn, 'vm_clock_nsec'),
       vmStateSize: buf.readUInt32BE(off + 32),
+      extraDataSize: extraSize,
     };
     if (extraSize >= 8) s.vmStateSize = Math.max(s.vmStateSize, toSafeNumber(buf.readBigUInt64BE(extra) & 0x1fffffffffffffn, 'vm_state_size_large'));
     if (extraSize >= 16) s.diskSize = readU64(buf, extra + 8, 'snapshot disk_size');
@@ -60,6 +63,9 @@ export function parseSnapshotTable(buf: Buffer, count: number, clusterSize: numb
   }
   return { snapshots: out, length: off };
 }
+
+/** qcow2 v3 entries must carry vm_state_size_large and disk_size; `qemu-img check` counts each short one. */
+export const MIN_V3_EXTRA_DATA = 16;
 
 /** Refuses a snapshot whose L1 table cannot be used (checked when the snapshot is opened or walked). */
 export function validateSnapshot(s: Snapshot, clusterSize: number): void {
