@@ -46,7 +46,7 @@ export function readLogSince(logFile: string, start: number): string[] {
 }
 
 /** What `vdiskfs unmount` needs to know about a background mount: its log, and whether it keeps --stats. */
-export interface MountRecord { logFile: string; stats: boolean }
+export interface MountRecord { logFile: string; stats: boolean; /** real path of the images folder */ images?: string }
 
 const recordFileFor = (mountpoint: string) => pidFileFor(mountpoint).replace(/\.pid$/, '.mount.json');
 
@@ -65,4 +65,15 @@ export function readMountRecord(mountpoint: string): MountRecord | undefined {
 
 export function forgetMountRecord(mountpoint: string): void {
   fs.rmSync(recordFileFor(mountpoint), { force: true });
+}
+
+/**
+ * True when `mountpoint` is a vdiskfs mount that this tool started in the background for the
+ * same images folder: `mount -a` (fstab) runs every line again, and that must be a quiet success.
+ */
+export function servedAlready(images: string, mountpoint: string, isOurMount: (dir: string) => boolean): boolean {
+  const mnt = path.resolve(mountpoint);
+  if (!isOurMount(mnt)) return false;
+  const real = fs.realpathSync(images, { encoding: 'utf8' });
+  return readMountRecord(mnt)?.images === real;
 }

@@ -8,7 +8,8 @@ import { VdiskError } from '../../io/errors';
 import { parseSize } from '../size';
 import { enableDebug, reportFatal, warn } from '../output';
 import { defaultLogFile, pidFileFor } from '../pidfile';
-import { reportBackgroundMount, writeMountRecord } from '../mount-report';
+import { reportBackgroundMount, servedAlready, writeMountRecord } from '../mount-report';
+import { isOurMount } from '../../fs/fuse-session';
 
 interface MountArgs {
   images: string;
@@ -27,6 +28,7 @@ interface MountArgs {
   stats: boolean;
   'log-file'?: string;
   'daemon-child': boolean;
+  'if-not-mounted': boolean;
   transport: 'kernel' | 'fuse-native';
   'writeback-cache': boolean;
   'allow-outside': string[];
@@ -57,10 +59,12 @@ export const mountCommand: CommandModule<object, MountArgs> = {
       .option('daemon-child', { type: 'boolean', default: false, hidden: true })
       .example('$0 mount ./images /mnt/raw', 'mount in the background; unmount with: vdiskfs unmount /mnt/raw')
       .example('$0 mount -f --read-only ./evidence /mnt/ro', 'forensics: read-only, in the foreground'),
+      .option('if-not-mounted', { type: 'boolean', default: false, hidden: true }) // mount.vdiskfs: `mount -a` again is a quiet success
   handler: async (argv) => {
     if (argv.debug) enableDebug();
     if (argv.foreground || argv['daemon-child']) {
       // fuse-native keeps a libuv handle referenced after unmount: exit explicitly once every
+    if (argv['if-not-mounted'] && !argv['daemon-child'] && servedAlready(argv.images, argv.mountpoint, isOurMount)) return;
       // image is flushed and closed.
       process.exit(await runMount(argv));
     }
@@ -145,7 +149,7 @@ async function startDaemon(argv: MountArgs): Promise<number> {
     warn(result.message ?? 'mount failed');
     return 1;
   }
-  writeMountRecord(argv.mountpoint, { logFile, stats: argv.stats });
+  writeMountRecord(argv.mountpoint, { logFile, stats: argv.stats, images: fs.realpathSync(argv.images) });
   await reportBackgroundMount(path.resolve(argv.mountpoint), logFile, logStart);
   return 0;
 }
