@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the main job of vdiskfs, step by step, saying what it does.
 # Makes a qcow2, a VMDK and a raw image, mounts them as raw files, uses them with dd, fio and a
-# loop device with ext4 on it, unmounts, and lets qemu-img check what we wrote.
+# partition file with ext4 on it (mount -o loop), unmounts, and lets qemu-img check what we wrote.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VDISKFS="node $PWD/dist/src/cli/main.js"
@@ -21,15 +21,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-# Partition 1 of a disk file as a block device: losetup -P, or (where the kernel makes no
-# partition nodes, as in some containers) a loop device at the partition's offset.
-attach_part1() {  # sets PART; remembers every loop device in LOOPS
-  local whole; whole=$(losetup -P --show -f "$1"); LOOPS=("$whole" "${LOOPS[@]}")
-  for _ in $(seq 20); do [ -e "${whole}p1" ] && { PART="${whole}p1"; return; }; sleep 0.1; done
-  local start size; read -r start size < <(sfdisk -d "$1" | sed -n 's/.*start= *\([0-9]*\), size= *\([0-9]*\).*/\1 \2/p' | head -1)
-  PART=$(losetup --show -f -o $((start * 512)) --sizelimit $((size * 512)) "$1"); LOOPS=("$PART" "${LOOPS[@]}")
-}
 
 say "1. Make three images: a 1 GiB qcow2, a 1 GiB VMDK (both with vdiskfs create, qemu-img's options) and a 64 MiB raw file"
 $VDISKFS create -f qcow2 "$IMAGES/server.qcow2" 1G
@@ -53,16 +44,15 @@ fio --name=demo --filename="$MNT/desktop.vmdk.raw" --rw=randwrite --bs=4k --size
     --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --ioengine=psync --randseed=7 --minimal \
   | awk -F';' '{printf "fio: wrote %d KiB at %d KiB/s, read back and verified %d KiB, errors: %s\n", $47, $48, $6, $5}'
 
-say "5. Use the qcow2 view as a disk: partition it, loop device, mkfs.ext4, mount, write a file, fsck"
+say "5. Use the qcow2 view as a disk: partition it, and each partition shows up as a file of its own"
 echo ',,L' | sfdisk -q "$MNT/server.qcow2.raw"
-attach_part1 "$MNT/server.qcow2.raw"
-mkfs.ext4 -q -F "$PART"
-mount "$PART" "$WORK/ext4"
-echo "written through ext4 on a loop device on a vdiskfs view of a qcow2" > "$WORK/ext4/hello.txt"
+ls -l "$MNT"/server.qcow2.*
+mkfs.ext4 -q -F "$MNT/server.qcow2.p1.raw"
+mount -o loop "$MNT/server.qcow2.p1.raw" "$WORK/ext4"
+echo "written through ext4 on a partition file of a vdiskfs view of a qcow2" > "$WORK/ext4/hello.txt"
 cat "$WORK/ext4/hello.txt"
-umount "$WORK/ext4"
-fsck.ext4 -n -f "$PART" >/dev/null 2>&1 && echo "fsck.ext4 -n: clean"
-for l in "${LOOPS[@]}"; do losetup -d "$l"; done; LOOPS=()
+umount "$WORK/ext4"   # mount -o loop detaches its loop device here
+fsck.ext4 -n -f "$MNT/server.qcow2.p1.raw" >/dev/null 2>&1 && echo "fsck.ext4 -n: clean"
 
 say "6. Unmount: pending writes are flushed, every image is closed cleanly"
 $VDISKFS unmount "$MNT"

@@ -8,6 +8,8 @@ export interface Handle {
   /** O_DIRECT / O_SYNC / O_DSYNC: writes bypass merging (rule 6); sync also flushes the image. */
   writeThrough: boolean;
   sync: boolean;
+  /** A partition file: the handle sees [offset, offset+size) of the disk view. */
+  window?: { offset: number; size: number };
 }
 
 const { O_ACCMODE, O_RDONLY, O_DIRECT, O_SYNC, O_DSYNC } = { O_ACCMODE: 3, ...fs.constants };

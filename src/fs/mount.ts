@@ -11,7 +11,8 @@ import { ImageTable } from './image-table';
 import { parseFuseOptions, userMayAllowOther } from './mount-options';
 import { FsCore } from './operations-core';
 import type { Transport, TransportName } from './transport';
-import { ViewTree } from './view-tree';
+import { ViewTree, type ImageView } from './view-tree';
+import { PartitionViews } from './partition-views';
 
 const log = createDebug('vdiskfs:fs');
 
@@ -34,6 +35,8 @@ export interface MountOptions {
   stats?: boolean;
   /** Who speaks FUSE to the kernel: our kernel-protocol loop (default) or fuse-native (libfuse 2.9). */
   transport?: TransportName;
+  /** Show each partition of a disk view as a file of its own (default on; --no-partitions). */
+  partitions?: boolean;
   /** Kernel transport: the kernel caches writes (WRITEBACK_CACHE). */
   writebackCache?: boolean;
   warn(message: string): void;
@@ -157,7 +160,14 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
 
   const confinement = await Confinement.create(images, opts.allowOutside);
   let table: ImageTable | undefined;
-  const tree = new ViewTree(images, { includeRaw: opts.includeRaw, warn: opts.warn, confinement, isOpen: (p) => table?.isOpen(p) ?? false });
+  let partitions: PartitionViews | undefined;
+  const tree = new ViewTree(images, {
+    includeRaw: opts.includeRaw,
+    warn: opts.warn,
+    confinement,
+    isOpen: (p) => table?.isOpen(p) ?? false,
+    ...(opts.partitions === false ? {} : { partitionsOf: (v: ImageView) => partitions!.partitionsOf(v) }),
+  });
   table = new ImageTable({
     readOnly: opts.readOnly,
     nullDriver: opts.nullDriver,
@@ -168,7 +178,8 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
     warn: opts.warn,
     isBackingOfAnother: (p) => tree.isBackingOfAnother(p),
   });
-  const core = new FsCore({ tree, images: table, readOnly: opts.readOnly, warn: opts.warn });
+  if (opts.partitions !== false) partitions = new PartitionViews(table, opts.warn);
+  const core = new FsCore({ tree, images: table, readOnly: opts.readOnly, warn: opts.warn, ...(partitions ? { partitions } : {}) });
   const start = opts.transport === 'fuse-native' ? startFuseNativeTransport : startKernelTransport;
   const transport = await start({
     mountpoint,

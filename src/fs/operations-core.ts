@@ -4,12 +4,15 @@ import { VdiskError } from '../io/errors';
 import { HandleTable, handleMode, wantsWrite, type Handle } from './handles';
 import type { ImageTable } from './image-table';
 import type { ImageView, ViewTree } from './view-tree';
+import type { PartitionViews } from './partition-views';
 
 const log = createDebug('vdiskfs:fs');
 
 export interface CoreContext {
   tree: ViewTree;
   images: ImageTable;
+  /** Partition files (absent with --no-partitions). */
+  partitions?: PartitionViews;
   readOnly: boolean;
   warn(message: string): void;
 }
@@ -82,10 +85,11 @@ export class FsCore {
     const times = { atimeMs: st.atimeMs, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, uid: st.uid, gid: st.gid };
     if (entry.kind === 'dir') return { kind: 'dir', size: 4096, blocks: 0, mode: S_IFDIR | 0o755, nlink: 2, ...times };
     const open = images.get(entry);
-    const size = open ? open.image.virtualSize : entry.virtualSize;
+    const size = entry.partition ? entry.partition.size : open ? open.image.virtualSize : entry.virtualSize;
     const files = open ? open.image.hostFiles() : entry.hostFiles;
     let blocks = 0;
-    for (const f of files) blocks += (await fs.stat(f).catch(() => undefined))?.blocks ?? 0;
+    // A partition's space is counted once, on the disk view (du of the folder stays true).
+    if (!entry.partition) for (const f of files) blocks += (await fs.stat(f).catch(() => undefined))?.blocks ?? 0;
     const readOnly = this.ctx.readOnly || entry.snapshot !== undefined || (open?.readOnlyReason !== undefined && open.image.readOnly) || (st.mode & 0o222) === 0
       || (await images.lockedByOthers(entry)); // QEMU or another mount writes it (its image locks)
     return { kind: 'file', size, blocks, mode: S_IFREG | (readOnly ? 0o444 : 0o644), nlink: 1, ...times };
@@ -110,7 +114,7 @@ export class FsCore {
       await images.release(entry);
       throw VdiskError.readOnly(`${path} is read-only: ${entry.readOnlyReason ?? 'opened read-only by its driver'}`);
     }
-    const fh = this.handles.add({ entry, writable: write, ...handleMode(flags) });
+    const fh = this.handles.add({ entry, writable: write, ...handleMode(flags), ...(view.partition ? { window: view.partition } : {}) });
     log('open %s flags=%s fh=%d', path, flags.toString(8), fh);
     return fh;
   }
@@ -126,21 +130,23 @@ export class FsCore {
   /** Fills `into` from `offset`; returns the bytes inside the disk (0 at or past its end). */
   read(fh: number, offset: number, into: Buffer): Promise<number> {
     const h = this.handle(fh);
-    const size = h.entry.image.virtualSize;
+    const size = sizeOf(h);
     if (offset >= size) return Promise.resolve(0);
     const n = Math.min(into.length, size - offset);
-    return h.entry.merger.read(offset, into.length === n ? into : into.subarray(0, n)).then(() => n);
+    return h.entry.merger.read(diskOffset(h, offset), into.length === n ? into : into.subarray(0, n)).then(() => n);
   }
 
   /** Writes `data` at `offset`; returns the bytes written. `data` is copied before this returns. */
   write(fh: number, offset: number, data: Buffer): Promise<number> {
     const h = this.handle(fh);
     if (!h.writable) throw new VdiskError('EBADF', 'handle is not open for writing');
-    const size = h.entry.image.virtualSize;
-    if (offset >= size) throw VdiskError.noSpace(`write at ${offset} is past the end of the disk (${size} bytes)`);
+    const size = sizeOf(h);
+    if (offset >= size) throw VdiskError.noSpace(`write at ${offset} is past the end of the ${h.window ? 'partition' : 'disk'} (${size} bytes)`);
     const n = Math.min(data.length, size - offset);
+    const at = diskOffset(h, offset);
+    if (this.ctx.partitions?.noteWrite(h.entry.view, at, n)) this.ctx.tree.forgetListings();
     // The merger copies the bytes synchronously, before anything is awaited (merger rule 7).
-    return h.entry.merger.write(offset, data.length === n ? data : data.subarray(0, n), { writeThrough: h.writeThrough, sync: h.sync }).then(() => n);
+    return h.entry.merger.write(at, data.length === n ? data : data.subarray(0, n), { writeThrough: h.writeThrough, sync: h.sync }).then(() => n);
   }
 
   /** close(2) of a descriptor: a writer's data is drained and made durable, so errors reach the closing program. */
@@ -156,13 +162,23 @@ export class FsCore {
   /** The last close of an open file: the image is closed when its last handle goes. */
   async release(fh: number): Promise<void> {
     const h = this.handles.remove(fh);
-    if (h) await this.ctx.images.release(h.entry);
+    if (!h) return;
+    if (h.writable && this.ctx.partitions) {
+      // A writer closed the disk (mkfs, sfdisk, a VM): its partition list is read again.
+      this.ctx.partitions.invalidate(h.entry.view);
+      this.ctx.tree.forgetListings();
+    }
+    await this.ctx.images.release(h.entry);
   }
 
   /** truncate(2)/ftruncate(2): grows the disk; shrinking is refused. */
   async truncate(path: string, size: number): Promise<void> {
     const { tree, images } = this.ctx;
     const view = await this.imageView(path);
+    if (view.partition) {
+      if (size === view.partition.size) return;
+      throw VdiskError.invalid(`${path} is a partition: its size comes from the partition table`);
+    }
     const reason = this.ctx.readOnly ? 'mounted with --read-only' : await images.readOnlyReason(view);
     if (reason) throw VdiskError.readOnly(`${path} is read-only: ${reason}`);
     const entry = await images.acquire(view, true);
@@ -218,4 +234,14 @@ export class FsCore {
     if (entry.kind !== 'image') throw new VdiskError('EISDIR', `${path} is a folder`);
     return entry;
   }
+}
+
+/** The size a handle sees: its partition's, or the whole disk's. */
+function sizeOf(h: Handle): number {
+  return h.window ? h.window.size : h.entry.image.virtualSize;
+}
+
+/** A handle's offset as an offset in the disk view. */
+function diskOffset(h: Handle, offset: number): number {
+  return h.window ? h.window.offset + offset : offset;
 }

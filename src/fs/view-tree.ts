@@ -5,6 +5,7 @@ import type { FormatDriver } from '../image';
 import { probeImage, readHead, detectFormat, extensionOf, drivers, openImage } from '../image';
 import { isVdiskError } from '../io/errors';
 import type { Confinement } from '../image/confine';
+import type { Partition } from '../image/partition-table';
 
 const log = createDebug('vdiskfs:fs');
 
@@ -13,6 +14,10 @@ export const VIEW_SUFFIX = '.raw';
 /** As long as the kernel caches attributes (attr_timeout): a lookup within it reuses the last listing. */
 const LISTING_TTL_MS = 1000;
 const FAILED_PROBE_RETRY_MS = 2000;
+/** `disk.qcow2.raw` + partition 2 → `disk.qcow2.p2.raw` (Linux numbering). */
+export function partitionViewName(diskViewName: string, suffix: string, n: number): string {
+  return `${diskViewName.slice(0, -suffix.length)}.p${n}${suffix}`;
+}
 /** Internal snapshots are shown read-only as `b.qcow2@<snapshot>.raw`. */
 export const SNAPSHOT_SEPARATOR = '@';
 
@@ -24,6 +29,8 @@ export interface ImageView {
   /** As found when the image was validated (the open image is asked when there is one). */
   virtualSize: number;
   hostFiles: string[];
+  /** A partition file: a window on the disk view (src/fs/partition-views.ts). */
+  partition?: Partition;
 }
 export type ViewEntry = { kind: 'dir'; hostPath: string } | ImageView;
 
@@ -35,6 +42,8 @@ export interface ViewTreeOptions {
   isOpen(hostPath: string): boolean;
   /** What images in this tree may reach (src/image/confine.ts). */
   confinement: Confinement;
+  /** The partitions of a disk view, shown as files beside it; absent with --no-partitions. */
+  partitionsOf?(view: ImageView): Promise<Partition[]>;
 }
 
 interface Probed {
@@ -103,7 +112,11 @@ export class ViewTree {
       const driver = f.probed.driver;
       for (const [snap, virtualSize] of f.probed.sizes ?? []) {
         const name = snap === '' ? f.name + VIEW_SUFFIX : `${f.name}${SNAPSHOT_SEPARATOR}${snap}${VIEW_SUFFIX}`;
-        out.push({ name, entry: { kind: 'image', hostPath, driver, virtualSize, hostFiles, ...(snap === '' ? {} : { snapshot: snap }) } });
+        const disk: ImageView = { kind: 'image', hostPath, driver, virtualSize, hostFiles, ...(snap === '' ? {} : { snapshot: snap }) };
+        out.push({ name, entry: disk });
+        for (const p of (await this.opts.partitionsOf?.(disk)) ?? []) {
+          out.push({ name: partitionViewName(name, VIEW_SUFFIX, p.number), entry: { ...disk, partition: p } });
+        }
       }
     }
     return out;
@@ -205,6 +218,11 @@ export class ViewTree {
     if (this.warned.get(hostPath) === key) return;
     this.warned.set(hostPath, key);
     this.opts.warn(`left out ${path.relative(this.root, hostPath) || hostPath}: ${reason}`);
+  }
+
+  /** Forgets the listings (a partition table changed): the next lookup reads the folder again. */
+  forgetListings(): void {
+    this.listings.clear();
   }
 
   /** Forgets what was probed of a file (after we changed its size or content). */
