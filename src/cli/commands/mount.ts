@@ -31,6 +31,7 @@ interface MountArgs {
   'if-not-mounted': boolean;
   transport: 'kernel' | 'fuse-native';
   'writeback-cache': boolean;
+  partitions: boolean;
   'allow-outside': string[];
 }
 
@@ -54,6 +55,7 @@ export const mountCommand: CommandModule<object, MountArgs> = {
       .option('stats', { type: 'boolean', default: false, describe: 'at unmount, print each image\'s counters (host I/O, metadata writes, cache hits, merged writes)' })
       .option('log-file', { type: 'string', describe: 'where a background mount logs (default: a file in /tmp named after the mountpoint)' })
       .option('transport', { choices: ['kernel', 'fuse-native'] as const, default: 'kernel' as const, describe: 'who speaks FUSE: our kernel-protocol loop, or fuse-native (libfuse 2.9, the old baseline)' })
+      .option('partitions', { type: 'boolean', default: true, describe: 'show each partition of a disk as a file beside it, disk.qcow2.p1.raw (--no-partitions: off)' })
       .option('writeback-cache', { type: 'boolean', default: false, describe: 'kernel transport: let the kernel cache small writes and send them merged (--no-writeback-cache: off)' })
       .option('null-driver', { type: 'boolean', default: false, hidden: true })
       .option('daemon-child', { type: 'boolean', default: false, hidden: true })
@@ -102,6 +104,7 @@ async function runMount(argv: MountArgs): Promise<number> {
       stats: argv.stats,
       transport: argv.transport,
       writebackCache: argv['writeback-cache'],
+      partitions: argv.partitions,
       warn,
     });
   } catch (e) {
