@@ -61,6 +61,9 @@ export class SparseExtent implements VmdkExtent {
   private footerAt = -1;
   private footerDirty = false;
   private readonly grainCache = new Map<number, Buffer>();
+  private readonly warn: (message: string) => void;
+  /** A grain marker whose LBA disagrees with the grain table is reported once per extent. */
+  private lbaWarned = false;
   readonly stats = { grainsAllocated: 0, dataWrites: 0, gtWrites: 0, gdWrites: 0, cowReads: 0, tablesAllocated: 0, zeroGrains: 0, grainsDecompressed: 0 };
   readonly noMultiAlloc: boolean;
   readOnly: boolean;
@@ -87,6 +90,7 @@ export class SparseExtent implements VmdkExtent {
     this.nextFree = alignUp(fileSize, SECTOR);
     this.noMultiAlloc = opts.noMultiAlloc;
     this.readOnly = !opts.writable || access !== 'RW';
+    this.warn = opts.warn;
     this.cache = new GrainTableCache((i) => this.loadTable(i), opts.cacheBytes);
   }
 
@@ -266,13 +270,13 @@ export class SparseExtent implements VmdkExtent {
   }
 
   async readCompressed(m: ExtentMapping & { kind: 'compressed' }, offset: number, into: Buffer): Promise<void> {
-    const grain = await this.readGrain(m.hostOffset);
+    const grain = await this.readGrain(m.hostOffset, m.grainOffset);
     const from = offset - m.grainOffset;
     grain.copy(into, 0, from, from + into.length);
   }
 
   /** Inflates one compressed grain (a few recent ones are kept: a 4 KiB reader walks a grain 16 times). */
-  private async readGrain(hostOffset: number): Promise<Buffer> {
+  private async readGrain(hostOffset: number, grainOffset: number): Promise<Buffer> {
     const hit = this.grainCache.get(hostOffset);
     if (hit) return hit;
     const G = this.grainBytes;
@@ -282,6 +286,13 @@ export class SparseExtent implements VmdkExtent {
     let data: Buffer;
     if (this.hasMarkers) {
       const gm = marker.parseGrainMarker(buf, 0);
+      // The grain table says where the grain is; the marker's LBA only repeats it. QEMU reads the
+      // grain whatever the LBA says, so do we, and say so once.
+      const want = BigInt(grainOffset / SECTOR);
+      if (gm.lba !== want && !this.lbaWarned) {
+        this.lbaWarned = true;
+        this.warn(`${this.fileName}: grain marker at ${hostOffset} says LBA ${gm.lba}, the grain table says ${want}; reading it as the grain table says (as QEMU does)`);
+      }
       if (gm.size === 0 || gm.size > 2 * G + 4096) throw VdiskError.corrupt(`${this.fileName}: compressed grain at ${hostOffset} has invalid size ${gm.size}`);
       if (gm.size + marker.GRAIN_MARKER_SIZE > buf.length) {
         buf = Buffer.alloc(gm.size + marker.GRAIN_MARKER_SIZE);

@@ -15,12 +15,16 @@ export const TYPE_GD = 2;       // the grain directory follows
 export const TYPE_FOOTER = 3;   // a copy of the header follows
 
 export interface GrainMarker {
-  lba: number;    // guest sector of the grain (relative to the extent)
+  /**
+   * Guest sector of the grain (relative to the extent), as written: it repeats what the grain
+   * table says and readers do not trust it (QEMU never reads it), so any value parses.
+   */
+  lba: bigint;
   size: number;   // bytes of compressed data after the 12-byte marker
 }
 
 export function parseGrainMarker(buf: Buffer, off = 0): GrainMarker {
-  return { lba: toSafeNumber(buf.readBigUInt64LE(off), 'grain marker lba'), size: buf.readUInt32LE(off + 8) };
+  return { lba: buf.readBigUInt64LE(off), size: buf.readUInt32LE(off + 8) };
 }
 
 export function serializeGrainMarker(lbaSectors: number, size: number): Buffer {
