@@ -29,11 +29,18 @@ export interface Image {
   write(offset: number, data: Buffer | Buffer[]): Promise<void>;
   /** Zero clusters/grains where the format can; otherwise writes zeros. */
   writeZeroes(offset: number, length: number): Promise<void>;
+  /**
+   * Gives the space of a range back (fstrim, fallocate punch-hole); the range reads as zeros
+   * afterwards. Whole clusters/grains are released where the format can, partial ones zeroed.
+   */
+  discard(offset: number, length: number): Promise<void>;
   /** Every acknowledged write durable: metadata in order, then host datasync. */
   flush(): Promise<void>;
   /** flush + mark clean + close host files (and backing images). Idempotent. */
   close(): Promise<void>;
   map(offset: number, length: number): Promise<Extent[]>;
+  /** The image this one reads unallocated ranges from (qcow2 backing file, VMDK parent), if any. */
+  backingImage?(): Image | undefined;
   /** Grows the virtual disk (truncate of the raw view). Shrinking throws EINVAL. */
   resize?(newSize: number): Promise<void>;
   /** The host files of this image itself, not of its backing chain (for st_blocks, info). */

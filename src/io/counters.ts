@@ -16,7 +16,7 @@ export function newCounters(): IoCounters {
  * writes and flushes with it; `tag` is the driver's word for what the write is, e.g. 'l2').
  */
 export interface IoEvent {
-  kind: 'read' | 'write' | 'flush' | 'truncate';
+  kind: 'read' | 'write' | 'flush' | 'truncate' | 'punch';
   path: string;
   offset: number;
   length: number;

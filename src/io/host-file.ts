@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import createDebug from 'debug';
 import { fromNodeError, VdiskError } from './errors';
 import { IoCounters, IoObserver, newCounters } from './counters';
-import { LockType, ofdLock, ofdTestLock } from './syscalls';
+import { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, LockType, ofdLock, ofdTestLock, SyscallError } from './syscalls';
 
 const log = createDebug('vdiskfs:io');
 
@@ -160,6 +160,23 @@ export class HostFile {
     return ofdTestLock(this.fd, start, length, type) !== undefined;
   }
 
+  /**
+   * Gives the host blocks of [offset, offset+length) back (fallocate PUNCH_HOLE|KEEP_SIZE): the
+   * range reads as zeros, the file keeps its size. False when the host filesystem cannot punch.
+   */
+  punchHole(offset: number, length: number, tag?: string): boolean {
+    if (length <= 0) return true;
+    try {
+      fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+    } catch (e) {
+      const errno = e instanceof SyscallError ? e.errno : '';
+      if (errno === 'EOPNOTSUPP' || errno === 'ENOTSUP' || errno === 'ENOSYS') return false;
+      throw e;
+    }
+    this.emit('punch', offset, length, tag);
+    return true;
+  }
+
   async truncate(length: number): Promise<void> {
     await new Promise<void>((res, rej) => fs.ftruncate(this.fd, length, (e) => (e ? rej(fromNodeError(e, `truncate ${this.path}`)) : res())));
     this.emit('truncate', length, 0);
@@ -172,7 +189,7 @@ export class HostFile {
     log('close %s reads=%d writes=%d flushes=%d', this.path, this.counters.reads, this.counters.writes, this.counters.flushes);
   }
 
-  private emit(kind: 'read' | 'write' | 'flush' | 'truncate', offset: number, length: number, tag?: string): void {
+  private emit(kind: 'read' | 'write' | 'flush' | 'truncate' | 'punch', offset: number, length: number, tag?: string): void {
     if (observers.size === 0) return;
     for (const o of observers) o({ kind, path: this.path, offset, length, tag });
   }

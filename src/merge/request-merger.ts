@@ -19,7 +19,7 @@ import createDebug from 'debug';
 import type { Image } from '../formats/types';
 import { VdiskError, fromNodeError } from '../io/errors';
 import { MergerOptions, ResolvedMergerOptions, resolveMergerOptions } from './options';
-import { pageDown, pageSpan, PAGE_SIZE } from './pages';
+import { pageDown, pageSpan, pageUp, PAGE_SIZE } from './pages';
 import { PendingExtent, PendingExtents, slabBytesFor } from './pending-extents';
 import { OrderedRangeLock, Slots } from './range-lock';
 import { writeExtentAligned } from './extent-writer';
@@ -45,8 +45,10 @@ export interface MergerStats {
   coalescedWrites: number;
   /** Image.write calls. */
   driverWrites: number;
-  /** Image.writeZeroes calls (all-zero extents). */
+  /** Image.writeZeroes calls (all-zero extents, zero-range requests). */
   zeroWrites: number;
+  /** Image.discard calls. */
+  discards: number;
   /** Image.read calls serving read(). */
   driverReads: number;
   /** Image.read calls filling partial boundary pages before a write. */
@@ -83,7 +85,7 @@ export class RequestMerger {
   private readonly inflight = new Set<DriverWrite>();
   private inflightBytes = 0;
   private readonly counters = {
-    mergedWrites: 0, coalescedWrites: 0, driverWrites: 0, zeroWrites: 0, driverReads: 0, rmwReads: 0, imageFlushes: 0,
+    mergedWrites: 0, coalescedWrites: 0, driverWrites: 0, zeroWrites: 0, discards: 0, driverReads: 0, rmwReads: 0, imageFlushes: 0,
   };
   private failure: FailedRange | undefined;
   private readonly failedRanges: FailedRange[] = [];
@@ -175,6 +177,21 @@ export class RequestMerger {
       // Back-pressure: the writer waits for the backlog, and learns if it failed.
       await this.drainWaiting();
     }
+  }
+
+  /**
+   * Discard (fstrim, punch-hole): [offset, offset+length) reads as zeros afterwards and its space
+   * goes back to the image. Ordered like a write (rule 4): pending bytes inside the range are
+   * dropped, earlier driver writes to it finish first, later reads and writes wait for it. Whole
+   * pages go to Image.discard; partial edge pages are written as zeros (rule 1). Not deferred.
+   */
+  discard(offset: number, length: number): Promise<void> {
+    return this.clearRange(offset, length, 'discard');
+  }
+
+  /** Zero-range (fallocate ZERO_RANGE): like discard, but whole pages go to Image.writeZeroes. */
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.clearRange(offset, length, 'zero');
   }
 
   /** Every pending extent to the driver, then wait for all driver writes started so far. Throws EIO after a deferred failure. */
@@ -290,6 +307,56 @@ export class RequestMerger {
         lease.release();
         this.inflight.delete(op);
         this.inflightBytes -= bytes;
+      }
+    })();
+    return op;
+  }
+
+  private async clearRange(offset: number, length: number, how: 'discard' | 'zero'): Promise<void> {
+    this.checkWritable(offset, length);
+    if (length === 0) return;
+    const end = offset + length;
+    // Synchronously, so the order with writes issued before and after is fixed now.
+    for (const x of this.pending.overlapping(offset, end)) {
+      this.pending.remove(x);
+      if (x.start < offset) this.pending.put(x.start, x.buf.subarray(0, offset - x.start), x.acked);
+      if (x.end > end) this.pending.put(end, x.buf.subarray(end - x.start, x.end - x.start), x.acked);
+    }
+    const inner0 = pageUp(offset);
+    const inner1 = end === this.image.virtualSize ? end : pageDown(end);
+    const ops: DriverWrite[] = [];
+    if (inner0 >= inner1) {
+      ops.push(this.sendPiece(offset, end, Buffer.alloc(length), false));
+    } else {
+      if (offset < inner0) ops.push(this.sendPiece(offset, inner0, Buffer.alloc(inner0 - offset), false));
+      ops.push(this.sendClear(inner0, inner1, how));
+      if (inner1 < end) ops.push(this.sendPiece(inner1, end, Buffer.alloc(end - inner1), false));
+    }
+    await Promise.all(ops.map((o) => o.done));
+    const failed = ops.find((o) => o.error !== undefined);
+    if (failed) throw failed.error;
+  }
+
+  /** One page-aligned Image.discard / Image.writeZeroes, in the range lock like a write. */
+  private sendClear(start: number, end: number, how: 'discard' | 'zero'): DriverWrite {
+    const lease = this.lock.acquire(start, end, false);
+    const op: DriverWrite = { start, end, bytes: 0, acked: false, error: undefined, done: Promise.resolve() };
+    this.inflight.add(op);
+    op.done = (async () => {
+      try {
+        if (lease.ready) await lease.ready;
+        if (how === 'discard') {
+          this.counters.discards++;
+          await this.image.discard(start, end - start);
+        } else {
+          this.counters.zeroWrites++;
+          await this.image.writeZeroes(start, end - start);
+        }
+      } catch (e) {
+        op.error = fromNodeError(e, `${how} ${this.image.path} at ${start}+${end - start}`);
+      } finally {
+        lease.release();
+        this.inflight.delete(op);
       }
     })();
     return op;

@@ -7,7 +7,7 @@
 import type { Extent, Image, ImageInfo, ImageStats } from '../../src/formats/types';
 import { VdiskError } from '../../src/io/errors';
 
-export type RequestKind = 'read' | 'write' | 'zero' | 'flush' | 'close';
+export type RequestKind = 'read' | 'write' | 'zero' | 'discard' | 'flush' | 'close';
 
 export interface Request {
   kind: RequestKind;
@@ -77,6 +77,16 @@ export class ModelImage implements Image {
 
   async writeZeroes(offset: number, length: number): Promise<void> {
     const req = this.begin('zero', offset, length);
+    try {
+      await this.wait(req);
+      this.data.fill(0, offset, offset + length);
+    } finally {
+      this.active.delete(req);
+    }
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    const req = this.begin('discard', offset, length);
     try {
       await this.wait(req);
       this.data.fill(0, offset, offset + length);

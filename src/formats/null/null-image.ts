@@ -15,6 +15,7 @@ export class NullImage implements Image {
   }
   async write(): Promise<void> {}
   async writeZeroes(): Promise<void> {}
+  async discard(): Promise<void> {}
   async flush(): Promise<void> {}
   async close(): Promise<void> {}
   async map(offset: number, length: number): Promise<Extent[]> {

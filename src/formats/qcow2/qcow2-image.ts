@@ -236,6 +236,10 @@ export class Qcow2Image implements Image {
     }
   }
 
+  async discard(offset: number, length: number): Promise<void> {
+    await this.writeZeroes(offset, length);
+  }
+
   l2Offset(l1i: number): number {
     return this.ctx.l1.readUInt32BE(l1i * 8 + 4) === 0 && (this.ctx.l1.readUInt32BE(l1i * 8) & 0x00ffffff) === 0 ? 0 : mapL2Offset(this.ctx, l1i);
   }

@@ -41,6 +41,13 @@ export class RawImage implements Image {
     }
   }
 
+  /** Punches the range out of the host file; where the host cannot punch, writes zeros. */
+  async discard(offset: number, length: number): Promise<void> {
+    if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
+    this.checkRange(offset, length);
+    if (!this.file.punchHole(offset, length, 'data')) await this.writeZeroes(offset, length);
+  }
+
   async flush(): Promise<void> {
     if (!this.readOnly) await this.file.datasync();
   }

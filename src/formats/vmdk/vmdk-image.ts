@@ -233,6 +233,33 @@ export class VmdkImage implements Image {
     await Promise.all(this.pieces(offset, length).map((p) => p.ext.writeZeroes(p.eo, p.n, this.cowFor(p.start), this.parent !== undefined)));
   }
 
+  /**
+   * Sparse extents: zeroed-grain entries where the header allows them, zeros written only over
+   * grains that hold data (or would show the parent); FLAT extents: the host range punched.
+   * A streamOptimized (compressed) extent is append-only: EROFS.
+   */
+  async discard(offset: number, length: number): Promise<void> {
+    if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    const parts = this.pieces(offset, length);
+    for (const p of parts) {
+      if (p.ext instanceof SparseExtent && p.ext.compressed) throw VdiskError.readOnly(`${this.path}: a streamOptimized extent cannot be discarded`);
+    }
+    await this.touchCid();
+    await Promise.all(parts.map(async (p) => {
+      if (p.ext instanceof FlatExtent && !this.parent && p.ext.access === 'RW') {
+        const m = await p.ext.map(p.eo, p.n);
+        if (p.ext.file.punchHole(m.kind === 'data' ? m.hostOffset : 0, p.n, 'data')) return;
+      }
+      await p.ext.writeZeroes(p.eo, p.n, this.cowFor(p.start), this.parent !== undefined);
+    }));
+  }
+
+  backingImage(): Image | undefined {
+    return this.parent;
+  }
+
   /** The first write after open gives the image a new CID (as QEMU does), so children see it changed. */
   private touchCid(): Promise<void> {
     return (this.cidUpdate ??= this.writeNewCid());
