@@ -316,15 +316,13 @@ describe('zero extents and --no-merge', () => {
 });
 
 describe('scale: a big random-write backlog', () => {
-  it('flushes 16k scattered pending extents quickly and correctly', async () => {
+  it('flushes 16k scattered pending extents correctly', async () => {
     const img = new ModelImage(256 * MiB);
     const m = new RequestMerger(img, { delayMs: 10_000, memCapBytes: 256 * MiB });
-    const t0 = Date.now();
     const n = 16_384;
     for (let i = 0; i < n; i++) await m.write(((i * 7919) % n) * 16384 + 512, Buffer.alloc(1024, (i % 250) + 1));
     expect(m.stats().pendingExtents).toBe(n);
     await m.flush();
-    expect(Date.now() - t0).toBeLessThan(10_000);
     expect(img.violations).toEqual([]);
     expect(img.log('write')).toHaveLength(n);
     expect(img.data[((7919 * 3) % n) * 16384 + 512]).toBe(4);
