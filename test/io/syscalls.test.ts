@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import Module from 'node:module';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import * as sys from '../../src/io/syscalls';
 import { VdiskError } from '../../src/io/errors';
 
@@ -183,5 +184,23 @@ describe('mount', () => {
     expect(() => sys.mount('x', target, 'tmpfs', 0, null)).toThrow(expect.objectContaining({ errno: 'ENOENT', code: 'ENOENT' }));
     expect(() => sys.umount2(dir, 0)).toThrow(expect.objectContaining({ errno: 'EINVAL' })); // not a mountpoint
     expect(sys.getuid()).toBe(process.getuid!());
+  });
+});
+
+describe('loading', () => {
+  it('a missing koffi binary is one clear line, at first use, not at import', async () => {
+    vi.resetModules();
+    const loader = Module as unknown as { _load(request: string, ...rest: unknown[]): unknown };
+    const load = loader._load;
+    loader._load = function (request: string, ...rest: unknown[]) {
+      if (request === 'koffi') throw new Error("Cannot find module 'koffi'\nRequire stack: ...");
+      return load.call(this, request, ...rest);
+    };
+    try {
+      const fresh = await import('../../src/io/syscalls');
+      expect(() => fresh.getuid()).toThrow(/^the koffi native module could not be loaded \(Cannot find module 'koffi'\); reinstall with npm ci$/);
+    } finally {
+      loader._load = load;
+    }
   });
 });
