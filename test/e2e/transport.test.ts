@@ -1,0 +1,132 @@
+/**
+ * The kernel-protocol transport through a real mount: FALLOCATE and LSEEK reach the operations
+ * core, 1 MiB requests arrive, a stop keeps serving a loop device until it is detached, a dead
+ * mount is cleared, and each mistake in mounting is one line that leaves nothing mounted.
+ */
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { CLI, isMounted, mountFixture } from '../helpers/mount';
+
+const fx = mountFixture();
+let view: string;
+
+beforeEach(() => {
+  fs.writeFileSync(path.join(fx.images, 'd.img'), '');
+  fs.truncateSync(path.join(fx.images, 'd.img'), 16 << 20);
+  view = path.join(fx.mnt, 'd.img.raw');
+});
+
+const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+const py = (code: string) => spawnSync('python3', ['-c', code], { encoding: 'utf8' });
+
+/** The request counters --stats prints at unmount, e.g. `write request sizes: 4K:3 1M:8`. */
+function statsLine(stderr: string, name: string): string {
+  return new RegExp(`${name}: (.*)`).exec(stderr)?.[1] ?? '';
+}
+
+describe('requests the kernel transport receives', () => {
+  it('FALLOCATE and LSEEK reach the operations core, which answers EOPNOTSUPP (ENXIO past the end) for now', async () => {
+    const m = await fx.mount(['--include-raw', '--stats']);
+    const alloc = spawnSync('fallocate', ['-o', '0', '-l', '4096', view], { encoding: 'utf8' });
+    expect(alloc.status).not.toBe(0);
+    expect(alloc.stderr).toMatch(/not supported/i);
+    const punch = spawnSync('fallocate', ['-p', '-o', '0', '-l', '4096', view], { encoding: 'utf8' });
+    expect(punch.stderr).toMatch(/unsupported|not supported/i); // util-linux words EOPNOTSUPP with -p this way
+    const seek = py(`import os,errno\nfd=os.open(${JSON.stringify(view)}, os.O_RDONLY)\nfor off in (0, ${16 << 20}):\n  try: os.lseek(fd, off, os.SEEK_DATA); print('ok')\n  except OSError as e: print('EOPNOTSUPP' if e.errno == errno.EOPNOTSUPP else errno.errorcode[e.errno])`);
+    expect(seek.stdout.trim().split('\n')).toEqual(['EOPNOTSUPP', 'ENXIO']);
+    expect(await m.unmount()).toBe(0);
+    const requests = statsLine(m.stderr(), 'requests');
+    expect(requests).toMatch(/FALLOCATE:2/);
+    expect(requests).toMatch(/LSEEK:2/);
+  });
+
+  it('gets 1 MiB reads and writes (MAX_PAGES negotiated), counted by size', async () => {
+    const m = await fx.mount(['--include-raw', '--stats']);
+    const data = randomBytes(8 << 20);
+    fs.writeFileSync(path.join(fx.dir, 'src'), data);
+    execFileSync('dd', [`if=${path.join(fx.dir, 'src')}`, `of=${view}`, 'bs=1M', 'oflag=direct', 'conv=notrunc', 'status=none']);
+    execFileSync('dd', [`if=${view}`, `of=${path.join(fx.dir, 'back')}`, 'bs=1M', 'count=8', 'iflag=direct', 'status=none']);
+    expect(fs.readFileSync(path.join(fx.dir, 'back')).equals(data)).toBe(true);
+    expect(await m.unmount()).toBe(0);
+    expect(statsLine(m.stderr(), 'max_write')).toBe('1048576');
+    expect(statsLine(m.stderr(), 'write request sizes')).toMatch(/(^| )1M:8( |$)/);
+    expect(statsLine(m.stderr(), 'read request sizes')).toMatch(/(^| )1M:8( |$)/);
+    expect(statsLine(m.stderr(), 'flags')).toMatch(/ASYNC_DIO/);
+  });
+});
+
+describe('stopping', () => {
+  it('SIGTERM: detaches, keeps serving a loop device until it is detached, then exits 0', async () => {
+    const m = await fx.mount(['--include-raw']);
+    const loop = execFileSync('losetup', ['--show', '-f', view], { encoding: 'utf8' }).trim();
+    m.loops.push(loop);
+    const data = randomBytes(64 << 10);
+    fs.writeFileSync(path.join(fx.dir, 'src'), data);
+    m.proc.kill('SIGTERM');
+    for (let i = 0; i < 200 && isMounted(fx.mnt); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(isMounted(fx.mnt)).toBe(false);
+    // The loop device still reads and writes the view through the detached mount.
+    execFileSync('dd', [`if=${path.join(fx.dir, 'src')}`, `of=${loop}`, 'bs=64k', 'seek=3', 'oflag=direct', 'status=none']);
+    expect(m.proc.exitCode).toBe(null);
+    execFileSync('losetup', ['-d', loop]);
+    m.loops.length = 0;
+    const code = await Promise.race([m.exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))]);
+    expect(code).toBe(0);
+    expect(fs.readFileSync(path.join(fx.images, 'd.img')).subarray(3 * 65536, 4 * 65536).equals(data)).toBe(true);
+  });
+
+  it('a dead mount left by a killed daemon is cleared by the next mount, with a line saying so', async () => {
+    const first = await fx.mount(['--include-raw']);
+    first.proc.kill('SIGKILL');
+    await first.exited;
+    expect(isMounted(fx.mnt)).toBe(true);
+    expect(() => fs.statSync(fx.mnt)).toThrow(/ENOTCONN/);
+    // The helper sees the dead mount in mountinfo at once: wait for the new one to serve.
+    const second = await fx.mount(['--include-raw']);
+    expect(await second.waitForLog(/cleared a dead/)).toMatch(/cleared a dead vdiskfs mount on .*mnt/);
+    const listing = () => { try { return fs.readdirSync(fx.mnt); } catch { return []; } };
+    for (let i = 0; i < 200 && listing().length === 0; i++) await new Promise((r) => setTimeout(r, 25));
+    expect(listing()).toEqual(['d.img.raw']);
+    expect(await second.unmount()).toBe(0);
+    expect(isMounted(fx.mnt)).toBe(false);
+  });
+
+  it('Ctrl-C at any moment of start-up leaves nothing mounted', async () => {
+    for (const delayMs of [0, 30, 100, 250, 600]) {
+      const p = spawn(process.execPath, [CLI, 'mount', '-f', '--include-raw', fx.images, fx.mnt], { stdio: 'ignore' });
+      const exited = new Promise<number | null>((res) => p.once('exit', (c) => res(c)));
+      await new Promise((r) => setTimeout(r, delayMs));
+      p.kill('SIGINT');
+      const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))]);
+      expect(code, `SIGINT after ${delayMs} ms`).not.toBe('timeout');
+      expect(isMounted(fx.mnt), `SIGINT after ${delayMs} ms`).toBe(false);
+    }
+  });
+});
+
+describe('mount mistakes are one line and leave nothing mounted', () => {
+  const oneLine = (r: ReturnType<typeof cli>, re: RegExp) => {
+    expect(r.status).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(re);
+    expect(isMounted(fx.mnt)).toBe(false);
+  };
+
+  it('mountpoint not empty (and -o nonempty mounts over it)', async () => {
+    fs.writeFileSync(path.join(fx.mnt, 'stray'), 'x');
+    oneLine(cli(['mount', '-f', fx.images, fx.mnt]), /^vdiskfs: mountpoint .* is not empty \(use -o nonempty/);
+    oneLine(cli(['mount', fx.images, fx.mnt]), /is not empty/);
+    const m = await fx.mount(['--include-raw', '-o', 'nonempty']);
+    expect(fs.readdirSync(fx.mnt)).toEqual(['d.img.raw']);
+    expect(await m.unmount()).toBe(0);
+    expect(fs.readdirSync(fx.mnt)).toEqual(['stray']);
+  });
+
+  it('an unknown -o option', () => {
+    oneLine(cli(['mount', '-f', '-o', 'allow_other,frobnicate', fx.images, fx.mnt]), /^vdiskfs: unknown mount option -o frobnicate \(known: allow_other/);
+    oneLine(cli(['mount', '-o', 'bogus=1', fx.images, fx.mnt]), /unknown mount option -o bogus=1/);
+  });
+});
