@@ -10,6 +10,7 @@ import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
 import type { Extent, Image, ImageInfo, ImageStats } from '../types';
 import { decompressCluster } from './compression';
+import { discardRange } from './discard';
 import { COMPAT_LAZY_REFCOUNTS, Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2, MAX_L1_BYTES } from './header';
 import { MapContext, mapSync, Piece, tablesFor } from './mapping';
 import type { ImageMeta } from './meta';
@@ -29,6 +30,8 @@ import {
 } from './table-entry';
 
 const log = createDebug('vdiskfs:qcow2');
+/** Discarded bytes whose frees wait for the next flush before one is forced (so space comes back soon). */
+const FREE_BATCH_BYTES = 32 << 20;
 
 export interface DriverCounters {
   metadataWrites: number;
@@ -78,6 +81,7 @@ export class Qcow2Image implements Image {
   private l1DirtyHi = -1;
   private closed = false;
   private decompressed = new Map<number, Buffer>(); // small cache of inflated clusters by host offset
+  private readonly lockFree = new Set<Promise<void>>();
 
   constructor(p: Qcow2Parts) {
     this.path = p.path;
@@ -139,6 +143,10 @@ export class Qcow2Image implements Image {
   async read(offset: number, into: Buffer): Promise<void> {
     this.checkRange(offset, into.length);
     if (into.length === 0) return;
+    await this.lockFreeIo(this.readUnlocked(offset, into));
+  }
+
+  private async readUnlocked(offset: number, into: Buffer): Promise<void> {
     const pieces = mapSync(this.ctx, offset, into.length) ?? (await this.mapLocked(offset, into.length));
     await this.readPieces(pieces, offset, into);
   }
@@ -217,7 +225,7 @@ export class Qcow2Image implements Image {
     this.checkWritable();
     this.checkRange(offset, buf.length);
     if (buf.length === 0) return;
-    if (await this.writer.tryDirect(offset, buf)) return;
+    if (await this.lockFreeIo(this.writer.tryDirect(offset, buf))) return;
     await this.writer.write(offset, buf, 'unallocated');
   }
 
@@ -236,8 +244,65 @@ export class Qcow2Image implements Image {
     }
   }
 
+  /** discard.ts; frees pile up until a flush applies them, or this many bytes of them wait. */
   async discard(offset: number, length: number): Promise<void> {
-    await this.writeZeroes(offset, length);
+    this.checkWritable();
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const self = this;
+    await discardRange(
+      {
+        ctx: this.ctx,
+        cache: this.cache,
+        writer: this.writer,
+        hasBacking: !!this.backing,
+        zeroClusters: this.header.version === 3,
+        get virtualSize() {
+          return self.virtualSize;
+        },
+        l2Offset: (l1i) => this.l2Offset(l1i),
+        privateL2: (l1i) => this.privateL2(l1i),
+        writeZeroes: (o, n) => this.writeZeroes(o, n),
+        map: (o, n) => this.map(o, n),
+      },
+      offset,
+      length,
+    );
+    if (this.refcounts!.pendingFreeBytes >= FREE_BATCH_BYTES) await this.flush();
+  }
+
+  backingImage(): Image | undefined {
+    return this.backing;
+  }
+
+  /**
+   * Clusters whose refcount reached 0: punched (reads as zeros, space back to the host) and
+   * handed to the allocator, once every lock-free read or write that may have looked up their
+   * old mapping has finished. Without punching, they stay unused (new clusters must read as zeros).
+   */
+  private recycle(runs: { host: number; length: number }[]): void {
+    if (runs.length === 0 || this.dataFile !== this.file) return;
+    void Promise.allSettled([...this.lockFree]).then(() => {
+      if (this.closed) return;
+      for (const r of runs) {
+        try {
+          if (!this.file.punchHole(r.host, r.length, 'discard')) continue;
+        } catch (e) {
+          log('punching freed clusters at %d (+%d) failed: %s', r.host, r.length, (e as Error).message);
+          continue;
+        }
+        this.refcounts!.addReusable(r.host / this.cs, r.length / this.cs);
+      }
+    });
+  }
+
+  /** Tracks I/O that runs without the image lock (see recycle). */
+  private lockFreeIo<T>(p: Promise<T>): Promise<T> {
+    const settled = p.then(() => undefined, () => undefined);
+    this.lockFree.add(settled);
+    void settled.then(() => this.lockFree.delete(settled));
+    return p;
   }
 
   l2Offset(l1i: number): number {
@@ -319,8 +384,9 @@ export class Qcow2Image implements Image {
     const rc = this.refcounts!;
     await this.cache.flush();
     if (rc.hasPendingFrees) {
-      await rc.applyFrees();
+      const zeroed = await rc.applyFrees();
       await this.cache.flush();
+      this.recycle(zeroed);
     }
     log('flush %s: metadataWrites=%d dataWrites=%d hostFlushes=%d', this.path, this.counters.metadataWrites, this.counters.dataWrites, this.counters.hostFlushes);
   }
@@ -431,8 +497,9 @@ export class Qcow2Image implements Image {
       this.header.l1Size = this.ctx.l1Size;
       this.header.l1TableOffset = l1Off;
       if (rc.hasPendingFrees) {
-        await rc.applyFrees();
+        const zeroed = await rc.applyFrees();
         await this.cache.flush();
+        this.recycle(zeroed);
       }
     });
   }

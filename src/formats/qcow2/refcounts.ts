@@ -1,8 +1,10 @@
 /**
  * Host cluster accounting: the refcount table (kept whole in memory) and refcount blocks (in the
- * metadata cache). New clusters are always taken at the end of the image, contiguous for a whole
- * request; freed clusters are not reused in the same session, so a concurrent read that looked
- * up a mapping before the free still reads the old bytes.
+ * metadata cache). New clusters are contiguous for a whole request: a run of clusters freed in
+ * this session (discard) when one is big enough, else at the end of the image. A freed run
+ * becomes reusable only when the image hands it back (`addReusable`): after its host range was
+ * punched (so it reads as zeros, like the end of the file) and no lock-free I/O that looked up
+ * the old mapping is still in flight.
  *
  * Ordering: the refcount side of the metadata cache's write order (metadata-cache.ts). This file
  * writes the refcount table (the side's root) when the cache asks, and declares that a decrement
@@ -32,6 +34,8 @@ export class Refcounts implements TableSide {
   private dirtyHi = -1;
   private relocated: { oldOffset: number; oldClusters: number } | undefined;
   private pendingFrees: { host: number; length: number }[] = [];
+  /** Runs of clusters (index, count) with refcount 0, punched, ready for reuse; sorted, disjoint. */
+  private reusable: { first: number; count: number }[] = [];
   /**
    * Lazy refcounts (compatible bit 0): the image carries the dirty bit while refcounts on disk
    * may be stale, so L2 tables need not wait for the refcount blocks (they still wait for their
@@ -78,7 +82,7 @@ export class Refcounts implements TableSide {
   }
 
   /** Adds `delta` to the refcount of clusters [first, first+count); blocks must exist. */
-  async change(first: number, count: number, delta: number): Promise<void> {
+  async change(first: number, count: number, delta: number, onZero?: (cluster: number) => void): Promise<void> {
     let c = first;
     const end = first + count;
     while (c < end) {
@@ -91,7 +95,8 @@ export class Refcounts implements TableSide {
         const stop = Math.min(end, (bi + 1) * this.perBlock);
         for (; c < stop; c++) {
           const i = c % this.perBlock;
-          let v = getRefcount(e.buf, i, this.order) + delta;
+          const old = getRefcount(e.buf, i, this.order);
+          let v = old + delta;
           if (v < 0) {
             // Only a free can get here, on an image whose refcounts were already wrong: a leak
             // is harmless, a failed flush is not.
@@ -100,6 +105,7 @@ export class Refcounts implements TableSide {
           }
           if (v > maxRefcount(this.order)) throw VdiskError.noSpace(`qcow2 refcount of cluster ${c} overflows ${1 << this.order} bits`);
           setRefcount(e.buf, i, this.order, v);
+          if (v === 0 && old > 0) onZero?.(c); // never reuse a cluster whose count was already wrong
         }
         e.dirty = true;
       } finally {
@@ -108,8 +114,13 @@ export class Refcounts implements TableSide {
     }
   }
 
-  /** Allocates `count` contiguous clusters at the end of the image; returns the host offset. */
+  /** Allocates `count` contiguous clusters (a reusable run, else at the end); returns the host offset. */
   async allocate(count: number): Promise<number> {
+    const reused = this.takeReusable(count);
+    if (reused >= 0) {
+      await this.change(reused, count, 1);
+      return reused * this.clusterSize;
+    }
     for (;;) {
       const start = this.nextFree;
       const lastBlock = Math.floor((start + count) / this.perBlock) + 1;
@@ -137,14 +148,67 @@ export class Refcounts implements TableSide {
     return this.pendingFrees.length > 0;
   }
 
-  async applyFrees(): Promise<void> {
+  get pendingFreeBytes(): number {
+    let n = 0;
+    for (const f of this.pendingFrees) n += f.length;
+    return n;
+  }
+
+  /** Applies queued frees; returns the runs of clusters whose refcount reached 0 (host offset, bytes). */
+  async applyFrees(): Promise<{ host: number; length: number }[]> {
     const frees = this.pendingFrees;
     this.pendingFrees = [];
+    const zeroed: { host: number; length: number }[] = [];
     for (const f of frees) {
       const first = Math.floor(f.host / this.clusterSize);
       const last = Math.floor((f.host + f.length - 1) / this.clusterSize);
-      await this.change(first, last - first + 1, -1);
+      await this.change(first, last - first + 1, -1, (c) => {
+        const prev = zeroed[zeroed.length - 1];
+        if (prev && prev.host + prev.length === c * this.clusterSize) prev.length += this.clusterSize;
+        else zeroed.push({ host: c * this.clusterSize, length: this.clusterSize });
+      });
     }
+    return zeroed;
+  }
+
+  /** Clusters [first, first+count), refcount 0 and reading as zeros, may be allocated again. */
+  addReusable(first: number, count: number): void {
+    if (count <= 0 || first + count > this.nextFree) return;
+    const list = this.reusable;
+    let i = 0;
+    while (i < list.length && list[i]!.first < first) i++;
+    list.splice(i, 0, { first, count });
+    // Join with neighbours (runs are disjoint: a cluster is freed once).
+    for (let k = Math.max(0, i - 1); k + 1 < list.length && k <= i; ) {
+      const a = list[k]!;
+      const b = list[k + 1]!;
+      if (a.first + a.count === b.first) {
+        a.count += b.count;
+        list.splice(k + 1, 1);
+      } else k++;
+    }
+  }
+
+  /** Reusable clusters, for stats and tests. */
+  get reusableClusters(): number {
+    let n = 0;
+    for (const r of this.reusable) n += r.count;
+    return n;
+  }
+
+  /** First reusable run of at least `count` clusters, taken from its start; -1 when none. */
+  private takeReusable(count: number): number {
+    const list = this.reusable;
+    for (let i = 0; i < list.length; i++) {
+      const r = list[i]!;
+      if (r.count < count) continue;
+      const at = r.first;
+      r.first += count;
+      r.count -= count;
+      if (r.count === 0) list.splice(i, 1);
+      return at;
+    }
+    return -1;
   }
 
   // ---- the refcount side of the cache's write order ----

@@ -176,6 +176,22 @@ export class WritePath {
     }
   }
 
+  /**
+   * Runs `fn` under the image lock once no write has clusters [first, last] in flight (a discard
+   * changes their L2 entries without racing a write's plan and commit).
+   */
+  async exclusive<T>(first: number, last: number, fn: () => Promise<T>): Promise<T> {
+    for (;;) {
+      let busy: Promise<void> | undefined;
+      const out = await this.a.mutex.run(async () => {
+        busy = this.inFlight.find((f) => f.first <= last && f.last >= first)?.done;
+        return busy ? undefined : fn();
+      });
+      if (!busy) return out as T;
+      await busy;
+    }
+  }
+
   private endFlight(entry: InFlight, finish: () => void): void {
     this.inFlight = this.inFlight.filter((f) => f !== entry);
     finish();
