@@ -96,7 +96,8 @@ async function mountWithFusermount(mountpoint: string, o: FuseMountOptions): Pro
     if (code === 'missing') throw new VdiskError('ENOENT', 'fusermount3 is not installed (apt-get install fuse3): a user who is not root needs it to mount');
     if (code !== 0) {
       const why = stderr.trim().split('\n').pop()?.replace(/^fusermount3?: /, '') || `fusermount3 exited with ${code}`;
-      throw new VdiskError('EROFS', `cannot mount on ${mountpoint}: ${why}`);
+      const hint = /\/dev\/fuse: Permission denied/.test(why) ? ' (users need /dev/fuse read-write: chmod 0666 /dev/fuse, as distributions ship it)' : '';
+      throw new VdiskError('EROFS', `cannot mount on ${mountpoint}: ${why}${hint}`);
     }
     // fusermount3 has exited: the fd is already queued on the socket, so this does not block.
     const fd = recvFd(ours);
