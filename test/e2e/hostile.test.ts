@@ -317,7 +317,7 @@ function outsideNames(): string[] {
  * qemu-img check and map open the whole chain too, so a name that escapes fails them all.
  */
 function commandsFor(c: HostileCase): string[][] {
-  const all = ['abs', 'fifo', 'loop', 'deep'].includes(c.escape) || c.name.startsWith('backing-probe-');
+  const all = ['abs', 'fifo', 'loop', 'deep', 'missing'].includes(c.escape) || c.name.startsWith('backing-probe-');
   return all ? [['info'], ['check'], ['map', '--output=json']] : [['info']];
 }
 

@@ -252,6 +252,10 @@ export function makeHostileImages(root: string): HostileSet {
   for (const [tag, target] of [['fifo', 'pipe.raw'], ['folder', 'a-folder'], ['dev-zero', '/dev/zero']] as const) {
     put(refused(`backing-probe-${tag}.qcow2`, 'backing file', tag, target), patchQcow2(qcow2Empty, { backing: target }));
   }
+  // User mistakes, not attacks: a missing backing file or parent whose name has no format
+  // extension. Left out all the same, with a line that says what is missing (never "a bug").
+  put(refused('backing-missing.qcow2', 'backing file', 'missing', 'no-such-base'), patchQcow2(qcow2Empty, { backing: 'no-such-base' }));
+  put(refused('parent-missing.vmdk', 'parent', 'missing', 'no-such-parent'), vmdkChild(vmdkEmpty, 'no-such-parent', canaryCid));
   // twoGbMaxExtentFlat: a good first extent, then one that escapes.
   fs.writeFileSync(path.join(images, 'flat2g-f001.vmdk'), Buffer.alloc(MIB / 2, 0x46));
   for (const [tag, target] of [['abs', canaryRaw], ['dev-zero', '/dev/zero'], ['fifo', 'pipe.raw']] as const) {
