@@ -1,6 +1,7 @@
 import * as fs from 'node:fs/promises';
 import createDebug from 'debug';
 import { VdiskError } from '../io/errors';
+import { seekExtent } from '../image/seek';
 import { HandleTable, handleMode, wantsWrite, type Handle } from './handles';
 import type { ImageTable } from './image-table';
 import type { ImageView, ViewTree } from './view-tree';
@@ -48,6 +49,11 @@ export interface CoreFsStats {
 }
 
 const O_TRUNC = 0o1000;
+const FALLOC_KEEP_SIZE = 0x01;
+const FALLOC_PUNCH_HOLE = 0x02;
+const FALLOC_ZERO_RANGE = 0x10;
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
 
@@ -99,7 +105,7 @@ export class FsCore {
     return (await this.ctx.tree.list(path)).map((e) => ({ name: e.name, kind: e.entry.kind === 'dir' ? 'dir' : 'file' }));
   }
 
-  /** Opens a view; returns the handle number. O_TRUNC goes to openTruncate(). */
+  /** Opens a view; returns the handle number. O_TRUNC is ignored, as a block device ignores it. */
   async open(path: string, flags: number): Promise<number> {
     const { images } = this.ctx;
     const view = await this.imageView(path);
@@ -108,7 +114,7 @@ export class FsCore {
       const reason = this.ctx.readOnly ? 'mounted with --read-only' : await images.readOnlyReason(view);
       if (reason) throw VdiskError.readOnly(`${path} is read-only: ${reason}`);
     }
-    if (flags & O_TRUNC) await this.openTruncate(path);
+    if (flags & O_TRUNC) log('open %s: O_TRUNC ignored (a disk keeps its size and content)', path);
     const entry = await images.acquire(view, write);
     if (write && entry.image.readOnly) {
       await images.release(entry);
@@ -117,14 +123,6 @@ export class FsCore {
     const fh = this.handles.add({ entry, writable: write, ...handleMode(flags), ...(view.partition ? { window: view.partition } : {}) });
     log('open %s flags=%s fh=%d', path, flags.toString(8), fh);
     return fh;
-  }
-
-  /**
-   * open(O_TRUNC) of a view. Today: what truncate(path, 0) does (a disk is never shrunk: refused).
-   * Issue 9 ("views that behave like disks") decides what O_TRUNC means for a disk.
-   */
-  async openTruncate(path: string): Promise<void> {
-    await this.truncate(path, 0);
   }
 
   /** Fills `into` from `offset`; returns the bytes inside the disk (0 at or past its end). */
@@ -199,22 +197,63 @@ export class FsCore {
   }
 
   /**
-   * fallocate(2) on an open view (mode: FALLOC_FL_* bits). Not supported yet: issue 9 maps
-   * punch-hole to discard and zero-range to writeZeroes here.
+   * fallocate(2) on an open view (mode: FALLOC_FL_* bits), as on a disk: PUNCH_HOLE|KEEP_SIZE
+   * discards (space back to the image; fstrim through a loop device lands here), ZERO_RANGE
+   * writes zeros (zero clusters where the format can), mode 0 inside the disk has nothing to do.
+   * Past the end without KEEP_SIZE the image grows where its format can, else ENOSPC.
    */
   async fallocate(fh: number, offset: number, length: number, mode: number): Promise<void> {
-    this.handle(fh);
-    throw VdiskError.unsupported(`fallocate mode 0x${mode.toString(16)} [${offset}, +${length}) is not supported yet`);
+    const h = this.handle(fh);
+    if (!h.writable) throw new VdiskError('EBADF', 'handle is not open for writing');
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0) throw VdiskError.invalid(`fallocate [${offset}, +${length})`);
+    log('fallocate fh=%d mode=0x%s [%d, +%d)', fh, mode.toString(16), offset, length);
+    const known = FALLOC_KEEP_SIZE | FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE;
+    const punch = mode === (FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE);
+    if ((mode & ~known) !== 0 || ((mode & FALLOC_PUNCH_HOLE) !== 0 && !punch) || ((mode & FALLOC_ZERO_RANGE) !== 0 && (mode & FALLOC_PUNCH_HOLE) !== 0)) {
+      throw VdiskError.unsupported(`fallocate mode 0x${mode.toString(16)} is not supported on a disk view`);
+    }
+    const size = sizeOf(h);
+    const end = offset + length;
+    const inside = Math.max(0, Math.min(end, size) - offset);
+    if (inside > 0) {
+      const at = diskOffset(h, offset);
+      if (punch) await h.entry.merger.discard(at, inside);
+      else if (mode & FALLOC_ZERO_RANGE) await h.entry.merger.writeZeroes(at, inside);
+    }
+    if (end > size && (mode & FALLOC_KEEP_SIZE) === 0) await this.grow(h, end);
+  }
+
+  /** fallocate past the end: the image grows where its format can (to a 512-byte multiple), else ENOSPC. */
+  private async grow(h: Handle, end: number): Promise<void> {
+    const image = h.entry.image;
+    if (h.window) throw VdiskError.noSpace('a partition cannot grow past its end');
+    if (!image.resize) throw VdiskError.noSpace(`${image.format} images cannot grow`);
+    const newSize = Math.ceil(end / 512) * 512;
+    try {
+      await h.entry.merger.resize(newSize);
+    } catch (e) {
+      if (e instanceof VdiskError && (e.code === 'EROFS' || e.code === 'ENOSPC')) throw e;
+      throw VdiskError.noSpace(`cannot grow ${image.path} to ${newSize} bytes: ${(e as Error).message}`);
+    }
+    this.ctx.tree.invalidate(h.entry.view.hostPath);
   }
 
   /**
-   * lseek(2) SEEK_DATA (3) / SEEK_HOLE (4) on an open view. Past the end: ENXIO, as lseek(2)
-   * says. Otherwise not supported yet: issue 9 answers it from Image.map().
+   * lseek(2) SEEK_DATA (3) / SEEK_HOLE (4) on an open view, from the driver's map through the
+   * backing chain (src/image/seek.ts), after pending writes reached the driver. Past the end,
+   * or SEEK_DATA with no data after `offset`: ENXIO, as lseek(2) says.
    */
   async lseek(fh: number, offset: number, whence: number): Promise<number> {
     const h = this.handle(fh);
-    if (offset >= h.entry.image.virtualSize) throw new VdiskError('ENXIO', `lseek whence ${whence} at ${offset} is past the end of the disk`);
-    throw VdiskError.unsupported(`lseek whence ${whence} is not supported yet`);
+    const size = sizeOf(h);
+    if (offset < 0) throw VdiskError.invalid(`lseek to ${offset}`);
+    if (offset >= size) throw new VdiskError('ENXIO', `lseek whence ${whence} at ${offset} is past the end of the ${h.window ? 'partition' : 'disk'}`);
+    if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw VdiskError.invalid(`lseek whence ${whence}`);
+    await h.entry.merger.drain();
+    const base = diskOffset(h, 0);
+    const at = await seekExtent(h.entry.image, base + offset, whence === SEEK_DATA ? 'data' : 'hole', base + size);
+    if (at < 0) throw new VdiskError('ENXIO', `no data after ${offset}`);
+    return at - base;
   }
 
   async statfs(): Promise<CoreFsStats> {
