@@ -18,6 +18,7 @@ import type { SectionContext } from './sections/context';
 import { foundationSection } from './sections/foundation';
 import { qcow2Section } from './sections/qcow2';
 import { vmdkSection } from './sections/vmdk';
+import { checkSection } from './sections/check';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -78,6 +79,7 @@ async function main(): Promise<number> {
     ['foundation', foundationSection],
     ['qcow2', qcow2Section],
     ['vmdk', vmdkSection],
+    ['check', checkSection],
   ];
   for (const [name, fn] of sections) {
     if (!cfg.sections.has(name)) continue;
