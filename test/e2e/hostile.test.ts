@@ -14,6 +14,8 @@ import { qemuCheck, qemuIo } from '../helpers/qemu';
 
 /** Only catches a hang (a FIFO opened, a thread pool parked); never a timing assertion. */
 const HANG_MS = 20_000;
+/** The same for the mount, which runs traced (strace stops it at every syscall) on a shared machine. */
+const MOUNT_HANG_MS = 60_000;
 const MIB = 1 << 20;
 
 let dir: { path: string; cleanup(): Promise<void> };
@@ -31,7 +33,7 @@ const allowedCases = () => set.cases.filter((c) => c.verdict === 'allowed');
 /** Rejects with a clear message instead of waiting forever on a stalled mount. */
 function withinHangLimit<T>(p: Promise<T>, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const limit = new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what}: no answer in ${HANG_MS / 1000} s (hang)`)), HANG_MS)));
+  const limit = new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what}: no answer in ${MOUNT_HANG_MS / 1000} s (hang)`)), MOUNT_HANG_MS)));
   return Promise.race([p, limit]).finally(() => clearTimeout(timer));
 }
 

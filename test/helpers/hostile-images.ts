@@ -280,15 +280,17 @@ export function makeHostileImages(root: string): HostileSet {
 
   // A deep chain: deep/d00 holds data, each next one backs onto the previous. The image at
   // MAX_CHAIN_DEPTH files still opens (and reads d00's bytes); the two above it are refused.
+  // The layers below are named .layer, which the mount never shows: listing the folder then
+  // opens three chains, not sixty-six (their header names the format, so no extension is needed).
   const deep = path.join(images, 'deep');
-  qemuImg(deep, 'create', '-q', '-f', 'qcow2', 'd00.qcow2', '1M');
-  qemuIo(deep, 'd00.qcow2', 'qcow2', 'write -P 0x3d 0 64k');
+  const layer = (i: number) => `d${String(i).padStart(2, '0')}.${i < MAX_CHAIN_DEPTH - 1 ? 'layer' : 'qcow2'}`;
+  qemuImg(deep, 'create', '-q', '-f', 'qcow2', layer(0), '1M');
+  qemuIo(deep, layer(0), 'qcow2', 'write -P 0x3d 0 64k');
   for (let i = 1; i <= MAX_CHAIN_DEPTH + 1; i++) {
-    const name = `d${String(i).padStart(2, '0')}.qcow2`;
-    const bytes = patchQcow2(qcow2Empty, { backing: `d${String(i - 1).padStart(2, '0')}.qcow2`, backingFormat: 'qcow2' });
-    if (i < MAX_CHAIN_DEPTH - 1) fs.writeFileSync(path.join(deep, name), bytes);
-    else if (i === MAX_CHAIN_DEPTH - 1) put({ name: `deep/${name}`, escape: 'deep chain at the limit', verdict: 'allowed', pattern: 0x3d, fieldInLog: false }, bytes);
-    else put({ name: `deep/${name}`, field: 'backing file', escape: 'deep', verdict: 'refused', fieldInLog: false }, bytes);
+    const bytes = patchQcow2(qcow2Empty, { backing: layer(i - 1), backingFormat: 'qcow2' });
+    if (i < MAX_CHAIN_DEPTH - 1) fs.writeFileSync(path.join(deep, layer(i)), bytes);
+    else if (i === MAX_CHAIN_DEPTH - 1) put({ name: `deep/${layer(i)}`, escape: 'deep chain at the limit', verdict: 'allowed', pattern: 0x3d, fieldInLog: false }, bytes);
+    else put({ name: `deep/${layer(i)}`, field: 'backing file', escape: 'deep', verdict: 'refused', fieldInLog: false }, bytes);
   }
 
   // Names that must keep working.
