@@ -101,7 +101,7 @@ async function main(): Promise<number> {
   const report = [
     `# vdiskfs benchmarks${cfg.quick ? ' (QUICK smoke run: small sizes, 1 repeat; not for quoting)' : ''}`,
     '',
-    `Run ${started.toISOString().replace(/\.\d+Z$/, 'Z')} (${minutes} min) by \`make bench\`. fio: psync, iodepth 1, one job, ${cfg.size / MiB} MiB per job, random jobs ${cfg.runtime} s; ` +
+    `Run ${started.toISOString().replace(/\.\d+Z$/, 'Z')} (${minutes} min) by \`make bench\`. fio: psync, iodepth 1 (the two qd16 jobs: libaio, iodepth 16), one job, ${cfg.size / MiB} MiB per job, random jobs ${cfg.runtime} s; ` +
       `every figure is the median of ${cfg.repeat} run(s), targets interleaved, a fresh image for every run.`,
     '',
     describeMachine(machine),

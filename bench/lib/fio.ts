@@ -1,4 +1,4 @@
-/** The five fio jobs every section runs, and the parser of fio's JSON output. */
+/** The fio jobs every section runs, and the parser of fio's JSON output. */
 
 export interface FioJob {
   id: string;
@@ -18,6 +18,8 @@ export interface JobSettings {
   maxRuntime: number;
 }
 
+const LIBAIO_QD16 = ['--ioengine=libaio', '--iodepth=16'];
+
 /** The jobs of the issues, in table order. */
 export function fioJobs(s: JobSettings): FioJob[] {
   const timed = ['--time_based', `--runtime=${s.runtime}`];
@@ -27,6 +29,9 @@ export function fioJobs(s: JobSettings): FioJob[] {
     { id: 'randw4k', title: `rand write 4k (${s.runtime} s)`, writes: true, needsFilledImage: false, args: ['--rw=randwrite', '--bs=4k', ...timed] },
     { id: 'seqr1m', title: 'seq read 1M O_DIRECT', writes: false, needsFilledImage: true, args: ['--rw=read', '--bs=1M', '--direct=1'] },
     { id: 'randr4k', title: `rand read 4k O_DIRECT (${s.runtime} s)`, writes: false, needsFilledImage: true, args: ['--rw=randread', '--bs=4k', '--direct=1', ...timed] },
+    // Many requests in flight: the transport's concurrency (ASYNC_DIO) and its CPU per request show.
+    { id: 'randr4kq16', title: `rand read 4k libaio qd16 O_DIRECT (${s.runtime} s)`, writes: false, needsFilledImage: true, args: ['--rw=randread', '--bs=4k', '--direct=1', ...LIBAIO_QD16, ...timed] },
+    { id: 'randw4kq16', title: `rand write 4k libaio qd16 O_DIRECT (${s.runtime} s)`, writes: true, needsFilledImage: false, args: ['--rw=randwrite', '--bs=4k', '--direct=1', ...LIBAIO_QD16, ...timed] },
   ];
 }
 
@@ -36,8 +41,8 @@ export function fioArgs(job: FioJob, filename: string, s: JobSettings): string[]
     `--name=${job.id}`,
     `--filename=${filename}`,
     `--size=${s.size}`,
-    '--ioengine=psync',
-    '--iodepth=1',
+    // psync, one request in flight, unless the job names its engine.
+    ...(job.args.some((a) => a.startsWith('--ioengine=')) ? [] : ['--ioengine=psync', '--iodepth=1']),
     '--numjobs=1',
     '--randrepeat=1',
     '--output-format=json',
@@ -53,6 +58,8 @@ export interface FioResult {
   MBps: number;
   ioBytes: number;
   runtimeMs: number;
+  /** Requests fio completed (reads plus writes): the divisor of CPU per request. */
+  ios: number;
 }
 
 interface FioSide {
@@ -60,6 +67,7 @@ interface FioSide {
   bw?: number; // KiB/s
   io_bytes?: number;
   runtime?: number;
+  total_ios?: number;
 }
 
 /**
@@ -81,6 +89,7 @@ export function parseFioJson(text: string): FioResult {
   let bps = 0;
   let io = 0;
   let runtime = 0;
+  let ios = 0;
   for (const j of jobs) {
     if (j.error) throw new Error(`fio job ${j.jobname ?? '?'} failed with error ${j.error}`);
     for (const side of [j.read, j.write]) {
@@ -88,9 +97,10 @@ export function parseFioJson(text: string): FioResult {
       bps += side.bw_bytes ?? (side.bw ?? 0) * 1024;
       io += side.io_bytes ?? 0;
       runtime = Math.max(runtime, side.runtime ?? 0);
+      ios += side.total_ios ?? 0;
     }
   }
-  return { bytesPerSecond: bps, MBps: bps / 1e6, ioBytes: io, runtimeMs: runtime };
+  return { bytesPerSecond: bps, MBps: bps / 1e6, ioBytes: io, runtimeMs: runtime, ios };
 }
 
 /** qemu-img bench's result line → seconds. */

@@ -16,7 +16,24 @@ export interface Prepared {
   file: string;
   /** Unmounts / stops servers; called after fio, also when fio failed. */
   stop(): Promise<void>;
+  /** The FUSE server's process: its CPU time per request is measured. */
+  pid?: number;
+  /** After stop(): the request sizes the transport saw (our mount's --stats), one line. */
+  requestSizes?(): string | undefined;
 }
+
+/** utime + stime of a process in clock ticks (/proc/PID/stat fields 14 and 15); undefined once it is gone. */
+export function cpuTicks(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(f[11]) + Number(f[12]);
+  } catch {
+    return undefined;
+  }
+}
+/** Clock ticks per second (USER_HZ): 100 on Linux. */
+const TICKS_PER_SECOND = 100;
 
 export interface Target {
   id: string;
@@ -27,6 +44,10 @@ export interface Target {
 
 export interface MatrixResult {
   samples: Samples;
+  /** Server CPU µs per fio request, by (job, target). */
+  cpu: Samples;
+  /** "job/target" → the request sizes the transport saw (last run). */
+  requestSizes: Map<string, string>;
   /** target id → why it could not be set up. */
   unavailable: Map<string, string>;
   /** "job/target" → why fio failed there. */
@@ -46,7 +67,7 @@ export async function runFioMatrix(opts: {
   workRoot: string;
   log: (line: string) => void;
 }): Promise<MatrixResult> {
-  const result: MatrixResult = { samples: new Samples(), unavailable: new Map(), failed: new Map() };
+  const result: MatrixResult = { samples: new Samples(), cpu: new Samples(), requestSizes: new Map(), unavailable: new Map(), failed: new Map() };
   for (let r = 0; r < opts.repeat; r++) {
     for (const job of opts.jobs) {
       const order = r % 2 === 0 ? opts.targets : [...opts.targets].reverse();
@@ -71,17 +92,27 @@ export async function runFioMatrix(opts: {
             await run('sync', []);
             const args = fioArgs(job, prepared.file, opts.settings);
             const budget = (job.args.includes('--time_based') ? opts.settings.runtime : opts.settings.maxRuntime) * 1000 + 120_000;
+            const cpu0 = prepared.pid ? cpuTicks(prepared.pid) : undefined;
             const res = await run('fio', args, { timeoutMs: budget });
+            const cpu1 = prepared.pid ? cpuTicks(prepared.pid) : undefined;
             if (res.code !== 0) throw new Error(`fio exited ${res.code ?? res.signal}: ${lastLine(res.stderr || res.stdout)}`);
             const fio = parseFioJson(res.stdout);
             result.samples.add(job.id, target.id, fio.MBps);
-            opts.log(`  [${r + 1}/${opts.repeat}] ${job.title} on ${target.title}: ${fio.MBps.toFixed(1)} MB/s`);
+            let cpuNote = '';
+            if (cpu0 !== undefined && cpu1 !== undefined && fio.ios > 0) {
+              const us = ((cpu1 - cpu0) / TICKS_PER_SECOND) * 1e6 / fio.ios;
+              result.cpu.add(job.id, target.id, us);
+              cpuNote = `, server ${us.toFixed(1)} µs CPU per request`;
+            }
+            opts.log(`  [${r + 1}/${opts.repeat}] ${job.title} on ${target.title}: ${fio.MBps.toFixed(1)} MB/s${cpuNote}`);
           } catch (e) {
             const why = (e as Error).message;
             result.failed.set(key, why);
             opts.log(`  ${job.title} on ${target.title}: failed: ${why}`);
           } finally {
             await prepared.stop();
+            const sizes = prepared.requestSizes?.();
+            if (sizes) result.requestSizes.set(key, sizes);
           }
         } finally {
           await forgetDir();

@@ -55,6 +55,8 @@ export interface Mount {
   stop(): Promise<void>;
   /** The server's output so far (for profiles and error messages). */
   output(): string;
+  /** The server's process id (CPU time per request). */
+  pid: number | undefined;
 }
 
 function withCleanup(mountpoint: string, daemon: Daemon, target: string): Mount {
@@ -64,6 +66,7 @@ function withCleanup(mountpoint: string, daemon: Daemon, target: string): Mount 
   });
   return {
     target,
+    pid: daemon.child.pid,
     output: () => daemon.output(),
     stop: async () => {
       const code = await daemon.stop(20_000);
@@ -82,6 +85,17 @@ export interface OurMountOptions {
   extraArgs?: readonly string[];
   /** Extra node flags (e.g. --cpu-prof). */
   nodeArgs?: readonly string[];
+}
+
+/**
+ * The request sizes our kernel transport saw, from the `--stats` report it prints at exit:
+ * "read 4K:1200 1M:8; write 1M:8". Undefined when the output has none (fuse-native, peer).
+ */
+export function transportRequestSizes(output: string): string | undefined {
+  const read = /read request sizes: (.*)/.exec(output)?.[1]?.trim();
+  const write = /write request sizes: (.*)/.exec(output)?.[1]?.trim();
+  if (read === undefined && write === undefined) return undefined;
+  return [read && read !== '-' ? `read ${read}` : '', write && write !== '-' ? `write ${write}` : ''].filter(Boolean).join('; ') || '-';
 }
 
 /** `vdiskfs mount -f <images> <mountpoint>`, ready once the image's raw view exists. */

@@ -49,16 +49,35 @@ export function ceilingTable(m: MatrixResult, jobs: readonly FioJob[], targets: 
  * (the do-nothing mount, same run), also how far our FUSE stack alone could go against the peer:
  * a target above that ratio is out of reach for any driver.
  */
-export function peerTable(m: MatrixResult, jobs: readonly FioJob[], ours: Target, peer: Target, goal: (job: FioJob) => number, ceiling?: Target): string {
+export function peerTable(m: MatrixResult, jobs: readonly FioJob[], ours: Target, peer: Target, goal: (job: FioJob) => number, ceiling?: Target, others: readonly Target[] = []): string {
   const headers = ['job', `${ours.title} MB/s`, `${peer.title} MB/s`, 'ours / peer', 'target'];
   if (ceiling) headers.push(`${ceiling.title} MB/s`, 'ceiling / peer');
+  for (const o of others) headers.push(`${o.title} MB/s`, `${o.id} / peer`);
   const rows = jobs.map((j) => {
     const r = ratio(m.samples.median(j.id, ours.id), m.samples.median(j.id, peer.id));
     const row = [j.title, cell(m, j.id, ours.id), cell(m, j.id, peer.id), formatRatio(r), verdict(r, goal(j))];
-    if (ceiling) row.push(cell(m, j.id, ceiling.id), formatRatio(ratio(m.samples.median(j.id, ceiling.id), m.samples.median(j.id, peer.id))));
+    for (const t of ceiling ? [ceiling, ...others] : others) row.push(cell(m, j.id, t.id), formatRatio(ratio(m.samples.median(j.id, t.id), m.samples.median(j.id, peer.id))));
     return row;
   });
   const align = headers.map((_, i) => (i === 0 || i === 4 ? 'l' : 'r') as 'l' | 'r');
-  const all = ceiling ? [ours, peer, ceiling] : [ours, peer];
+  const all = [ours, peer, ...(ceiling ? [ceiling] : []), ...others];
   return [markdownTable(headers, rows, align), ...notes(m, all, jobs)].join('\n');
+}
+
+/**
+ * Server CPU time per request (µs, median; /proc/PID/stat utime+stime over the fio run divided
+ * by fio's request count) of each target, and the request sizes `sizesOf`'s transport saw.
+ */
+export function cpuTable(m: MatrixResult, jobs: readonly FioJob[], targets: readonly Target[], sizesOf: Target): string {
+  const headers = ['job (server CPU µs / request)', ...targets.map((t) => t.title), `request sizes seen by ${sizesOf.title}`];
+  const rows = jobs.map((j) => [
+    j.title,
+    ...targets.map((t) => {
+      const v = m.cpu.median(j.id, t.id);
+      return Number.isFinite(v) ? v.toFixed(1) : 'n/a';
+    }),
+    m.requestSizes.get(`${j.id}/${sizesOf.id}`) ?? 'n/a',
+  ]);
+  const align = headers.map((_, i) => (i === 0 || i === headers.length - 1 ? 'l' : 'r') as 'l' | 'r');
+  return markdownTable(headers, rows, align);
 }

@@ -10,8 +10,8 @@ import { createEmpty, imageForJob } from '../lib/images';
 import type { FioJob } from '../lib/fio';
 import { runFioMatrix } from '../lib/matrix';
 import type { MatrixResult, Target } from '../lib/matrix';
-import { mountOurs, mountPeer } from '../lib/mounts';
-import { peerTable } from '../lib/report';
+import { mountOurs, mountPeer, transportRequestSizes } from '../lib/mounts';
+import { cpuTable, peerTable } from '../lib/report';
 import type { SectionContext } from './context';
 
 export type DiskFormat = 'qcow2' | 'vmdk';
@@ -43,7 +43,7 @@ export async function driverAvailable(format: DiskFormat, dir: string, size: num
   }
 }
 
-export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, Target, Target] {
+export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, Target, Target, Target] {
   const name = `x.${format}`;
   const ours: Target = {
     id: 'ours',
@@ -52,8 +52,8 @@ export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, T
       const images = path.join(dir, 'images');
       fs.mkdirSync(images);
       await imageForJob(path.join(images, name), format, job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
-      const m = await mountOurs({ images, mountpoint: path.join(dir, 'mnt'), imageName: name, nodeArgs: ctx.nodeArgs });
-      return { file: m.target, stop: () => m.stop() };
+      const m = await mountOurs({ images, mountpoint: path.join(dir, 'mnt'), imageName: name, extraArgs: ['--stats'], nodeArgs: ctx.nodeArgs });
+      return { file: m.target, stop: () => m.stop(), pid: m.pid, requestSizes: () => transportRequestSizes(m.output()) };
     },
   };
   const peer: Target = {
@@ -63,27 +63,33 @@ export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, T
       const image = path.join(dir, name);
       await imageForJob(image, format, job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
       const m = await mountPeer({ image, format, mountFile: path.join(dir, 'export') });
-      return { file: m.target, stop: () => m.stop() };
+      return { file: m.target, stop: () => m.stop(), pid: m.pid };
     },
   };
-  // The FUSE stack's ceiling in the same run: our mount with a driver that does nothing.
-  const ceiling: Target = {
-    id: 'null',
-    title: 'do-nothing mount',
+  // The FUSE stack's ceiling in the same run: our mount with a driver that does nothing, on
+  // our kernel-protocol transport and on the old fuse-native (libfuse 2.9) one.
+  const doNothing = (id: string, title: string, transport: string): Target => ({
+    id,
+    title,
     async setup(_job, dir) {
       const images = path.join(dir, 'images');
       fs.mkdirSync(images);
       await createEmpty(path.join(images, name), format, ctx.cfg.imageSize);
-      const m = await mountOurs({ images, mountpoint: path.join(dir, 'mnt'), imageName: name, extraArgs: ['--null-driver'], nodeArgs: ctx.nodeArgs });
-      return { file: m.target, stop: () => m.stop() };
+      const m = await mountOurs({ images, mountpoint: path.join(dir, 'mnt'), imageName: name, extraArgs: ['--null-driver', '--stats', '--transport', transport], nodeArgs: ctx.nodeArgs });
+      return { file: m.target, stop: () => m.stop(), pid: m.pid, requestSizes: () => transportRequestSizes(m.output()) };
     },
-  };
-  return [ours, peer, ceiling];
+  });
+  return [ours, peer, doNothing('null', 'do-nothing mount', 'kernel'), doNothing('null-native', 'do-nothing mount, fuse-native', 'fuse-native')];
 }
 
 export async function peerFio(ctx: SectionContext, format: DiskFormat, goal: (job: FioJob) => number): Promise<{ table: string; result: MatrixResult }> {
-  const [ours, peer, ceiling] = peerTargets(ctx, format);
-  const result = await runFioMatrix({ name: format, jobs: ctx.jobs, targets: [ours, peer, ceiling], repeat: ctx.cfg.repeat, settings: ctx.settings, workRoot: ctx.workRoot, log: ctx.log });
-  ctx.record(`${format}-fio`, { samples: result.samples.toJSON(), unavailable: Object.fromEntries(result.unavailable), failed: Object.fromEntries(result.failed) });
-  return { table: peerTable(result, ctx.jobs, ours, peer, goal, ceiling), result };
+  const [ours, peer, ceiling, native] = peerTargets(ctx, format);
+  const targets = [ours, peer, ceiling, native];
+  const result = await runFioMatrix({ name: format, jobs: ctx.jobs, targets, repeat: ctx.cfg.repeat, settings: ctx.settings, workRoot: ctx.workRoot, log: ctx.log });
+  ctx.record(`${format}-fio`, {
+    samples: result.samples.toJSON(), cpuMicrosPerRequest: result.cpu.toJSON(), requestSizes: Object.fromEntries(result.requestSizes),
+    unavailable: Object.fromEntries(result.unavailable), failed: Object.fromEntries(result.failed),
+  });
+  const table = [peerTable(result, ctx.jobs, ours, peer, goal, ceiling, [native]), '', `Server CPU per request and the request sizes our transport saw (${format}):`, '', cpuTable(result, ctx.jobs, targets, ours)].join('\n');
+  return { table, result };
 }

@@ -16,7 +16,8 @@ import { isVdiskError } from '../../src/io/errors';
 import { qemuCheck, qemuImg, qemuRaw } from '../helpers/qemu';
 import { fioArgs, fioJobs, parseBenchSeconds, parseFioJson } from '../../bench/lib/fio';
 import { Samples, formatRate, markdownTable, median, ratio, verdict } from '../../bench/lib/stats';
-import { ceilingTable, peerTable } from '../../bench/lib/report';
+import { ceilingTable, cpuTable, peerTable } from '../../bench/lib/report';
+import { transportRequestSizes } from '../../bench/lib/mounts';
 import type { MatrixResult, Target } from '../../bench/lib/matrix';
 import { cpuModel } from '../../bench/lib/machine';
 import { configFromEnv } from '../../bench/lib/config';
@@ -236,22 +237,27 @@ describe('make bench harness: pure parts', () => {
     expect(r.MBps).toBeCloseTo(52.4288, 6);
     expect(r.ioBytes).toBe(268_435_456);
     expect(r.runtimeMs).toBe(5120);
+    expect(parseFioJson(JSON.stringify({ jobs: [{ read: { bw: 1, total_ios: 7 }, write: { bw: 1, total_ios: 5 } }] })).ios).toBe(12);
     // Old fio: only bw in KiB/s.
     expect(parseFioJson(JSON.stringify({ jobs: [{ read: { bw: 1000 } }] })).bytesPerSecond).toBe(1_024_000);
     expect(() => parseFioJson(doc(5))).toThrow(/failed with error 5/);
     expect(() => parseFioJson('fio: no such file')).toThrow(/no JSON/);
   });
 
-  it('builds the five jobs with the issue\'s options', () => {
+  it('builds the seven jobs with the issues\' options', () => {
     const s = { size: 256 * MiB, runtime: 5, maxRuntime: 60 };
     const jobs = fioJobs(s);
-    expect(jobs.map((j) => j.id)).toEqual(['seqw128k', 'seqw4k', 'randw4k', 'seqr1m', 'randr4k']);
+    expect(jobs.map((j) => j.id)).toEqual(['seqw128k', 'seqw4k', 'randw4k', 'seqr1m', 'randr4k', 'randr4kq16', 'randw4kq16']);
     const a = (id: string) => fioArgs(jobs.find((j) => j.id === id)!, '/x', s);
     expect(a('seqw128k')).toEqual(expect.arrayContaining(['--rw=write', '--bs=128k', '--end_fsync=1', `--size=${256 * MiB}`, '--filename=/x', '--output-format=json', '--runtime=60']));
     expect(a('randw4k')).toEqual(expect.arrayContaining(['--rw=randwrite', '--bs=4k', '--time_based', '--runtime=5']));
     expect(a('randw4k')).not.toContain('--runtime=60');
     expect(a('seqr1m')).toEqual(expect.arrayContaining(['--rw=read', '--bs=1M', '--direct=1']));
-    expect(a('randr4k')).toEqual(expect.arrayContaining(['--rw=randread', '--direct=1']));
+    expect(a('randr4k')).toEqual(expect.arrayContaining(['--rw=randread', '--direct=1', '--ioengine=psync', '--iodepth=1']));
+    for (const id of ['randr4kq16', 'randw4kq16']) {
+      expect(a(id)).toEqual(expect.arrayContaining(['--bs=4k', '--direct=1', '--ioengine=libaio', '--iodepth=16', '--time_based']));
+      expect(a(id)).not.toContain('--ioengine=psync');
+    }
     expect(parseBenchSeconds('Sending ...\nRun completed in 1.234 seconds.\n')).toBe(1.234);
   });
 
@@ -259,7 +265,7 @@ describe('make bench harness: pure parts', () => {
     expect(markdownTable(['a', 'b'], [['1', 'x|y']], ['l', 'r'])).toBe('| a | b |\n| --- | ---: |\n| 1 | x\\|y |');
     const jobs = fioJobs({ size: MiB, runtime: 1, maxRuntime: 10 }).slice(0, 2);
     const t = (id: string): Target => ({ id, title: id, setup: async () => ({ file: '', stop: async () => {} }) });
-    const m: MatrixResult = { samples: new Samples(), unavailable: new Map([['gone', 'no flag']]), failed: new Map([['seqw4k/ours', 'fio exited 1']]) };
+    const m: MatrixResult = { samples: new Samples(), cpu: new Samples(), requestSizes: new Map(), unavailable: new Map([['gone', 'no flag']]), failed: new Map([['seqw4k/ours', 'fio exited 1']]) };
     for (const v of [100, 300, 200]) m.samples.add('seqw128k', 'ours', v);
     for (const v of [50, 100, 150]) m.samples.add('seqw128k', 'peer', v);
     const peer = peerTable(m, jobs, t('ours'), t('peer'), () => 1.5);
@@ -272,6 +278,15 @@ describe('make bench harness: pure parts', () => {
     const ceil = ceilingTable(m, jobs, [t('peer'), t('ours'), t('gone')], 'peer', ['ours'], (j) => (j.id === 'seqw128k' ? 0.9 : undefined));
     expect(ceil).toContain('| seq write 128k (end_fsync) | 100.0 | 200.0 | n/a | 2.00x (≥ 0.9: met) |');
     expect(ceil).toContain('- gone: not available: no flag');
+    for (const v of [20, 10, 30]) m.samples.add('seqw128k', 'native', v);
+    const withNative = peerTable(m, jobs, t('ours'), t('peer'), () => 1, t('null'), [t('native')]);
+    expect(withNative).toContain('| seq write 128k (end_fsync) | 200.0 | 100.0 | 2.00x | ≥ 1: met | 50.00 | 0.50x | 20.00 | 0.20x |');
+    for (const v of [12, 14, 13]) m.cpu.add('seqw128k', 'ours', v);
+    m.requestSizes.set('seqw128k/ours', 'write 128K:2048');
+    const cpu = cpuTable(m, jobs, [t('ours'), t('peer')], t('ours'));
+    expect(cpu).toContain('| seq write 128k (end_fsync) | 13.0 | n/a | write 128K:2048 |');
+    expect(transportRequestSizes('stats transport (kernel protocol):\n    read request sizes: 4K:10 1M:2\n    write request sizes: -\n')).toBe('read 4K:10 1M:2');
+    expect(transportRequestSizes('no stats')).toBeUndefined();
   });
 
   it('reads the CPU model and the settings', () => {
