@@ -9,6 +9,9 @@ export function withAllowOutside<T>(y: Argv<T>): Argv<T & { 'allow-outside': str
   return y.option('allow-outside', {
     type: 'string',
     array: true,
+    // One folder per flag: an array option would otherwise swallow the positionals after it
+    // (`mount --allow-outside /shared ./images /mnt` found no <images>).
+    nargs: 1,
     default: [] as string[],
     requiresArg: true,
     describe: 'let images reach backing files and extents in this folder too (repeatable)',
