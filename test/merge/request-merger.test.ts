@@ -361,3 +361,56 @@ describe('request size', () => {
     expect(img.data.equals(expected)).toBe(true);
   });
 });
+
+describe('discard and zero-range: ordered like writes', () => {
+  it('drops the pending bytes a discard covers, keeps the rest pending, and sends whole pages as discard', async () => {
+    const img = new ModelImage(MiB);
+    const m = new RequestMerger(img, { delayMs: 1000 });
+    await m.write(0, pattern(64 * 1024, 1));
+    await m.discard(8192, 16 * 1024 + 100); // whole pages [8K, 24K) plus 100 bytes of the next
+    // The partial edge page goes out as zeros (read-modify-write; all zero here, so writeZeroes).
+    expect(img.log('write', 'zero')).toEqual([expect.objectContaining({ offset: 24 * 1024, length: 4096 })]);
+    expect(img.log('discard').map((r) => [r.offset, r.length])).toEqual([[8192, 16 * 1024]]);
+    expect(m.stats().pendingBytes).toBe(64 * 1024 - 16 * 1024 - 100);
+    await m.flush();
+    expect(img.violations).toEqual([]);
+    const expected = pattern(64 * 1024, 1);
+    expected.fill(0, 8192, 24 * 1024 + 100);
+    expect(img.data.subarray(0, 64 * 1024).equals(expected)).toBe(true);
+    // The dropped bytes never reached the driver.
+    for (const w of img.log('write')) expect(w.offset >= 24 * 1024 || w.offset + w.length <= 8192).toBe(true);
+  });
+
+  it('waits for an earlier write in flight, and a read or write issued after it sees the discard', async () => {
+    const img = new ModelImage(MiB, { delay: (r) => (r.kind === 'write' ? 20 : 0) });
+    const m = new RequestMerger(img);
+    const first = m.write(0, pattern(128 * 1024, 2), { writeThrough: true });
+    const discard = m.discard(0, 128 * 1024);
+    const readBack = Buffer.alloc(128 * 1024, 0xff);
+    const read = m.read(0, readBack);
+    const later = m.write(4096, pattern(4096, 3));
+    await Promise.all([first, discard, read, later]);
+    await m.flush();
+    expect(img.violations).toEqual([]);
+    expect(readBack.equals(Buffer.alloc(128 * 1024))).toBe(true);
+    const expected = Buffer.alloc(128 * 1024);
+    pattern(4096, 3).copy(expected, 4096);
+    expect(img.data.subarray(0, 128 * 1024).equals(expected)).toBe(true);
+    const seq = img.requests.filter((r) => r.kind !== 'flush').map((r) => r.kind);
+    expect(seq.indexOf('discard')).toBeGreaterThan(seq.indexOf('write'));
+  });
+
+  it('zero-range sends whole pages as writeZeroes and unaligned edges as zero pages; refused on a read-only image', async () => {
+    const img = new ModelImage(MiB);
+    img.data.fill(0xab);
+    const m = new RequestMerger(img);
+    await m.writeZeroes(1000, 3 * 4096);
+    expect(img.log('zero').map((r) => [r.offset, r.length])).toEqual([[4096, 8192]]);
+    expect(img.violations).toEqual([]);
+    const expected = Buffer.alloc(MiB, 0xab);
+    expected.fill(0, 1000, 1000 + 3 * 4096);
+    expect(img.data.equals(expected)).toBe(true);
+    const ro = new RequestMerger(new ModelImage(MiB, { readOnly: true }));
+    await expect(ro.discard(0, 4096)).rejects.toThrow(VdiskError);
+  });
+});
