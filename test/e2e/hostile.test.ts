@@ -116,14 +116,21 @@ async function traceOpens(pid: number, log: string): Promise<OpenTracer> {
   const proc = spawn('strace', ['-f', '-qq', '-y', '-s', '8192', '-e', 'trace=open,openat,openat2,creat', '-o', log, '-p', String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   proc.stderr!.on('data', (d) => (err += d));
-  const exited = new Promise<void>((res) => proc.once('exit', () => res()));
+  proc.once('error', (e) => (err += `${e.message} (this test needs strace installed)`));
+  const exited = new Promise<void>((res) => {
+    proc.once('exit', () => res());
+    proc.once('error', () => res());
+  });
   // Attached once every thread of the daemon names strace as its tracer.
   const attached = () => fs.readdirSync(`/proc/${pid}/task`).every((t) => {
     const status = fs.readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8');
     return /^TracerPid:\s*[1-9]/m.test(status);
   });
   for (let i = 0; !attached(); i++) {
-    if (proc.exitCode !== null || i > 200) throw new Error(`strace did not attach to ${pid}: ${err}`);
+    if (proc.exitCode !== null || err.includes('needs strace') || i > 400) {
+      proc.kill('SIGKILL');
+      throw new Error(`strace did not attach to ${pid}: ${err}`);
+    }
     await new Promise((r) => setTimeout(r, 25));
   }
   return {
@@ -132,7 +139,7 @@ async function traceOpens(pid: number, log: string): Promise<OpenTracer> {
     async stop() {
       // SIGINT detaches and the daemon runs on; a thread stuck in the kernel can delay that,
       // so after a moment SIGKILL (the kernel detaches a dead tracer's tracees).
-      if (proc.exitCode === null) proc.kill('SIGINT');
+      if (proc.exitCode === null && proc.pid !== undefined) proc.kill('SIGINT');
       const timer = setTimeout(() => proc.kill('SIGKILL'), 5000);
       await exited;
       clearTimeout(timer);
