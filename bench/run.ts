@@ -19,6 +19,7 @@ import { foundationSection } from './sections/foundation';
 import { qcow2Section } from './sections/qcow2';
 import { vmdkSection } from './sections/vmdk';
 import { checkSection } from './sections/check';
+import { sparseCopySection } from './sections/sparse-copy';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -80,6 +81,7 @@ async function main(): Promise<number> {
     ['qcow2', qcow2Section],
     ['vmdk', vmdkSection],
     ['check', checkSection],
+    ['sparse-copy', sparseCopySection],
   ];
   for (const [name, fn] of sections) {
     if (!cfg.sections.has(name)) continue;
