@@ -16,8 +16,10 @@ import { openImage } from '../../src/image/open';
 import { rng } from './qemu';
 
 interface HostWrite {
-  kind: 'write' | 'truncate';
+  kind: 'write' | 'truncate' | 'punch';
   offset: number;
+  length?: number; // punch: the range reads as zeros afterwards, the file keeps its size
+  tag?: string;
   data?: Buffer; // write: the bytes, copied when issued
   issued: number;
   completed: number; // Infinity while in flight (or failed)
@@ -29,6 +31,7 @@ interface Barrier {
 }
 
 interface GuestWrite {
+  what: string; // write, zeroes, discard
   offset: number;
   data: Buffer;
   start: number;
@@ -40,7 +43,7 @@ interface GuestFlush {
   end: number;
 }
 
-/** Records host I/O on one file by wrapping HostFile's write/truncate/datasync for the run. */
+/** Records host I/O on one file by wrapping HostFile's write/truncate/punchHole/datasync for the run. */
 export class CrashRecorder {
   private clock = 0;
   readonly writes: HostWrite[] = [];
@@ -49,19 +52,19 @@ export class CrashRecorder {
   readonly guestFlushes: GuestFlush[] = [];
   readonly base: Buffer;
   private restore: (() => void) | undefined;
-  /** Lets a test hold a host write back (by its tag) to force an interleaving. */
-  hold: ((tag: string | undefined) => Promise<void> | undefined) | undefined;
+  /** Lets a test hold a host write or barrier back (by its tag) to force an interleaving. */
+  hold: ((kind: 'write' | 'sync', tag: string | undefined) => Promise<void> | undefined) | undefined;
 
   constructor(readonly file: string) {
     this.base = fs.readFileSync(file);
     const proto = HostFile.prototype;
-    const { write, truncate, datasync } = proto;
+    const { write, truncate, datasync, punchHole } = proto;
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const rec = this;
     proto.write = async function (this: HostFile, data: Buffer | Buffer[], pos: number, tag?: string): Promise<void> {
       if (this.path !== rec.file) return write.call(this, data, pos, tag);
-      await rec.hold?.(tag);
-      const w: HostWrite = { kind: 'write', offset: pos, data: Buffer.concat(Array.isArray(data) ? data : [data]), issued: rec.clock++, completed: Infinity };
+      await rec.hold?.('write', tag);
+      const w: HostWrite = { kind: 'write', tag, offset: pos, data: Buffer.concat(Array.isArray(data) ? data : [data]), issued: rec.clock++, completed: Infinity };
       rec.writes.push(w);
       await write.call(this, data, pos, tag);
       w.completed = rec.clock++;
@@ -73,18 +76,27 @@ export class CrashRecorder {
       await truncate.call(this, length);
       w.completed = rec.clock++;
     };
+    proto.punchHole = function (this: HostFile, offset: number, length: number, tag?: string): boolean {
+      if (this.path !== rec.file) return punchHole.call(this, offset, length, tag);
+      const w: HostWrite = { kind: 'punch', offset, length, issued: rec.clock++, completed: Infinity };
+      const done = punchHole.call(this, offset, length, tag);
+      if (done) rec.writes.push(w);
+      w.completed = rec.clock++;
+      return done;
+    };
     proto.datasync = async function (this: HostFile, tag?: string): Promise<void> {
       if (this.path !== rec.file) return datasync.call(this, tag);
+      await rec.hold?.('sync', tag);
       const start = rec.clock++;
       await datasync.call(this, tag);
       rec.barriers.push({ start, end: rec.clock++ });
     };
-    this.restore = () => Object.assign(proto, { write, truncate, datasync });
+    this.restore = () => Object.assign(proto, { write, truncate, datasync, punchHole });
   }
 
   /** A guest write through the image, timed on the same clock as the host I/O. */
-  async guestWrite(offset: number, data: Buffer, run: () => Promise<void>): Promise<void> {
-    const g: GuestWrite = { offset, data: Buffer.from(data), start: this.clock++, end: Infinity };
+  async guestWrite(offset: number, data: Buffer, run: () => Promise<void>, what = 'write'): Promise<void> {
+    const g: GuestWrite = { what, offset, data: Buffer.from(data), start: this.clock++, end: Infinity };
     this.guestWrites.push(g);
     await run();
     g.end = this.clock++;
@@ -95,6 +107,16 @@ export class CrashRecorder {
     this.guestFlushes.push(f);
     await run();
     f.end = this.clock++;
+  }
+
+  /** The run as text, one event a line (for debugging a failing state). */
+  timeline(): string {
+    const ev: Array<[number, string]> = [];
+    for (const w of this.writes) ev.push([w.issued, `${w.kind} ${w.tag ?? ''} @${w.offset} +${w.data?.length ?? w.length ?? ''} done t${w.completed}`]);
+    for (const b of this.barriers) ev.push([b.start, `SYNC done t${b.end}`]);
+    for (const g of this.guestWrites) ev.push([g.start, `guest ${g.what} ${g.offset}+${g.data.length} done t${g.end}`]);
+    for (const f of this.guestFlushes) ev.push([f.start, `guest flush done t${f.end}`]);
+    return ev.sort((a, b) => a[0] - b[0]).map(([t, x]) => `t${t} ${x}`).join('\n');
   }
 
   stop(): void {
@@ -157,6 +179,8 @@ export class CrashRecorder {
         if (w.offset < len) img.fill(0, w.offset, len);
         ensure(w.offset);
         len = w.offset;
+      } else if (w.kind === 'punch') {
+        if (w.offset < len) img.fill(0, w.offset, Math.min(len, w.offset + w.length!));
       } else {
         ensure(w.offset + w.data!.length);
         if (w.offset > len) img.fill(0, len, w.offset);
@@ -230,6 +254,7 @@ export async function checkCrashStates(rec: CrashRecorder, states: CrashState[],
     if (mismatch) bad.push(`${what}: ${mismatch}`);
   }
   fs.rmSync(o.file, { force: true });
+  if (bad.length && process.env['CRASH_STATES_TIMELINE']) fs.writeFileSync(process.env['CRASH_STATES_TIMELINE'], rec.timeline());
   return { states: checked, bad };
 }
 
@@ -294,10 +319,11 @@ async function readBackProblem(file: string, initial: Buffer, s: CrashState): Pr
   let i = 0;
   while (got[i] === expected[i]) i++;
   const acked = [...s.acked].some((w) => i >= w.offset && i < w.offset + w.data.length);
-  return `guest byte ${i} reads ${got[i]} instead of ${expected[i]} (${acked ? 'acknowledged by a flush' : 'old content no write touched'})`;
+  const near = s.guest.filter((w) => i >= w.offset && i < w.offset + w.data.length).map((w) => `${w.what} ${w.offset}+${w.data.length} t${w.start}-${w.end}${s.acked.has(w) ? ' acked' : ''}`);
+  return `guest byte ${i} reads ${got[i]} instead of ${expected[i]} (${acked ? 'acknowledged by a flush' : 'old content no write touched'}; ${near.join(', ')})`;
 }
 
-/** Writers running at once: writes (often overlapping), zero writes and flushes, seeded. */
+/** Writers running at once: writes (often overlapping), zero writes, discards and flushes, seeded. */
 export async function concurrentStorm(img: Image, rec: CrashRecorder, seed: number, writers: number, ops: number, unit: number): Promise<void> {
   const r = rng(seed);
   let n = 0;
@@ -314,8 +340,10 @@ export async function concurrentStorm(img: Image, rec: CrashRecorder, seed: numb
       const len = small ? 512 * (1 + Math.floor(r() * 9)) : unit * (1 + Math.floor(r() * 4)) - (r() < 0.5 ? 512 : 0);
       const base = r() < 0.6 ? hot[Math.floor(r() * hot.length)]! : Math.floor(r() * (img.virtualSize / unit)) * unit;
       const off = Math.min(img.virtualSize - len, base + 512 * Math.floor(r() * (2 * unit / 512)));
-      if (k < 0.25) {
-        await rec.guestWrite(off, Buffer.alloc(len), () => img.writeZeroes(off, len));
+      if (k < 0.22) {
+        await rec.guestWrite(off, Buffer.alloc(len), () => img.writeZeroes(off, len), 'zeroes');
+      } else if (k < 0.3) {
+        await rec.guestWrite(off, Buffer.alloc(len), () => img.discard(off, len), 'discard'); // reads as zeros after
       } else {
         const data = Buffer.alloc(len, ((w * 40 + n++) % 250) + 2);
         await rec.guestWrite(off, data, () => img.write(off, data));

@@ -61,6 +61,7 @@ export class SparseExtent implements VmdkExtent {
   private footerAt = -1;
   private footerDirty = false;
   private readonly grainCache = new Map<number, Buffer>();
+  private flushing: Promise<void> = Promise.resolve(); // flush() runs one at a time
   private readonly warn: (message: string) => void;
   /** A grain marker whose LBA disagrees with the grain table is reported once per extent. */
   private lbaWarned = false;
@@ -381,8 +382,18 @@ export class SparseExtent implements VmdkExtent {
     await Promise.all(writes);
   }
 
+  /**
+   * One flush at a time: two overlapping flushes could otherwise write an older snapshot of a
+   * grain table after a newer one, losing an acknowledged write (found by the crash-state test).
+   */
+  flush(): Promise<void> {
+    const run = this.flushing.then(() => this.flushOnce());
+    this.flushing = run.catch(() => undefined);
+    return run;
+  }
+
   /** Write-back in the spec's order: data durable → grain tables → grain directory → footer. */
-  async flush(): Promise<void> {
+  private async flushOnce(): Promise<void> {
     if (this.readOnly) return;
     const dirty = this.cache.dirtyIndexes();
     if (dirty.length > 0 || this.gdDirty || this.footerDirty) {
