@@ -169,10 +169,17 @@ export class FsCore {
     await this.ctx.images.release(h.entry);
   }
 
-  /** truncate(2)/ftruncate(2): grows the disk; shrinking is refused. */
-  async truncate(path: string, size: number): Promise<void> {
+  /**
+   * truncate(2)/ftruncate(2): grows the disk; shrinking is refused. `openTruncate`: the transport
+   * says this is an open's O_TRUNC (writeback cache), ignored as at open.
+   */
+  async truncate(path: string, size: number, opts: { openTruncate?: boolean } = {}): Promise<void> {
     const { tree, images } = this.ctx;
     const view = await this.imageView(path);
+    if (opts.openTruncate) {
+      log('truncate %s to %d from an O_TRUNC open: ignored (a disk keeps its size and content)', path, size);
+      return;
+    }
     if (view.partition) {
       if (size === view.partition.size) return;
       throw VdiskError.invalid(`${path} is a partition: its size comes from the partition table`);

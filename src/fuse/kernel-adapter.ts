@@ -112,7 +112,9 @@ export class KernelAdapter {
         return this.run(
           h,
           async () => {
-            if (s.size !== undefined) await core.truncate(path, s.size);
+            // Writeback cache: O_TRUNC arrives as SETATTR size=0 without a handle (no ATOMIC_O_TRUNC; see negotiate.ts).
+            const openTruncate = s.size === 0 && s.fh === undefined && ((this.stats.negotiated?.flags ?? 0) & P.InitFlag.WRITEBACK_CACHE) !== 0;
+            if (s.size !== undefined) await core.truncate(path, s.size, { openTruncate });
             return core.getattr(path);
           },
           (b, o, a) => P.encodeAttrOut(b, o, ATTR_VALID, this.attr(path, a)),

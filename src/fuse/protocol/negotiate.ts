@@ -34,7 +34,9 @@ export function negotiate(k: InitIn, wishes: TransportWishes): Negotiation {
   const wanted =
     InitFlag.ASYNC_READ |
     InitFlag.BIG_WRITES |
-    InitFlag.ATOMIC_O_TRUNC |
+    // With the writeback cache the kernel's own size wins, and an atomic O_TRUNC open sets it to 0
+    // (fuse_finish_open): without the flag O_TRUNC comes as SETATTR size=0, whose reply restores it.
+    (wishes.writebackCache ? 0 : InitFlag.ATOMIC_O_TRUNC) |
     InitFlag.ASYNC_DIO |
     InitFlag.PARALLEL_DIROPS |
     InitFlag.MAX_PAGES |

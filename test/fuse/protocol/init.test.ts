@@ -33,6 +33,8 @@ describe('INIT', () => {
     expect(initFlagNames(n.reply.flags).sort()).toEqual(['ASYNC_DIO', 'ASYNC_READ', 'ATOMIC_O_TRUNC', 'BIG_WRITES', 'MAX_PAGES', 'PARALLEL_DIROPS']);
     const wb = negotiate(decodeInitIn(initIn(45, KERNEL_6_18), 0, 64), { writebackCache: true });
     expect(wb.ok && (wb.reply.flags & InitFlag.WRITEBACK_CACHE) !== 0).toBe(true);
+    // The kernel would zero its cached size on an atomic O_TRUNC open: O_TRUNC comes as SETATTR instead.
+    expect(wb.ok && (wb.reply.flags & InitFlag.ATOMIC_O_TRUNC) === 0).toBe(true);
   });
 
   it('degrades on an older kernel: no MAX_PAGES means 128 KiB requests', () => {
