@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { mountFixture, TEST_TRANSPORT, type Mounted } from '../helpers/mount';
+import { mountFixture, type Mounted } from '../helpers/mount';
 import { qemuCheck, sha256, sha256File } from '../helpers/qemu';
 
 const fx = mountFixture();
@@ -21,6 +21,8 @@ const qemuIo = (file: string, ...cmds: string[]) => sh('qemu-io', [...cmds.flatM
 beforeEach(() => {
   images = fx.images;
 });
+/** FALLOCATE, LSEEK and atomic O_TRUNC exist only in the kernel-protocol transport (fuse-native has no such operations). */
+const mountKernel = (args: string[] = []) => fx.mount(['--transport', 'kernel', ...args]);
 
 /** Data ranges of a file as SEEK_DATA/SEEK_HOLE report them (python: node has no SEEK_DATA). */
 function seekRanges(file: string): Array<[number, number]> {
@@ -61,7 +63,7 @@ function duBytes(file: string): number {
 describe('discard through a loop device', () => {
   it('three rounds of fill, delete, fstrim on ext4: the image stops growing and du follows ext4', async () => {
     qemuImg('create', '-q', '-f', 'qcow2', 'vm.qcow2', '2G');
-    const m: Mounted = await fx.mount();
+    const m: Mounted = await mountKernel();
     const img = path.join(images, 'vm.qcow2');
     const loop = sh('losetup', ['--show', '-f', path.join(m.mnt, 'vm.qcow2.raw')]).trim();
     m.loops.push(loop);
@@ -110,7 +112,7 @@ describe('SEEK_DATA / SEEK_HOLE agree with qemu-img map', () => {
     qemuIo('base.qcow2', 'write -P 6 0 8M', 'write -P 7 32M 8M');
     qemuImg('create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', 'top.qcow2', '96M');
     qemuIo('top.qcow2', 'write -P 8 4M 8M', 'write -z 34M 2M', 'write -P 9 80M 1M');
-    const m = await fx.mount();
+    const m = await mountKernel();
     for (const name of ['q.qcow2', 'v.vmdk', 'top.qcow2']) {
       expect(seekRanges(path.join(m.mnt, `${name}.raw`)), name).toEqual(qemuDataRanges(path.join(images, name)));
     }
@@ -129,7 +131,7 @@ describe('fallocate modes on a view', () => {
     qemuImg('create', '-q', '-f', 'qcow2', 'g.qcow2', '64M');
     qemuImg('create', '-q', '-f', 'vmdk', 'g.vmdk', '64M');
     qemuIo('g.qcow2', 'write -P 0x41 0 8M');
-    const m = await fx.mount();
+    const m = await mountKernel();
     const q = path.join(m.mnt, 'g.qcow2.raw');
     sh('fallocate', ['-p', '-o', '4096', '-l', String(MiB), q]);
     sh('fallocate', ['-z', '-o', String(4 * MiB), '-l', String(MiB), q]);
@@ -153,7 +155,7 @@ describe('fallocate modes on a view', () => {
 });
 
 // The writeback cache owns the size in the kernel: O_TRUNC must not make the view look empty there either.
-const cacheModes = (TEST_TRANSPORT === 'fuse-native' ? [[]] : [[], ['--writeback-cache']]).map((args) => ({ args, name: args.join(' ') || 'no writeback cache' }));
+const cacheModes = [[], ['--writeback-cache']].map((args) => ({ args, name: args.join(' ') || 'no writeback cache' }));
 
 describe.each(cacheModes)('cp and qemu-img convert into a view ($name)', ({ args: mountArgs }) => {
   it('write the bytes and keep the view size (O_TRUNC is ignored; truncating smaller is still refused)', async () => {
@@ -163,7 +165,7 @@ describe.each(cacheModes)('cp and qemu-img convert into a view ($name)', ({ args
     const data = Buffer.alloc(16 * MiB);
     for (let i = 0; i < data.length; i += 4096) data.fill((i / 4096) % 251 + 1, i, i + 4096);
     fs.writeFileSync(src, data);
-    const m = await fx.mount(mountArgs);
+    const m = await mountKernel(mountArgs);
     const view = path.join(m.mnt, 'dst.qcow2.raw');
     sh('cp', [src, view]);
     expect(fs.statSync(view).size).toBe(64 * MiB);
