@@ -1,6 +1,6 @@
 /**
  * Property test: seeded random sequences of unaligned reads, writes, all-zero writes, write-
- * through writes and flushes from several concurrent callers. The model is a plain Buffer updated
+ * through writes, discards, zero-ranges and flushes from several concurrent callers. The model is a plain Buffer updated
  * in issue order (the order write() is called: FUSE acknowledges in that order). Every read must
  * equal the model at the moment it was issued; after a final flush the image must equal the
  * model; every driver request must be page-aligned (ModelImage records violations).
@@ -103,6 +103,11 @@ async function run(s: Scenario): Promise<{ ops: number; reads: number; stats: Re
           while (into[first] === expected[first]) first++;
           throw new Error(`seed ${s.seed} caller ${id} op ${k}: read ${off}+${len} differs at byte ${off + first}: got ${into[first]} want ${expected[first]}`);
         }
+      } else if (op < 0.975) {
+        // Discard / zero-range: ordered like a write, the range reads as zeros from its issue on.
+        const [off, len] = range();
+        model.fill(0, off, off + len);
+        await (rand() < 0.5 ? m.discard(off, len) : m.writeZeroes(off, len));
       } else {
         await (rand() < 0.5 ? m.flush() : m.drain());
       }
