@@ -1,6 +1,6 @@
 import type { Argv, CommandModule } from 'yargs';
 import type { CheckResult } from '../../image';
-import { Confinement, driverOptions } from '../../image';
+import { Confinement, driverOptions, openImage } from '../../image';
 import { withAllowOutside } from '../allow-outside';
 import { driverFor, withFormat } from '../format-option';
 import { lockForCommand, readLockMode, withForceShare } from '../image-lock';
@@ -32,6 +32,9 @@ export const checkCommand: CommandModule<object, CheckArgs> = {
       return;
     }
     if (argv.r && argv['force-share']) throw VdiskError.invalid('-U cannot be used with -r: repairing needs the image to itself');
+    // As qemu-img: the whole chain must open (a backing file that is missing, loops or leads
+    // outside the folder fails the check in one line) before this layer is checked.
+    await (await openImage(file, { writable: false, warn: () => undefined, confinement, format: argv.format })).close();
     // Repair takes a writer's locks: never repair an image a VM or a mount is writing.
     const lock = await lockForCommand(file, confinement, argv.r ? 'write' : readLockMode(argv['force-share']));
     const progress = progressLine(`checking ${argv.file}`);
