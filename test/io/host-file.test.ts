@@ -77,6 +77,22 @@ describe('HostFile', () => {
     await ok.close();
   });
 
+  it('punches a hole: the range reads zeros, its blocks go back, the size stays', async () => {
+    const p = path.join(dir, 'p');
+    fs.writeFileSync(p, Buffer.alloc(4 << 20, 0x5a));
+    const f = await HostFile.open(p, true);
+    const before = (await f.stat()).blocks;
+    expect(f.punchHole(1 << 20, 2 << 20, 'data')).toBe(true);
+    const buf = Buffer.alloc(4 << 20);
+    await f.read(buf, 0);
+    await f.close();
+    const want = Buffer.alloc(4 << 20, 0x5a);
+    want.fill(0, 1 << 20, 3 << 20);
+    expect(buf.equals(want)).toBe(true);
+    expect(fs.statSync(p).size).toBe(4 << 20);
+    expect((before - fs.statSync(p).blocks) * 512).toBeGreaterThanOrEqual(2 << 20);
+  });
+
   it('closes once', async () => {
     const f = await HostFile.create(path.join(dir, 'c'));
     await f.close();
