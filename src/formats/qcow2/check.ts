@@ -4,35 +4,17 @@
  * active layer's COPIED flags. Repair writes fresh refcount structures (like `-r all`).
  */
 import { HostFile } from '../../io/host-file';
-import type { CheckResult, OpenOptions } from '../types';
+import type { CheckResult } from '../types';
 import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './header';
 import { readMeta, readSnapshotTable } from './meta';
 import { MIN_V3_EXTRA_DATA } from './snapshot-table';
 import { countRefcountStructures, readStoredRefcounts, walkReferences, writeFreshRefcounts } from './refcount-walk';
 
-/**
- * `named`: how to reach what the image names (the confinement rule). Given, the image must open
- * with its whole backing chain and data file first, as `qemu-img check` opens them: a name that
- * escapes the folder, a loop or a missing file fails the check with that one line.
- */
-export async function checkQcow2(path: string, repair: boolean, named?: Pick<OpenOptions, 'reach' | 'openBacking'>): Promise<CheckResult> {
-  if (named?.reach) await openNamedFiles(path, named);
+export async function checkQcow2(path: string, repair: boolean): Promise<CheckResult> {
   const first = await checkOnce(path, repair);
   if (!repair || first.leaks + first.corruptions === 0) return first;
   const after = await checkOnce(path, false);
   return { ...after, repaired: first.leaks + first.corruptions, leaksFixed: first.leaks, corruptionsFixed: first.corruptions, messages: [...first.messages, ...after.messages] };
-}
-
-async function openNamedFiles(path: string, named: Pick<OpenOptions, 'reach' | 'openBacking'>): Promise<void> {
-  const file = await HostFile.open(path, false);
-  let meta;
-  try {
-    meta = await readMeta(file);
-  } finally {
-    await file.close();
-  }
-  if (meta.ext.dataFile) await (await HostFile.open(await named.reach(meta.ext.dataFile, 'data file'), false)).close();
-  if (meta.backingName !== undefined) await (await named.openBacking(await named.reach(meta.backingName, 'backing file'), meta.ext.backingFormat)).close();
 }
 
 async function checkOnce(path: string, repair: boolean): Promise<CheckResult> {

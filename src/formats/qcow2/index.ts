@@ -40,7 +40,7 @@ export const qcow2Driver: FormatDriver = {
       }
     }
   },
-  check: (path, opts) => checkQcow2(path, opts.repair, opts),
+  check: (path, opts) => checkQcow2(path, opts.repair),
   listSnapshots: (path) => withFile(path, async (f) => usableNames(await readSnapshots(f, await readMeta(f)))),
   backingFileOf: (path) =>
     withFile(path, async (f) => {
