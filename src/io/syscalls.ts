@@ -42,6 +42,7 @@ interface Ffi {
   fallocate: KoffiFunction;
   poll: KoffiFunction;
   read: (fd: number, buf: Buffer, count: number) => number;
+  lseek: (fd: number, offset: number, whence: number) => number | bigint;
   eventfd: (initval: number, flags: number) => number;
   socketpair: (domain: number, type: number, protocol: number, sv: Int32Array) => number;
   sendmsg: (fd: number, msg: MsgHdr, flags: number) => number;
@@ -95,6 +96,7 @@ function ffi(): Ffi {
     fallocate: libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
     poll: libc.func('int poll(void *fds, unsigned long nfds, int timeout)'),
     read: libc.func('intptr_t read(int fd, void *buf, size_t count)'),
+    lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)'),
     eventfd: libc.func('int eventfd(unsigned int initval, int flags)'),
     socketpair: libc.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),
     sendmsg: libc.func('sendmsg', 'intptr_t', ['int', koffi.pointer(msghdr), 'int']),
@@ -293,6 +295,23 @@ export function readOrErrno(fd: number, buf: Buffer, count = buf.length): number
   const f = ffi();
   const n = f.read(fd, buf, count);
   return n >= 0 ? n : -f.koffi.errno();
+}
+
+// ---- lseek SEEK_DATA / SEEK_HOLE ----
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+
+/**
+ * Where the next data (or hole) of a host file starts at or after `offset`, as the file system
+ * keeps it; undefined when no data follows (ENXIO). Node's fs has no SEEK_DATA.
+ */
+export function seekDataOrHole(fd: number, offset: number, what: 'data' | 'hole'): number | undefined {
+  const f = ffi();
+  const r = Number(f.lseek(fd, offset, what === 'data' ? SEEK_DATA : SEEK_HOLE));
+  if (r >= 0) return r;
+  if (errnoName(f) === 'ENXIO') return undefined;
+  return fail(f, 'lseek', `fd ${fd} SEEK_${what.toUpperCase()} ${offset}`, { fd, offset });
 }
 
 // ---- eventfd ----

@@ -141,6 +141,22 @@ describe('map', () => {
     expect(top).toContainEqual({ start: 0, length: 65536, depth: 1, present: true, zero: false, data: true, offset: expect.any(Number) });
     expect(top).toContainEqual({ start: 131072, length: 65536, depth: 1, present: true, zero: true, data: false });
   });
+  it('holes in host files as qemu-img sees them: raw files, flat VMDK, metadata-preallocated qcow2', () => {
+    const raw = path.join(cwd, 'holes.img');
+    fs.writeFileSync(raw, '');
+    fs.truncateSync(raw, 4 << 20);
+    const fd = fs.openSync(raw, 'r+');
+    fs.writeSync(fd, Buffer.alloc(128 << 10, 7), 0, 128 << 10, 192 << 10);
+    fs.closeSync(fd);
+    img('create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', 'flat.vmdk', '8M');
+    img('create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', 'meta.qcow2', '8M');
+    img('create', '-q', '-f', 'qcow2', '-o', 'preallocation=falloc', 'falloc.qcow2', '8M');
+    img('create', '-q', '-f', 'qcow2', '-b', 'holes.img', '-F', 'raw', 'over-raw.qcow2');
+    qemuIo(path.join(cwd, 'over-raw.qcow2'), ['write -P 1 1M 64k']);
+    for (const f of ['holes.img', 'flat.vmdk', 'meta.qcow2', 'falloc.qcow2', 'over-raw.qcow2']) {
+      expect(json(vdiskfs(cwd, 'map', '--output=json', f).stdout), f).toEqual(json(qemuImgIn(cwd, 'map', '--output=json', f).stdout));
+    }
+  });
   it('--start-offset / --max-length as qemu-img', () => {
     for (const r of [['--start-offset', '64K', '--max-length', '1M'], ['--start-offset', '1000000'], ['--max-length', '200K'], ['--start-offset', '1M', '--max-length', '100G']]) {
       expect(json(vdiskfs(cwd, 'map', '--output=json', ...r, 'top.qcow2').stdout), r.join(' ')).toEqual(json(qemuImgIn(cwd, 'map', '--output=json', ...r, 'top.qcow2').stdout));

@@ -1,7 +1,9 @@
+import * as fs from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import type { Image } from '../../image';
 import { Confinement, openImage } from '../../image';
 import { VdiskError } from '../../io/errors';
+import { seekDataOrHole } from '../../io/syscalls';
 import { withAllowOutside } from '../allow-outside';
 import { chainAsGiven } from '../as-given';
 import { driverFor, withFormat } from '../format-option';
@@ -20,6 +22,59 @@ interface MapEntry { start: number; length: number; depth: number; present: bool
 /** A layer of the backing chain: opened on demand, shown under the name qemu-img would use. */
 interface Layer { name: string; real: string; format?: string; image?: Image }
 
+/** Host files asked where their holes are (SEEK_DATA/SEEK_HOLE), opened once each. */
+class HoleFinder {
+  private readonly fds = new Map<string, number | undefined>();
+
+  /** [start, length, hole] runs of host range [at, at+len) in `file`; one data run when the file cannot tell. */
+  runs(file: string, at: number, len: number): Array<[number, number, boolean]> {
+    const fd = this.fdOf(file);
+    if (fd === undefined) return [[at, len, false]];
+    const out: Array<[number, number, boolean]> = [];
+    const end = at + len;
+    for (let pos = at; pos < end; ) {
+      const data = seekDataOrHole(fd, pos, 'data');
+      const next = data === undefined || data > pos ? Math.min(data ?? end, end) : Math.min(seekDataOrHole(fd, pos, 'hole') ?? end, end);
+      out.push([pos, next - pos, data === undefined || data > pos]);
+      pos = next;
+    }
+    return out;
+  }
+
+  /**
+   * QEMU looks at a format layer's host file only where that can change the answer: flat VMDK
+   * extents and data files, and a qcow2 file it takes for metadata-preallocated (much of the file
+   * a hole: less than 9/10 of it on disk). Raw layers always pass the host file through.
+   */
+  worthAsking(file: string, image: Image): boolean {
+    if (image.format === 'raw' || file !== image.path) return true;
+    const fd = this.fdOf(file);
+    if (fd === undefined) return false;
+    const st = fs.fstatSync(fd);
+    return st.blocks * 512 * 10 < st.size * 9;
+  }
+
+  private fdOf(file: string): number | undefined {
+    if (!this.fds.has(file)) {
+      let fd: number | undefined;
+      try {
+        // The driver reached this file through the confinement; still never block on a FIFO.
+        fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+        if (!fs.fstatSync(fd).isFile()) (fs.closeSync(fd), (fd = undefined));
+      } catch {
+        fd = undefined;
+      }
+      this.fds.set(file, fd);
+    }
+    return this.fds.get(file);
+  }
+
+  close(): void {
+    for (const fd of this.fds.values()) if (fd !== undefined) fs.closeSync(fd);
+    this.fds.clear();
+  }
+}
+
 export const mapCommand: CommandModule<object, MapArgs> = {
   command: 'map <file>',
   describe: 'show which guest ranges are data, zero, unallocated, and in which file of the backing chain',
@@ -37,6 +92,7 @@ export const mapCommand: CommandModule<object, MapArgs> = {
     const lock = await lockForCommand(file, confinement, readLockMode(argv['force-share'])); // dropped at exit if the open fails
     const top = await openImage(file, { writable: false, warn, confinement, format: argv.format });
     const layers: Layer[] = [];
+    const holes = new HoleFinder();
     try {
       layers.push(...chainLayers(await top.info(), argv.file, file));
       layers[0]!.image = top;
@@ -49,7 +105,7 @@ export const mapCommand: CommandModule<object, MapArgs> = {
       const end = Math.min(top.virtualSize, argv['max-length'] !== undefined ? start + parseSize(argv['max-length'], '--max-length') : Infinity);
       const rows: MapEntry[] = [];
       for (let off = start; off < end; off += STEP) {
-        for (const e of await mapLayer(open, layers, 0, off, Math.min(STEP, end - off))) {
+        for (const e of await mapLayer(open, layers, holes, 0, off, Math.min(STEP, end - off))) {
           const last = rows[rows.length - 1];
           if (last && mergeable(last, e)) last.length += e.length;
           else rows.push(e);
@@ -67,6 +123,7 @@ export const mapCommand: CommandModule<object, MapArgs> = {
         }
       }
     } finally {
+      holes.close();
       for (const l of layers.reverse()) await l.image?.close();
       if (!layers.length) await top.close();
       await lock.close();
@@ -96,7 +153,7 @@ function chainLayers(info: Awaited<ReturnType<Image['info']>>, given: string, re
  * ranges this layer leaves to its backing file) the backing layer's answer, depth+1, split where
  * that layer's answer changes, as qemu-img map splits them.
  */
-async function mapLayer(open: (d: number) => Promise<Image | undefined>, layers: Layer[], depth: number, off: number, len: number): Promise<MapEntry[]> {
+async function mapLayer(open: (d: number) => Promise<Image | undefined>, layers: Layer[], holes: HoleFinder, depth: number, off: number, len: number): Promise<MapEntry[]> {
   const image = await open(depth);
   if (!image) throw new VdiskError('EIO', `backing layer ${depth} of the chain could not be opened`);
   const file = layers[depth]!.name;
@@ -105,14 +162,24 @@ async function mapLayer(open: (d: number) => Promise<Image | undefined>, layers:
     if (e.kind === 'backing') {
       const below = layers[depth + 1] ? await open(depth + 1) : undefined;
       const inBacking = below ? Math.max(0, Math.min(e.offset + e.length, below.virtualSize) - e.offset) : 0;
-      if (inBacking > 0) out.push(...(await mapLayer(open, layers, depth + 1, e.offset, inBacking)));
+      if (inBacking > 0) out.push(...(await mapLayer(open, layers, holes, depth + 1, e.offset, inBacking)));
       // Past the end of a shorter backing file the disk reads zeros that no layer stores.
       if (inBacking < e.length) out.push({ start: e.offset + inBacking, length: e.length - inBacking, depth: depth + 1, present: false, zero: true, data: false, file });
       continue;
     }
     const data = e.kind === 'data';
     const offset = data && e.hostOffset !== undefined && !e.compressed ? e.hostOffset : undefined;
-    out.push({ start: e.offset, length: e.length, depth, present: e.kind !== 'unallocated', zero: !data, data, ...(offset !== undefined ? { offset } : {}), file: data && e.hostFile && depth === 0 ? file : file });
+    if (offset === undefined || !e.hostFile || !holes.worthAsking(e.hostFile, image)) {
+      out.push({ start: e.offset, length: e.length, depth, present: e.kind !== 'unallocated', zero: !data, data, ...(offset !== undefined ? { offset } : {}), file });
+      continue;
+    }
+    // As QEMU: data that sits in a hole of the host file reads as zeros, so it is also "zero";
+    // a raw layer passes the host file through, so there a hole is no data at all.
+    const raw = image.format === 'raw';
+    for (const [at, n, hole] of holes.runs(e.hostFile, offset, e.length)) {
+      const start = e.offset + (at - offset);
+      out.push({ start, length: n, depth, present: true, zero: hole, data: !(hole && raw), offset: at, file });
+    }
   }
   return out;
 }
