@@ -204,3 +204,24 @@ describe('loading', () => {
     }
   });
 });
+
+describe('seekDataOrHole', () => {
+  it('finds data and holes of a sparse file as the file system keeps them; no data past the last is undefined', () => {
+    const f = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-seek-')), 'sparse');
+    fs.writeFileSync(f, '');
+    fs.truncateSync(f, 4 << 20);
+    const fd = fs.openSync(f, 'r+');
+    try {
+      fs.writeSync(fd, Buffer.alloc(64 << 10, 1), 0, 64 << 10, 1 << 20);
+      fs.fsyncSync(fd);
+      expect(sys.seekDataOrHole(fd, 0, 'data')).toBe(1 << 20);
+      expect(sys.seekDataOrHole(fd, 1 << 20, 'hole')).toBe((1 << 20) + (64 << 10));
+      expect(sys.seekDataOrHole(fd, 0, 'hole')).toBe(0);
+      expect(sys.seekDataOrHole(fd, 2 << 20, 'data')).toBeUndefined();
+      expect(sys.seekDataOrHole(fd, 4 << 20, 'hole')).toBeUndefined(); // at EOF: ENXIO too
+    } finally {
+      fs.closeSync(fd);
+      fs.rmSync(path.dirname(f), { recursive: true, force: true });
+    }
+  });
+});
