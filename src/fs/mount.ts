@@ -82,6 +82,7 @@ export class MountedFs {
     log('shutting down: %s', why);
     if (this.watch) clearInterval(this.watch);
     if (this.transport.servesAfterDetach) {
+      await this.transport.flushKernelCache?.().catch((e: Error) => log('kernel writeback at shutdown: %s', e.message));
       const errors = await this.core.flushAll();
       for (const e of errors) log('flush at shutdown: %s', e.message);
     }

@@ -26,4 +26,6 @@ export interface Transport {
   readonly servesAfterDetach: boolean;
   /** What the transport saw, for --stats. */
   report(): string | undefined;
+  /** Writeback cache: has the kernel send the writes it still holds (a stop flushes them too). */
+  flushKernelCache?(): Promise<void>;
 }

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { syncfsAsync } from '../io/syscalls';
 import type { Transport, TransportOptions } from '../fs/transport';
 import { KernelAdapter } from './kernel-adapter';
 import { mountKernel } from './kernel-mount';
@@ -18,5 +19,16 @@ export async function startKernelTransport(t: TransportOptions): Promise<Transpo
     ended,
     servesAfterDetach: true,
     report: () => adapter.stats.report() + `\n    loop: ${Object.entries(loop.counts).map(([k, v]) => `${k}=${v}`).join(' ')}`,
+    // Opened on the thread pool and synced on a koffi thread: the loop answers what both cause.
+    flushKernelCache: t.writebackCache
+      ? async () => {
+          const dir = await fs.promises.open(t.mountpoint, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+          try {
+            await syncfsAsync(dir.fd);
+          } finally {
+            await dir.close();
+          }
+        }
+      : undefined,
   };
 }

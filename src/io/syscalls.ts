@@ -43,6 +43,7 @@ interface Ffi {
   poll: KoffiFunction;
   read: (fd: number, buf: Buffer, count: number) => number;
   lseek: (fd: number, offset: number, whence: number) => number | bigint;
+  syncfs: KoffiFunction;
   eventfd: (initval: number, flags: number) => number;
   socketpair: (domain: number, type: number, protocol: number, sv: Int32Array) => number;
   sendmsg: (fd: number, msg: MsgHdr, flags: number) => number;
@@ -97,6 +98,7 @@ function ffi(): Ffi {
     poll: libc.func('int poll(void *fds, unsigned long nfds, int timeout)'),
     read: libc.func('intptr_t read(int fd, void *buf, size_t count)'),
     lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)'),
+    syncfs: libc.func('int syncfs(int fd)'),
     eventfd: libc.func('int eventfd(unsigned int initval, int flags)'),
     socketpair: libc.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),
     sendmsg: libc.func('sendmsg', 'intptr_t', ['int', koffi.pointer(msghdr), 'int']),
@@ -295,6 +297,24 @@ export function readOrErrno(fd: number, buf: Buffer, count = buf.length): number
   const f = ffi();
   const n = f.read(fd, buf, count);
   return n >= 0 ? n : -f.koffi.errno();
+}
+
+// ---- syncfs ----
+
+/**
+ * syncfs(2) on a koffi worker thread: writes back the dirty pages of the filesystem holding
+ * `fd`. Off the main thread because a FUSE server syncing its own mount must keep answering
+ * the WRITE requests that this causes.
+ */
+export function syncfsAsync(fd: number): Promise<void> {
+  const f = ffi();
+  return new Promise((resolve, reject) => {
+    f.syncfs.async(fd, (err: unknown, r: number) => {
+      if (err) reject(VdiskError.io(`syncfs: ${String(err)}`));
+      else if (r !== 0) reject(VdiskError.io(`syncfs fd ${fd} failed`));
+      else resolve();
+    });
+  });
 }
 
 // ---- lseek SEEK_DATA / SEEK_HOLE ----

@@ -28,15 +28,16 @@ function statsLine(stderr: string, name: string): string {
 }
 
 describe('requests the kernel transport receives', () => {
-  it('FALLOCATE and LSEEK reach the operations core, which answers EOPNOTSUPP (ENXIO past the end) for now', async () => {
+  it('FALLOCATE and LSEEK reach the operations core; SEEK_DATA past the end is ENXIO', async () => {
     const m = await fx.mount(['--include-raw', '--stats']);
-    const alloc = spawnSync('fallocate', ['-o', '0', '-l', '4096', view], { encoding: 'utf8' });
-    expect(alloc.status).not.toBe(0);
-    expect(alloc.stderr).toMatch(/not supported/i);
-    const punch = spawnSync('fallocate', ['-p', '-o', '0', '-l', '4096', view], { encoding: 'utf8' });
-    expect(punch.stderr).toMatch(/unsupported|not supported/i); // util-linux words EOPNOTSUPP with -p this way
+    // What the core answers (EOPNOTSUPP until "views behave like disks" fills them in) is not
+    // this test's business: only that the requests arrive and get an answer.
+    spawnSync('fallocate', ['-n', '-o', '0', '-l', '4096', view], { encoding: 'utf8' });
+    spawnSync('fallocate', ['-p', '-o', '0', '-l', '4096', view], { encoding: 'utf8' });
     const seek = py(`import os,errno\nfd=os.open(${JSON.stringify(view)}, os.O_RDONLY)\nfor off in (0, ${16 << 20}):\n  try: os.lseek(fd, off, os.SEEK_DATA); print('ok')\n  except OSError as e: print('EOPNOTSUPP' if e.errno == errno.EOPNOTSUPP else errno.errorcode[e.errno])`);
-    expect(seek.stdout.trim().split('\n')).toEqual(['EOPNOTSUPP', 'ENXIO']);
+    const [first, pastEnd] = seek.stdout.trim().split('\n');
+    expect(['ok', 'EOPNOTSUPP']).toContain(first);
+    expect(pastEnd).toBe('ENXIO');
     expect(await m.unmount()).toBe(0);
     const requests = statsLine(m.stderr(), 'requests');
     expect(requests).toMatch(/FALLOCATE:2/);

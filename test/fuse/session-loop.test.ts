@@ -1,0 +1,93 @@
+/**
+ * The request loop's logic on a socket pair standing in for /dev/fuse: one end is the loop's, the
+ * test plays the kernel on the other (one request at a time, so stream framing is no issue).
+ */
+import * as fs from 'node:fs';
+import { afterEach, expect, it } from 'vitest';
+import { SessionLoop, type RequestHandler } from '../../src/fuse/session-loop';
+import { socketpair, poll, POLLIN } from '../../src/io/syscalls';
+
+let fds: number[] = [];
+afterEach(() => {
+  for (const fd of fds) try { fs.closeSync(fd); } catch { /* closed by the test */ }
+  fds = [];
+});
+
+/** A handler that echoes each request's first 8 bytes back, at once or after `delayMs`. */
+function echo(loop: SessionLoop, delayMs: (req: Buffer) => number): RequestHandler & { seen: number } {
+  const h = {
+    seen: 0,
+    pending: 0,
+    dispatch(buf: Buffer, n: number) {
+      h.seen++;
+      const reply = Buffer.from(buf.subarray(0, Math.min(n, 8))); // copied before the loop reuses buf
+      const d = delayMs(reply);
+      h.pending++;
+      const answer = () => {
+        h.pending--;
+        loop.send(reply, reply.length);
+      };
+      if (d === 0) void Promise.resolve().then(answer);
+      else setTimeout(answer, d);
+    },
+  };
+  return h;
+}
+
+/** The kernel's side: send one request, wait (up to 5 s) for its reply. */
+async function roundTrip(kernel: number, body: Buffer): Promise<Buffer> {
+  fs.writeSync(kernel, body);
+  const reply = Buffer.alloc(64);
+  for (let i = 0; i < 500; i++) {
+    if (poll([{ fd: kernel, events: POLLIN }], 0)[0]) return reply.subarray(0, fs.readSync(kernel, reply));
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error('no reply');
+}
+
+it('answers synchronous requests, lets timers fire between them, and ends when the peer goes away', async () => {
+  const [ours, kernel] = socketpair();
+  fds.push(kernel);
+  const loop = new SessionLoop(ours);
+  const h = echo(loop, () => 0);
+  loop.start(h);
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 1);
+  for (let i = 0; i < 200; i++) {
+    const req = Buffer.alloc(8);
+    req.writeUInt32LE(i, 0);
+    expect((await roundTrip(kernel, req)).readUInt32LE(0)).toBe(i);
+  }
+  clearInterval(timer);
+  expect(h.seen).toBe(200);
+  expect(ticks).toBeGreaterThan(0);
+  fs.closeSync(kernel);
+  fds = [];
+  expect(await loop.ended).toBe('unmounted');
+  fs.closeSync(ours);
+});
+
+it('a request that waits on the event loop is answered, and the loop sleeps off-thread meanwhile', async () => {
+  const [ours, kernel] = socketpair();
+  fds.push(ours, kernel);
+  const loop = new SessionLoop(ours);
+  const h = echo(loop, (r) => (r[0] === 1 ? 50 : 0));
+  loop.start(h);
+  const slow = await roundTrip(kernel, Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]));
+  expect(slow[0]).toBe(1);
+  expect(loop.counts.offThreadWaits).toBeGreaterThan(0);
+  expect((await roundTrip(kernel, Buffer.from([2, 0, 0, 0, 0, 0, 0, 0])))[0]).toBe(2);
+  loop.stop();
+  expect(await loop.ended).toBe('stopped');
+});
+
+it('stop() wakes a loop that sleeps waiting for requests', async () => {
+  const [ours, kernel] = socketpair();
+  fds.push(ours, kernel);
+  const loop = new SessionLoop(ours);
+  loop.start(echo(loop, () => 0));
+  await new Promise((r) => setTimeout(r, 50)); // idle: now in the off-thread poll
+  loop.stop();
+  expect(await loop.ended).toBe('stopped');
+  expect(loop.counts.requests).toBe(0);
+});
