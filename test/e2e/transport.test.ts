@@ -108,6 +108,36 @@ describe('stopping', () => {
   });
 });
 
+describe('stopping, background mounts', () => {
+  it('Ctrl-C while a background mount starts leaves nothing mounted and no daemon', async () => {
+    for (const delayMs of [50, 200, 500]) {
+      const p = spawn(process.execPath, [CLI, 'mount', '--include-raw', '--log-file', path.join(fx.dir, 'log'), fx.images, fx.mnt], { stdio: 'ignore' });
+      const exited = new Promise<number | null>((res) => p.once('exit', (c) => res(c)));
+      await new Promise((r) => setTimeout(r, delayMs));
+      p.kill('SIGINT');
+      expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))]), `SIGINT after ${delayMs} ms`).not.toBe('timeout');
+      // A daemon that had mounted already is taken down by the forwarded signal, asynchronously.
+      for (let i = 0; i < 200 && isMounted(fx.mnt); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(isMounted(fx.mnt), `SIGINT after ${delayMs} ms`).toBe(false);
+    }
+    expect(spawnSync('pgrep', ['-f', `daemon-child.*${fx.mnt}`]).status).not.toBe(0);
+  });
+
+  it('`vdiskfs unmount` refuses a busy mount with its hint, and unmounts once the file is closed', async () => {
+    const m = await fx.mount(['--include-raw']);
+    const fd = fs.openSync(view, 'r');
+    try {
+      const r = cli(['unmount', fx.mnt]);
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toMatch(/busy.*fuser -vm/i);
+      expect(isMounted(fx.mnt)).toBe(true);
+    } finally {
+      fs.closeSync(fd);
+    }
+    expect(await m.unmount()).toBe(0);
+  });
+});
+
 describe('mount mistakes are one line and leave nothing mounted', () => {
   const oneLine = (r: ReturnType<typeof cli>, re: RegExp) => {
     expect(r.status).not.toBe(0);

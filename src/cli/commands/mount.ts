@@ -141,11 +141,16 @@ async function startDaemon(argv: MountArgs): Promise<number> {
     env: process.env,
   });
   fs.closeSync(log);
+  // Ctrl-C while waiting: the child (its own session, so the terminal's signal misses it) is told
+  // too, takes down what it mounted, and reports back; nothing stays mounted.
+  const forward = (sig: NodeJS.Signals) => child.kill(sig);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, forward);
   const result = await new Promise<{ ok: boolean; message?: string }>((resolve) => {
     child.once('message', (m) => resolve(m as { ok: boolean; message?: string }));
     child.once('exit', (code) => resolve({ ok: false, message: `mount process exited (code ${code}); see ${logFile}` }));
     child.once('error', (e) => resolve({ ok: false, message: e.message }));
   });
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, forward);
   child.unref();
   child.channel?.unref?.();
   if (!result.ok) {
