@@ -42,7 +42,7 @@ afterAll(async () => {
   if (fuseMode !== undefined) fs.chmodSync('/dev/fuse', fuseMode);
 });
 
-it('a user mounts through fusermount3, reads and writes a view, and unmounts', async () => {
+it('a user mounts through fusermount3, reads and writes a view, and unmounts; a mountpoint not theirs and allow_other without user_allow_other are one line', async () => {
   dir = await tempDir();
   fs.chmodSync(dir.path, 0o755);
   const images = path.join(dir.path, 'images');
@@ -58,6 +58,20 @@ it('a user mounts through fusermount3, reads and writes a view, and unmounts', a
   const src = path.join(dir.path, 'src');
   fs.writeFileSync(src, data, { mode: 0o644 });
   const asUser = { uid, gid, encoding: 'utf8' as const, env: { ...process.env, HOME: dir.path } };
+
+  // Mistakes a user can make are one line each, and leave nothing mounted.
+  const rootOwned = path.join(dir.path, 'not-yours');
+  fs.mkdirSync(rootOwned, { mode: 0o755 });
+  const denied = spawnSync(process.execPath, [CLI, 'mount', '-f', '--include-raw', images, rootOwned], asUser);
+  expect(denied.status).not.toBe(0);
+  expect(denied.stderr.trim().split('\n')).toHaveLength(1);
+  expect(denied.stderr).toMatch(/^vdiskfs: cannot mount on .*not-yours: .*(permission|access)/i);
+  expect(isMounted(rootOwned)).toBe(false);
+  if (!/^\s*user_allow_other\s*$/m.test(fs.existsSync('/etc/fuse.conf') ? fs.readFileSync('/etc/fuse.conf', 'utf8') : '')) {
+    const other = spawnSync(process.execPath, [CLI, 'mount', '-f', '-o', 'allow_other', '--include-raw', images, mnt], asUser);
+    expect(other.stderr).toMatch(/^vdiskfs: -o allow_other needs user_allow_other in \/etc\/fuse\.conf/);
+    expect(isMounted(mnt)).toBe(false);
+  }
 
   proc = spawn(process.execPath, [CLI, 'mount', '-f', '--include-raw', images, mnt], { ...asUser, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
