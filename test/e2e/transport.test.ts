@@ -59,6 +59,23 @@ describe('requests the kernel transport receives', () => {
   });
 });
 
+describe('the request loop keeps the event loop alive', () => {
+  it('pending merged writes reach the image after --merge-delay with no further request', async () => {
+    await fx.mount(['--include-raw', '--merge-delay', '20']);
+    const data = randomBytes(8192);
+    const fd = fs.openSync(view, 'r+');
+    try {
+      fs.writeSync(fd, data, 0, data.length, 1 << 20);
+      // No fsync, no close, no other request: only the merger's timer can write it out.
+      const onDisk = () => fs.readFileSync(path.join(fx.images, 'd.img')).subarray(1 << 20, (1 << 20) + data.length);
+      for (let i = 0; i < 200 && !onDisk().equals(data); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(onDisk().equals(data)).toBe(true);
+    } finally {
+      fs.closeSync(fd);
+    }
+  });
+});
+
 describe('stopping', () => {
   it('SIGTERM: detaches, keeps serving a loop device until it is detached, then exits 0', async () => {
     const m = await fx.mount(['--include-raw']);
