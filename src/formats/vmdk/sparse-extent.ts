@@ -61,7 +61,7 @@ export class SparseExtent implements VmdkExtent {
   private footerAt = -1;
   private footerDirty = false;
   private readonly grainCache = new Map<number, Buffer>();
-  private flushing: Promise<void> = Promise.resolve(); // flush() runs one at a time
+  private tableWrites: Promise<void> = Promise.resolve(); // flush and write-through, one at a time
   private readonly warn: (message: string) => void;
   /** A grain marker whose LBA disagrees with the grain table is reported once per extent. */
   private lbaWarned = false;
@@ -331,7 +331,11 @@ export class SparseExtent implements VmdkExtent {
   }
 
   /** Writes grain `g`'s table entry through at once and flushes (QEMU's way: --no-multi-alloc), both copies. */
-  async writeEntryThrough(g: number): Promise<void> {
+  writeEntryThrough(g: number): Promise<void> {
+    return this.serial(() => this.writeEntryNow(g));
+  }
+
+  private async writeEntryNow(g: number): Promise<void> {
     const t = Math.floor(g / this.gtEntries);
     const table = this.cache.peek(t);
     if (!table) throw VdiskError.io(`grain table ${t} not resident`);
@@ -382,13 +386,18 @@ export class SparseExtent implements VmdkExtent {
     await Promise.all(writes);
   }
 
-  /**
-   * One flush at a time: two overlapping flushes could otherwise write an older snapshot of a
-   * grain table after a newer one, losing an acknowledged write (found by the crash-state test).
-   */
   flush(): Promise<void> {
-    const run = this.flushing.then(() => this.flushOnce());
-    this.flushing = run.catch(() => undefined);
+    return this.serial(() => this.flushOnce());
+  }
+
+  /**
+   * Table write-backs one at a time: a flush writes the snapshot it took before its data barrier,
+   * so an overlapping flush or write-through could otherwise land a newer table first and have it
+   * overwritten by the older snapshot, losing an acknowledged write (found by the crash-state test).
+   */
+  private serial(fn: () => Promise<void>): Promise<void> {
+    const run = this.tableWrites.then(fn);
+    this.tableWrites = run.catch(() => undefined);
     return run;
   }
 
