@@ -7,6 +7,7 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_pr
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { trackPid } from '../helpers/pids';
 import { CLI, isMounted, mount, mountFixture } from '../helpers/mount';
 import { ImageLock } from '../../src/image';
 
@@ -40,6 +41,7 @@ afterEach(async () => {
 
 function track(p: ChildProcess): ChildProcess {
   procs.push(p);
+  trackPid(p.pid);
   return p;
 }
 

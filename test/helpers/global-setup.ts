@@ -7,6 +7,8 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import { readPid } from '../../src/cli/pidfile';
+import { killTracked } from './pids';
 
 const runId = randomBytes(4).toString('hex');
 
@@ -15,6 +17,9 @@ function mountpoints(): string[] {
 }
 
 function sweep(marker: string): void {
+  // Background daemons of this run's mounts wrote their PIDs where `vdiskfs unmount` finds them
+  // (read before unmounting: the mountpoint is the key).
+  const daemons = mountpoints().filter((p) => p.includes(marker)).map((p) => readPid(p)).filter((pid): pid is number => pid !== undefined);
   let loops = '';
   try { loops = execFileSync('losetup', ['-a'], { encoding: 'utf8' }); } catch { /* no losetup */ }
   for (const line of loops.split('\n')) {
@@ -25,8 +30,8 @@ function sweep(marker: string): void {
     }
   }
   for (const p of mountpoints()) if (p.includes(marker)) try { execFileSync('umount', ['-l', p], { stdio: 'ignore' }); } catch { /* ignore */ }
-  try { execFileSync('pkill', ['-f', `main.js mount .*${marker}`], { stdio: 'ignore' }); } catch { /* none */ }
-  try { execFileSync('pkill', ['-f', `qemu-storage-daemon.*${marker}`], { stdio: 'ignore' }); } catch { /* none */ }
+  for (const pid of daemons) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  killTracked(runId);
 }
 
 export function setup(): void {

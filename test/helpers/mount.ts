@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tmp from 'tmp-promise';
 import { afterEach, beforeEach } from 'vitest';
+import { trackPid } from './pids';
 
 export const REPO = path.resolve(__dirname, '../..');
 export const CLI = path.join(REPO, 'dist/src/cli/main.js');
@@ -48,6 +49,7 @@ export async function mount(images: string, mnt: string, args: string[] = []): P
   }
   const transport = TEST_TRANSPORT && !args.includes('--transport') ? ['--transport', TEST_TRANSPORT] : [];
   const proc = spawn(process.execPath, [CLI, 'mount', '-f', ...transport, ...args, images, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
+  trackPid(proc.pid);
   let err = '';
   proc.stderr!.on('data', (d) => (err += d));
   proc.stdout!.on('data', (d) => (err += d));
