@@ -127,9 +127,9 @@ describe('SEEK_DATA / SEEK_HOLE agree with qemu-img map', () => {
 });
 
 describe('fallocate modes on a view', () => {
-  it('punch-hole and zero-range read zeros, mode 0 inside succeeds, growing works for qcow2, ENOSPC for VMDK', async () => {
+  it('punch-hole and zero-range read zeros, mode 0 inside succeeds, growing works for qcow2 and within a VMDK grain directory, else ENOSPC', async () => {
     qemuImg('create', '-q', '-f', 'qcow2', 'g.qcow2', '64M');
-    qemuImg('create', '-q', '-f', 'vmdk', 'g.vmdk', '64M');
+    qemuImg('create', '-q', '-f', 'vmdk', 'g.vmdk', '48M'); // its grain directory reaches 64 MiB
     qemuIo('g.qcow2', 'write -P 0x41 0 8M');
     const m = await mountKernel();
     const q = path.join(m.mnt, 'g.qcow2.raw');
@@ -146,11 +146,16 @@ describe('fallocate modes on a view', () => {
     expect(head.equals(want)).toBe(true);
     sh('fallocate', ['-l', String(96 * MiB), q]);
     expect(fs.statSync(q).size).toBe(96 * MiB);
-    expect(() => sh('fallocate', ['-l', String(96 * MiB), path.join(m.mnt, 'g.vmdk.raw')])).toThrow(/No space left/);
-    expect(fs.statSync(path.join(m.mnt, 'g.vmdk.raw')).size).toBe(64 * MiB);
+    const v = path.join(m.mnt, 'g.vmdk.raw');
+    sh('fallocate', ['-l', String(64 * MiB), v]);
+    expect(fs.statSync(v).size).toBe(64 * MiB);
+    expect(() => sh('fallocate', ['-l', String(96 * MiB), v])).toThrow(/No space left/);
+    expect(fs.statSync(v).size).toBe(64 * MiB);
     expect(await m.unmount()).toBe(0);
     expect(qemuCheck(path.join(images, 'g.qcow2')).ok).toBe(true);
     expect(JSON.parse(qemuImg('info', '--output=json', 'g.qcow2'))['virtual-size']).toBe(96 * MiB);
+    expect(JSON.parse(qemuImg('info', '--output=json', 'g.vmdk'))['virtual-size']).toBe(64 * MiB);
+    expect(qemuCheck(path.join(images, 'g.vmdk'), 'vmdk').ok).toBe(true);
   }, 60_000);
 });
 

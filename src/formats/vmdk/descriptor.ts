@@ -56,6 +56,18 @@ export class Descriptor {
     return undefined;
   }
 
+  /** Sets the size (sectors) of extent line `index`, keeping the rest of the line as it is. */
+  setExtentSectors(index: number, sectors: number): void {
+    let k = -1;
+    for (let i = 0; i < this.lines.length; i++) {
+      if (!EXTENT_RE.test(this.lines[i]!) || ++k !== index) continue;
+      this.lines[i] = this.lines[i]!.replace(/^(\s*\S+\s+)\d+/, `$1${sectors}`);
+      this.extents[index]!.sectors = sectors;
+      return;
+    }
+    throw VdiskError.invalid(`descriptor has no extent line ${index}`);
+  }
+
   /** Replaces a header value in place, keeping the line's quoting; adds it after createType if absent. */
   set(key: string, value: string): void {
     const want = key.toLowerCase();

@@ -73,7 +73,7 @@ export class SparseExtent implements VmdkExtent {
     readonly file: HostFile,
     readonly header: SparseHeader,
     readonly access: Access,
-    readonly size: number,
+    public size: number,
     readonly fileName: string,
     gd: Uint32Array,
     rgd: Uint32Array | null,
@@ -323,6 +323,24 @@ export class SparseExtent implements VmdkExtent {
   write(offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`extent ${this.fileName} is read-only`);
     return writeGrains(this, offset, data, length, cow);
+  }
+
+  /** Guest bytes this extent can hold without a new grain table: its grain directory's reach. */
+  get room(): number {
+    return this.gd.length * this.gtEntries * this.grainBytes;
+  }
+
+  /**
+   * Grows the extent within its grain directory (the new grains need no new table slots): the
+   * header's capacity, written and made durable. The caller updates the descriptor after it.
+   */
+  async growCapacity(newSize: number): Promise<void> {
+    if (this.readOnly || this.compressed || this.footerAt >= 0) throw VdiskError.readOnly(`extent ${this.fileName} cannot grow`);
+    if (newSize % SECTOR !== 0 || newSize > this.room) throw VdiskError.noSpace(`extent ${this.fileName} has room for ${this.room} bytes, not ${newSize}`);
+    this.header.capacity = newSize / SECTOR;
+    await this.file.write(hdr.serialize(this.header), 0, 'header');
+    await this.file.datasync('header');
+    this.size = newSize;
   }
 
   writeZeroes(offset: number, length: number, cow: CowSource | null, hasParent: boolean): Promise<void> {

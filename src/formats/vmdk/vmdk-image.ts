@@ -24,7 +24,7 @@ const DEFAULT_GT_CACHE_BYTES = 64 << 20;
  */
 export class VmdkImage implements Image {
   readonly format = 'vmdk';
-  readonly virtualSize: number;
+  virtualSize: number;
   readOnly: boolean;
   private readonly starts: number[] = [];
   private cidUpdate: Promise<void> | undefined;
@@ -271,6 +271,13 @@ export class VmdkImage implements Image {
     let cid = randomInt(0, 0xffffffff);
     if (cid === d.cid) cid = (cid + 1) >>> 0;
     d.set('CID', formatCid(cid));
+    await this.writeDescriptor();
+    log('%s: new CID %s', this.path, formatCid(cid));
+  }
+
+  /** The descriptor as it is now, in its room inside the extent file or as its own file. */
+  private async writeDescriptor(): Promise<void> {
+    const d = this.layout.descriptor!;
     const text = Buffer.from(d.toString(), 'latin1');
     if (this.layout.embedded) {
       if (text.length > this.layout.descriptorRoom) throw VdiskError.noSpace(`${this.path}: descriptor no longer fits its ${this.layout.descriptorRoom} bytes`);
@@ -281,7 +288,30 @@ export class VmdkImage implements Image {
       await this.descriptorFile.write(text, 0, 'descriptor');
       await this.descriptorFile.truncate(text.length);
     }
-    log('%s: new CID %s', this.path, formatCid(cid));
+  }
+
+  /**
+   * Grows a monolithicSparse disk within its grain directory (no new grain-table slots needed;
+   * QEMU sizes the directory by whole tables): the header's capacity, then the descriptor's extent
+   * line. Anything else (split, flat, streamOptimized, past the directory): ENOSPC.
+   */
+  async resize(newSize: number): Promise<void> {
+    if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
+    if (!Number.isSafeInteger(newSize) || newSize < this.virtualSize) throw VdiskError.invalid(`${this.path}: shrinking a VMDK is not supported`);
+    if (newSize === this.virtualSize) return;
+    const ext = this.extents[0];
+    const d = this.layout.descriptor;
+    if (!this.layout.embedded || !d || this.extents.length !== 1 || !(ext instanceof SparseExtent) || ext.compressed) {
+      throw VdiskError.noSpace(`${this.path}: only a monolithicSparse VMDK can grow`);
+    }
+    const size = Math.ceil(newSize / hdr.SECTOR) * hdr.SECTOR;
+    if (size > ext.room) throw VdiskError.noSpace(`${this.path}: its grain directory reaches ${ext.room} bytes; growing to ${size} needs a bigger one`);
+    await this.flush();
+    await ext.growCapacity(size); // header first: a crash in between leaves capacity >= the descriptor's size, which opens
+    d.setExtentSectors(0, size / hdr.SECTOR);
+    await this.writeDescriptor();
+    await this.embeddedIn!.datasync('descriptor');
+    this.virtualSize = size;
   }
 
   async flush(): Promise<void> {
