@@ -64,6 +64,19 @@ async function expectPartitions(m: Mounted, disk: string, want: Map<number, { of
   expect(got).toEqual(expected);
 }
 
+/** mkfs.ext4 on a partition file, mount -o loop, write a file, unmount, fsck -fn clean. */
+async function ext4RoundTrip(part: string, dir: string): Promise<void> {
+  execFileSync('mkfs.ext4', ['-q', '-F', part]);
+  fs.mkdirSync(dir);
+  execFileSync('mount', ['-o', 'loop', part, dir]);
+  try {
+    fs.writeFileSync(path.join(dir, 'hello.txt'), 'written through a partition file\n'.repeat(1000));
+  } finally {
+    execFileSync('umount', [dir]);
+  }
+  execFileSync('fsck.ext4', ['-fn', part], { stdio: 'pipe' });
+}
+
 describe('partitions as files', () => {
   it('MBR with a logical partition on qcow2: files appear, mkfs + mount -o loop + fsck clean, the file is the disk at its offset', async () => {
     qemuImg(['create', '-q', '-f', 'qcow2', path.join(fx.images, 'disk.qcow2'), '256M']);
@@ -76,16 +89,7 @@ describe('partitions as files', () => {
     await expectPartitions(m, 'disk.qcow2.raw', want);
 
     const p5 = path.join(m.mnt, 'disk.qcow2.p5.raw');
-    execFileSync('mkfs.ext4', ['-q', '-F', p5]);
-    const dir = path.join(fx.dir, 'p5');
-    fs.mkdirSync(dir);
-    execFileSync('mount', ['-o', 'loop', p5, dir]);
-    try {
-      fs.writeFileSync(path.join(dir, 'hello.txt'), 'written through a partition file\n'.repeat(1000));
-    } finally {
-      execFileSync('umount', [dir]);
-    }
-    execFileSync('fsck.ext4', ['-fn', p5], { stdio: 'pipe' });
+    await ext4RoundTrip(p5, path.join(fx.dir, 'p5'));
     const { offset, size } = want.get(5)!;
     expect(hashRange(p5, 0, size)).toBe(hashRange(view, offset, size));
     // A write past the partition's end does not spill into the next one.
@@ -106,6 +110,7 @@ describe('partitions as files', () => {
     const view = path.join(m.mnt, 'disk.vmdk.raw');
     execFileSync('sfdisk', ['-q', '--no-reread', '--no-tell-kernel', view], { input: 'label: gpt\nsize=16M, type=L\nsize=32M, type=L\ntype=L\n' });
     await expectPartitions(m, 'disk.vmdk.raw', sfdiskParts(view));
+    await ext4RoundTrip(path.join(m.mnt, 'disk.vmdk.p3.raw'), path.join(fx.dir, 'p3'));
     // Data written through p2 is the disk's at p2's offset.
     const p2 = path.join(m.mnt, 'disk.vmdk.p2.raw');
     const data = Buffer.alloc(1 << 20, 0x5a);
