@@ -106,6 +106,7 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
       await file.read(table, h.refcountTableOffset, 'reftable');
       const end = await usedEnd(file, table, cs, h.refcountOrder, meta.fileSize);
       refcounts = new Refcounts(file, cache, h.clusterBits, h.refcountOrder, table, h.refcountTableOffset, end, counters);
+      refcounts.reclaimOnGrow = !dataFile; // data clusters in the image file itself: free ones can be punched
       if (h.version === 3 && (h.compatible & COMPAT_LAZY_REFCOUNTS) !== 0n) refcounts.lazyRefcounts = { header: h, marked: false };
     }
     image = new Qcow2Image({

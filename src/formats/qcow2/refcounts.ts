@@ -34,6 +34,13 @@ export class Refcounts implements TableSide {
   private dirtyHi = -1;
   private relocated: { oldOffset: number; oldClusters: number } | undefined;
   private pendingFrees: { host: number; length: number }[] = [];
+  /**
+   * Before the image first grows, clusters an earlier session or QEMU left free below its end are
+   * punched and reused, as QEMU's allocator reuses them (once, and only while this session has
+   * freed nothing itself: its own frees wait in recycle's quarantine).
+   */
+  reclaimOnGrow = false;
+  private freesApplied = false;
   /** Runs of clusters (index, count) with refcount 0, punched, ready for reuse; sorted, disjoint. */
   private reusable: { first: number; count: number }[] = [];
   /**
@@ -116,7 +123,12 @@ export class Refcounts implements TableSide {
 
   /** Allocates `count` contiguous clusters (a reusable run, else at the end); returns the host offset. */
   async allocate(count: number): Promise<number> {
-    const reused = this.takeReusable(count);
+    let reused = this.takeReusable(count);
+    if (reused < 0 && this.reclaimOnGrow) {
+      this.reclaimOnGrow = false;
+      if (!this.freesApplied) await this.reclaimFreeBelowEnd();
+      reused = this.takeReusable(count);
+    }
     if (reused >= 0) {
       await this.change(reused, count, 1);
       return reused * this.clusterSize;
@@ -158,6 +170,7 @@ export class Refcounts implements TableSide {
   async applyFrees(): Promise<{ host: number; length: number }[]> {
     const frees = this.pendingFrees;
     this.pendingFrees = [];
+    this.freesApplied = true;
     const zeroed: { host: number; length: number }[] = [];
     for (const f of frees) {
       const first = Math.floor(f.host / this.clusterSize);
@@ -187,6 +200,40 @@ export class Refcounts implements TableSide {
         list.splice(k + 1, 1);
       } else k++;
     }
+  }
+
+  /**
+   * Runs of clusters below the allocation end whose refcount is 0 (freed by an earlier session or
+   * by QEMU). Read from the file, so call it before this session changes anything (open).
+   */
+  async freeRunsBelowEnd(): Promise<{ first: number; count: number }[]> {
+    const out: { first: number; count: number }[] = [];
+    const buf = Buffer.alloc(this.clusterSize);
+    const blocks = Math.ceil(this.nextFree / this.perBlock);
+    for (let bi = 0; bi < blocks; bi++) {
+      const off = this.blockOffset(bi);
+      if (off === 0) continue; // no block: those clusters cannot be counted without placing one
+      const block = this.cache.peek(off) ?? (await this.file.read(buf, off, 'refblock'), buf);
+      const stop = Math.min(this.perBlock, this.nextFree - bi * this.perBlock);
+      for (let i = 0; i < stop; i++) {
+        if (getRefcount(block, i, this.order) !== 0) continue;
+        const c = bi * this.perBlock + i;
+        const last = out[out.length - 1];
+        if (last && last.first + last.count === c) last.count++;
+        else out.push({ first: c, count: 1 });
+      }
+    }
+    return out;
+  }
+
+  private async reclaimFreeBelowEnd(): Promise<void> {
+    let n = 0;
+    for (const r of await this.freeRunsBelowEnd()) {
+      if (!this.file.punchHole(r.first * this.clusterSize, r.count * this.clusterSize, 'discard')) return;
+      this.addReusable(r.first, r.count);
+      n += r.count;
+    }
+    if (n) log('%d free clusters below the end of the image reused', n);
   }
 
   /** Reusable clusters, for stats and tests. */

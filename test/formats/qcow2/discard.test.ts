@@ -75,6 +75,27 @@ describe('qcow2 discard', () => {
     expect(topData(f)).toBe(32 * MiB - 16 * MiB + 16 * MiB);
   });
 
+  it('a later session reuses clusters left free below the end (by us or by QEMU) before growing the file', async () => {
+    const f = path.join(dir, 'later.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', f, '64M']);
+    qemuIo(f, ['write -P 0x41 0 24M', 'discard 0 8M']); // QEMU frees 8 MiB of clusters
+    let img = await openImage(f, { writable: true });
+    await img.discard(8 * MiB, 8 * MiB); // and we free 8 more
+    await img.close();
+    const size = fs.statSync(f).size;
+    img = await openImage(f, { writable: true });
+    const data = pattern(16 * MiB, 4);
+    await img.write(32 * MiB, data);
+    await img.close();
+    expect(fs.statSync(f).size).toBe(size);
+    const check = qemuCheck(f);
+    expect(check.ok, check.output).toBe(true);
+    const mirror = Buffer.alloc(64 * MiB);
+    mirror.fill(0x41, 16 * MiB, 24 * MiB);
+    data.copy(mirror, 32 * MiB);
+    expect(convertRaw(f).equals(mirror)).toBe(true);
+  });
+
   it('punches the freed host range (du drops)', async () => {
     const f = path.join(dir, 'punch.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', f, '64M']);
