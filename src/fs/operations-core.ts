@@ -31,6 +31,8 @@ export interface NodeAttr {
   atimeMs: number;
   mtimeMs: number;
   ctimeMs: number;
+  /** What this path shows: a new identity is a different file to the kernel (a new inode). */
+  identity?: string;
 }
 
 export interface CoreDirEntry {
@@ -98,7 +100,8 @@ export class FsCore {
     if (!entry.partition) for (const f of files) blocks += (await fs.stat(f).catch(() => undefined))?.blocks ?? 0;
     const readOnly = this.ctx.readOnly || entry.snapshot !== undefined || (open?.readOnlyReason !== undefined && open.image.readOnly) || (st.mode & 0o222) === 0
       || (await images.lockedByOthers(entry)); // QEMU or another mount writes it (its image locks)
-    return { kind: 'file', size, blocks, mode: S_IFREG | (readOnly ? 0o444 : 0o644), nlink: 1, ...times };
+    const identity = `${st.dev}:${st.ino}${entry.snapshot !== undefined ? `@${entry.snapshot}` : ''}${entry.partition ? `:p${entry.partition.offset}+${entry.partition.size}` : ''}`;
+    return { kind: 'file', size, blocks, mode: S_IFREG | (readOnly ? 0o444 : 0o644), nlink: 1, identity, ...times };
   }
 
   async readdir(path: string): Promise<CoreDirEntry[]> {

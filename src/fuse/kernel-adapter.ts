@@ -94,7 +94,7 @@ export class KernelAdapter {
         if (parent === undefined) return this.error(h, errno('ENOENT'));
         const path = this.nodes.childPath(parent, P.decodeName(buf, off, n));
         return this.run(h, () => core.getattr(path), (b, o, a) => {
-          const id = this.nodes.remember(path);
+          const id = this.nodes.remember(path, a.identity);
           return P.encodeEntryOut(b, o, id, ENTRY_VALID, ATTR_VALID, this.attr(path, a));
         });
       }

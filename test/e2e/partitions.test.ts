@@ -104,13 +104,13 @@ describe('partitions as files', () => {
     expect(check).toMatch(/No errors/);
   });
 
-  it('GPT on a VMDK view, and the list follows a new table', async () => {
+  it.each([[[]], [['--writeback-cache']]])('GPT on a VMDK view, and the list follows a new table (%j)', async (args: string[]) => {
     qemuImg(['create', '-q', '-f', 'vmdk', path.join(fx.images, 'disk.vmdk'), '128M']);
-    const m = await fx.mount();
+    const m = await fx.mount(args);
     const view = path.join(m.mnt, 'disk.vmdk.raw');
     execFileSync('sfdisk', ['-q', '--no-reread', '--no-tell-kernel', view], { input: 'label: gpt\nsize=16M, type=L\nsize=32M, type=L\ntype=L\n' });
     await expectPartitions(m, 'disk.vmdk.raw', sfdiskParts(view));
-    await ext4RoundTrip(path.join(m.mnt, 'disk.vmdk.p3.raw'), path.join(fx.dir, 'p3'));
+    await ext4RoundTrip(path.join(m.mnt, 'disk.vmdk.p3.raw'), path.join(fx.dir, `p3${args.length}`));
     // Data written through p2 is the disk's at p2's offset.
     const p2 = path.join(m.mnt, 'disk.vmdk.p2.raw');
     const data = Buffer.alloc(1 << 20, 0x5a);

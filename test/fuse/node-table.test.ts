@@ -21,3 +21,16 @@ it('node ids: counted by LOOKUP, dropped when FORGET takes every lookup back, ne
   expect(t.inoOf('/a.raw')).toBe(t.inoOf('/a.raw'));
   expect(t.inoOf('/')).toBe(ROOT_ID);
 });
+
+it('a path that shows something else (identity changed) gets a new node id; the old one lives until forgotten', () => {
+  const t = new NodeTable();
+  const old = t.remember('/d.qcow2.p1.raw', 'p1048576+16777216');
+  expect(t.remember('/d.qcow2.p1.raw', 'p1048576+16777216')).toBe(old);
+  const moved = t.remember('/d.qcow2.p1.raw', 'p1048576+133169152');
+  expect(moved).not.toBe(old);
+  expect(t.pathOf(old)).toBe('/d.qcow2.p1.raw');
+  t.forget(old, 2);
+  expect(t.pathOf(old)).toBeUndefined();
+  // Forgetting the old node leaves the path with the new one.
+  expect(t.remember('/d.qcow2.p1.raw', 'p1048576+133169152')).toBe(moved);
+});
