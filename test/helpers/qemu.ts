@@ -6,6 +6,7 @@ import { execFileSync, execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { corpusDir } from './corpus';
 
 export function qemuImg(args: string[]): string {
   return execFileSync('qemu-img', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
@@ -95,4 +96,5 @@ export function rng(seed: number): () => number {
   };
 }
 
-export const CORPUS_DIR = path.resolve(__dirname, '../../../shared/corpus');
+/** The corpus as test/helpers/corpus.ts finds it (VDISKFS_CORPUS, ../shared/corpus, /work/shared/corpus). */
+export const CORPUS_DIR = corpusDir() ?? path.resolve(__dirname, '../../../shared/corpus');
