@@ -1,6 +1,6 @@
 /**
- * All-zero detection for outgoing extents, so they become Image.writeZeroes (qcow2 v3 and
- * VMDK can then store zero clusters/grains instead of data). Buffer.equals is a native memcmp
+ * All-zero detection, the one copy: the merger turns all-zero extents into Image.writeZeroes,
+ * and the qcow2 write path stores zero clusters for them. Buffer.equals is a native memcmp
  * against a shared zero page, so the check costs far less than the write it may save.
  */
 const ZERO_CHUNK = Buffer.alloc(64 * 1024);

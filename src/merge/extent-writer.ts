@@ -7,9 +7,9 @@
  * The caller holds the ordered range lock over the extent's pages, so the pages read here
  * already hold every earlier write to them, and no later write to them can start meanwhile.
  */
+import { allZero } from '../formats/all-zero';
 import type { Image } from '../formats/types';
 import { PAGE_SIZE, pageDown, pageUp } from './pages';
-import { allZero } from './zero';
 
 export interface WriteCounters {
   driverWrites: number;
