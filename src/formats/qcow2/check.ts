@@ -5,7 +5,7 @@
  */
 import { HostFile } from '../../io/host-file';
 import type { CheckResult } from '../types';
-import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './header';
+import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, incompatiblePatch } from './header';
 import { readMeta, readSnapshotTable } from './meta';
 import { MIN_V3_EXTRA_DATA } from './snapshot-table';
 import { countRefcountStructures, readStoredRefcounts, walkReferences, writeFreshRefcounts } from './refcount-walk';
@@ -66,9 +66,8 @@ async function checkOnce(path: string, repair: boolean): Promise<CheckResult> {
         word.writeUInt32BE((x.copied ? word.readUInt32BE(0) & 0x7fffffff : word.readUInt32BE(0) | 0x80000000) >>> 0);
         await file.write(word, x.at, x.what.startsWith('L1') ? 'l1' : 'l2');
       }
-      const b = Buffer.alloc(8);
-      b.writeBigUInt64BE(h.incompatible & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT));
-      if (h.version === 3) await file.write(b, 72, 'header');
+      const b = incompatiblePatch(h.incompatible & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT));
+      if (h.version === 3) await file.write(b.bytes, b.at, 'header');
       await file.datasync('header');
     }
     let highest = 0; // as QEMU: the last cluster with a stored or a counted reference

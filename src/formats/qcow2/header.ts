@@ -149,3 +149,49 @@ export function bitNumbers(bits: bigint): number[] {
   for (let i = 0; i < 64; i++) if ((bits >> BigInt(i)) & 1n) out.push(i);
   return out;
 }
+
+// Field offsets of the fields written in place after creation (qcow2.txt "Header").
+const SIZE_OFFSET = 24;            // size, then crypt_method (32), l1_size (36), l1_table_offset (40)
+const REFCOUNT_TABLE_OFFSET = 48;  // refcount_table_offset, then refcount_table_clusters (56)
+const INCOMPATIBLE_OFFSET = 72;
+const AUTOCLEAR_OFFSET = 88;
+
+/** Header bytes to write in place: `bytes` at file offset `at`. */
+export interface HeaderPatch {
+  at: number;
+  bytes: Buffer;
+}
+
+/** size, crypt_method (0), l1_size, l1_table_offset: what a resize changes, in one write. */
+export function sizeAndL1Patch(size: number, l1Size: number, l1TableOffset: number): HeaderPatch {
+  const bytes = Buffer.alloc(24);
+  writeU64(bytes, 0, size);
+  bytes.writeUInt32BE(0, 8);
+  bytes.writeUInt32BE(l1Size, 12);
+  writeU64(bytes, 16, l1TableOffset);
+  return { at: SIZE_OFFSET, bytes };
+}
+
+/** refcount_table_offset and refcount_table_clusters, in one write. */
+export function refcountTablePatch(offset: number, clusters: number): HeaderPatch {
+  const bytes = Buffer.alloc(12);
+  writeU64(bytes, 0, offset);
+  bytes.writeUInt32BE(clusters, 8);
+  return { at: REFCOUNT_TABLE_OFFSET, bytes };
+}
+
+/** incompatible_features (v3 only). */
+export function incompatiblePatch(bits: bigint): HeaderPatch {
+  return featurePatch(INCOMPATIBLE_OFFSET, bits);
+}
+
+/** autoclear_features (v3 only). */
+export function autoclearPatch(bits: bigint): HeaderPatch {
+  return featurePatch(AUTOCLEAR_OFFSET, bits);
+}
+
+function featurePatch(at: number, bits: bigint): HeaderPatch {
+  const bytes = Buffer.alloc(8);
+  bytes.writeBigUInt64BE(bits);
+  return { at, bytes };
+}

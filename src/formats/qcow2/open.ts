@@ -7,7 +7,7 @@ import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import { HostFile } from '../../io/host-file';
 import type { Image, OpenOptions } from '../types';
-import { COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2 } from './header';
+import { autoclearPatch, COMPAT_LAZY_REFCOUNTS, HeaderPatch, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2, incompatiblePatch } from './header';
 import { readMeta, readSnapshotTable } from './meta';
 import { MetadataCache } from './metadata-cache';
 import { DriverCounters, Qcow2Image } from './qcow2-image';
@@ -94,13 +94,13 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
         h.refcountTableOffset = fresh.offset;
         h.refcountTableClusters = fresh.clusters;
         h.incompatible &= ~INCOMPAT_DIRTY;
-        await writeFeatureWord(file, 72, h.incompatible);
+        await writeHeaderPatch(file, incompatiblePatch(h.incompatible));
         meta.fileSize = await file.size();
       }
       if (h.version === 3 && h.autoclear !== 0n) {
         log('%s: clearing autoclear bits 0x%s', path, h.autoclear.toString(16));
         h.autoclear = 0n;
-        await writeFeatureWord(file, 88, 0n);
+        await writeHeaderPatch(file, autoclearPatch(0n));
       }
       const table = Buffer.alloc(h.refcountTableClusters * cs);
       await file.read(table, h.refcountTableOffset, 'reftable');
@@ -135,10 +135,8 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
   }
 }
 
-async function writeFeatureWord(file: HostFile, at: number, v: bigint): Promise<void> {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64BE(v);
-  await file.write(b, at, 'header');
+async function writeHeaderPatch(file: HostFile, p: HeaderPatch): Promise<void> {
+  await file.write(p.bytes, p.at, 'header');
   await file.datasync('header');
 }
 

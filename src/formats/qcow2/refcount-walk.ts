@@ -8,7 +8,7 @@
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
-import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2 } from './header';
+import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, refcountTablePatch } from './header';
 import type { ImageMeta } from './meta';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
 import { Snapshot, validateSnapshot } from './snapshot-table';
@@ -239,10 +239,8 @@ export async function writeFreshRefcounts(file: HostFile, meta: ImageMeta, count
   await file.write(blockBuf, (start + tableClusters) * cs, 'refblock');
   await file.write(table, start * cs, 'reftable');
   await file.datasync('refcount');
-  const hdr = Buffer.alloc(12);
-  hdr.writeBigUInt64BE(BigInt(start * cs), 0);
-  hdr.writeUInt32BE(tableClusters, 8);
-  await file.write(hdr, 48, 'header');
+  const hdr = refcountTablePatch(start * cs, tableClusters);
+  await file.write(hdr.bytes, hdr.at, 'header');
   await file.datasync('header');
   log('rebuilt refcounts: table at cluster %d (%d clusters), %d blocks', start, tableClusters, blocks);
   return { offset: start * cs, clusters: tableClusters };

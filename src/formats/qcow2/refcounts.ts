@@ -14,7 +14,7 @@
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
-import { Header, INCOMPAT_DIRTY, MAX_REFTABLE_BYTES } from './header';
+import { Header, INCOMPAT_DIRTY, incompatiblePatch, MAX_REFTABLE_BYTES, refcountTablePatch } from './header';
 import type { CacheEntry, MetadataCache, TableSide } from './metadata-cache';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
 
@@ -280,10 +280,8 @@ export class Refcounts implements TableSide {
       await this.file.write(this.table, this.tableOffset, 'reftable');
       this.counters.metadataWrites++;
       await this.cache.sync(); // the new table durable before the header points at it
-      const hdr = Buffer.alloc(12);
-      hdr.writeBigUInt64BE(BigInt(this.tableOffset), 0);
-      hdr.writeUInt32BE(this.table.length / this.clusterSize, 8);
-      await this.file.write(hdr, 48, 'header'); // refcount_table_offset, refcount_table_clusters
+      const hdr = refcountTablePatch(this.tableOffset, this.table.length / this.clusterSize);
+      await this.file.write(hdr.bytes, hdr.at, 'header');
       this.counters.metadataWrites++;
       this.relocated = undefined;
       this.dirtyLo = Infinity;
@@ -303,10 +301,9 @@ export class Refcounts implements TableSide {
   async setDirtyBit(dirty: boolean): Promise<void> {
     const l = this.lazyRefcounts!;
     l.header.incompatible = dirty ? l.header.incompatible | INCOMPAT_DIRTY : l.header.incompatible & ~INCOMPAT_DIRTY;
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64BE(l.header.incompatible);
+    const b = incompatiblePatch(l.header.incompatible);
     if (!dirty) await this.cache.sync(); // everything else durable before the image says "clean"
-    await this.file.write(b, 72, 'header');
+    await this.file.write(b.bytes, b.at, 'header');
     this.counters.metadataWrites++;
     await this.cache.sync();
     l.marked = dirty;
