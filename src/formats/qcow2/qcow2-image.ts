@@ -1,6 +1,8 @@
 /**
  * A qcow2 image: reads, writes, zero writes, map, flush, resize. The mapping answers come from
- * mapping.ts; host cluster accounting from refcounts.ts; tables from the metadata cache.
+ * mapping.ts; host cluster accounting from refcounts.ts; tables from the metadata cache; the L1
+ * table from l1-table.ts. Bytes of mapped pieces: piece-reader.ts; resize.ts, image-info.ts,
+ * extents.ts (map), discard.ts and preallocate.ts do one entry point each.
  *
  * Concurrency: reads whose tables are cached run without the lock (one synchronous lookup, then
  * host I/O); loading tables and every metadata change run under `mutex`. Writes: write-path.ts.
@@ -9,25 +11,21 @@ import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
 import type { Extent, Image, ImageInfo, ImageStats } from '../types';
-import { decompressCluster } from './compression';
 import { discardRange } from './discard';
-import { COMPAT_LAZY_REFCOUNTS, Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2, MAX_L1_BYTES } from './header';
+import { toExtents } from './extents';
+import { Header, INCOMPAT_EXTL2 } from './header';
+import { qcow2Info } from './image-info';
+import { L1Table } from './l1-table';
 import { MapContext, mapSync, Piece, tablesFor } from './mapping';
 import type { ImageMeta } from './meta';
 import { CacheEntry, MetadataCache } from './metadata-cache';
 import { Mutex } from './mutex';
-import { WritePath } from './write-path';
+import { PieceReader } from './piece-reader';
+import { preallocateMetadata } from './preallocate';
 import type { Refcounts } from './refcounts';
-import { Snapshot, snapshotInfo } from './snapshot-table';
-import {
-  KIND_COMPRESSED,
-  KIND_NORMAL,
-  KIND_UNALLOCATED,
-  KIND_ZERO,
-  l1Copied,
-  setL1,
-  setL2Normal,
-} from './table-entry';
+import { growImage } from './resize';
+import type { Snapshot } from './snapshot-table';
+import { WritePath } from './write-path';
 
 const log = createDebug('vdiskfs:qcow2');
 /** Discarded bytes whose frees wait for the next flush before one is forced (so space comes back soon). */
@@ -76,11 +74,9 @@ export class Qcow2Image implements Image {
   private readonly snapshots: () => Promise<Snapshot[]>;
   private readonly mutex = new Mutex();
   private readonly writer: WritePath;
-  private l1Offset: number;
-  private l1DirtyLo = Infinity;
-  private l1DirtyHi = -1;
+  private readonly l1: L1Table;
   private closed = false;
-  private decompressed = new Map<number, Buffer>(); // small cache of inflated clusters by host offset
+  private readonly pieces: PieceReader;
   private readonly lockFree = new Set<Promise<void>>();
 
   constructor(p: Qcow2Parts) {
@@ -98,7 +94,6 @@ export class Qcow2Image implements Image {
     this.backing = p.backing;
     this.backingPath = p.backingPath;
     this.snapshots = p.snapshots;
-    this.l1Offset = p.l1Offset;
     const extended = (this.header.incompatible & INCOMPAT_EXTL2) !== 0n;
     const entrySize = extended ? 16 : 8;
     this.ctx = {
@@ -109,8 +104,10 @@ export class Qcow2Image implements Image {
       l1Size: p.l1.length / 8,
       cache: this.cache,
     };
+    this.pieces = new PieceReader({ file: this.file, dataFile: this.dataFile, clusterSize: this.cs, compressionType: this.header.compressionType, backing: this.backing });
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const self = this;
+    this.l1 = new L1Table({ ctx: this.ctx, cache: this.cache, file: this.file, offset: p.l1Offset, refcounts: () => self.refcounts!, counters: this.counters });
     this.writer = new WritePath({
       ctx: this.ctx,
       cache: this.cache,
@@ -125,16 +122,16 @@ export class Qcow2Image implements Image {
       get virtualSize() {
         return self.virtualSize;
       },
-      l2Offset: (l1i) => this.l2Offset(l1i),
-      privateL2: (l1i) => this.privateL2(l1i),
+      l2Offset: (l1i) => this.l1.l2Offset(l1i),
+      privateL2: (l1i) => this.l1.privateL2(l1i),
       readLayer: (off, into) => this.readLayer(off, into),
     });
     // The L1 table is the root of the L2 side of the cache's write order.
     this.cache.setSide('l2', {
       lazy: false,
       lazyBarrier: async () => undefined,
-      rootsDirty: () => this.l1DirtyHi >= 0,
-      writeRoots: () => this.writeL1(),
+      rootsDirty: () => this.l1.dirty,
+      writeRoots: () => this.l1.write(),
     });
   }
 
@@ -148,7 +145,7 @@ export class Qcow2Image implements Image {
 
   private async readUnlocked(offset: number, into: Buffer): Promise<void> {
     const pieces = mapSync(this.ctx, offset, into.length) ?? (await this.mapLocked(offset, into.length));
-    await this.readPieces(pieces, offset, into);
+    await this.pieces.read(pieces, offset, into);
   }
 
   private async mapLocked(offset: number, length: number): Promise<Piece[]> {
@@ -172,50 +169,6 @@ export class Qcow2Image implements Image {
       throw e;
     }
     return out;
-  }
-
-  /** Fills `into` (guest range starting at `base`) from mapped pieces. */
-  private async readPieces(pieces: Piece[], base: number, into: Buffer): Promise<void> {
-    const io: Promise<unknown>[] = [];
-    for (const p of pieces) {
-      const dst = into.subarray(p.guest - base, p.guest - base + p.length);
-      switch (p.kind) {
-        case KIND_NORMAL:
-          io.push(this.dataFile.read(dst, p.host, 'data'));
-          break;
-        case KIND_ZERO:
-          dst.fill(0);
-          break;
-        case KIND_UNALLOCATED:
-          io.push(this.readBacking(p.guest, dst));
-          break;
-        case KIND_COMPRESSED:
-          io.push(this.readCompressed(p, dst));
-          break;
-      }
-    }
-    await Promise.all(io);
-  }
-
-  private async readBacking(guest: number, dst: Buffer): Promise<void> {
-    const b = this.backing;
-    const n = b ? Math.max(0, Math.min(dst.length, b.virtualSize - guest)) : 0;
-    if (n > 0) await b!.read(guest, dst.subarray(0, n));
-    if (n < dst.length) dst.fill(0, n);
-  }
-
-  private async readCompressed(p: Piece, dst: Buffer): Promise<void> {
-    let cluster = this.decompressed.get(p.host);
-    if (!cluster) {
-      if (p.cSize > 2 * this.cs + 512) throw VdiskError.corrupt(`qcow2 compressed cluster too large (${p.cSize} bytes)`);
-      const src = Buffer.alloc(p.cSize);
-      await this.file.read(src, p.host, 'data');
-      cluster = Buffer.alloc(this.cs);
-      decompressCluster(src, this.cs, this.header.compressionType, cluster);
-      this.decompressed.set(p.host, cluster);
-      if (this.decompressed.size > 8) this.decompressed.delete(this.decompressed.keys().next().value as number);
-    }
-    cluster.copy(dst, 0, p.guest - p.cluster, p.guest - p.cluster + p.length);
   }
 
   // ---- writes ----
@@ -261,8 +214,8 @@ export class Qcow2Image implements Image {
         get virtualSize() {
           return self.virtualSize;
         },
-        l2Offset: (l1i) => this.l2Offset(l1i),
-        privateL2: (l1i) => this.privateL2(l1i),
+        l2Offset: (l1i) => this.l1.l2Offset(l1i),
+        privateL2: (l1i) => this.l1.privateL2(l1i),
         writeZeroes: (o, n) => this.writeZeroes(o, n),
         map: (o, n) => this.map(o, n),
       },
@@ -305,14 +258,10 @@ export class Qcow2Image implements Image {
     return p;
   }
 
-  l2Offset(l1i: number): number {
-    return this.ctx.l1.readUInt32BE(l1i * 8 + 4) === 0 && (this.ctx.l1.readUInt32BE(l1i * 8) & 0x00ffffff) === 0 ? 0 : mapL2Offset(this.ctx, l1i);
-  }
-
   /** Reads this layer's current content (old data, backing, zeros) for COW; tables are pinned. */
   private async readLayer(offset: number, into: Buffer): Promise<void> {
     const pieces = mapSync(this.ctx, offset, into.length) ?? (await this.mapPinned(offset, into.length));
-    await this.readPieces(pieces, offset, into);
+    await this.pieces.read(pieces, offset, into);
   }
 
   private async mapPinned(offset: number, length: number): Promise<Piece[]> {
@@ -324,50 +273,12 @@ export class Qcow2Image implements Image {
     }
   }
 
-  /** The L2 table for an L1 index, made private (allocated, or copied when a snapshot shares it); pinned. */
-  private async privateL2(l1i: number): Promise<CacheEntry> {
-    if (l1i >= this.ctx.l1Size) throw VdiskError.invalid(`L1 index ${l1i} past the L1 table`);
-    const old = this.l2Offset(l1i);
-    if (old !== 0 && l1Copied(this.ctx.l1, l1i)) return this.cache.get('l2', old);
-    const host = await this.refcounts!.allocate(1);
-    this.counters.allocatedClusters++;
-    let e: CacheEntry;
-    if (old === 0) {
-      e = this.cache.create('l2', host);
-    } else {
-      const src = await this.cache.get('l2', old);
-      e = this.cache.create('l2', host, src.buf);
-      this.cache.unpin(src);
-      this.refcounts!.free(old, this.cs);
-    }
-    await this.cache.dependOn(e, 'refblock'); // the L1 entry will point at a new cluster
-    setL1(this.ctx.l1, l1i, host, true);
-    this.l1DirtyLo = Math.min(this.l1DirtyLo, l1i);
-    this.l1DirtyHi = Math.max(this.l1DirtyHi, l1i);
-    return e;
-  }
-
   /** preallocation=metadata: every L2 table and data cluster allocated (data left sparse). */
   async preallocateMetadata(): Promise<void> {
     this.checkWritable();
     await this.mutex.run(async () => {
-      const n = this.ctx.l2Entries;
-      const clusters = Math.ceil(this.virtualSize / this.cs);
-      for (let l1i = 0; l1i * n < clusters; l1i++) {
-        const e = await this.privateL2(l1i);
-        try {
-          const count = Math.min(n, clusters - l1i * n);
-          const host = await this.refcounts!.allocate(count);
-          this.counters.allocatedClusters += count;
-          await this.cache.dependOn(e, 'refblock');
-          for (let i = 0; i < count; i++) setL2Normal(e.buf, i, this.ctx.layout, host + i * this.cs, true);
-          e.dirty = true;
-        } finally {
-          this.cache.unpin(e);
-        }
-        await this.cache.evict();
-      }
-      await this.file.truncate(this.refcounts!.nextFree * this.cs);
+      const parts = { file: this.file, ctx: this.ctx, l1: this.l1, cache: this.cache, refcounts: this.refcounts!, counters: this.counters, virtualSize: this.virtualSize };
+      await preallocateMetadata(parts);
       await this.flushLocked();
     });
   }
@@ -389,16 +300,6 @@ export class Qcow2Image implements Image {
       this.recycle(zeroed);
     }
     log('flush %s: metadataWrites=%d dataWrites=%d hostFlushes=%d', this.path, this.counters.metadataWrites, this.counters.dataWrites, this.counters.hostFlushes);
-  }
-
-  /** The dirty part of the L1 table (the cache calls this once the L2 tables are durable). */
-  private async writeL1(): Promise<void> {
-    const lo = this.l1DirtyLo * 8;
-    const hi = (this.l1DirtyHi + 1) * 8;
-    this.l1DirtyLo = Infinity;
-    this.l1DirtyHi = -1;
-    await this.file.write(Buffer.from(this.ctx.l1.subarray(lo, hi)), this.l1Offset + lo, 'l1');
-    this.counters.metadataWrites++;
   }
 
   /** The host barrier behind the cache's `sync()`: image file and data file. */
@@ -431,22 +332,7 @@ export class Qcow2Image implements Image {
     this.checkRange(offset, length);
     if (length === 0) return [];
     const pieces = mapSync(this.ctx, offset, length) ?? (await this.mapLocked(offset, length));
-    const out: Extent[] = [];
-    for (const p of pieces) {
-      let x: Extent;
-      if (p.kind === KIND_NORMAL) x = { offset: p.guest, length: p.length, kind: 'data', hostOffset: p.host, hostFile: this.dataFile.path };
-      else if (p.kind === KIND_COMPRESSED) x = { offset: p.guest, length: p.length, kind: 'data', compressed: true, hostFile: this.file.path };
-      else if (p.kind === KIND_ZERO) x = { offset: p.guest, length: p.length, kind: 'zero' };
-      else {
-        // Unallocated here: the backing file's bytes, or zeros past its end (or without one).
-        const split = this.backing ? Math.min(Math.max(this.backing.virtualSize, p.guest), p.guest + p.length) : p.guest;
-        if (split > p.guest) push(out, { offset: p.guest, length: split - p.guest, kind: 'backing' });
-        if (split < p.guest + p.length) push(out, { offset: split, length: p.guest + p.length - split, kind: 'unallocated' });
-        continue;
-      }
-      push(out, x);
-    }
-    return out;
+    return toExtents(pieces, { image: this.file.path, data: this.dataFile.path }, this.backing?.virtualSize);
   }
 
   async resize(newSize: number): Promise<void> {
@@ -457,45 +343,8 @@ export class Qcow2Image implements Image {
     await this.mutex.run(async () => {
       await this.flushLocked();
       const rc = this.refcounts!;
-      const span = this.ctx.l2Entries * this.cs;
-      const need = Math.ceil(newSize / span);
-      let l1 = this.ctx.l1;
-      let l1Off = this.l1Offset;
-      if (need > this.ctx.l1Size) {
-        if (need * 8 > MAX_L1_BYTES) throw new VdiskError('EFBIG', `${this.path}: ${newSize} bytes needs an L1 table beyond QEMU's limit`);
-        const oldBytes = Math.ceil((this.ctx.l1Size * 8) / this.cs) * this.cs;
-        l1 = Buffer.alloc(need * 8);
-        this.ctx.l1.copy(l1);
-        if (need * 8 <= oldBytes && this.ctx.l1Size > 0) {
-          // The table's clusters have room: write the new (empty) entries in place.
-          await this.file.write(l1.subarray(this.ctx.l1Size * 8), l1Off + this.ctx.l1Size * 8, 'l1');
-        } else {
-          const clusters = Math.ceil((need * 8) / this.cs);
-          l1Off = await rc.allocate(clusters);
-          this.counters.allocatedClusters += clusters;
-          await this.cache.flushSide('refblock'); // the new table's refcounts durable before the header points at it
-          await this.file.write(Buffer.concat([l1, Buffer.alloc(clusters * this.cs - l1.length)]), l1Off, 'l1');
-          if (this.ctx.l1Size > 0) rc.free(this.l1Offset, oldBytes);
-        }
-        this.counters.metadataWrites++;
-        await this.cache.sync();
-      }
-      // size (24), crypt (32, unchanged 0), l1_size (36), l1_table_offset (40): one header write.
-      const h = Buffer.alloc(24);
-      h.writeBigUInt64BE(BigInt(newSize), 0);
-      h.writeUInt32BE(0, 8);
-      h.writeUInt32BE(Math.max(need, this.ctx.l1Size), 12);
-      h.writeBigUInt64BE(BigInt(l1Off), 16);
-      await this.file.write(h, 24, 'header');
-      this.counters.metadataWrites++;
-      await this.cache.sync();
-      this.ctx.l1 = l1;
-      this.ctx.l1Size = l1.length / 8;
-      this.l1Offset = l1Off;
+      await growImage({ path: this.path, file: this.file, header: this.header, ctx: this.ctx, l1: this.l1, cache: this.cache, refcounts: rc, counters: this.counters }, newSize);
       this.virtualSize = newSize;
-      this.header.size = newSize;
-      this.header.l1Size = this.ctx.l1Size;
-      this.header.l1TableOffset = l1Off;
       if (rc.hasPendingFrees) {
         const zeroed = await rc.applyFrees();
         await this.cache.flush();
@@ -515,37 +364,16 @@ export class Qcow2Image implements Image {
   }
 
   async info(): Promise<ImageInfo> {
-    const h = this.header;
-    const st = await this.file.stat();
-    const info: ImageInfo = {
-      filename: this.path,
-      format: 'qcow2',
-      'virtual-size': this.virtualSize,
-      'actual-size': st.blocks * 512,
-      'cluster-size': this.cs,
-      'dirty-flag': (h.incompatible & INCOMPAT_DIRTY) !== 0n,
-    };
-    if (this.meta.backingName !== undefined) {
-      info['backing-filename'] = this.meta.backingName;
-      if (this.backingPath) info['full-backing-filename'] = this.backingPath;
-      if (this.meta.ext.backingFormat) info['backing-filename-format'] = this.meta.ext.backingFormat;
-    }
-    const snaps = await this.snapshots();
-    if (snaps.length) info.snapshots = snaps.map(snapshotInfo);
-    const data: Record<string, unknown> = {
-      compat: h.version === 2 ? '0.10' : '1.1',
-      'compression-type': h.compressionType === 1 ? 'zstd' : 'zlib',
-      'refcount-bits': 1 << h.refcountOrder,
-    };
-    if (h.version === 3) {
-      data['lazy-refcounts'] = (h.compatible & COMPAT_LAZY_REFCOUNTS) !== 0n;
-      data['corrupt'] = (h.incompatible & INCOMPAT_CORRUPT) !== 0n;
-      data['extended-l2'] = this.ctx.layout.extended;
-    }
-    if (this.meta.ext.dataFile) data['data-file'] = this.meta.ext.dataFile;
-    info['format-specific'] = { type: 'qcow2', data };
-    if (this.backing) info['backing-image'] = await this.backing.info();
-    return info;
+    return qcow2Info({
+      path: this.path,
+      file: this.file,
+      meta: this.meta,
+      virtualSize: this.virtualSize,
+      extendedL2: this.ctx.layout.extended,
+      backing: this.backing,
+      backingPath: this.backingPath,
+      snapshots: this.snapshots,
+    });
   }
 
   private checkRange(offset: number, length: number): void {
@@ -558,16 +386,4 @@ export class Qcow2Image implements Image {
     if (this.readOnly || !this.refcounts) throw VdiskError.readOnly(`${this.path} is open read-only`);
     if (this.closed) throw VdiskError.io(`${this.path} is closed`);
   }
-}
-
-function push(out: Extent[], x: Extent): void {
-  const prev = out[out.length - 1];
-  if (prev && prev.kind === x.kind && prev.kind !== 'data') prev.length += x.length;
-  else out.push(x);
-}
-
-function mapL2Offset(ctx: MapContext, l1i: number): number {
-  const off = (ctx.l1.readUInt32BE(l1i * 8) & 0x00ffffff) * 2 ** 32 + ((ctx.l1.readUInt32BE(l1i * 8 + 4) & 0xfffffe00) >>> 0);
-  if (off % 2 ** ctx.clusterBits !== 0) throw VdiskError.corrupt(`qcow2 L2 table offset ${off} (L1 index ${l1i}) not cluster aligned`);
-  return off;
 }
