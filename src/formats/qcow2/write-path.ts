@@ -8,12 +8,16 @@
  *   2. data, without the lock: COW reads and one vectored write per run (head COW + payload +
  *      tail COW; COW that reads as zeros is skipped since new clusters are pristine);
  *   3. commit, under the lock: the L2 entries now point at the written data.
- * Requests that touch a cluster in flight wait for it, so no cluster is allocated twice.
+ * Requests that touch a cluster in flight wait for it, so no cluster is allocated twice
+ * (cluster-flights.ts). Clusters that already own a private host cluster: cluster-reuse.ts.
  * Write order: each changed L2 table declares what it waits for (the refcounts of new clusters,
  * the data written to them); the metadata cache writes it back only after those are durable.
  */
 import type { HostFile } from '../../io/host-file';
+import { isAllZero } from '../all-zero';
 import { mapSync, MapContext } from './mapping';
+import { ClusterFlights } from './cluster-flights';
+import { EntryOf, Plan, planSubclusters, planZeroAllocated, privateHost, trackData } from './cluster-reuse';
 import type { CacheEntry, DataWrite, MetadataCache } from './metadata-cache';
 import type { Mutex } from './mutex';
 import type { Refcounts } from './refcounts';
@@ -61,33 +65,13 @@ export interface LayerAccess {
   readLayer(offset: number, into: Buffer): Promise<void>;
 }
 
-interface Plan {
-  pinned: CacheEntry[];
-  io: (() => Promise<void>)[];
-  commits: (() => void)[];
-}
-
-interface InFlight {
-  first: number;
-  last: number;
-  done: Promise<void>;
-}
-
-const ZERO_PAGE = Buffer.alloc(8192);
-function isAllZero(b: Buffer): boolean {
-  for (let o = 0; o < b.length; o += ZERO_PAGE.length) {
-    const n = Math.min(ZERO_PAGE.length, b.length - o);
-    if (b.compare(ZERO_PAGE, 0, n, o, o + n) !== 0) return false;
-  }
-  return true;
-}
-
 export class WritePath {
   private readonly cs: number;
-  private inFlight: InFlight[] = [];
+  private readonly flights: ClusterFlights;
 
   constructor(private readonly a: LayerAccess) {
     this.cs = 2 ** a.ctx.clusterBits;
+    this.flights = new ClusterFlights(a.mutex);
   }
 
   /** Host offset of a cluster that can be overwritten in place, or -1. */
@@ -138,16 +122,15 @@ export class WritePath {
     for (;;) {
       let plan: Plan | undefined;
       let busy: Promise<void> | undefined;
-      let finish!: () => void;
-      const entry: InFlight = { first, last, done: new Promise<void>((r) => (finish = r)) };
+      const entry = this.flights.entry(first, last);
       await this.a.mutex.run(async () => {
-        busy = this.inFlight.find((f) => f.first <= last && f.last >= first)?.done;
+        busy = this.flights.busy(first, last);
         if (busy) return;
-        this.inFlight.push(entry);
+        this.flights.start(entry);
         try {
           plan = await this.plan(offset, buf, zeroMode);
         } catch (e) {
-          this.endFlight(entry, finish);
+          this.flights.end(entry);
           throw e;
         }
       });
@@ -170,7 +153,7 @@ export class WritePath {
       } finally {
         // On a failed data write nothing is committed: the new clusters leak, nothing points at garbage.
         for (const e of p.pinned) this.a.cache.unpin(e);
-        this.endFlight(entry, finish);
+        this.flights.end(entry);
       }
       return;
     }
@@ -180,21 +163,8 @@ export class WritePath {
    * Runs `fn` under the image lock once no write has clusters [first, last] in flight (a discard
    * changes their L2 entries without racing a write's plan and commit).
    */
-  async exclusive<T>(first: number, last: number, fn: () => Promise<T>): Promise<T> {
-    for (;;) {
-      let busy: Promise<void> | undefined;
-      const out = await this.a.mutex.run(async () => {
-        busy = this.inFlight.find((f) => f.first <= last && f.last >= first)?.done;
-        return busy ? undefined : fn();
-      });
-      if (!busy) return out as T;
-      await busy;
-    }
-  }
-
-  private endFlight(entry: InFlight, finish: () => void): void {
-    this.inFlight = this.inFlight.filter((f) => f !== entry);
-    finish();
+  exclusive<T>(first: number, last: number, fn: () => Promise<T>): Promise<T> {
+    return this.flights.exclusive(first, last, fn);
   }
 
   /** Step 1, under the lock. Zero clusters are set here (nothing to write for them). */
@@ -224,7 +194,7 @@ export class WritePath {
         if (e) plan.pinned.push(e);
         views.set(l1i, e);
       }
-      const entryOf = (c: number): [CacheEntry, number] => [views.get(Math.floor(c / n))!, c % n];
+      const entryOf: EntryOf = (c) => [views.get(Math.floor(c / n))!, c % n];
       const direct = (c: number): number => {
         const l1i = Math.floor(c / n);
         const e = views.get(l1i);
@@ -272,17 +242,17 @@ export class WritePath {
           this.a.counters.dataWrites++;
           continue;
         }
-        if (this.privateHost(c, entryOf) >= 0) {
+        if (privateHost(this.a, c, entryOf) >= 0) {
           // A private host cluster not fully writable in place (extended L2 with subclusters
           // unallocated, or a zero cluster that kept its host cluster): reuse it.
           await makePrivate(c);
-          if (ctx.layout.extended) this.planSubclusters(plan, c, offset, buf, entryOf);
-          else this.planZeroAllocated(plan, c, offset, buf, entryOf);
+          if (ctx.layout.extended) planSubclusters(this.a, plan, c, offset, buf, entryOf);
+          else planZeroAllocated(this.a, plan, c, offset, buf, entryOf);
           c++;
           continue;
         }
         let k = 1;
-        while (c + k <= lastC && direct(c + k) < 0 && zeroAction(c + k) === 'write' && this.privateHost(c + k, entryOf) < 0) k++;
+        while (c + k <= lastC && direct(c + k) < 0 && zeroAction(c + k) === 'write' && privateHost(this.a, c + k, entryOf) < 0) k++;
         for (let j = 0; j < k; j++) await makePrivate(c + j);
         await this.planRun(plan, c, k, offset, buf, entryOf);
         c += k;
@@ -295,7 +265,7 @@ export class WritePath {
   }
 
   /** New contiguous host clusters for guest clusters [c0, c0+k). */
-  private async planRun(plan: Plan, c0: number, k: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): Promise<void> {
+  private async planRun(plan: Plan, c0: number, k: number, offset: number, buf: Buffer, entryOf: EntryOf): Promise<void> {
     const cs = this.cs;
     const l = this.a.ctx.layout;
     const runStart = c0 * cs;
@@ -333,7 +303,7 @@ export class WritePath {
         await this.a.readLayer(end, tail);
         parts.push(tail);
       }
-      written = await this.track(this.a.dataFile.write(parts, host + (writeStart - runStart) + skipHead, 'data'));
+      written = await trackData(this.a.cache, this.a.dataFile.write(parts, host + (writeStart - runStart) + skipHead, 'data'));
     });
     this.a.counters.dataWrites++;
     plan.commits.push(() => {
@@ -353,93 +323,6 @@ export class WritePath {
         this.a.cache.pointsAtData(e, written!);
       }
     });
-  }
-
-  /**
-   * Host offset of a private (refcount 1) host cluster that a write may reuse: any normal
-   * cluster, or a standard zero cluster that kept its host cluster. -1 otherwise.
-   */
-  private privateHost(c: number, entryOf: (c: number) => [CacheEntry, number]): number {
-    const [e, i] = entryOf(c);
-    if (!e) return -1;
-    const l = this.a.ctx.layout;
-    const kind = l2Kind(e.buf, i, l);
-    if ((kind !== KIND_NORMAL && kind !== KIND_ZERO) || !l2Copied(e.buf, i, l)) return -1;
-    if (!l1Copied(this.a.ctx.l1, Math.floor(c / this.a.ctx.l2Entries))) return -1;
-    const host = l2HostOffset(e.buf, i, l);
-    return host === 0 ? -1 : host;
-  }
-
-  /** Standard zero cluster that kept its host cluster: the whole cluster is written in place. */
-  private planZeroAllocated(plan: Plan, c: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): void {
-    const cs = this.cs;
-    const [e, i] = entryOf(c);
-    const l = this.a.ctx.layout;
-    const host = l2HostOffset(e.buf, i, l);
-    const cStart = c * cs;
-    const from = Math.max(offset, cStart);
-    const to = Math.min(offset + buf.length, cStart + cs);
-    // The host bytes are stale: zeros go out explicitly.
-    const parts = [Buffer.alloc(from - cStart), buf.subarray(from - offset, to - offset), Buffer.alloc(cStart + cs - to)];
-    let written: DataWrite | undefined;
-    plan.io.push(async () => {
-      written = await this.track(this.a.dataFile.write(parts, host, 'data'));
-    });
-    this.a.counters.dataWrites++;
-    plan.commits.push(() => {
-      setL2Normal(e.buf, i, l, host, true);
-      e.dirty = true;
-      this.a.cache.pointsAtData(e, written!);
-    });
-  }
-
-  /** Extended L2: writes into a private host cluster, allocating the touched subclusters. */
-  private planSubclusters(plan: Plan, c: number, offset: number, buf: Buffer, entryOf: (c: number) => [CacheEntry, number]): void {
-    const cs = this.cs;
-    const l = this.a.ctx.layout;
-    const sc = cs / 32;
-    const [e, i] = entryOf(c);
-    const host = l2HostOffset(e.buf, i, l);
-    const alloc = l2AllocBits(e.buf, i, l);
-    const cStart = c * cs;
-    const from = Math.max(offset, cStart);
-    const to = Math.min(offset + buf.length, cStart + cs);
-    const a = Math.floor((from - cStart) / sc);
-    const b = Math.ceil((to - cStart) / sc);
-    // The host bytes of an unallocated subcluster may be stale: COW writes them explicitly.
-    const ws = !(alloc & (2 ** a)) && from > cStart + a * sc ? cStart + a * sc : from;
-    const we = !(alloc & (2 ** (b - 1))) && to < cStart + b * sc ? cStart + b * sc : to;
-    const payload = buf.subarray(from - offset, to - offset);
-    let written: DataWrite | undefined;
-    plan.io.push(async () => {
-      const parts: Buffer[] = [];
-      if (ws < from) {
-        const head = Buffer.alloc(from - ws);
-        await this.a.readLayer(ws, head);
-        parts.push(head);
-      }
-      parts.push(payload);
-      if (we > to) {
-        const tail = Buffer.alloc(we - to);
-        await this.a.readLayer(to, tail);
-        parts.push(tail);
-      }
-      written = await this.track(this.a.dataFile.write(parts, host + (ws - cStart), 'data'));
-    });
-    this.a.counters.dataWrites++;
-    plan.commits.push(() => {
-      const mask = subclusterMask(a, b);
-      setL2Extended(e.buf, i, l, host, true, (l2AllocBits(e.buf, i, l) | mask) >>> 0, l2ZeroBits(e.buf, i, l) & ~mask);
-      e.dirty = true;
-      this.a.cache.pointsAtData(e, written!);
-    });
-  }
-
-  /** A data write that L2 entries will point at, known to the cache's write order; throws if it failed. */
-  private async track(write: Promise<void>): Promise<DataWrite> {
-    const d = this.a.cache.trackData(write);
-    await write;
-    return d;
   }
 
   /** True when this layer's range reads as zeros without any I/O. */
