@@ -2,10 +2,9 @@ import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 import { VdiskError } from '../../io/errors';
 import { alignUp } from '../../io/safe-int';
+import type { HostFile } from '../../io/host-file';
 import { sliceVector, type CowSource } from './extent';
-import type { SparseExtent } from './sparse-extent';
-import { GTE_ZEROED } from './sparse-extent';
-import { SECTOR } from './sparse-header';
+import { GTE_ZEROED, SECTOR } from './sparse-header';
 import * as marker from './stream-marker';
 
 /**
@@ -20,6 +19,53 @@ import * as marker from './stream-marker';
 
 const deflate = promisify(zlib.deflate);
 
+/**
+ * What the allocator needs from a sparse extent (sparse-extent.ts implements it; the unit test
+ * fakes it): the grain geometry, the grain tables, space at the end of the file, the data file.
+ */
+export interface GrainSpace {
+  readonly fileName: string;
+  readonly grainBytes: number;
+  /** Entries per grain table. */
+  readonly gtEntries: number;
+  /** streamOptimized: grains are deflated behind grain markers, never rewritten. */
+  readonly compressed: boolean;
+  /** The header allows GTE_ZEROED entries. */
+  readonly zeroGrainAllowed: boolean;
+  /** QEMU's way: grain by grain, every entry written through (to measure the seed's gain). */
+  readonly noMultiAlloc: boolean;
+  readonly file: Pick<HostFile, 'write'>;
+  readonly stats: { grainsAllocated: number; dataWrites: number; cowReads: number; zeroGrains: number };
+  /** Grains whose allocation is in flight: a second writer waits instead of allocating again. */
+  readonly inflight: Map<number, Promise<void>>;
+  /** Tables of grains [g0, g1): pinned for one request, resident (no I/O needed), loaded. */
+  pinTables(g0: number, g1: number): [number, number];
+  unpinTables(pinned: [number, number]): void;
+  tablesResident(g0: number, g1: number): boolean;
+  loadTables(g0: number, g1: number): Promise<void>;
+  /** Raw entry of grain g (0: none); tables resident. */
+  gte(g: number): number;
+  /** Sets grain g's entry in the cached table (written back on flush, after the data). */
+  setGte(g: number, value: number): void;
+  /** Creates grain table t in memory when it has none yet. */
+  ensureTable(t: number): void;
+  /** `bytes` of new space at the end of the file; returns its host offset. */
+  reserve(bytes: number): number;
+  /** Writes grain g's entry through at once and flushes (noMultiAlloc). */
+  writeEntryThrough(g: number): Promise<void>;
+}
+
+let zeroBuf = Buffer.alloc(1 << 20);
+/** A shared all-zero buffer (never written to) for COW-from-zeros and zero writes. */
+function zeros(len: number): Buffer {
+  if (zeroBuf.length < len) zeroBuf = Buffer.alloc(len);
+  return zeroBuf.subarray(0, len);
+}
+
+function isZeroGte(ext: GrainSpace, e: number): boolean {
+  return e === GTE_ZEROED && ext.zeroGrainAllowed;
+}
+
 interface MissingGrain {
   g: number;            // grain index within the extent
   wasZero: boolean;     // zeroed-grain entry: COW source is zeros, never the parent
@@ -30,14 +76,14 @@ interface MissingGrain {
  * another request. Checked synchronously right before classifying, so the check and the
  * reservation that follows cannot interleave with another request.
  */
-function ready(ext: SparseExtent, g0: number, g1: number): boolean {
+function ready(ext: GrainSpace, g0: number, g1: number): boolean {
   if (!ext.tablesResident(g0, g1)) return false;
   if (ext.inflight.size > 0) for (let g = g0; g < g1; g++) if (ext.inflight.has(g)) return false;
   return true;
 }
 
 /** Waits for what made ready() false (table loads, other allocations); the caller checks again. */
-async function settle(ext: SparseExtent, g0: number, g1: number): Promise<void> {
+async function settle(ext: GrainSpace, g0: number, g1: number): Promise<void> {
   await ext.loadTables(g0, g1);
   const busy: Promise<void>[] = [];
   for (let g = g0; g < g1 && ext.inflight.size > 0; g++) {
@@ -47,7 +93,7 @@ async function settle(ext: SparseExtent, g0: number, g1: number): Promise<void> 
   await Promise.all(busy);
 }
 
-export async function writeGrains(ext: SparseExtent, offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {
+export async function writeGrains(ext: GrainSpace, offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {
   const G = ext.grainBytes;
   if (!ext.noMultiAlloc) return writeRun(ext, offset, data, length, cow);
   // QEMU's way: one grain at a time, each entry written through.
@@ -59,7 +105,7 @@ export async function writeGrains(ext: SparseExtent, offset: number, data: Buffe
 }
 
 /** One request (or, without multi-alloc, one grain of it): classify, allocate, write, then map. */
-async function writeRun(ext: SparseExtent, offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {
+async function writeRun(ext: GrainSpace, offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {
   const G = ext.grainBytes;
   const end = offset + length;
   const g0 = Math.floor(offset / G);
@@ -72,7 +118,7 @@ async function writeRun(ext: SparseExtent, offset: number, data: Buffer[], lengt
   }
 }
 
-async function writePinned(ext: SparseExtent, offset: number, data: Buffer[], length: number, cow: CowSource | null, g0: number, g1: number): Promise<void> {
+async function writePinned(ext: GrainSpace, offset: number, data: Buffer[], length: number, cow: CowSource | null, g0: number, g1: number): Promise<void> {
   const G = ext.grainBytes;
   const end = offset + length;
   while (!ready(ext, g0, g1)) await settle(ext, g0, g1);
@@ -94,7 +140,7 @@ async function writePinned(ext: SparseExtent, offset: number, data: Buffer[], le
     const e = ext.gte(g);
     const s = Math.max(offset, g * G);
     const n = Math.min(end, (g + 1) * G) - s;
-    if (e === 0 || ext.isZeroGte(e)) {
+    if (e === 0 || isZeroGte(ext, e)) {
       flushRun();
       missing.push({ g, wasZero: e !== 0 });
       continue;
@@ -165,7 +211,7 @@ interface Piece {
 }
 
 /** A whole grain's content: COW head (parent or zeros), the payload, COW tail; COW reads go to `fills`. */
-function buildGrain(ext: SparseExtent, m: MissingGrain, offset: number, end: number, data: Buffer[], cow: CowSource | null, fills: Promise<void>[]): Piece[] {
+function buildGrain(ext: GrainSpace, m: MissingGrain, offset: number, end: number, data: Buffer[], cow: CowSource | null, fills: Promise<void>[]): Piece[] {
   const G = ext.grainBytes;
   const gs = m.g * G;
   const s = Math.max(offset, gs);
@@ -173,7 +219,7 @@ function buildGrain(ext: SparseExtent, m: MissingGrain, offset: number, end: num
   const pieces: Piece[] = [];
   const fill = (from: number, len: number): Buffer => {
     // Without a parent (or over a zeroed grain) the COW source is zeros: a shared buffer, no read.
-    if (m.wasZero || !cow) return ext.zeros(len);
+    if (m.wasZero || !cow) return zeros(len);
     const b = Buffer.allocUnsafe(len);
     ext.stats.cowReads++;
     fills.push(cow(from, b));
@@ -186,7 +232,7 @@ function buildGrain(ext: SparseExtent, m: MissingGrain, offset: number, end: num
 }
 
 /** streamOptimized: each grain deflated behind its grain marker, appended at the end, one write. */
-async function writeCompressed(ext: SparseExtent, missing: MissingGrain[], grains: Piece[][]): Promise<number[]> {
+async function writeCompressed(ext: GrainSpace, missing: MissingGrain[], grains: Piece[][]): Promise<number[]> {
   const compressed = await Promise.all(
     grains.map(async (p, i) => {
       const whole = Buffer.concat(p.flatMap((x) => x.bufs));
@@ -214,7 +260,7 @@ async function writeCompressed(ext: SparseExtent, missing: MissingGrain[], grain
  * allows; grains that already read as zeros (no table entry, no parent) are left alone;
  * everything else gets real zeros through the write path.
  */
-export async function writeZeroGrains(ext: SparseExtent, offset: number, length: number, cow: CowSource | null, hasParent: boolean): Promise<void> {
+export async function writeZeroGrains(ext: GrainSpace, offset: number, length: number, cow: CowSource | null, hasParent: boolean): Promise<void> {
   const G = ext.grainBytes;
   const end = offset + length;
   let pos = offset;
@@ -232,7 +278,7 @@ export async function writeZeroGrains(ext: SparseExtent, offset: number, length:
         const s = Math.max(pos, g * G);
         const e = Math.min(batchEnd, (g + 1) * G);
         const entry = ext.gte(g);
-        if ((entry === 0 && !hasParent) || ext.isZeroGte(entry)) continue; // already reads as zeros
+        if ((entry === 0 && !hasParent) || isZeroGte(ext, entry)) continue; // already reads as zeros
         if (e - s === G && ext.zeroGrainAllowed && !ext.compressed) zeroed.push(g);
         else {
           const last = writes[writes.length - 1];
@@ -252,7 +298,7 @@ export async function writeZeroGrains(ext: SparseExtent, offset: number, length:
     for (const [s, n] of writes) {
       for (let d = 0; d < n; ) {
         const k = Math.min(n - d, 1 << 20);
-        await writeGrains(ext, s + d, [ext.zeros(k)], k, cow);
+        await writeGrains(ext, s + d, [zeros(k)], k, cow);
         d += k;
       }
     }

@@ -1,28 +1,19 @@
-import { promisify } from 'node:util';
-import * as zlib from 'node:zlib';
 import createDebug from 'debug';
 import type { HostFile } from '../../io/host-file';
 import { VdiskError } from '../../io/errors';
 import { alignUp } from '../../io/safe-int';
 import type { Access } from './descriptor';
+import { CompressedGrains } from './compressed-grain';
 import type { CowSource, ExtentMapping, VmdkExtent } from './extent';
 import { GrainTableCache } from './grain-table-cache';
+import { checkDirectorySize, encodeDirectory, readDirectory } from './grain-directory';
 import * as hdr from './sparse-header';
-import { SECTOR, type SparseHeader } from './sparse-header';
+import { GTE_ZEROED, SECTOR, type SparseHeader } from './sparse-header';
 import * as marker from './stream-marker';
 import * as cowd from './cowd-header';
-import { writeGrains, writeZeroGrains } from './grain-allocator';
+import { type GrainSpace, writeGrains, writeZeroGrains } from './grain-allocator';
 
 const log = createDebug('vdiskfs:vmdk');
-const inflate = promisify(zlib.inflate);
-const inflateRaw = promisify(zlib.inflateRaw);
-
-/** Sanity limits against hostile headers (QEMU refuses comparable values). */
-const MAX_GRAIN_SECTORS = 1 << 17;          // 64 MiB grains
-const MAX_GTES_PER_GT = 1 << 16;
-const MAX_GD_BYTES = 256 << 20;
-/** GT entry meaning "this grain reads as zeros" when FLAG_ZERO_GRAIN is set. */
-export const GTE_ZEROED = 1;
 
 export interface SparseOpenOptions {
   access: Access;
@@ -37,9 +28,10 @@ export interface SparseOpenOptions {
 /**
  * A hosted sparse extent (KDMV): grain directory → grain tables → grains, with the redundant
  * directory kept in step; also the streamOptimized variant (compressed grains with markers).
- * Mapping and table bookkeeping live here; the write path (the seed) is in grain-allocator.ts.
+ * Mapping and table bookkeeping live here; the write path (the seed) is in grain-allocator.ts,
+ * compressed grains in compressed-grain.ts, the directory's on-disk form in grain-directory.ts.
  */
-export class SparseExtent implements VmdkExtent {
+export class SparseExtent implements VmdkExtent, GrainSpace {
   readonly type = 'SPARSE';
   readonly grainBytes: number;
   readonly gtEntries: number;
@@ -60,11 +52,8 @@ export class SparseExtent implements VmdkExtent {
   /** streamOptimized with the GD in the footer: where the footer must be rewritten on flush. */
   private footerAt = -1;
   private footerDirty = false;
-  private readonly grainCache = new Map<number, Buffer>();
+  private readonly grains: CompressedGrains;
   private tableWrites: Promise<void> = Promise.resolve(); // flush and write-through, one at a time
-  private readonly warn: (message: string) => void;
-  /** A grain marker whose LBA disagrees with the grain table is reported once per extent. */
-  private lbaWarned = false;
   readonly stats = { grainsAllocated: 0, dataWrites: 0, gtWrites: 0, gdWrites: 0, cowReads: 0, tablesAllocated: 0, zeroGrains: 0, grainsDecompressed: 0 };
   readonly noMultiAlloc: boolean;
   readOnly: boolean;
@@ -91,7 +80,7 @@ export class SparseExtent implements VmdkExtent {
     this.nextFree = alignUp(fileSize, SECTOR);
     this.noMultiAlloc = opts.noMultiAlloc;
     this.readOnly = !opts.writable || access !== 'RW';
-    this.warn = opts.warn;
+    this.grains = new CompressedGrains({ file, grainBytes: this.grainBytes, hasMarkers: this.hasMarkers, fileName, warn: opts.warn, stats: this.stats });
     this.cache = new GrainTableCache((i) => this.loadTable(i), opts.cacheBytes);
   }
 
@@ -118,17 +107,10 @@ export class SparseExtent implements VmdkExtent {
       if (h.gdOffset < 0) throw VdiskError.corrupt(`${opts.fileName}: footer has no grain directory`);
       footerAt = fileSize - 3 * SECTOR;
     }
-    if (h.grainSize < 1 || h.grainSize > MAX_GRAIN_SECTORS) throw VdiskError.corrupt(`${opts.fileName}: invalid grain size ${h.grainSize} sectors`);
-    if (h.numGTEsPerGT < 1 || h.numGTEsPerGT > MAX_GTES_PER_GT) throw VdiskError.corrupt(`${opts.fileName}: invalid numGTEsPerGT ${h.numGTEsPerGT}`);
-    if (h.capacity * SECTOR > Number.MAX_SAFE_INTEGER) throw VdiskError.corrupt(`${opts.fileName}: capacity too big`);
-    if (h.flags & hdr.FLAG_COMPRESSED && h.compressAlgorithm !== hdr.COMPRESSION_DEFLATE) {
-      throw VdiskError.unsupported(`${opts.fileName}: compression algorithm ${h.compressAlgorithm} is not supported`);
-    }
+    hdr.checkGeometry(h, opts.fileName);
     const grains = Math.ceil(h.capacity / h.grainSize);
     const tables = Math.ceil(grains / h.numGTEsPerGT);
-    const gdBytes = tables * 4;
-    // A real grain directory is inside the file; a bigger one is a hostile capacity (qemu: "L1 size too big").
-    if (gdBytes > MAX_GD_BYTES || gdBytes > fileSize) throw VdiskError.corrupt(`${opts.fileName}: grain directory size too big (${tables} tables for a ${fileSize}-byte file)`);
+    checkDirectorySize(tables, fileSize, opts.fileName);
     if (opts.size > h.capacity * SECTOR) throw VdiskError.corrupt(`${opts.fileName}: descriptor extent size ${opts.size} larger than capacity ${h.capacity * SECTOR}`);
     const gd = await readDirectory(file, h.gdOffset, tables, fileSize, opts.fileName);
     const rgd = h.flags & hdr.FLAG_RGD && h.rgdOffset > 0 ? await readDirectory(file, h.rgdOffset, tables, fileSize, opts.fileName) : null;
@@ -227,13 +209,6 @@ export class SparseExtent implements VmdkExtent {
     this.stats.tablesAllocated++;
   }
 
-  private zeroBuf: Buffer | undefined;
-  /** A shared all-zero buffer (never written to) for COW-from-zeros and zero writes. */
-  zeros(len: number): Buffer {
-    if (!this.zeroBuf || this.zeroBuf.length < len) this.zeroBuf = Buffer.alloc(Math.max(len, this.grainBytes, 1 << 20));
-    return this.zeroBuf.subarray(0, len);
-  }
-
   reserve(bytes: number): number {
     const at = this.nextFree;
     this.nextFree += bytes;
@@ -271,53 +246,9 @@ export class SparseExtent implements VmdkExtent {
   }
 
   async readCompressed(m: ExtentMapping & { kind: 'compressed' }, offset: number, into: Buffer): Promise<void> {
-    const grain = await this.readGrain(m.hostOffset, m.grainOffset);
+    const grain = await this.grains.read(m.hostOffset, m.grainOffset);
     const from = offset - m.grainOffset;
     grain.copy(into, 0, from, from + into.length);
-  }
-
-  /** Inflates one compressed grain (a few recent ones are kept: a 4 KiB reader walks a grain 16 times). */
-  private async readGrain(hostOffset: number, grainOffset: number): Promise<Buffer> {
-    const hit = this.grainCache.get(hostOffset);
-    if (hit) return hit;
-    const G = this.grainBytes;
-    const maxCompressed = G + (G >> 3) + 4096;
-    let buf = Buffer.alloc(Math.min(maxCompressed + marker.GRAIN_MARKER_SIZE, 2 * G + 8192));
-    await this.file.read(buf, hostOffset, 'data');
-    let data: Buffer;
-    if (this.hasMarkers) {
-      const gm = marker.parseGrainMarker(buf, 0);
-      // The grain table says where the grain is; the marker's LBA only repeats it. QEMU reads the
-      // grain whatever the LBA says, so do we, and say so once.
-      const want = BigInt(grainOffset / SECTOR);
-      if (gm.lba !== want && !this.lbaWarned) {
-        this.lbaWarned = true;
-        this.warn(`${this.fileName}: grain marker at ${hostOffset} says LBA ${gm.lba}, the grain table says ${want}; reading it as the grain table says (as QEMU does)`);
-      }
-      if (gm.size === 0 || gm.size > 2 * G + 4096) throw VdiskError.corrupt(`${this.fileName}: compressed grain at ${hostOffset} has invalid size ${gm.size}`);
-      if (gm.size + marker.GRAIN_MARKER_SIZE > buf.length) {
-        buf = Buffer.alloc(gm.size + marker.GRAIN_MARKER_SIZE);
-        await this.file.read(buf, hostOffset, 'data');
-      }
-      data = buf.subarray(marker.GRAIN_MARKER_SIZE, marker.GRAIN_MARKER_SIZE + gm.size);
-    } else {
-      data = buf;
-    }
-    let out: Buffer;
-    try {
-      out = await inflate(data, { maxOutputLength: G, finishFlush: zlib.constants.Z_SYNC_FLUSH });
-    } catch {
-      try {
-        out = await inflateRaw(data, { maxOutputLength: G, finishFlush: zlib.constants.Z_SYNC_FLUSH });
-      } catch (e) {
-        throw VdiskError.corrupt(`${this.fileName}: cannot inflate grain at ${hostOffset}: ${(e as Error).message}`);
-      }
-    }
-    if (out.length < G) out = Buffer.concat([out, Buffer.alloc(G - out.length)]);
-    this.stats.grainsDecompressed++;
-    this.grainCache.set(hostOffset, out);
-    if (this.grainCache.size > 32) this.grainCache.delete(this.grainCache.keys().next().value as number);
-    return out;
   }
 
   write(offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {
@@ -463,19 +394,4 @@ export class SparseExtent implements VmdkExtent {
   counters(): Record<string, number> {
     return { ...this.stats, gtCacheHits: this.cache.hits, gtCacheMisses: this.cache.misses };
   }
-}
-
-async function readDirectory(file: HostFile, offsetSectors: number, entries: number, fileSize: number, name: string): Promise<Uint32Array> {
-  if (offsetSectors * SECTOR + entries * 4 > fileSize) throw VdiskError.corrupt(`${name}: grain directory at sector ${offsetSectors} lies past the end of the file`);
-  const buf = Buffer.alloc(entries * 4);
-  await file.read(buf, offsetSectors * SECTOR, 'gd');
-  const out = new Uint32Array(entries);
-  for (let i = 0; i < entries; i++) out[i] = buf.readUInt32LE(i * 4);
-  return out;
-}
-
-function encodeDirectory(d: Uint32Array, unwritten: Set<number>): Buffer {
-  const buf = Buffer.alloc(alignUp(d.length * 4, SECTOR));
-  for (let i = 0; i < d.length; i++) buf.writeUInt32LE(unwritten.has(i) ? 0 : d[i]!, i * 4);
-  return buf;
 }

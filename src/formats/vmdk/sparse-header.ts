@@ -15,6 +15,8 @@ export const FLAG_RGD = 1 << 1;             // "redundant grain table will be us
 export const FLAG_ZERO_GRAIN = 1 << 2;      // zeroed-grain GTE (value 1) allowed
 export const FLAG_COMPRESSED = 1 << 16;     // "grains are compressed"
 export const FLAG_MARKERS = 1 << 17;        // "there are markers in the virtual disk"
+/** Grain table entry meaning "this grain reads as zeros" when FLAG_ZERO_GRAIN is set. */
+export const GTE_ZEROED = 1;
 
 export const COMPRESSION_NONE = 0;
 export const COMPRESSION_DEFLATE = 1;
@@ -78,4 +80,18 @@ export function serialize(h: SparseHeader): Buffer {
   b.write('\n \r\n', 73, 'latin1');
   b.writeUInt16LE(h.compressAlgorithm, 77);
   return b;
+}
+
+/** Sanity limits against hostile headers (QEMU refuses comparable values). */
+const MAX_GRAIN_SECTORS = 1 << 17;          // 64 MiB grains
+const MAX_GTES_PER_GT = 1 << 16;
+
+/** Grain geometry, capacity and compression a reader can work with (checked at open, header or footer). */
+export function checkGeometry(h: SparseHeader, fileName: string): void {
+  if (h.grainSize < 1 || h.grainSize > MAX_GRAIN_SECTORS) throw VdiskError.corrupt(`${fileName}: invalid grain size ${h.grainSize} sectors`);
+  if (h.numGTEsPerGT < 1 || h.numGTEsPerGT > MAX_GTES_PER_GT) throw VdiskError.corrupt(`${fileName}: invalid numGTEsPerGT ${h.numGTEsPerGT}`);
+  if (h.capacity * SECTOR > Number.MAX_SAFE_INTEGER) throw VdiskError.corrupt(`${fileName}: capacity too big`);
+  if (h.flags & FLAG_COMPRESSED && h.compressAlgorithm !== COMPRESSION_DEFLATE) {
+    throw VdiskError.unsupported(`${fileName}: compression algorithm ${h.compressAlgorithm} is not supported`);
+  }
 }

@@ -1,0 +1,163 @@
+import { describe, expect, it } from 'vitest';
+import { type GrainSpace, writeGrains, writeZeroGrains } from '../../../src/formats/vmdk/grain-allocator';
+import { GTE_ZEROED, SECTOR } from '../../../src/formats/vmdk/sparse-header';
+
+/**
+ * The allocator (seed 1) against a fake extent: no file, no QEMU. The fake records every data
+ * write and table change in one log, so the order the seed promises is visible.
+ */
+const G = 4096;
+const PER_TABLE = 16;
+
+interface Write {
+  at: number;
+  bytes: Buffer;
+}
+
+class FakeExtent implements GrainSpace {
+  readonly fileName = 'fake.vmdk';
+  readonly grainBytes = G;
+  readonly gtEntries = PER_TABLE;
+  readonly compressed = false;
+  readonly zeroGrainAllowed = true;
+  readonly stats = { grainsAllocated: 0, dataWrites: 0, cowReads: 0, zeroGrains: 0 };
+  readonly inflight = new Map<number, Promise<void>>();
+  readonly tables = new Map<number, Uint32Array>();
+  readonly log: string[] = [];
+  readonly writes: Write[] = [];
+  nextFree = 64 * SECTOR;
+  /** Data writes settle only when released, to see what happens while they are in flight. */
+  private releaseWrites: (() => void)[] = [];
+
+  constructor(readonly noMultiAlloc = false) {}
+
+  readonly file = {
+    write: async (data: Buffer | Buffer[], at: number): Promise<void> => {
+      const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+      this.writes.push({ at, bytes });
+      this.log.push(`write ${at}+${bytes.length}`);
+      await new Promise<void>((r) => this.releaseWrites.push(r));
+      this.log.push(`written ${at}`);
+    },
+  };
+
+  /** Lets every data write issued so far complete. */
+  release(): void {
+    for (const r of this.releaseWrites.splice(0)) r();
+  }
+
+  pinTables(g0: number, g1: number): [number, number] {
+    return [Math.floor(g0 / PER_TABLE), Math.floor((g1 - 1) / PER_TABLE)];
+  }
+  unpinTables(): void {}
+  tablesResident(): boolean {
+    return true;
+  }
+  async loadTables(): Promise<void> {}
+  gte(g: number): number {
+    return this.tables.get(Math.floor(g / PER_TABLE))?.[g % PER_TABLE] ?? 0;
+  }
+  setGte(g: number, value: number): void {
+    this.tables.get(Math.floor(g / PER_TABLE))![g % PER_TABLE] = value;
+    this.log.push(`gte ${g}=${value}`);
+  }
+  ensureTable(t: number): void {
+    if (!this.tables.has(t)) this.tables.set(t, new Uint32Array(PER_TABLE));
+  }
+  reserve(bytes: number): number {
+    const at = this.nextFree;
+    this.nextFree += bytes;
+    this.log.push(`reserve ${bytes}`);
+    return at;
+  }
+  async writeEntryThrough(g: number): Promise<void> {
+    this.log.push(`through ${g}`);
+  }
+}
+
+/** Runs `p` while releasing data writes as they come, until it settles. */
+async function drive(ext: FakeExtent, p: Promise<void>): Promise<void> {
+  let done = false;
+  const settled = p.finally(() => (done = true));
+  while (!done) {
+    await new Promise((r) => setImmediate(r));
+    ext.release();
+  }
+  await settled;
+}
+
+describe('grain allocator (seed 1) against a fake extent', () => {
+  it('one request over four missing grains: one contiguous run, one data write, COW of the two partial grains only, entries set together after the data', async () => {
+    const ext = new FakeExtent();
+    const cowCalls: [number, number][] = [];
+    const cow = async (from: number, into: Buffer): Promise<void> => {
+      cowCalls.push([from, into.length]);
+      into.fill(0xcc);
+    };
+    const offset = 1000;
+    const length = 3 * G + 500; // grains 0..3: partial head (0) and tail (3)
+    const payload = Buffer.alloc(length, 0xab);
+    const run = writeGrains(ext, offset, [payload], length, cow);
+    // The data write is issued and still in flight: no table entry may exist yet.
+    for (let i = 0; i < 5 && ext.writes.length === 0; i++) await new Promise((r) => setImmediate(r));
+    expect(ext.writes).toHaveLength(1);
+    expect(ext.log.filter((l) => l.startsWith('gte'))).toEqual([]);
+    await drive(ext, run);
+
+    // One reservation of four grains, one write covering all of them.
+    expect(ext.log.filter((l) => l.startsWith('reserve'))).toEqual([`reserve ${4 * G}`]);
+    const start = 64 * SECTOR;
+    expect(ext.writes).toHaveLength(1);
+    expect(ext.writes[0]!.at).toBe(start);
+    expect(ext.writes[0]!.bytes.length).toBe(4 * G);
+    // COW once for each partial grain (head before the payload, tail after it), none for whole grains.
+    expect(cowCalls).toEqual([
+      [0, offset],
+      [offset + length, 4 * G - (offset + length)],
+    ]);
+    expect(ext.stats.cowReads).toBe(2);
+    const bytes = ext.writes[0]!.bytes;
+    expect(bytes.subarray(0, offset).every((b) => b === 0xcc)).toBe(true);
+    expect(bytes.subarray(offset, offset + length).equals(payload)).toBe(true);
+    expect(bytes.subarray(offset + length).every((b) => b === 0xcc)).toBe(true);
+    // Entries: contiguous host sectors, all set after the write completed, none written through.
+    const written = ext.log.indexOf(`written ${start}`);
+    const gtes = ext.log.map((l, i) => [l, i] as const).filter(([l]) => l.startsWith('gte'));
+    expect(gtes.map(([l]) => l)).toEqual([0, 1, 2, 3].map((g) => `gte ${g}=${start / SECTOR + (g * G) / SECTOR}`));
+    for (const [, i] of gtes) expect(i).toBeGreaterThan(written);
+    expect(ext.log.some((l) => l.startsWith('through'))).toBe(false);
+    expect(ext.stats.grainsAllocated).toBe(4);
+    expect(ext.stats.dataWrites).toBe(1);
+  });
+
+  it('grains already allocated are written in place, without reserving space or touching entries', async () => {
+    const ext = new FakeExtent();
+    ext.ensureTable(0);
+    ext.setGte(0, 100);
+    ext.setGte(1, 100 + G / SECTOR); // host-contiguous with grain 0
+    ext.log.length = 0;
+    await drive(ext, writeGrains(ext, 512, [Buffer.alloc(G, 1)], G, null));
+    expect(ext.writes).toEqual([{ at: 100 * SECTOR + 512, bytes: Buffer.alloc(G, 1) }]);
+    expect(ext.log.filter((l) => l.startsWith('reserve') || l.startsWith('gte'))).toEqual([]);
+  });
+
+  it('without multi-alloc (QEMU\'s way) the same request goes grain by grain, each entry written through', async () => {
+    const ext = new FakeExtent(true);
+    await drive(ext, writeGrains(ext, 0, [Buffer.alloc(3 * G, 7)], 3 * G, null));
+    expect(ext.log.filter((l) => l.startsWith('reserve'))).toEqual([`reserve ${G}`, `reserve ${G}`, `reserve ${G}`]);
+    expect(ext.log.filter((l) => l.startsWith('through'))).toEqual(['through 0', 'through 1', 'through 2']);
+    expect(ext.writes).toHaveLength(3);
+  });
+
+  it('zeroing whole grains sets zeroed-grain entries, no data written; a partial grain gets real zeros', async () => {
+    const ext = new FakeExtent();
+    ext.ensureTable(0);
+    ext.setGte(0, 100);
+    ext.setGte(1, 200);
+    ext.log.length = 0;
+    await drive(ext, writeZeroGrains(ext, 0, G + 100, null, false));
+    expect(ext.gte(0)).toBe(GTE_ZEROED);
+    expect(ext.stats.zeroGrains).toBe(1);
+    expect(ext.writes).toEqual([{ at: 200 * SECTOR, bytes: Buffer.alloc(100) }]);
+  });
+});
