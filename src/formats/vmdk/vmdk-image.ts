@@ -1,4 +1,3 @@
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
 import createDebug from 'debug';
@@ -12,6 +11,7 @@ import { readLayout, type Layout } from './layout';
 import { SparseExtent } from './sparse-extent';
 import { SeSparseExtent } from './se-sparse-extent';
 import * as hdr from './sparse-header';
+import { vmdkInfo } from './vmdk-info';
 
 const log = createDebug('vdiskfs:vmdk');
 
@@ -372,44 +372,8 @@ export class VmdkImage implements Image {
     return { io, driver };
   }
 
-  async info(): Promise<ImageInfo> {
-    let actual = 0;
-    for (const f of this.hostFiles()) {
-      const st = await fsp.stat(f).catch(() => undefined);
-      if (st) actual += st.blocks * 512;
-    }
-    const d = this.layout.descriptor;
-    const first = this.extents.find((e) => e.grainBytes !== undefined);
-    const info: ImageInfo = {
-      filename: this.path,
-      format: 'vmdk',
-      'virtual-size': this.virtualSize,
-      'actual-size': actual,
-      ...(first ? { 'cluster-size': first.grainBytes } : {}),
-      'dirty-flag': false, // QEMU reports it for VMDK and never sets it
-      'format-specific': {
-        type: 'vmdk',
-        data: {
-          cid: d?.cid ?? 0,
-          'parent-cid': d?.parentCid ?? 0xffffffff,
-          'create-type': d?.createType ?? 'monolithicSparse',
-          extents: this.extents.map((e) => ({
-            filename: e.file?.path ?? '',
-            format: this.layout.embedded ? '' : e.type, // QEMU: a descriptor inside the extent names no type
-            'virtual-size': e.size,
-            ...(e.grainBytes !== undefined ? { 'cluster-size': e.grainBytes } : {}),
-            ...(e instanceof SparseExtent && e.compressed ? { compressed: true } : {}),
-          })),
-        },
-      },
-    };
-    if (this.parentFile) {
-      info['backing-filename'] = d?.parentFileNameHint;
-      info['full-backing-filename'] = this.parentFile;
-      info['backing-filename-format'] = 'vmdk'; // a VMDK parent is always a VMDK (QEMU reports it so)
-      if (this.parent) info['backing-image'] = await this.parent.info();
-    }
-    return info;
+  info(): Promise<ImageInfo> {
+    return vmdkInfo({ path: this.path, virtualSize: this.virtualSize, hostFiles: this.hostFiles(), layout: this.layout, extents: this.extents, parentFile: this.parentFile, parent: this.parent });
   }
 }
 
