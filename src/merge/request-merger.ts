@@ -15,7 +15,6 @@
  * pages need no byte masks, and a read registered in the lock sees exactly the writes issued
  * before it. The cost (a small early write) only hits read-after-unflushed-write patterns.
  */
-import createDebug from 'debug';
 import type { Image } from '../formats/types';
 import { VdiskError, fromNodeError } from '../io/errors';
 import { MergerOptions, ResolvedMergerOptions, resolveMergerOptions } from './options';
@@ -23,8 +22,7 @@ import { pageDown, pageSpan, pageUp, PAGE_SIZE } from './pages';
 import { PendingExtent, PendingExtents, slabBytesFor } from './pending-extents';
 import { OrderedRangeLock, Slots } from './range-lock';
 import { writeExtentAligned } from './extent-writer';
-
-const log = createDebug('vdiskfs:merge');
+import { FailedWrites } from './failed-writes';
 
 export interface WriteOptions {
   /** O_DIRECT / O_SYNC / O_DSYNC handle: the bytes reach the driver before write() returns. */
@@ -68,15 +66,6 @@ interface DriverWrite {
   done: Promise<void>;           // settles when the driver write finished; never rejects
 }
 
-interface FailedRange {
-  start: number;
-  end: number;
-  error: VdiskError;
-}
-
-/** Failed ranges remembered for reads; beyond this the oldest are dropped (the sticky error stays). */
-const MAX_FAILED_RANGES = 64;
-
 export class RequestMerger {
   readonly options: ResolvedMergerOptions;
   private readonly pending: PendingExtents;
@@ -87,8 +76,7 @@ export class RequestMerger {
   private readonly counters = {
     mergedWrites: 0, coalescedWrites: 0, driverWrites: 0, zeroWrites: 0, discards: 0, driverReads: 0, rmwReads: 0, imageFlushes: 0,
   };
-  private failure: FailedRange | undefined;
-  private readonly failedRanges: FailedRange[] = [];
+  private readonly failures: FailedWrites;
   private timer: NodeJS.Timeout | undefined;
   private writeSeq = 0;
   private armedSeq = 0;
@@ -102,6 +90,7 @@ export class RequestMerger {
     this.slabBytes = slabBytesFor(this.options.maxBytes);
     this.pending = new PendingExtents(this.slabBytes);
     this.slots = new Slots(this.options.maxInflight);
+    this.failures = new FailedWrites(image.path, this.options.warn);
   }
 
   get virtualSize(): number {
@@ -129,7 +118,7 @@ export class RequestMerger {
     const lease = this.lock.acquire(span.start, span.end, true);
     try {
       if (lease.ready) await lease.ready;
-      this.throwIfRangeFailed(offset, end);
+      this.failures.throwIfRangeFailed(offset, end);
       this.counters.driverReads++;
       if (span.start === offset && span.end === end) {
         await this.image.read(offset, len === into.length ? into : into.subarray(0, len));
@@ -235,13 +224,13 @@ export class RequestMerger {
       pendingExtents: this.pending.size,
       inflightBytes: this.inflightBytes,
       ...this.counters,
-      failed: this.failure !== undefined,
+      failed: this.failures.failed,
     };
   }
 
   private checkWritable(offset: number, length: number): void {
     if (this.closed) throw VdiskError.io(`write after close of ${this.image.path}`);
-    this.throwIfFailed();
+    this.failures.throwIfFailed();
     if (this.image.readOnly) throw VdiskError.readOnly(`${this.image.path} is read-only`);
     if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.image.virtualSize) {
       throw VdiskError.invalid(`write ${offset}+${length} past the end of ${this.image.path} (${this.image.virtualSize} bytes)`, { offset, length });
@@ -373,7 +362,7 @@ export class RequestMerger {
       const ops = [...this.inflight];
       await Promise.all(ops.map((o) => o.done));
     }
-    this.throwIfFailed();
+    this.failures.throwIfFailed();
   }
 
   private async flushImage(): Promise<void> {
@@ -403,30 +392,6 @@ export class RequestMerger {
 
   private recordFailure(op: DriverWrite, error: VdiskError): void {
     if (!op.acked) return; // nobody was told "done": the waiting write-through caller gets the error itself
-    const range: FailedRange = { start: op.start, end: op.end, error };
-    const msg = `deferred write to ${this.image.path} bytes ${op.start}-${op.end} (${op.bytes} bytes) failed: ${error.message}`;
-    log(msg);
-    // Rule 5: the log must say which range was lost, also without DEBUG set.
-    if (this.options.warn) this.options.warn(msg);
-    else console.error(`vdiskfs: ${msg}`);
-    this.failure ??= range;
-    this.failedRanges.push(range);
-    if (this.failedRanges.length > MAX_FAILED_RANGES) this.failedRanges.shift();
-  }
-
-  /** Rule 5, sticky: once a deferred write failed, every later write/flush/fsync fails until the image is closed. */
-  private throwIfFailed(): void {
-    const f = this.failure;
-    if (f) {
-      throw VdiskError.io(`an earlier deferred write to ${this.image.path} bytes ${f.start}-${f.end} failed: ${f.error.message}`, { path: this.image.path, start: f.start, end: f.end }, f.error);
-    }
-  }
-
-  private throwIfRangeFailed(from: number, to: number): void {
-    for (const f of this.failedRanges) {
-      if (f.start < to && from < f.end) {
-        throw VdiskError.io(`deferred write to ${this.image.path} bytes ${f.start}-${f.end} failed; its data is lost: ${f.error.message}`, { start: f.start, end: f.end }, f.error);
-      }
-    }
+    this.failures.record(op.start, op.end, op.bytes, error);
   }
 }
