@@ -13,12 +13,14 @@ export { VmdkImage };
  *   layout.ts            where the descriptor lives, extent files, parent (open/aux/backing)
  *   sparse-header.ts     KDMV SparseExtentHeader;  stream-marker.ts  streamOptimized markers
  *   sparse-extent.ts     hosted sparse / stream extent: GD, RGD, grain tables, mapping, flush
+ *   grain-directory.ts   GD/RGD read and encode;  compressed-grain.ts  inflating stream grains
  *   grain-table-cache.ts grain tables in memory (LRU, pins, dirty versions)
  *   grain-allocator.ts   THE SEED: multi-grain allocation, one vectored write, entries after
+ *                        (works against GrainSpace, which sparse-extent.ts implements)
  *   flat-extent.ts       FLAT/VMFS and ZERO extents
  *   cowd-header.ts       COWD (vmfsSparse) header, mapped by sparse-extent.ts, read-only
  *   se-sparse-*.ts       ESXi seSparse headers and extent, read-only
- *   vmdk-image.ts        the Image: extents end to end, parent, CID, read loop, map, info
+ *   vmdk-image.ts        the Image: extents end to end, parent, CID, read loop, map;  vmdk-info.ts  info
  *   create.ts, check.ts  qemu-img create -f vmdk / check
  */
 
