@@ -9,6 +9,7 @@ import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, incompatiblePatch } from './header';
 import { readMeta, readSnapshotTable } from './meta';
 import { MIN_V3_EXTRA_DATA } from './snapshot-table';
 import { countRefcountStructures, readStoredRefcounts, walkReferences, writeFreshRefcounts } from './refcount-walk';
+import { withCopied } from './table-entry';
 
 export async function checkQcow2(path: string, repair: boolean): Promise<CheckResult> {
   const first = await checkOnce(path, repair);
@@ -63,7 +64,7 @@ async function checkOnce(path: string, repair: boolean): Promise<CheckResult> {
       const word = Buffer.alloc(4);
       for (const x of wrongCopied) {
         await file.read(word, x.at, 'check');
-        word.writeUInt32BE((x.copied ? word.readUInt32BE(0) & 0x7fffffff : word.readUInt32BE(0) | 0x80000000) >>> 0);
+        word.writeUInt32BE(withCopied(word.readUInt32BE(0), !x.copied));
         await file.write(word, x.at, x.what.startsWith('L1') ? 'l1' : 'l2');
       }
       const b = incompatiblePatch(h.incompatible & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT));

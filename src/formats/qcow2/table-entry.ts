@@ -24,6 +24,10 @@ export function l1Offset(t: Buffer, i: number): number {
 export function l1Copied(t: Buffer, i: number): boolean {
   return (t.readUInt32BE(i * 8) & COPIED_HI) !== 0;
 }
+/** The first (high) word of an L1 or L2 entry with COPIED set or cleared. */
+export function withCopied(hi: number, copied: boolean): number {
+  return (copied ? hi | COPIED_HI : hi & ~COPIED_HI) >>> 0;
+}
 export function setL1(t: Buffer, i: number, host: number, copied: boolean): void {
   const o = i * 8;
   t.writeUInt32BE(((Math.floor(host / TWO32) & OFFSET_HI_MASK) | (copied ? COPIED_HI : 0)) >>> 0, o);
