@@ -83,6 +83,23 @@ export interface SnapshotInfo {
   icount?: number;
 }
 
+/**
+ * Per-driver knobs, one typed object that every layer passes through without looking inside;
+ * each driver reads only its own part (and backing images get the same object).
+ */
+export interface DriverTuning {
+  qcow2?: {
+    /** Metadata cache bytes (L2 tables + refcount blocks); the driver's default when undefined. */
+    cacheSize?: number;
+  };
+  vmdk?: {
+    /** Grain-table cache bytes per sparse extent. */
+    tableCacheBytes?: number;
+    /** Allocate grain by grain, each table entry written through (QEMU's way), for measuring the seed. */
+    noMultiAlloc?: boolean;
+  };
+}
+
 export interface OpenOptions {
   /** Open for writing. A driver may still open read-only (corrupt bit, RDONLY extent): it then sets readOnly=true and logs why. */
   writable: boolean;
@@ -99,10 +116,8 @@ export interface OpenOptions {
    * image, the field and the name.
    */
   reach(name: string, field: string): Promise<string>;
-  /** qcow2 metadata cache size in bytes (L2 + refcount blocks); driver default when undefined. */
-  cacheSize?: number;
-  /** VMDK: allocate grain by grain, each grain-table entry written through (QEMU's way), for measuring the seed. */
-  noMultiAlloc?: boolean;
+  /** Per-driver knobs (cache sizes, the VMDK allocation mode), passed down untouched. */
+  tuning?: DriverTuning;
   /** qcow2: open this internal snapshot read-only instead of the active layer. */
   snapshot?: string;
   /** Logs one line (warnings such as "opened read-only because ..."). */

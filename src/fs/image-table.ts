@@ -1,6 +1,6 @@
 import * as fs from 'node:fs/promises';
 import createDebug from 'debug';
-import type { Image } from '../image';
+import type { DriverTuning, Image } from '../image';
 import { ImageLock, openImage, writerElsewhere } from '../image';
 import { VdiskError } from '../io/errors';
 import type { Confinement } from '../image/confine';
@@ -14,8 +14,8 @@ const log = createDebug('vdiskfs:fs');
 export interface ImageTableOptions {
   readOnly: boolean;
   nullDriver: boolean;
-  cacheSize?: number;
-  noMultiAlloc?: boolean;
+  /** Per-driver knobs, passed to every image opened (src/formats/types.ts). */
+  tuning?: DriverTuning;
   merger: MergerOptions;
   /** What images may reach (src/image/confine.ts). */
   confinement: Confinement;
@@ -194,8 +194,7 @@ export class ImageTable {
     return openImage(view.hostPath, {
       writable,
       format: view.driver.name,
-      cacheSize: this.opts.cacheSize,
-      noMultiAlloc: this.opts.noMultiAlloc,
+      tuning: this.opts.tuning,
       warn: this.opts.warn,
       confinement: this.opts.confinement,
       ...(view.snapshot !== undefined ? { snapshot: view.snapshot } : {}),

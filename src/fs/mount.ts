@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import createDebug from 'debug';
 import type { MergerOptions } from '../merge';
 import { VdiskError } from '../io/errors';
-import { Confinement } from '../image';
+import { Confinement, type DriverTuning } from '../image';
 import { startKernelTransport } from '../fuse/kernel-transport';
 import { MNT_DETACH, geteuid, umount2 } from '../io/syscalls';
 import { isMounted, isOurMount, startFuseNativeTransport, unmountPath } from './fuse-session';
@@ -29,8 +29,8 @@ export interface MountOptions {
   merger: MergerOptions;
   /** Folders outside `images` that images may reach too (--allow-outside). */
   allowOutside: string[];
-  cacheSize?: number;
-  noMultiAlloc?: boolean;
+  /** Per-driver knobs (--cache-size, --no-multi-alloc), passed down untouched. */
+  tuning?: DriverTuning;
   /** Print every image's counters (host I/O, metadata writes, cache hits, merging) at unmount. */
   stats?: boolean;
   /** Who speaks FUSE to the kernel: our kernel-protocol loop (default) or fuse-native (libfuse 2.9). */
@@ -172,8 +172,7 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
   table = new ImageTable({
     readOnly: opts.readOnly,
     nullDriver: opts.nullDriver,
-    cacheSize: opts.cacheSize,
-    noMultiAlloc: opts.noMultiAlloc,
+    tuning: opts.tuning,
     merger: opts.merger,
     confinement,
     warn: opts.warn,

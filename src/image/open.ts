@@ -1,6 +1,6 @@
 import * as fs from 'node:fs/promises';
 import createDebug from 'debug';
-import type { Image, OpenOptions } from '../formats/types';
+import type { DriverTuning, Image, OpenOptions } from '../formats/types';
 import { VdiskError } from '../io/errors';
 import { Confinement } from './confine';
 import { detectFormat, probeImage, readHead } from './probe';
@@ -13,8 +13,8 @@ export const MAX_CHAIN_DEPTH = 64;
 
 export interface OpenImageOptions {
   writable: boolean;
-  cacheSize?: number;
-  noMultiAlloc?: boolean;
+  /** Per-driver knobs, handed to the driver (and to backing images) untouched. */
+  tuning?: DriverTuning;
   snapshot?: string;
   /** Format named by the referring image (backing format); skips the extension check. */
   format?: string;
@@ -61,12 +61,11 @@ export function driverOptions(file: string, opts: OpenImageOptions & { confineme
   const warn = opts.warn ?? ((m: string) => log('warning: %s', m));
   return {
     writable: opts.writable,
-    cacheSize: opts.cacheSize,
-    noMultiAlloc: opts.noMultiAlloc,
+    tuning: opts.tuning,
     snapshot: opts.snapshot,
     warn,
     reach: (name, field) => opts.confinement.reach(file, name, field),
-    openBacking: (p, format) => openImage(p, { writable: false, format, warn, cacheSize: opts.cacheSize, confinement: opts.confinement }, chain),
+    openBacking: (p, format) => openImage(p, { writable: false, format, warn, tuning: opts.tuning, confinement: opts.confinement }, chain),
   };
 }
 

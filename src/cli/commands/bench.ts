@@ -11,6 +11,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { openImage, driverByName } from '../../image';
 import type { Image } from '../../image';
 import { VdiskError, isVdiskError } from '../../io/errors';
+import { tuningFromOptions } from '../tuning';
 
 /** What -t means here. Node has no O_DIRECT with aligned buffers, so no mode bypasses the host page cache. */
 export type CacheMode = 'none' | 'writeback' | 'writethrough' | 'directsync' | 'unsafe';
@@ -178,8 +179,7 @@ export async function runBench(o: BenchOptions, out: (line: string) => void): Pr
   const image = await openImage(o.file, {
     writable: o.write,
     format: o.format,
-    noMultiAlloc: o.noMultiAlloc,
-    cacheSize: o.cacheSize,
+    tuning: tuningFromOptions(o.cacheSize, !o.noMultiAlloc),
     warn: (m) => process.stderr.write(`vdiskfs: warning: ${m}\n`),
   });
   try {

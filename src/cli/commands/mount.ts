@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { checkMountArguments, mountImages } from '../../fs/mount';
 import { withAllowOutside } from '../allow-outside';
+import { tuningFromOptions } from '../tuning';
 import { VdiskError } from '../../io/errors';
 import { parseSize } from '../size';
 import { enableDebug, reportFatal, warn } from '../output';
@@ -98,8 +99,7 @@ async function runMount(argv: MountArgs): Promise<number> {
       fuseOptions: ([] as string[]).concat(argv.o ?? []).flatMap((o) => o.split(',')).filter(Boolean),
       nullDriver: argv['null-driver'],
       merger: { merge: argv.merge, maxBytes: parseSize(argv['merge-max'], '--merge-max'), delayMs: argv['merge-delay'] },
-      cacheSize: argv['cache-size'] ? parseSize(argv['cache-size'], '--cache-size') : undefined,
-      noMultiAlloc: !argv['multi-alloc'],
+      tuning: tuningFromOptions(argv['cache-size'] ? parseSize(argv['cache-size'], '--cache-size') : undefined, argv['multi-alloc']),
       allowOutside: argv['allow-outside'],
       stats: argv.stats,
       transport: argv.transport,

@@ -72,7 +72,7 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
     const counters: DriverCounters = { metadataWrites: 0, dataWrites: 0, hostFlushes: 0, allocatedClusters: 0 };
     let refcounts: Refcounts | undefined;
     let image: Qcow2Image | undefined;
-    const cache = new MetadataCache(opts.cacheSize ?? defaultCacheSize(cs, extended ? 16 : 8), cs, {
+    const cache = new MetadataCache(opts.tuning?.qcow2?.cacheSize ?? defaultCacheSize(cs, extended ? 16 : 8), cs, {
       load: async (kind, offset, into) => {
         // A table past everything allocated would be written back there: hostile, refuse.
         if (refcounts && offset >= refcounts.nextFree * cs) throw VdiskError.corrupt(`qcow2 ${kind} table at ${offset} lies past the end of the image`);

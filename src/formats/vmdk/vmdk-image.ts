@@ -69,7 +69,8 @@ export class VmdkImage implements Image {
     const warn = opts.warn;
     let readOnly = !opts.writable;
     const extents: VmdkExtent[] = [];
-    const cacheBytes = opts.cacheSize ?? DEFAULT_GT_CACHE_BYTES;
+    const cacheBytes = opts.tuning?.vmdk?.tableCacheBytes ?? DEFAULT_GT_CACHE_BYTES;
+    const noMultiAlloc = !!opts.tuning?.vmdk?.noMultiAlloc;
     let descriptorFile: HostFile | undefined;
     let embeddedIn: HostFile | undefined;
     try {
@@ -83,7 +84,7 @@ export class VmdkImage implements Image {
         const f = await HostFile.open(file, opts.writable && access === 'RW');
         embeddedIn = f;
         const capacity = layout.header!.capacity * hdr.SECTOR;
-        const ext = await SparseExtent.open(f, { access, size: capacity, fileName: path.basename(file), writable: f.writable, noMultiAlloc: !!opts.noMultiAlloc, cacheBytes, warn });
+        const ext = await SparseExtent.open(f, { access, size: capacity, fileName: path.basename(file), writable: f.writable, noMultiAlloc, cacheBytes, warn });
         extents.push(ext);
       } else {
         const d = desc!;
@@ -100,7 +101,7 @@ export class VmdkImage implements Image {
             extents.push(new FlatExtent(line.type, line.access, size, await HostFile.open(p, wantWrite), line.fileName, line.offsetSectors));
           } else if (line.type === 'SPARSE' || line.type === 'VMFSSPARSE') {
             const f = await HostFile.open(p, wantWrite);
-            extents.push(await openSparseFile(f, line.fileName, line.access, size, wantWrite, !!opts.noMultiAlloc, cacheBytes, warn));
+            extents.push(await openSparseFile(f, line.fileName, line.access, size, wantWrite, noMultiAlloc, cacheBytes, warn));
           } else if (line.type === 'SESPARSE') {
             const f = await HostFile.open(p, false);
             try {

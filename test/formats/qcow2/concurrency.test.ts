@@ -40,7 +40,7 @@ describe('qcow2 concurrency', () => {
     const b = path.join(dir, 'rw-base.raw');
     fs.writeFileSync(b, Buffer.alloc(8 * MiB, 0xbb));
     qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', b, '-o', 'cluster_size=16k', f, '8M']);
-    const img = await openImage(f, { writable: true, cacheSize: 64 * 1024 });
+    const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 64 * 1024 } } });
     const r = rng(99);
     const mirror = Buffer.alloc(8 * MiB, 0xbb);
     // Each 64 KiB block is written once with its own byte value; readers check each block is all-old or all-new.

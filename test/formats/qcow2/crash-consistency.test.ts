@@ -74,7 +74,7 @@ describe('qcow2 crash consistency (program order)', () => {
     qemuIo(f, ['write -P 0x32 6M 1M']);
     qemuImg(['snapshot', '-c', 'snap', f]); // shared clusters and tables
     const { states, stop } = recordCrashStates(f, 'states');
-    const img = await openImage(f, { writable: true, cacheSize: 3 * 4096 });
+    const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 3 * 4096 } } });
     const r = rng(7);
     for (let op = 0; op < 160; op++) {
       const len = 1 + Math.floor(r() * (r() < 0.7 ? 9000 : 70000));
@@ -95,7 +95,7 @@ describe('qcow2 crash consistency (program order)', () => {
     const f = path.join(dir, 'grow.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512,refcount_bits=64', f, '1M']);
     const { states, stop } = recordCrashStates(f, 'states-grow');
-    const img = await openImage(f, { writable: true, cacheSize: 8 * 512 });
+    const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 8 * 512 } } });
     const r = rng(11);
     for (let op = 0; op < 30; op++) {
       if (op === 15) await img.resize!(3 * MiB);

@@ -41,7 +41,7 @@ describe('qcow2 crash states: any subset of unsynced writes', () => {
       const rec = new CrashRecorder(f);
       try {
         // Two tables' worth of cache: every allocation evicts.
-        const img = await openImage(f, { writable: true, cacheSize: 2 * 4096 });
+        const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 2 * 4096 } } });
         await concurrentStorm(img, rec, 100 + v.seed, 4, 14, 4096);
         await rec.guestFlush(() => img.flush());
         await concurrentStorm(img, rec, 200 + v.seed, 3, 8, 4096);

@@ -38,7 +38,7 @@ describe('qcow2 discard and cluster reuse under crash states', () => {
       const rec = new CrashRecorder(f);
       try {
         // A tiny cache: tables are evicted (written back) in the middle of discards and writes.
-        const img = await openImage(f, { writable: true, cacheSize: 2 * 4096 });
+        const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 2 * 4096 } } });
         const discard = (off: number, len: number) => rec.guestWrite(off, Buffer.alloc(len), () => img.discard(off, len));
         const write = (off: number, len: number, fill: number) => {
           const data = Buffer.alloc(len, fill);

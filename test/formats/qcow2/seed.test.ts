@@ -63,7 +63,7 @@ describe('qcow2 metadata cache (seed 2)', () => {
     const stop = addIoObserver((e) => {
       if (e.path === f) events.push(e);
     });
-    const img = await openImage(f, { writable: true, cacheSize: 4 * 4096 });
+    const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 4 * 4096 } } });
     const r = rng(4242);
     for (let op = 0; op < 3000; op++) {
       const len = 1 + Math.floor(r() * (r() < 0.8 ? 8192 : 131072));

@@ -116,7 +116,7 @@ describe('qcow2 write storms (oracle: qemu-img check + compare)', () => {
       }) : [];
       const mirror = fs.readFileSync(qemuRaw(f));
       expect(mirror.length).toBe(v.size);
-      const img = await openImage(f, { writable: true, cacheSize: 256 * 1024 });
+      const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 256 * 1024 } } });
       await storm(img, mirror, { seed: 1000 + idx, ops: v.ops ?? 200, maxLen: v.maxLen });
       // Read-your-writes before close.
       expect((await readAll(img)).equals(mirror)).toBe(true);
@@ -145,7 +145,7 @@ describe('qcow2 write storms over several sessions', () => {
       qemuImg(['create', '-q', '-f', 'qcow2', '-o', opts, f, String(8 * MiB)]);
       const mirror = Buffer.alloc(8 * MiB);
       for (let s = 0; s < 3; s++) {
-        const img = await openImage(f, { writable: true, cacheSize: s === 1 ? 8192 : undefined });
+        const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: s === 1 ? 8192 : undefined } } });
         await storm(img, mirror, { seed: 500 + s, ops: 60, maxLen: 512 * 1024 });
         await img.close();
         const check = qemuCheck(f);

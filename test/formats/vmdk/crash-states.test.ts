@@ -33,7 +33,7 @@ describe('vmdk crash states: any subset of unsynced writes', () => {
 
       const rec = new CrashRecorder(f);
       try {
-        const img = await openImage(f, { writable: true, cacheSize: 2048 });
+        const img = await openImage(f, { writable: true, tuning: { vmdk: { tableCacheBytes: 2048 } } });
         await concurrentStorm(img, rec, 300 + v.seed, 4, 10, 65536);
         await rec.guestFlush(() => img.flush());
         await concurrentStorm(img, rec, 400 + v.seed, 3, 8, 65536);

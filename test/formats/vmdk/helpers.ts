@@ -40,7 +40,7 @@ export async function hashImage(img: Image): Promise<string> {
 }
 
 export async function hashFile(file: string, opts: { noMultiAlloc?: boolean } = {}): Promise<string> {
-  const img = await openImage(file, { writable: false, ...opts });
+  const img = await openImage(file, { writable: false, tuning: { vmdk: { noMultiAlloc: opts.noMultiAlloc } } });
   try {
     return await hashImage(img);
   } finally {

@@ -85,7 +85,7 @@ describe('vmdk multi-grain allocation (the seed)', () => {
   it('--no-multi-alloc is QEMU\'s way: one write per grain, each entry written through at once', async () => {
     const f = path.join(dir, 'qemu-way.vmdk');
     qemuImg(['create', '-f', 'vmdk', f, '64M']);
-    const img = await openImage(f, { writable: true, noMultiAlloc: true });
+    const img = await openImage(f, { writable: true, tuning: { vmdk: { noMultiAlloc: true } } });
     const rec = record(f);
     try {
       await img.write(0, Buffer.alloc(MiB, 0xab));

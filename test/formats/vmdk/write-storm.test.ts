@@ -124,7 +124,7 @@ describe('vmdk write storms (qemu-img check + compare)', () => {
         const mirror = qemuRaw(f, `${f}.mirror`);
         const fd = fs.openSync(mirror, 'r+');
         try {
-          const img = await openImage(f, { writable: true, noMultiAlloc, cacheSize: v.cacheSize });
+          const img = await openImage(f, { writable: true, tuning: { vmdk: { noMultiAlloc, tableCacheBytes: v.cacheSize } } });
           expect(img.readOnly).toBe(false);
           try {
             await storm(img, fd, s, 120, v.hot ?? [[0, v.size]]);
