@@ -141,23 +141,38 @@ async function startDaemon(argv: MountArgs): Promise<number> {
     env: process.env,
   });
   fs.closeSync(log);
-  // Ctrl-C while waiting: the child (its own session, so the terminal's signal misses it) is told
-  // too, takes down what it mounted, and reports back; nothing stays mounted.
-  const forward = (sig: NodeJS.Signals) => child.kill(sig);
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, forward);
+  // Ctrl-C before this command returns (while the child starts, and while we print what it
+  // shows): the child (its own session, so the terminal's signal misses it) is told too, takes
+  // down what it mounted and exits; nothing stays mounted.
+  let interrupted = false;
+  let childExited = false;
+  const childGone = new Promise<void>((res) => child.once('exit', () => { childExited = true; res(); }));
+  const forward = (sig: NodeJS.Signals) => {
+    interrupted = true;
+    child.kill(sig);
+  };
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  for (const sig of signals) process.on(sig, forward);
   const result = await new Promise<{ ok: boolean; message?: string }>((resolve) => {
     child.once('message', (m) => resolve(m as { ok: boolean; message?: string }));
     child.once('exit', (code) => resolve({ ok: false, message: `mount process exited (code ${code}); see ${logFile}` }));
     child.once('error', (e) => resolve({ ok: false, message: e.message }));
   });
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, forward);
+  if (result.ok && !interrupted) {
+    writeMountRecord(argv.mountpoint, { logFile, stats: argv.stats, images: fs.realpathSync(argv.images) });
+    await reportBackgroundMount(path.resolve(argv.mountpoint), logFile, logStart).catch((e: Error) => warn(`cannot list ${argv.mountpoint}: ${e.message}`));
+  }
+  if (interrupted && !childExited) await childGone; // the child unmounts and exits on the forwarded signal
+  for (const sig of signals) process.off(sig, forward);
   child.unref();
   child.channel?.unref?.();
+  if (interrupted) {
+    warn(`interrupted: ${argv.mountpoint} is not mounted`);
+    return 130;
+  }
   if (!result.ok) {
     warn(result.message ?? 'mount failed');
     return 1;
   }
-  writeMountRecord(argv.mountpoint, { logFile, stats: argv.stats, images: fs.realpathSync(argv.images) });
-  await reportBackgroundMount(path.resolve(argv.mountpoint), logFile, logStart);
   return 0;
 }
