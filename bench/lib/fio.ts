@@ -80,7 +80,7 @@ export function parseFioJson(text: string): FioResult {
   if (start < 0) throw new Error(`no JSON in fio output: ${text.trim().split('\n')[0] ?? ''}`);
   let doc: { jobs?: Array<{ jobname?: string; error?: number; read?: FioSide; write?: FioSide }> };
   try {
-    doc = JSON.parse(text.slice(start));
+    doc = JSON.parse(text.slice(start)) as typeof doc;
   } catch (e) {
     throw new Error(`fio output is not valid JSON: ${(e as Error).message}`);
   }

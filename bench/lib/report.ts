@@ -40,7 +40,7 @@ export function ceilingTable(m: MatrixResult, jobs: readonly FioJob[], targets: 
       return g === undefined ? formatRatio(r) : `${formatRatio(r)} (${verdict(r, g)})`;
     }),
   ]);
-  const align = headers.map((_, i) => (i === 0 ? 'l' : 'r') as 'l' | 'r');
+  const align = headers.map((_, i) => (i === 0 ? 'l' : 'r'));
   return [markdownTable(headers, rows, align), ...notes(m, targets, jobs)].join('\n');
 }
 
@@ -59,7 +59,7 @@ export function peerTable(m: MatrixResult, jobs: readonly FioJob[], ours: Target
     for (const t of ceiling ? [ceiling, ...others] : others) row.push(cell(m, j.id, t.id), formatRatio(ratio(m.samples.median(j.id, t.id), m.samples.median(j.id, peer.id))));
     return row;
   });
-  const align = headers.map((_, i) => (i === 0 || i === 4 ? 'l' : 'r') as 'l' | 'r');
+  const align = headers.map((_, i) => (i === 0 || i === 4 ? 'l' : 'r'));
   const all = [ours, peer, ...(ceiling ? [ceiling] : []), ...others];
   return [markdownTable(headers, rows, align), ...notes(m, all, jobs)].join('\n');
 }
@@ -78,6 +78,6 @@ export function cpuTable(m: MatrixResult, jobs: readonly FioJob[], targets: read
     }),
     m.requestSizes.get(`${j.id}/${sizesOf.id}`) ?? 'n/a',
   ]);
-  const align = headers.map((_, i) => (i === 0 || i === headers.length - 1 ? 'l' : 'r') as 'l' | 'r');
+  const align = headers.map((_, i) => (i === 0 || i === headers.length - 1 ? 'l' : 'r'));
   return markdownTable(headers, rows, align);
 }

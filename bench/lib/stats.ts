@@ -50,7 +50,7 @@ export class Samples {
 
   add(job: string, target: string, value: number): void {
     let byTarget = this.data.get(job);
-    if (!byTarget) this.data.set(job, (byTarget = new Map()));
+    if (!byTarget) this.data.set(job, (byTarget = new Map<string, number[]>()));
     let xs = byTarget.get(target);
     if (!xs) byTarget.set(target, (xs = []));
     xs.push(value);

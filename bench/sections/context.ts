@@ -11,7 +11,7 @@ export interface SectionContext {
   jobs: FioJob[];
   /** Extra node flags for our mount (profiling). */
   nodeArgs: string[];
-  log(line: string): void;
+  log: (line: string) => void;
   /** Keeps raw samples for latest.json. */
   record(name: string, data: unknown): void;
 }

@@ -15,5 +15,5 @@ export function withAllowOutside<T>(y: Argv<T>): Argv<T & { 'allow-outside': str
     default: [] as string[],
     requiresArg: true,
     describe: 'let images reach backing files and extents in this folder too (repeatable)',
-  }) as unknown as Argv<T & { 'allow-outside': string[] }>;
+  });
 }

@@ -10,7 +10,7 @@ export function withFormat<T>(y: Argv<T>): Argv<T & { format?: string }> {
     requiresArg: true,
     choices: ['qcow2', 'vmdk', 'raw'],
     describe: 'the image format (default: found from the content)',
-  }) as unknown as Argv<T & { format?: string }>;
+  });
 }
 
 /**

@@ -8,7 +8,7 @@ export function withForceShare<T>(y: Argv<T>): Argv<T & { 'force-share': boolean
     type: 'boolean',
     default: false,
     describe: 'read the image even while another process (a VM, a vdiskfs mount) writes it; what you see may be inconsistent',
-  }) as unknown as Argv<T & { 'force-share': boolean }>;
+  });
 }
 
 /** What a reading command takes: qemu-img's shared read lock (no writers meanwhile), or with -U only "someone reads". */

@@ -9,19 +9,23 @@ if (process.argv.includes('--debug')) enableDebug();
 /* eslint-disable @typescript-eslint/no-require-imports */
 // Each command's module is loaded only when that command runs: `vdiskfs check` should not pay
 // for FUSE, the mount stack or the benchmark code (start-up is most of a small check's time).
-const COMMANDS: Record<string, () => CommandModule<any, any>> = {
-  mount: () => require('./commands/mount').mountCommand,
-  unmount: () => require('./commands/unmount').unmountCommand,
-  create: () => require('./commands/create').createCommand,
-  info: () => require('./commands/info').infoCommand,
-  check: () => require('./commands/check').checkCommand,
-  map: () => require('./commands/map').mapCommand,
-  bench: () => require('./commands/bench').benchCommand,
+// Each command has its own argument type; yargs' `command()` takes any of them.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AnyCommand = CommandModule<any, any>;
+const COMMANDS: Record<string, () => AnyCommand> = {
+  mount: () => (require('./commands/mount') as typeof import('./commands/mount')).mountCommand,
+  unmount: () => (require('./commands/unmount') as typeof import('./commands/unmount')).unmountCommand,
+  create: () => (require('./commands/create') as typeof import('./commands/create')).createCommand,
+  info: () => (require('./commands/info') as typeof import('./commands/info')).infoCommand,
+  check: () => (require('./commands/check') as typeof import('./commands/check')).checkCommand,
+  map: () => (require('./commands/map') as typeof import('./commands/map')).mapCommand,
+  bench: () => (require('./commands/bench') as typeof import('./commands/bench')).benchCommand,
 };
+/* eslint-enable @typescript-eslint/no-require-imports */
 const ALIASES: Record<string, string> = { umount: 'unmount' };
 
 /** The command named on the command line, when it is one we know; otherwise all are loaded (help, typos). */
-function commandsToLoad(args: string[]): Array<() => CommandModule<any, any>> {
+function commandsToLoad(args: string[]): Array<() => AnyCommand> {
   const first = args.find((a) => !a.startsWith('-'));
   const name = first && (ALIASES[first] ?? first);
   const only = name ? COMMANDS[name] : undefined;
@@ -34,6 +38,7 @@ async function main(): Promise<void> {
     .scriptName('vdiskfs')
     .usage('$0 <command> [options]\n\nShows VM disk images (qcow2, VMDK) as flat raw files you can dd, fio, losetup and mount.')
     .option('debug', { type: 'boolean', default: false, global: true, describe: 'log what each layer does, and show the stack of an unexpected error (same as DEBUG=vdiskfs:*)' });
+  // eslint-disable-next-line @typescript-eslint/no-unsafe-argument -- see AnyCommand
   for (const load of commandsToLoad(args)) cli.command(load());
   await cli
     .demandCommand(1, 'name a command: mount, unmount, create, info, check, map, bench')

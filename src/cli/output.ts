@@ -1,3 +1,4 @@
+import { inspect } from 'node:util';
 import createDebug from 'debug';
 import { isVdiskError } from '../io/errors';
 
@@ -18,7 +19,7 @@ export function reportFatal(e: unknown): number {
   const debugging = createDebug.enabled('vdiskfs:cli');
   if (isVdiskError(e)) {
     warn(e.message);
-    if (debugging && e.cause) process.stderr.write(`${(e.cause as Error).stack ?? e.cause}\n`);
+    if (debugging && e.cause) process.stderr.write(`${e.cause instanceof Error ? (e.cause.stack ?? e.cause.message) : inspect(e.cause)}\n`);
   } else if (isHostError(e)) {
     // The system refused a file operation (missing file, no permission, a folder, a full disk):
     // that is the user's situation to fix, not a bug in vdiskfs.

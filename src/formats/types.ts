@@ -108,20 +108,20 @@ export interface OpenOptions {
    * `format` from the image's header wins when given). The path comes from `reach()`.
    * Backing images open read-only.
    */
-  openBacking(path: string, format?: string): Promise<Image>;
+  openBacking: (path: string, format?: string) => Promise<Image>;
   /**
    * Every file name an image carries (backing file, data file, extent, parent) goes through
    * here before it is opened: the confinement rule (src/image/confine.ts) gives the real path of
    * a regular file inside the folders this image may reach, or throws one line naming the
    * image, the field and the name.
    */
-  reach(name: string, field: string): Promise<string>;
+  reach: (name: string, field: string) => Promise<string>;
   /** Per-driver knobs (cache sizes, the VMDK allocation mode), passed down untouched. */
   tuning?: DriverTuning;
   /** qcow2: open this internal snapshot read-only instead of the active layer. */
   snapshot?: string;
   /** Logs one line (warnings such as "opened read-only because ..."). */
-  warn(message: string): void;
+  warn: (message: string) => void;
 }
 
 export interface CreateOptions {
@@ -131,9 +131,9 @@ export interface CreateOptions {
   backingFile?: string;
   backingFormat?: string;
   /** Opens an image (for reading a backing file's size / CID). */
-  openBacking(path: string, format?: string): Promise<Image>;
+  openBacking: (path: string, format?: string) => Promise<Image>;
   /** The confinement rule for names the new image carries (see OpenOptions.reach). */
-  reach(name: string, field: string): Promise<string>;
+  reach: (name: string, field: string) => Promise<string>;
 }
 
 export interface CheckResult {

@@ -22,8 +22,8 @@ export interface SessionOptions {
  */
 function loadFuse(): typeof import('fuse-native').default {
   try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    return require('fuse-native');
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on use, see above
+    return require('fuse-native') as typeof import('fuse-native').default;
   } catch (e) {
     const msg = (e as Error).message ?? '';
     if (/libfuse\.so/.test(msg)) throw new VdiskError('ENOENT', 'libfuse.so.2 is not installed (apt-get install libfuse2)');

@@ -19,7 +19,7 @@ export interface ImageTableOptions {
   merger: MergerOptions;
   /** What images may reach (src/image/confine.ts). */
   confinement: Confinement;
-  warn(message: string): void;
+  warn: (message: string) => void;
   /** True when another image in the tree uses this one as its backing file / parent. */
   isBackingOfAnother(hostPath: string): Promise<boolean>;
 }

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import createDebug from 'debug';
@@ -39,7 +40,7 @@ export interface MountOptions {
   partitions?: boolean;
   /** Kernel transport: the kernel caches writes (WRITEBACK_CACHE). */
   writebackCache?: boolean;
-  warn(message: string): void;
+  warn: (message: string) => void;
 }
 
 /** fuse-native: how often we look whether someone else (umount, fusermount -u) unmounted us. */
@@ -147,7 +148,7 @@ function clearDeadMount(mountpoint: string, warn?: (m: string) => void): void {
   }
   try {
     if (geteuid() === 0) umount2(mountpoint, MNT_DETACH);
-    else require('node:child_process').execFileSync('fusermount3', ['-u', '-z', mountpoint], { stdio: 'ignore' });
+    else execFileSync('fusermount3', ['-u', '-z', mountpoint], { stdio: 'ignore' });
   } catch (e) {
     throw new VdiskError('EBUSY', `${mountpoint} holds a dead vdiskfs mount that could not be cleared: ${(e as Error).message}`);
   }
@@ -160,6 +161,8 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
   checkMountArguments(images, mountpoint, opts.fuseOptions, opts.warn);
 
   const confinement = await Confinement.create(images, opts.allowOutside);
+  // Assigned once below; the tree's isOpen callback (made first) reads it later.
+  // eslint-disable-next-line prefer-const
   let table: ImageTable | undefined;
   let partitions: PartitionViews | undefined;
   const tree = new ViewTree(images, {

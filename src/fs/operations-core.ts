@@ -15,7 +15,7 @@ export interface CoreContext {
   /** Partition files (absent with --no-partitions). */
   partitions?: PartitionViews;
   readOnly: boolean;
-  warn(message: string): void;
+  warn: (message: string) => void;
 }
 
 /** What a transport needs to answer stat(2) for a mounted path. Times in ms since the epoch. */

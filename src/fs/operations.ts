@@ -11,7 +11,7 @@ function answer<T>(what: string, fn: () => Promise<T>, cb: (err: number, v?: T) 
   try {
     p = fn();
   } catch (e) {
-    p = Promise.reject(e);
+    p = Promise.reject(e instanceof Error ? e : new Error(String(e)));
   }
   p.then(
     (v) => cb(0, v),

@@ -11,7 +11,7 @@ export interface TransportOptions {
   debug: boolean;
   /** Kernel transport: let the kernel cache writes (WRITEBACK_CACHE). */
   writebackCache: boolean;
-  warn(message: string): void;
+  warn: (message: string) => void;
 }
 
 /** A mounted FUSE session, whichever transport speaks to the kernel. */

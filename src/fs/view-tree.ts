@@ -37,7 +37,7 @@ export type ViewEntry = { kind: 'dir'; hostPath: string } | ImageView;
 export interface ViewTreeOptions {
   includeRaw: boolean;
   /** Logs one line; called once per left-out file (until the file changes). */
-  warn(message: string): void;
+  warn: (message: string) => void;
   /** True while the mount has this image open: its probe is kept (our own writes change mtime). */
   isOpen(hostPath: string): boolean;
   /** What images in this tree may reach (src/image/confine.ts). */

@@ -20,7 +20,7 @@ export interface ReplySink {
 
 export interface KernelAdapterOptions {
   writebackCache: boolean;
-  warn(message: string): void;
+  warn: (message: string) => void;
   /** DESTROY came: the kernel is done with this mount. */
   onDestroy(): void;
 }

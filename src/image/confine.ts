@@ -160,6 +160,7 @@ function kindOf(st: import('node:fs').Stats): string {
 
 /** Names from images may hold control characters: never let them break a log line. */
 function printable(name: string): string {
+  // eslint-disable-next-line no-control-regex -- control characters are what it looks for
   const s = name.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
   return s.length > 200 ? s.slice(0, 200) + '…' : s;
 }

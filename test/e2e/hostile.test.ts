@@ -115,7 +115,7 @@ interface OpenTracer {
 async function traceOpens(pid: number, log: string): Promise<OpenTracer> {
   const proc = spawn('strace', ['-f', '-qq', '-y', '-s', '8192', '-e', 'trace=open,openat,openat2,creat', '-o', log, '-p', String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
-  proc.stderr!.on('data', (d) => (err += d));
+  proc.stderr.on('data', (d) => (err += d));
   proc.once('error', (e) => (err += `${e.message} (this test needs strace installed)`));
   const exited = new Promise<void>((res) => {
     proc.once('exit', () => res());

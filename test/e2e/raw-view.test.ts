@@ -3,7 +3,7 @@
  * device with ext4 on it, naming and discovery. Raw images (.img, --include-raw) so the FUSE,
  * merger and image layers are tested without a format driver in the way.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -61,7 +61,7 @@ describe('raw views through a real mount', () => {
     fs.writeFileSync(path.join(fx.dir, 'db'), db);
     const dd = (src: string, dst: string, bs: string) =>
       new Promise<number>((res) => {
-        const p = require('node:child_process').spawn('dd', [`if=${src}`, `of=${dst}`, `bs=${bs}`, 'conv=notrunc,fsync', 'status=none']);
+        const p = spawn('dd', [`if=${src}`, `of=${dst}`, `bs=${bs}`, 'conv=notrunc,fsync', 'status=none']);
         p.on('exit', (c: number) => res(c));
       });
     const codes = await Promise.all([dd(path.join(fx.dir, 'da'), `${mnt}/a.img.raw`, '4k'), dd(path.join(fx.dir, 'db'), `${mnt}/sub/b.img.raw`, '128k')]);

@@ -51,8 +51,8 @@ export async function mount(images: string, mnt: string, args: string[] = []): P
   const proc = spawn(process.execPath, [CLI, 'mount', '-f', ...transport, ...args, images, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
   trackPid(proc.pid);
   let err = '';
-  proc.stderr!.on('data', (d) => (err += d));
-  proc.stdout!.on('data', (d) => (err += d));
+  proc.stderr.on('data', (d) => (err += d));
+  proc.stdout.on('data', (d) => (err += d));
   const exited = new Promise<number | null>((res) => proc.once('exit', (code) => res(code)));
   const deadline = Date.now() + 15_000;
   while (!isMounted(mnt)) {

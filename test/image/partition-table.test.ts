@@ -115,7 +115,7 @@ describe('readPartitionTable', () => {
     // GPT whose entries were changed without fixing the checksum.
     const g = disk('gpt-bad.img', 32, 'label: gpt\n,8M,L\n');
     const gb = fs.readFileSync(g);
-    gb[2 * SECTOR + 32] ^= 0xff;
+    gb[2 * SECTOR + 32]! ^= 0xff;
     fs.writeFileSync(g, gb);
     expect(await table(g)).toMatchObject({ kind: 'damaged', reason: expect.stringMatching(/checksum/) });
   });

@@ -140,7 +140,7 @@ describe('SCM_RIGHTS', () => {
     const buf = Buffer.alloc(5);
     fs.readSync(got, buf, 0, 5, 0);
     expect(buf.toString()).toBe('hello');
-    expect(sys.fcntlGetFlags(got) & fs.constants.O_ACCMODE).toBe(fs.constants.O_RDONLY);
+    expect(sys.fcntlGetFlags(got) & 3 /* O_ACCMODE */).toBe(fs.constants.O_RDONLY);
   });
 
   it('recvFd fails with one line when the peer closes without sending', () => {

@@ -5,7 +5,7 @@ import { rng } from '../helpers/qemu';
 describe('PendingExtents', () => {
   it('appends a sequential stream into one slab', () => {
     const p = new PendingExtents(1 << 20);
-    let x;
+    let x: ReturnType<typeof p.put> | undefined;
     for (let i = 0; i < 100; i++) x = p.put(i * 4096, Buffer.alloc(4096, i), true);
     expect(p.size).toBe(1);
     expect(p.bytes).toBe(100 * 4096);

@@ -272,7 +272,7 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
       .option('multi-alloc', { type: 'boolean', default: true, describe: 'VMDK: allocate all grains of a request at once (--no-multi-alloc: grain by grain, QEMU\'s way)' })
       .option('cache-size', { type: 'string', describe: 'qcow2 metadata cache size in bytes (K/M suffixes)' })
       .example('$0 bench -w -c 1024 -s 128K -d 1 -t none -f vmdk test.vmdk', '1024 sequential 128 KiB writes, one at a time')
-      .example('$0 bench -c 10000 -d 16 -s 4K -S 1M disk.qcow2', '10000 reads of 4 KiB, 16 in flight, 1 MiB apart') as unknown as Argv<BenchArgs>,
+      .example('$0 bench -c 10000 -d 16 -s 4K -S 1M disk.qcow2', '10000 reads of 4 KiB, 16 in flight, 1 MiB apart'),
   handler: async (args) => {
     const o = optionsFromArgs(args);
     await runBench(o, (line) => process.stdout.write(line + '\n'));

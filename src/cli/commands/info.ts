@@ -76,7 +76,7 @@ function dump(data: Record<string, unknown>, indent: string): string[] {
       });
     } else if (v && typeof v === 'object') {
       lines.push(`${indent}${key}:`, ...dump(v as Record<string, unknown>, indent + '    '));
-    } else lines.push(`${indent}${key}: ${v}`);
+    } else lines.push(`${indent}${key}: ${String(v)}`);
   }
   return lines;
 }

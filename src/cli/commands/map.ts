@@ -60,7 +60,10 @@ class HoleFinder {
       try {
         // The driver reached this file through the confinement; still never block on a FIFO.
         fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
-        if (!fs.fstatSync(fd).isFile()) (fs.closeSync(fd), (fd = undefined));
+        if (!fs.fstatSync(fd).isFile()) {
+          fs.closeSync(fd);
+          fd = undefined;
+        }
       } catch {
         fd = undefined;
       }

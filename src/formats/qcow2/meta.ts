@@ -68,5 +68,5 @@ export async function readSnapshotTable(file: HostFile, meta: ImageMeta): Promis
   const len = Math.min(MAX_SNAPSHOT_TABLE_BYTES, avail + h.nbSnapshots * 48);
   const buf = Buffer.alloc(len);
   await file.read(buf, h.snapshotsOffset, 'snapshot');
-  return parseSnapshotTable(buf, h.nbSnapshots, 2 ** h.clusterBits);
+  return parseSnapshotTable(buf, h.nbSnapshots);
 }

@@ -74,7 +74,9 @@ export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer
         const c = l2Compressed(l2, j, layout);
         inc(c.host, c.size, 'compressed');
         // QEMU counts every compressed cluster as fragmented too.
-        (w.frag.allocated++, w.frag.compressed++, w.frag.fragmented++);
+        w.frag.allocated++;
+        w.frag.compressed++;
+        w.frag.fragmented++;
         continue;
       }
       if (kind === KIND_UNALLOCATED) continue;

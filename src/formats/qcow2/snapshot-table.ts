@@ -27,7 +27,7 @@ export interface Snapshot {
 }
 
 /** Parses the table; `buf` holds it from its start. Returns entries and the table's byte length. */
-export function parseSnapshotTable(buf: Buffer, count: number, clusterSize: number): { snapshots: Snapshot[]; length: number } {
+export function parseSnapshotTable(buf: Buffer, count: number): { snapshots: Snapshot[]; length: number } {
   const out: Snapshot[] = [];
   let off = 0;
   for (let i = 0; i < count; i++) {

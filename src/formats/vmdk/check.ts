@@ -53,11 +53,9 @@ async function checkExtent(ext: SparseExtent, res: CheckResult): Promise<void> {
     }
   }
   used.sort((a, b) => a[0] - b[0]);
-  let covered = 0;
   let prevEnd = 0;
   for (const [at, len] of used) {
     if (at < prevEnd && !ext.compressed) say('corruptions', `host range ${at}+${len} is used twice`);
-    covered += Math.max(0, at + len - Math.max(at, prevEnd));
     prevEnd = Math.max(prevEnd, at + len);
   }
   if (!ext.compressed) {

@@ -18,7 +18,7 @@ export interface CompressedGrainsParts {
   grainBytes: number;
   hasMarkers: boolean;
   fileName: string;
-  warn(message: string): void;
+  warn: (message: string) => void;
   stats: { grainsDecompressed: number };
 }
 

@@ -57,7 +57,6 @@ export async function createVmdk(file: string, opts: CreateOptions): Promise<voi
   const base = path.basename(file, '.vmdk');
   const dir = path.dirname(file);
   const extents: Array<{ name: string; sectors: number }> = [];
-  const split = sub.startsWith('twoGb');
   const flat = sub.endsWith('Flat');
   if (sub === 'monolithicSparse' || sub === 'streamOptimized') extents.push({ name: path.basename(file), sectors });
   else if (sub === 'monolithicFlat') extents.push({ name: `${base}-flat.vmdk`, sectors });

@@ -22,7 +22,7 @@ export interface SparseOpenOptions {
   writable: boolean;
   noMultiAlloc: boolean;
   cacheBytes: number;
-  warn(message: string): void;
+  warn: (message: string) => void;
 }
 
 /**

@@ -36,7 +36,7 @@ export const InitFlag = {
   INIT_RESERVED: 1 << 31,
 } as const;
 
-const INIT_FLAG_NAMES = Object.entries(InitFlag) as Array<[string, number]>;
+const INIT_FLAG_NAMES = Object.entries<number>(InitFlag);
 
 /** Names of the bits set in an init flags word, for logs and --stats. */
 export function initFlagNames(flags: number): string[] {

@@ -60,7 +60,7 @@ describe('qcow2 check with many snapshots', () => {
     const many = withSnapshots('many.qcow2', 12);
     const a = await checkCounting(few);
     const b = await checkCounting(many);
-    for (const [f, r] of [[few, a], [many, b]] as const) expect(r, f).toMatchObject({ errors: 0, corruptions: 0, leaks: 0, ...qemuCounts(f) });
+    for (const [f, r] of [[few, a], [many, b]] as const) expect(r, f).toMatchObject({ errors: 0, ...qemuCounts(f) });
     expect(b.reads - a.reads).toBe(10);
   });
 

@@ -11,6 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { VdiskError } from '../../../src/io/errors';
 import { openImage } from '../../../src/image/open';
 import { tempDir } from './helpers';
+import { reachAnywhere } from '../../helpers/reach';
 
 const repoRoot = path.resolve(__dirname, '../../..');
 const corpus = [process.env['VDISKFS_CORPUS'], path.resolve(repoRoot, '../shared/corpus'), '/work/shared/corpus'].find(
@@ -92,12 +93,12 @@ describe('qcow2 corpus', () => {
   }
 
   it('cdi/invalid-qcow-large-size.qcow2 (QCOW version 1) is refused with a VdiskError', async () => {
-    await expect(openImage(path.join(corpus!, 'cdi/invalid-qcow-large-size.qcow2'), { writable: false })).rejects.toBeInstanceOf(VdiskError);
+    await expect(openImage(path.join(corpus, 'cdi/invalid-qcow-large-size.qcow2'), { writable: false })).rejects.toBeInstanceOf(VdiskError);
   });
 
   it('dissect/snapshot.qcow2 lists its two internal snapshots', async () => {
     const { qcow2Driver } = await import('../../../src/formats/qcow2');
-    const f = path.join(corpus!, 'dissect/snapshot.qcow2');
+    const f = path.join(corpus, 'dissect/snapshot.qcow2');
     expect(await qcow2Driver.listSnapshots!(f)).toEqual(["you can't see me", 'confused']);
     const img = await openImage(f, { writable: false });
     const info = await img.info();
@@ -108,13 +109,13 @@ describe('qcow2 corpus', () => {
 
   it('cdi/invalid-qcow-large-json.qcow2: 65536 bogus snapshot entries do not stop the image (no usable names; info lists them like qemu-img)', async () => {
     const { qcow2Driver } = await import('../../../src/formats/qcow2');
-    const f = path.join(corpus!, 'cdi/invalid-qcow-large-json.qcow2');
+    const f = path.join(corpus, 'cdi/invalid-qcow-large-json.qcow2');
     expect(await qcow2Driver.listSnapshots!(f)).toEqual([]);
     const img = await openImage(f, { writable: false });
     const info = await img.info();
     await img.close();
     expect(info.snapshots?.length).toBe(65536);
-    const check = await qcow2Driver.check!(f, { writable: false, repair: false, openBacking: () => Promise.reject(new Error('none')), warn: () => undefined });
+    const check = await qcow2Driver.check!(f, { writable: false, repair: false, openBacking: () => Promise.reject(new Error('none')), reach: reachAnywhere, warn: () => undefined });
     expect(check.corruptions).toBeGreaterThan(0);
   });
 });

@@ -11,6 +11,7 @@ import { qcow2Driver } from '../../../src/formats/qcow2';
 import { openImage } from '../../../src/image/open';
 import { qemuCheck, qemuCompare, qemuImg, qemuIo, qemuRaw } from '../../helpers/qemu';
 import { readAll, tempDir } from './helpers';
+import { reachAnywhere } from '../../helpers/reach';
 
 const dir = tempDir('features');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -33,7 +34,7 @@ function headerU64(file: string, at: number): bigint {
   fs.closeSync(fd);
   return b.readBigUInt64BE();
 }
-const noop = { openBacking: async () => { throw new Error('no backing'); }, warn: () => undefined };
+const noop = { openBacking: async () => { throw new Error('no backing'); }, reach: reachAnywhere, warn: () => undefined };
 
 describe('qcow2 feature bits', () => {
   it('corrupt bit: writable open falls back to read-only and says why', async () => {

@@ -132,7 +132,7 @@ describe('qcow2 write storms (oracle: qemu-img check + compare)', () => {
         if (!snapsBefore[i]) continue;
         const out = `${f}.${s}.after.raw`;
         qemuImg(['convert', '-O', 'raw', '-l', `snapshot.name=${s}`, f, out]);
-        expect(fs.readFileSync(out).equals(fs.readFileSync(snapsBefore[i]!))).toBe(true);
+        expect(fs.readFileSync(out).equals(fs.readFileSync(snapsBefore[i]))).toBe(true);
       }
     });
   });

@@ -7,6 +7,7 @@ import { Descriptor } from '../../../src/formats/vmdk/descriptor';
 import type { CreateOptions } from '../../../src/formats/types';
 import { qemuCheck, qemuCompare, qemuImg, qemuIo, qemuRaw, sha256File } from '../../helpers/qemu';
 import { hashFile, tmpDir } from './helpers';
+import { reachAnywhere } from '../../helpers/reach';
 
 /** create() with qemu-img's -o names; images pass qemu-img check and read the same in qemu-img; info(); check(). */
 const dir = tmpDir('create');
@@ -16,7 +17,7 @@ const MiB = 1 << 20;
 const openBacking = (p: string) => openImage(p, { writable: false });
 function create(name: string, size: number, options: Record<string, string> = {}, extra: Partial<CreateOptions> = {}): Promise<string> {
   const f = path.join(dir, name);
-  return vmdkDriver.create!(f, { size, options, openBacking, ...extra }).then(() => f);
+  return vmdkDriver.create!(f, { size, options, openBacking, reach: reachAnywhere, ...extra }).then(() => f);
 }
 function qemuInfo(f: string): Record<string, any> {
   return JSON.parse(qemuImg(['info', '--output=json', f]));
@@ -183,7 +184,7 @@ describe('vmdk check', () => {
     const f = path.join(dir, 'chk.vmdk');
     qemuImg(['create', '-f', 'vmdk', f, '8M']);
     qemuIo(f, ['write -P 1 0 256k'], 'vmdk');
-    const opts = { writable: false, repair: false, warn: () => {}, openBacking };
+    const opts = { writable: false, repair: false, warn: () => {}, openBacking, reach: reachAnywhere };
     expect(await vmdkDriver.check!(f, opts)).toMatchObject({ errors: 0, corruptions: 0, leaks: 0 });
     const buf = fs.readFileSync(f);
     const gd = Number(buf.readBigUInt64LE(56));

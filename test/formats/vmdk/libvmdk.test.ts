@@ -8,6 +8,7 @@ import { vmdkDriver } from '../../../src/formats/vmdk/index';
 import type { Image } from '../../../src/formats/types';
 import { rng } from '../../helpers/qemu';
 import { tmpDir } from './helpers';
+import { reachAnywhere } from '../../helpers/reach';
 
 /** A second, independent reader: libvmdk's vmdkinfo and vmdkmount read the images we wrote identically. */
 const dir = tmpDir('libvmdk');
@@ -17,7 +18,7 @@ const openBacking = (p: string) => openImage(p, { writable: false });
 
 async function makeWritten(name: string, size: number, subformat: string, seed: number, ranges: Array<[number, number]>): Promise<string> {
   const f = path.join(dir, name);
-  await vmdkDriver.create!(f, { size, options: { subformat }, openBacking });
+  await vmdkDriver.create!(f, { size, options: { subformat }, openBacking, reach: reachAnywhere });
   const img = await openImage(f, { writable: true });
   const r = rng(seed);
   try {
@@ -110,7 +111,7 @@ describe('libvmdk (vmdkinfo, vmdkmount) reads our images', () => {
   it('vmdkinfo sees a delta disk we made with its parent CID', async () => {
     const parent = await makeWritten('lp.vmdk', 8 * MiB, 'monolithicSparse', 5, [[0, 8 * MiB]]);
     const child = path.join(dir, 'lc.vmdk');
-    await vmdkDriver.create!(child, { size: 0, options: {}, backingFile: 'lp.vmdk', openBacking });
+    await vmdkDriver.create!(child, { size: 0, options: {}, backingFile: 'lp.vmdk', openBacking, reach: reachAnywhere });
     const p = await openImage(parent, { writable: false });
     const pcid = (p as unknown as { cid: number }).cid;
     await p.close();

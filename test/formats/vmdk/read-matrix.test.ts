@@ -160,7 +160,6 @@ describe('vmdk read matrix (qemu-img is the oracle)', () => {
     const grainSectors = 16;
     const gtes = 128;
     const grains = capacity / grainSectors;           // 256
-    const tables = grains / gtes;                     // 2
     const h: hdr.SparseHeader = {
       version: 1, flags: hdr.FLAG_NL_DETECT | hdr.FLAG_RGD, capacity, grainSize: grainSectors, descriptorOffset: 1, descriptorSize: 4,
       numGTEsPerGT: gtes, rgdOffset: 5, gdOffset: 6, overHead: 16, uncleanShutdown: 0, compressAlgorithm: 0,

@@ -48,8 +48,8 @@ describe('streamOptimized grain marker LBA', () => {
     const buf = fs.readFileSync(s);
     const grains = grainMarkers(buf);
     expect(grains.length).toBeGreaterThanOrEqual(3);
-    buf.writeBigUInt64LE(0xdeadbeefcafebaben, grains[0]!);
-    buf.writeBigUInt64LE(buf.readBigUInt64LE(grains[2]!), grains[1]!); // grain 1 claims to be grain 2
+    buf.writeBigUInt64LE(0xdeadbeefcafebaben, grains[0]);
+    buf.writeBigUInt64LE(buf.readBigUInt64LE(grains[2]), grains[1]); // grain 1 claims to be grain 2
     fs.writeFileSync(s, buf);
 
     const theirs = fs.readFileSync(qemuRaw(s));

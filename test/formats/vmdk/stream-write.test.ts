@@ -5,6 +5,7 @@ import { openImage } from '../../../src/image/open';
 import { vmdkDriver } from '../../../src/formats/vmdk/index';
 import { qemuCheck, qemuCompare, qemuImg, qemuIo, qemuRaw } from '../../helpers/qemu';
 import { corpusDir, hashFile, tmpDir } from './helpers';
+import { reachAnywhere } from '../../helpers/reach';
 
 /** streamOptimized writes: new grains appended compressed (as QEMU does), file stays valid; rewrites refused. */
 const dir = tmpDir('stream');
@@ -47,13 +48,13 @@ describe('vmdk streamOptimized writes', () => {
 
   it('our own streamOptimized create, then writes; qemu-img agrees', async () => {
     const f = path.join(dir, 'ours.vmdk');
-    await vmdkDriver.create!(f, { size: 8 * MiB, options: { subformat: 'streamOptimized' }, openBacking: () => Promise.reject(new Error('none')) });
+    await vmdkDriver.create!(f, { size: 8 * MiB, options: { subformat: 'streamOptimized' }, openBacking: () => Promise.reject(new Error('none')), reach: reachAnywhere });
     await appendAndCheck(f, [[0, 300_000, 0x41], [5 * MiB, 65536, 0x42]]);
   });
 
   it('rewriting a written grain is refused with EROFS, and the file stays valid', async () => {
     const f = path.join(dir, 'rw.vmdk');
-    await vmdkDriver.create!(f, { size: 4 * MiB, options: { subformat: 'streamOptimized' }, openBacking: () => Promise.reject(new Error('none')) });
+    await vmdkDriver.create!(f, { size: 4 * MiB, options: { subformat: 'streamOptimized' }, openBacking: () => Promise.reject(new Error('none')), reach: reachAnywhere });
     const img = await openImage(f, { writable: true });
     try {
       await img.write(0, Buffer.alloc(65536, 1));

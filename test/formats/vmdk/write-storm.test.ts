@@ -7,6 +7,7 @@ import { vmdkDriver } from '../../../src/formats/vmdk/index';
 import type { Image } from '../../../src/formats/types';
 import { qemuCheck, qemuCompare, qemuImg, qemuIo, qemuRaw, rng } from '../../helpers/qemu';
 import { makeHandSparse, tmpDir } from './helpers';
+import { reachAnywhere } from '../../helpers/reach';
 
 /**
  * Seeded random write storms (unaligned, cross-grain, cross-extent, all-zero, 1 B..2 MiB,
@@ -31,7 +32,7 @@ interface Variant {
 const TWO_G = 2048 * MiB;
 const variants: Variant[] = [
   { name: 'monolithicSparse (qemu-img)', size: 16 * MiB, make: (f) => void qemuImg(['create', '-f', 'vmdk', f, '16M']) },
-  { name: 'monolithicSparse (ours)', size: 16 * MiB + 4096, make: (f) => vmdkDriver.create!(f, { size: 16 * MiB + 4096, options: {}, openBacking: () => Promise.reject(new Error('none')) }) },
+  { name: 'monolithicSparse (ours)', size: 16 * MiB + 4096, make: (f) => vmdkDriver.create!(f, { size: 16 * MiB + 4096, options: {}, openBacking: () => Promise.reject(new Error('none')), reach: reachAnywhere }) },
   { name: 'zeroed_grain=on', size: 16 * MiB, make: (f) => void qemuImg(['create', '-f', 'vmdk', '-o', 'zeroed_grain=on', f, '16M']) },
   { name: 'monolithicFlat', size: 16 * MiB, make: (f) => void qemuImg(['create', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', f, '16M']) },
   {
