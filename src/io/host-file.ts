@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import createDebug from 'debug';
 import { fromNodeError, VdiskError } from './errors';
-import { IoCounters, IoObserver, newCounters } from './counters';
+import { IoCounters, IoObserver, IoTag, newCounters } from './counters';
 import { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, LockType, ofdLock, ofdTestLock, SyscallError } from './syscalls';
 
 const log = createDebug('vdiskfs:io');
@@ -93,7 +93,7 @@ export class HostFile {
    * Fills `into` from `pos`; bytes past the end of the host file read as zeros (images may end
    * before their last cluster does). Returns how many bytes really came from the file.
    */
-  async read(into: Buffer, pos: number, tag?: string): Promise<number> {
+  async read(into: Buffer, pos: number, tag?: IoTag): Promise<number> {
     let done = 0;
     try {
       while (done < into.length) {
@@ -112,7 +112,7 @@ export class HostFile {
   }
 
   /** Writes one buffer or a vector of buffers contiguously at `pos` (one writev syscall when it can). */
-  async write(data: Buffer | Buffer[], pos: number, tag?: string): Promise<void> {
+  async write(data: Buffer | Buffer[], pos: number, tag?: IoTag): Promise<void> {
     const bufs = Array.isArray(data) ? data.filter((b) => b.length > 0) : [data];
     let total = 0;
     for (const b of bufs) total += b.length;
@@ -133,7 +133,7 @@ export class HostFile {
   }
 
   /** Makes every completed write durable (fdatasync). */
-  async datasync(tag?: string): Promise<void> {
+  async datasync(tag?: IoTag): Promise<void> {
     await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(fromNodeError(e, `fdatasync ${this.path}`)) : res())));
     this.counters.flushes++;
     this.emit('flush', 0, 0, tag);
@@ -164,7 +164,7 @@ export class HostFile {
    * Gives the host blocks of [offset, offset+length) back (fallocate PUNCH_HOLE|KEEP_SIZE): the
    * range reads as zeros, the file keeps its size. False when the host filesystem cannot punch.
    */
-  punchHole(offset: number, length: number, tag?: string): boolean {
+  punchHole(offset: number, length: number, tag?: IoTag): boolean {
     if (length <= 0) return true;
     try {
       fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
@@ -189,7 +189,7 @@ export class HostFile {
     log('close %s reads=%d writes=%d flushes=%d', this.path, this.counters.reads, this.counters.writes, this.counters.flushes);
   }
 
-  private emit(kind: 'read' | 'write' | 'flush' | 'truncate' | 'punch', offset: number, length: number, tag?: string): void {
+  private emit(kind: 'read' | 'write' | 'flush' | 'truncate' | 'punch', offset: number, length: number, tag?: IoTag): void {
     if (observers.size === 0) return;
     for (const o of observers) o({ kind, path: this.path, offset, length, tag });
   }

@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { HostFile } from '../../src/io/host-file';
+import type { IoTag } from '../../src/io/counters';
 import type { Image } from '../../src/formats/types';
 import { openImage } from '../../src/image/open';
 import { rng } from './qemu';
@@ -19,7 +20,7 @@ interface HostWrite {
   kind: 'write' | 'truncate' | 'punch';
   offset: number;
   length?: number; // punch: the range reads as zeros afterwards, the file keeps its size
-  tag?: string;
+  tag?: IoTag;
   data?: Buffer; // write: the bytes, copied when issued
   issued: number;
   completed: number; // Infinity while in flight (or failed)
@@ -53,7 +54,7 @@ export class CrashRecorder {
   readonly base: Buffer;
   private restore: (() => void) | undefined;
   /** Lets a test hold a host write or barrier back (by its tag) to force an interleaving. */
-  hold: ((kind: 'write' | 'sync', tag: string | undefined) => Promise<void> | undefined) | undefined;
+  hold: ((kind: 'write' | 'sync', tag: IoTag | undefined) => Promise<void> | undefined) | undefined;
 
   constructor(readonly file: string) {
     this.base = fs.readFileSync(file);
@@ -61,7 +62,7 @@ export class CrashRecorder {
     const { write, truncate, datasync, punchHole } = proto;
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const rec = this;
-    proto.write = async function (this: HostFile, data: Buffer | Buffer[], pos: number, tag?: string): Promise<void> {
+    proto.write = async function (this: HostFile, data: Buffer | Buffer[], pos: number, tag?: IoTag): Promise<void> {
       if (this.path !== rec.file) return write.call(this, data, pos, tag);
       await rec.hold?.('write', tag);
       const w: HostWrite = { kind: 'write', tag, offset: pos, data: Buffer.concat(Array.isArray(data) ? data : [data]), issued: rec.clock++, completed: Infinity };
@@ -76,7 +77,7 @@ export class CrashRecorder {
       await truncate.call(this, length);
       w.completed = rec.clock++;
     };
-    proto.punchHole = function (this: HostFile, offset: number, length: number, tag?: string): boolean {
+    proto.punchHole = function (this: HostFile, offset: number, length: number, tag?: IoTag): boolean {
       if (this.path !== rec.file) return punchHole.call(this, offset, length, tag);
       const w: HostWrite = { kind: 'punch', offset, length, issued: rec.clock++, completed: Infinity };
       const done = punchHole.call(this, offset, length, tag);
@@ -84,7 +85,7 @@ export class CrashRecorder {
       w.completed = rec.clock++;
       return done;
     };
-    proto.datasync = async function (this: HostFile, tag?: string): Promise<void> {
+    proto.datasync = async function (this: HostFile, tag?: IoTag): Promise<void> {
       if (this.path !== rec.file) return datasync.call(this, tag);
       await rec.hold?.('sync', tag);
       const start = rec.clock++;

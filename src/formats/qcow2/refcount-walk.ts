@@ -240,7 +240,7 @@ export async function writeFreshRefcounts(file: HostFile, meta: ImageMeta, count
   }
   await file.write(blockBuf, (start + tableClusters) * cs, 'refblock');
   await file.write(table, start * cs, 'reftable');
-  await file.datasync('refcount');
+  await file.datasync('flush');
   const hdr = refcountTablePatch(start * cs, tableClusters);
   await file.write(hdr.bytes, hdr.at, 'header');
   await file.datasync('header');

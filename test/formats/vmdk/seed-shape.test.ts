@@ -12,8 +12,11 @@ const dir = tmpDir('seed');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
 
-function record(file: string): { events: IoEvent[]; stop: () => void } {
-  const events: IoEvent[] = [];
+/** Host events of one file; flush/truncate/punch events carry their kind as the tag. */
+type Recorded = Omit<IoEvent, 'tag'> & { tag?: string };
+
+function record(file: string): { events: Recorded[]; stop: () => void } {
+  const events: Recorded[] = [];
   const stop = addIoObserver((e) => {
     if (e.path === file && e.kind !== 'read') events.push(e.kind === 'write' ? e : { ...e, tag: e.kind });
   });
