@@ -3,6 +3,7 @@ import createDebug from 'debug';
 import type { DriverTuning, Image } from '../image';
 import { ImageLock, openImage, writerElsewhere } from '../image';
 import { VdiskError } from '../io/errors';
+import { EVERYTHING, OrderedRangeLock } from '../io/range-lock';
 import type { Confinement } from '../image/confine';
 import { NullImage } from '../formats/null/null-image';
 import { RequestMerger, type MergerOptions } from '../merge';
@@ -49,8 +50,8 @@ const LOCKED_OUT = 'locked by another process (QEMU or another vdiskfs mount is 
  */
 export class ImageTable {
   private readonly open = new Map<string, OpenImage>();
-  /** Per-image serialisation of open/upgrade/close, so a quick reopen never races a close. */
-  private readonly locks = new Map<string, Promise<unknown>>();
+  /** Per-image serialisation of open/upgrade/close, so a quick reopen never races a close (see locked). */
+  private readonly locks = new Map<string, OrderedRangeLock>();
   /** Every closed image's counters, for `--stats` at unmount. */
   readonly sessionStats = new SessionStats();
 
@@ -208,14 +209,12 @@ export class ImageTable {
     log('closed %s: host reads=%d writes=%d flushes=%d driver=%o merger=%o', entry.key, io.reads, io.writes, io.flushes, s.driver, entry.merger.stats());
   }
 
+  /** Runs `fn` once every earlier open/upgrade/close of `key` has finished; the key's lock goes when idle. */
   private locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(key) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => undefined);
-    this.locks.set(key, tail);
-    void tail.then(() => {
-      if (this.locks.get(key) === tail) this.locks.delete(key);
+    const lock = this.locks.get(key) ?? new OrderedRangeLock();
+    this.locks.set(key, lock);
+    return lock.run(0, EVERYTHING, false, fn).finally(() => {
+      if (lock.count === 0 && this.locks.get(key) === lock) this.locks.delete(key);
     });
-    return next;
   }
 }

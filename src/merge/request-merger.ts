@@ -20,7 +20,8 @@ import { VdiskError, fromNodeError } from '../io/errors';
 import { MergerOptions, ResolvedMergerOptions, resolveMergerOptions } from './options';
 import { pageDown, pageSpan, pageUp, PAGE_SIZE } from './pages';
 import { PendingExtent, PendingExtents, slabBytesFor } from './pending-extents';
-import { OrderedRangeLock, Slots } from './range-lock';
+import { OrderedRangeLock } from '../io/range-lock';
+import { Slots } from './slots';
 import { writeExtentAligned } from './extent-writer';
 import { FailedWrites } from './failed-writes';
 

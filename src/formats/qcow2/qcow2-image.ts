@@ -5,11 +5,13 @@
  * extents.ts (map), discard.ts and preallocate.ts do one entry point each.
  *
  * Concurrency: reads whose tables are cached run without the lock (one synchronous lookup, then
- * host I/O); loading tables and every metadata change run under `mutex`. Writes: write-path.ts.
+ * host I/O); loading tables and every metadata change run under the image lock (`locked`: one
+ * range over everything in an OrderedRangeLock, a FIFO mutex). Writes: write-path.ts.
  */
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
+import { EVERYTHING, OrderedRangeLock } from '../../io/range-lock';
 import type { Extent, Image, ImageInfo, ImageStats } from '../types';
 import { discardRange } from './discard';
 import { toExtents } from './extents';
@@ -19,7 +21,6 @@ import { L1Table } from './l1-table';
 import { MapContext, mapSync, Piece, tablesFor } from './mapping';
 import type { ImageMeta } from './meta';
 import { CacheEntry, MetadataCache } from './metadata-cache';
-import { Mutex } from './mutex';
 import { PieceReader } from './piece-reader';
 import { preallocateMetadata } from './preallocate';
 import type { Refcounts } from './refcounts';
@@ -72,7 +73,7 @@ export class Qcow2Image implements Image {
   private readonly backing?: Image;
   private readonly backingPath?: string;
   private readonly snapshots: () => Promise<Snapshot[]>;
-  private readonly mutex = new Mutex();
+  private readonly imageLock = new OrderedRangeLock();
   private readonly writer: WritePath;
   private readonly l1: L1Table;
   private closed = false;
@@ -116,7 +117,7 @@ export class Qcow2Image implements Image {
       },
       dataFile: this.dataFile,
       counters: this.counters,
-      mutex: this.mutex,
+      locked: (fn) => this.locked(fn),
       zeroClusters: this.header.version === 3,
       hasBacking: !!this.backing,
       get virtualSize() {
@@ -135,6 +136,11 @@ export class Qcow2Image implements Image {
     });
   }
 
+  /** Metadata changes and table loads, one at a time, in call order. */
+  private locked<T>(fn: () => Promise<T>): Promise<T> {
+    return this.imageLock.run(0, EVERYTHING, false, fn);
+  }
+
   // ---- reads ----
 
   async read(offset: number, into: Buffer): Promise<void> {
@@ -149,7 +155,7 @@ export class Qcow2Image implements Image {
   }
 
   private async mapLocked(offset: number, length: number): Promise<Piece[]> {
-    return this.mutex.run(async () => {
+    return this.locked(async () => {
       const pinned = await this.pinTables(offset, length);
       try {
         return mapSync(this.ctx, offset, length)!;
@@ -276,7 +282,7 @@ export class Qcow2Image implements Image {
   /** preallocation=metadata: every L2 table and data cluster allocated (data left sparse). */
   async preallocateMetadata(): Promise<void> {
     this.checkWritable();
-    await this.mutex.run(async () => {
+    await this.locked(async () => {
       const parts = { file: this.file, ctx: this.ctx, l1: this.l1, cache: this.cache, refcounts: this.refcounts!, counters: this.counters, virtualSize: this.virtualSize };
       await preallocateMetadata(parts);
       await this.flushLocked();
@@ -287,7 +293,7 @@ export class Qcow2Image implements Image {
 
   async flush(): Promise<void> {
     if (this.readOnly || this.closed) return;
-    await this.mutex.run(() => this.flushLocked());
+    await this.locked(() => this.flushLocked());
   }
 
   /** Every dirty table and root in the cache's write order (metadata-cache.ts), then queued frees. */
@@ -314,7 +320,7 @@ export class Qcow2Image implements Image {
     try {
       if (!this.readOnly) {
         await this.flush();
-        if (this.refcounts?.lazyRefcounts?.marked) await this.mutex.run(() => this.refcounts!.setDirtyBit(false));
+        if (this.refcounts?.lazyRefcounts?.marked) await this.locked(() => this.refcounts!.setDirtyBit(false));
       }
       const st = this.stats().driver;
       log('close %s: metadataWrites=%d dataWrites=%d hostFlushes=%d cacheHits=%d cacheMisses=%d allocatedClusters=%d', this.path, st['metadataWrites'], st['dataWrites'], st['hostFlushes'], st['cacheHits'], st['cacheMisses'], st['allocatedClusters']);
@@ -340,7 +346,7 @@ export class Qcow2Image implements Image {
     if (!Number.isSafeInteger(newSize) || newSize < this.virtualSize) throw VdiskError.invalid(`${this.path}: shrinking a qcow2 image is not supported (${this.virtualSize} -> ${newSize})`);
     if (newSize === this.virtualSize) return;
     if (newSize % 512 !== 0) throw VdiskError.invalid(`${this.path}: the new size must be a multiple of 512 (${newSize})`);
-    await this.mutex.run(async () => {
+    await this.locked(async () => {
       await this.flushLocked();
       const rc = this.refcounts!;
       await growImage({ path: this.path, file: this.file, header: this.header, ctx: this.ctx, l1: this.l1, cache: this.cache, refcounts: rc, counters: this.counters }, newSize);

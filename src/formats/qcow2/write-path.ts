@@ -2,24 +2,28 @@
  * The write path. A request whose clusters are all private and allocated (and whose L2 tables
  * are cached) is one host write per host-contiguous run, with no lock and no metadata I/O.
  * Everything else goes in three steps:
+ *   0. the request's guest clusters are taken in `clusters`, a range lock (src/io/range-lock.ts)
+ *      held until step 3 is done: a request touching a cluster another write has in flight
+ *      waits until that write ends, so no cluster is allocated twice, and a discard does not
+ *      change L2 entries between a write's plan and its commit;
  *   1. plan, under the image lock: L2 tables made private where something changes, host runs
  *      allocated (one contiguous run per stretch of clusters that needs new ones), zero
- *      clusters set; the request's clusters are marked in flight;
- *   2. data, without the lock: COW reads and one vectored write per run (head COW + payload +
- *      tail COW; COW that reads as zeros is skipped since new clusters are pristine);
- *   3. commit, under the lock: the L2 entries now point at the written data.
- * Requests that touch a cluster in flight wait for it, so no cluster is allocated twice
- * (cluster-flights.ts). Clusters that already own a private host cluster: cluster-reuse.ts.
+ *      clusters set;
+ *   2. data, without the image lock: COW reads and one vectored write per run (head COW +
+ *      payload + tail COW; COW that reads as zeros is skipped since new clusters are pristine);
+ *   3. commit, under the image lock: the L2 entries now point at the written data.
+ * Lock order: guest clusters first, then the image lock, never the reverse (nothing waits for
+ * clusters while holding the image lock), so the two never deadlock.
+ * Clusters that already own a private host cluster: cluster-reuse.ts.
  * Write order: each changed L2 table declares what it waits for (the refcounts of new clusters,
  * the data written to them); the metadata cache writes it back only after those are durable.
  */
 import type { HostFile } from '../../io/host-file';
+import { OrderedRangeLock } from '../../io/range-lock';
 import { isAllZero } from '../all-zero';
 import { mapSync, MapContext } from './mapping';
-import { ClusterFlights } from './cluster-flights';
 import { EntryOf, Plan, planSubclusters, planZeroAllocated, privateHost, trackData } from './cluster-reuse';
 import type { CacheEntry, DataWrite, MetadataCache } from './metadata-cache';
-import type { Mutex } from './mutex';
 import type { Refcounts } from './refcounts';
 import {
   KIND_COMPRESSED,
@@ -54,7 +58,8 @@ export interface LayerAccess {
   readonly refcounts: Refcounts;
   readonly dataFile: HostFile;
   readonly counters: WriteCounters;
-  readonly mutex: Mutex;
+  /** Runs `fn` under the image lock (metadata changes, one at a time, FIFO). */
+  locked<T>(fn: () => Promise<T>): Promise<T>;
   readonly zeroClusters: boolean;
   readonly hasBacking: boolean;
   readonly virtualSize: number;
@@ -67,11 +72,11 @@ export interface LayerAccess {
 
 export class WritePath {
   private readonly cs: number;
-  private readonly flights: ClusterFlights;
+  /** Guest clusters (indexes) a write or discard has in flight, from its plan to its commit. */
+  private readonly clusters = new OrderedRangeLock();
 
   constructor(private readonly a: LayerAccess) {
     this.cs = 2 ** a.ctx.clusterBits;
-    this.flights = new ClusterFlights(a.mutex);
   }
 
   /** Host offset of a cluster that can be overwritten in place, or -1. */
@@ -115,36 +120,20 @@ export class WritePath {
     return true;
   }
 
-  /** The slow path: plan (locked), data (unlocked), commit (locked). */
+  /** The slow path: clusters taken, then plan (locked), data (unlocked), commit (locked). */
   async write(offset: number, buf: Buffer, zeroMode: ZeroMode): Promise<void> {
     const first = Math.floor(offset / this.cs);
     const last = Math.floor((offset + buf.length - 1) / this.cs);
-    for (;;) {
-      let plan: Plan | undefined;
-      let busy: Promise<void> | undefined;
-      const entry = this.flights.entry(first, last);
-      await this.a.mutex.run(async () => {
-        busy = this.flights.busy(first, last);
-        if (busy) return;
-        this.flights.start(entry);
-        try {
-          plan = await this.plan(offset, buf, zeroMode);
-        } catch (e) {
-          this.flights.end(entry);
-          throw e;
-        }
-      });
-      if (busy) {
-        await busy;
-        continue;
-      }
-      const p = plan!;
+    const lease = this.clusters.acquire(first, last + 1, false);
+    try {
+      if (lease.ready) await lease.ready;
+      const p = await this.a.locked(() => this.plan(offset, buf, zeroMode));
       try {
         // Wait for every piece even when one fails, so no stray write lands after the clusters are released.
         const results = await Promise.allSettled(p.io.map((f) => f()));
         const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
         if (failed) throw failed.reason;
-        await this.a.mutex.run(async () => {
+        await this.a.locked(async () => {
           for (const c of p.commits) c();
           for (const e of p.pinned) this.a.cache.unpin(e);
           p.pinned.length = 0;
@@ -153,18 +142,18 @@ export class WritePath {
       } finally {
         // On a failed data write nothing is committed: the new clusters leak, nothing points at garbage.
         for (const e of p.pinned) this.a.cache.unpin(e);
-        this.flights.end(entry);
       }
-      return;
+    } finally {
+      lease.release();
     }
   }
 
   /**
-   * Runs `fn` under the image lock once no write has clusters [first, last] in flight (a discard
-   * changes their L2 entries without racing a write's plan and commit).
+   * Runs `fn` under the image lock once no write has clusters [first, last] in flight, holding
+   * them meanwhile (a discard changes their L2 entries without racing a write's plan and commit).
    */
   exclusive<T>(first: number, last: number, fn: () => Promise<T>): Promise<T> {
-    return this.flights.exclusive(first, last, fn);
+    return this.clusters.run(first, last + 1, false, () => this.a.locked(fn));
   }
 
   /** Step 1, under the lock. Zero clusters are set here (nothing to write for them). */

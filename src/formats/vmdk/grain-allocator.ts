@@ -3,6 +3,7 @@ import * as zlib from 'node:zlib';
 import { VdiskError } from '../../io/errors';
 import { alignUp } from '../../io/safe-int';
 import type { HostFile } from '../../io/host-file';
+import type { OrderedRangeLock, RangeLease } from '../../io/range-lock';
 import { sliceVector, type CowSource } from './extent';
 import { GTE_ZEROED, SECTOR } from './sparse-header';
 import * as marker from './stream-marker';
@@ -36,8 +37,11 @@ export interface GrainSpace {
   readonly noMultiAlloc: boolean;
   readonly file: Pick<HostFile, 'write'>;
   readonly stats: { grainsAllocated: number; dataWrites: number; cowReads: number; zeroGrains: number };
-  /** Grains whose allocation is in flight: a second writer waits instead of allocating again. */
-  readonly inflight: Map<number, Promise<void>>;
+  /**
+   * Grains being allocated or zeroed, as exclusive holders of grain ranges: a second writer
+   * waits instead of allocating again. Writes to grains already allocated take no lease.
+   */
+  readonly grainLock: OrderedRangeLock;
   /** Tables of grains [g0, g1): pinned for one request, resident (no I/O needed), loaded. */
   pinTables(g0: number, g1: number): [number, number];
   unpinTables(pinned: [number, number]): void;
@@ -71,28 +75,6 @@ interface MissingGrain {
   wasZero: boolean;     // zeroed-grain entry: COW source is zeros, never the parent
 }
 
-/**
- * True when every table of grains [g0, g1) is resident and none of them is being allocated by
- * another request. Checked synchronously right before classifying, so the check and the
- * reservation that follows cannot interleave with another request.
- */
-function ready(ext: GrainSpace, g0: number, g1: number): boolean {
-  if (!ext.tablesResident(g0, g1)) return false;
-  if (ext.inflight.size > 0) for (let g = g0; g < g1; g++) if (ext.inflight.has(g)) return false;
-  return true;
-}
-
-/** Waits for what made ready() false (table loads, other allocations); the caller checks again. */
-async function settle(ext: GrainSpace, g0: number, g1: number): Promise<void> {
-  await ext.loadTables(g0, g1);
-  const busy: Promise<void>[] = [];
-  for (let g = g0; g < g1 && ext.inflight.size > 0; g++) {
-    const p = ext.inflight.get(g);
-    if (p) busy.push(p);
-  }
-  await Promise.all(busy);
-}
-
 export async function writeGrains(ext: GrainSpace, offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {
   const G = ext.grainBytes;
   if (!ext.noMultiAlloc) return writeRun(ext, offset, data, length, cow);
@@ -119,29 +101,45 @@ async function writeRun(ext: GrainSpace, offset: number, data: Buffer[], length:
 }
 
 async function writePinned(ext: GrainSpace, offset: number, data: Buffer[], length: number, cow: CowSource | null, g0: number, g1: number): Promise<void> {
-  const G = ext.grainBytes;
   const end = offset + length;
-  while (!ready(ext, g0, g1)) await settle(ext, g0, g1);
-
-  // From here to the first await nothing else runs: classification and reservation are atomic.
-  const inPlace: Promise<void>[] = [];
-  const missing: MissingGrain[] = [];
-  let runStart = -1;
-  let runHost = 0;
-  let runLen = 0;
-  const flushRun = () => {
-    if (runLen > 0) {
-      ext.stats.dataWrites++;
-      inPlace.push(ext.file.write(sliceVector(data, runStart - offset, runLen), runHost, 'data'));
+  let lease: RangeLease | undefined;
+  try {
+    let c: Classified;
+    for (;;) {
+      if (!ext.tablesResident(g0, g1)) {
+        await ext.loadTables(g0, g1);
+        continue;
+      }
+      // From here to the first await nothing else runs: classification and the lease are atomic.
+      c = classify(ext, offset, end, g0, g1);
+      if (c.missing.length === 0 || lease) break;
+      // Grains to allocate: hold [g0, g1) until their entries are set, so nobody allocates them too.
+      lease = ext.grainLock.acquire(g0, g1, false);
+      if (!lease.ready) break;
+      await lease.ready; // an earlier request allocates or zeroes grains here: classify again after it
     }
-    runLen = 0;
-  };
+    await allocateAndWrite(ext, offset, end, data, cow, c);
+  } finally {
+    lease?.release();
+  }
+}
+
+interface Classified {
+  /** Host-contiguous runs of grains already allocated: [guest offset, host offset, length]. */
+  inPlace: Array<[number, number, number]>;
+  missing: MissingGrain[];
+}
+
+/** Which grains of [offset, end) are written in place and which need a new grain. Synchronous. */
+function classify(ext: GrainSpace, offset: number, end: number, g0: number, g1: number): Classified {
+  const G = ext.grainBytes;
+  const inPlace: Array<[number, number, number]> = [];
+  const missing: MissingGrain[] = [];
   for (let g = g0; g < g1; g++) {
     const e = ext.gte(g);
     const s = Math.max(offset, g * G);
     const n = Math.min(end, (g + 1) * G) - s;
     if (e === 0 || isZeroGte(ext, e)) {
-      flushRun();
       missing.push({ g, wasZero: e !== 0 });
       continue;
     }
@@ -149,60 +147,58 @@ async function writePinned(ext: GrainSpace, offset: number, data: Buffer[], leng
       throw VdiskError.readOnly(`${ext.fileName}: streamOptimized grain ${g} is already written; compressed grains cannot be rewritten`);
     }
     const host = e * SECTOR + (s - g * G);
-    if (runLen > 0 && runStart + runLen === s && runHost + runLen === host) runLen += n;
-    else {
-      flushRun();
-      runStart = s;
-      runHost = host;
-      runLen = n;
-    }
+    const last = inPlace[inPlace.length - 1];
+    if (last && last[0] + last[2] === s && last[1] + last[2] === host) last[2] += n;
+    else inPlace.push([s, host, n]);
   }
-  flushRun();
+  return { inPlace, missing };
+}
+
+/** In-place runs written; missing grains reserved, COW + payload written as one vector, then mapped. */
+async function allocateAndWrite(ext: GrainSpace, offset: number, end: number, data: Buffer[], cow: CowSource | null, c: Classified): Promise<void> {
+  const G = ext.grainBytes;
+  const { missing } = c;
+  const inPlace = c.inPlace.map(([s, host, n]) => {
+    ext.stats.dataWrites++;
+    return ext.file.write(sliceVector(data, s - offset, n), host, 'data');
+  });
   if (missing.length === 0) {
     await Promise.all(inPlace);
     return;
   }
 
   for (const m of missing) ext.ensureTable(Math.floor(m.g / ext.gtEntries));
-  let release!: () => void;
-  const done = new Promise<void>((r) => (release = r));
-  for (const m of missing) ext.inflight.set(m.g, done);
-  try {
-    // Whole-grain pieces, built synchronously; only partial grains (at most the first and the
-    // last) wait for a COW read, all at once.
-    const fills: Promise<void>[] = [];
-    const grains = missing.map((m) => buildGrain(ext, m, offset, end, data, cow, fills));
-    if (fills.length) await Promise.all(fills);
-    let hostSectors: number[];
-    if (ext.compressed) {
-      hostSectors = await writeCompressed(ext, missing, grains);
-    } else {
-      const start = ext.reserve(missing.length * G);
-      hostSectors = missing.map((_, i) => (start + i * G) / SECTOR);
-      if (ext.noMultiAlloc) {
-        // QEMU's way: COW head, payload and COW tail as separate writes.
-        for (const p of grains[0]!) {
-          ext.stats.dataWrites++;
-          await ext.file.write(p.bufs, start + p.at, 'data');
-        }
-      } else {
-        const vector: Buffer[] = [];
-        for (const p of grains) for (const piece of p) for (const b of piece.bufs) vector.push(b);
+  // Whole-grain pieces, built synchronously; only partial grains (at most the first and the
+  // last) wait for a COW read, all at once.
+  const fills: Promise<void>[] = [];
+  const grains = missing.map((m) => buildGrain(ext, m, offset, end, data, cow, fills));
+  if (fills.length) await Promise.all(fills);
+  let hostSectors: number[];
+  if (ext.compressed) {
+    hostSectors = await writeCompressed(ext, missing, grains);
+  } else {
+    const start = ext.reserve(missing.length * G);
+    hostSectors = missing.map((_, i) => (start + i * G) / SECTOR);
+    if (ext.noMultiAlloc) {
+      // QEMU's way: COW head, payload and COW tail as separate writes.
+      for (const p of grains[0]!) {
         ext.stats.dataWrites++;
-        await Promise.all([ext.file.write(vector, start, 'data'), ...inPlace]);
+        await ext.file.write(p.bufs, start + p.at, 'data');
       }
+    } else {
+      const vector: Buffer[] = [];
+      for (const p of grains) for (const piece of p) for (const b of piece.bufs) vector.push(b);
+      ext.stats.dataWrites++;
+      await Promise.all([ext.file.write(vector, start, 'data'), ...inPlace]);
     }
-    await Promise.all(inPlace);
-    // A clean table may have been evicted while the data was in flight: bring it back first.
-    if (!ext.tablesResident(missing[0]!.g, missing[missing.length - 1]!.g + 1)) await ext.loadTables(missing[0]!.g, missing[missing.length - 1]!.g + 1);
-    // Data is written: now (never before) point the tables at it, all entries together.
-    for (let i = 0; i < missing.length; i++) ext.setGte(missing[i]!.g, hostSectors[i]!);
-    ext.stats.grainsAllocated += missing.length;
-    if (ext.noMultiAlloc) for (const m of missing) await ext.writeEntryThrough(m.g);
-  } finally {
-    for (const m of missing) ext.inflight.delete(m.g);
-    release();
   }
+  await Promise.all(inPlace);
+  // A clean table may have been evicted while the data was in flight: bring it back first.
+  if (!ext.tablesResident(missing[0]!.g, missing[missing.length - 1]!.g + 1)) await ext.loadTables(missing[0]!.g, missing[missing.length - 1]!.g + 1);
+  // Data is written: now (never before) point the tables at it, all entries together.
+  for (let i = 0; i < missing.length; i++) ext.setGte(missing[i]!.g, hostSectors[i]!);
+  ext.stats.grainsAllocated += missing.length;
+  if (ext.noMultiAlloc) for (const m of missing) await ext.writeEntryThrough(m.g);
 }
 
 interface Piece {
@@ -271,8 +267,11 @@ export async function writeZeroGrains(ext: GrainSpace, offset: number, length: n
     const g1 = Math.ceil(batchEnd / G);
     const writes: Array<[number, number]> = [];
     const pinned = ext.pinTables(g0, g1);
+    // Held while entries change: waits for grains being allocated here, and makes them wait.
+    const lease = ext.grainLock.acquire(g0, g1, false);
     try {
-      while (!ready(ext, g0, g1)) await settle(ext, g0, g1);
+      if (lease.ready) await lease.ready;
+      while (!ext.tablesResident(g0, g1)) await ext.loadTables(g0, g1);
       const zeroed: number[] = [];
       for (let g = g0; g < g1; g++) {
         const s = Math.max(pos, g * G);
@@ -293,6 +292,7 @@ export async function writeZeroGrains(ext: GrainSpace, offset: number, length: n
       }
       if (ext.noMultiAlloc) for (const g of zeroed) await ext.writeEntryThrough(g);
     } finally {
+      lease.release(); // before the writes below, which take their own
       ext.unpinTables(pinned);
     }
     for (const [s, n] of writes) {

@@ -1,6 +1,7 @@
 import createDebug from 'debug';
 import type { HostFile } from '../../io/host-file';
 import { VdiskError } from '../../io/errors';
+import { EVERYTHING, OrderedRangeLock } from '../../io/range-lock';
 import { alignUp } from '../../io/safe-int';
 import type { Access } from './descriptor';
 import { CompressedGrains } from './compressed-grain';
@@ -44,8 +45,8 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
   readonly cache: GrainTableCache;
   /** Host byte offset where the next grain / table goes (end of the file). */
   nextFree: number;
-  /** Grains whose allocation is in flight: a second writer waits instead of allocating again. */
-  readonly inflight = new Map<number, Promise<void>>();
+  /** Grains being allocated or zeroed (grain-allocator.ts): a second writer waits instead of allocating again. */
+  readonly grainLock = new OrderedRangeLock();
   /** Tables allocated here and not yet on disk (their GD entries are written after them). */
   readonly newTables = new Set<number>();
   gdDirty = false;
@@ -53,7 +54,7 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
   private footerAt = -1;
   private footerDirty = false;
   private readonly grains: CompressedGrains;
-  private tableWrites: Promise<void> = Promise.resolve(); // flush and write-through, one at a time
+  private readonly tableWrites = new OrderedRangeLock(); // flush and write-through, one at a time (see serial)
   readonly stats = { grainsAllocated: 0, dataWrites: 0, gtWrites: 0, gdWrites: 0, cowReads: 0, tablesAllocated: 0, zeroGrains: 0, grainsDecompressed: 0 };
   readonly noMultiAlloc: boolean;
   readOnly: boolean;
@@ -345,9 +346,7 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
    * overwritten by the older snapshot, losing an acknowledged write (found by the crash-state test).
    */
   private serial(fn: () => Promise<void>): Promise<void> {
-    const run = this.tableWrites.then(fn);
-    this.tableWrites = run.catch(() => undefined);
-    return run;
+    return this.tableWrites.run(0, EVERYTHING, false, fn);
   }
 
   /** Write-back in the spec's order: data durable → grain tables → grain directory → footer. */

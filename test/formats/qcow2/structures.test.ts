@@ -1,14 +1,13 @@
 /**
  * Unit tests of the on-disk structure helpers: header round trip and limits, refcount widths
  * 1..64, L1/L2 entry encoding (standard, compressed, extended), the zstd frame walker, the
- * metadata cache (LRU, pins, write-back) and the mutex.
+ * metadata cache (LRU, pins, write-back). The image lock is an OrderedRangeLock: test/io/range-lock.test.ts.
  */
 import { describe, expect, it } from 'vitest';
 import { zstdFrameLength } from '../../../src/formats/qcow2/compression';
 import { parseExtensions, serializeExtensions, STANDARD_FEATURES } from '../../../src/formats/qcow2/extensions';
 import { Header, parseHeader, serializeHeader, V3_SIZE } from '../../../src/formats/qcow2/header';
 import { MetadataCache, TableKind } from '../../../src/formats/qcow2/metadata-cache';
-import { Mutex } from '../../../src/formats/qcow2/mutex';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from '../../../src/formats/qcow2/refcount-block';
 import {
   KIND_COMPRESSED,
@@ -165,22 +164,5 @@ describe('metadata cache', () => {
     expect(cache.peek(1024)![0]).toBe(2);
     cache.unpin(b);
     expect(cache.misses).toBe(3);
-  });
-});
-
-describe('mutex', () => {
-  it('runs critical sections one at a time, in order', async () => {
-    const m = new Mutex();
-    const log: string[] = [];
-    await Promise.all(
-      [1, 2, 3].map((i) =>
-        m.run(async () => {
-          log.push(`in${i}`);
-          await new Promise((r) => setTimeout(r, 5));
-          log.push(`out${i}`);
-        }),
-      ),
-    );
-    expect(log).toEqual(['in1', 'out1', 'in2', 'out2', 'in3', 'out3']);
   });
 });

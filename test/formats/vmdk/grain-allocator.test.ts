@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { OrderedRangeLock } from '../../../src/io/range-lock';
 import { type GrainSpace, writeGrains, writeZeroGrains } from '../../../src/formats/vmdk/grain-allocator';
 import { GTE_ZEROED, SECTOR } from '../../../src/formats/vmdk/sparse-header';
 
@@ -21,7 +22,7 @@ class FakeExtent implements GrainSpace {
   readonly compressed = false;
   readonly zeroGrainAllowed = true;
   readonly stats = { grainsAllocated: 0, dataWrites: 0, cowReads: 0, zeroGrains: 0 };
-  readonly inflight = new Map<number, Promise<void>>();
+  readonly grainLock = new OrderedRangeLock();
   readonly tables = new Map<number, Uint32Array>();
   readonly log: string[] = [];
   readonly writes: Write[] = [];
@@ -159,5 +160,33 @@ describe('grain allocator (seed 1) against a fake extent', () => {
     expect(ext.gte(0)).toBe(GTE_ZEROED);
     expect(ext.stats.zeroGrains).toBe(1);
     expect(ext.writes).toEqual([{ at: 200 * SECTOR, bytes: Buffer.alloc(100) }]);
+  });
+
+  it('two requests over the same missing grain: the second waits for the first, then writes in place (allocated once)', async () => {
+    const ext = new FakeExtent();
+    const a = writeGrains(ext, 0, [Buffer.alloc(1024, 1)], 1024, null);
+    const b = writeGrains(ext, 2048, [Buffer.alloc(1024, 2)], 1024, null);
+    await drive(ext, Promise.all([a, b]).then(() => undefined));
+    expect(ext.log.filter((l) => l.startsWith('reserve'))).toEqual([`reserve ${G}`]);
+    expect(ext.stats.grainsAllocated).toBe(1);
+    const host = 64 * SECTOR;
+    expect(ext.writes.map((w) => [w.at, w.bytes.length])).toEqual([
+      [host, G],
+      [host + 2048, 1024],
+    ]);
+    // The in-place write comes only after grain 0 points at the first request's data.
+    expect(ext.log.indexOf(`gte 0=${host / SECTOR}`)).toBeLessThan(ext.log.indexOf(`write ${host + 2048}+1024`));
+    expect(ext.grainLock.count).toBe(0);
+  });
+
+  it('zeroing waits for a grain being allocated in its range, and a later write waits for the zeroing', async () => {
+    const ext = new FakeExtent();
+    const w = writeGrains(ext, 0, [Buffer.alloc(G, 3)], G, null); // grain 0: allocating
+    const z = writeZeroGrains(ext, 0, 2 * G, null, true); // grains 0 and 1 whole: zeroed entries
+    const after = writeGrains(ext, G, [Buffer.alloc(512, 4)], 512, null); // grain 1: after the zeroing
+    await drive(ext, Promise.all([w, z, after]).then(() => undefined));
+    const gtes = ext.log.filter((l) => l.startsWith('gte'));
+    expect(gtes).toEqual([`gte 0=${(64 * SECTOR) / SECTOR}`, `gte 0=${GTE_ZEROED}`, `gte 1=${GTE_ZEROED}`, `gte 1=${(64 * SECTOR + G) / SECTOR}`]);
+    expect(ext.grainLock.count).toBe(0);
   });
 });
