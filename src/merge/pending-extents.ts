@@ -17,8 +17,12 @@ export interface PendingExtent {
   acked: boolean;
 }
 
+/** Full slabs kept for reuse: a fresh 1 MiB buffer costs 256 page faults (zeroed pages) on its first fill. */
+const SPARE_SLABS = 4;
+
 export class PendingExtents {
   private readonly list: PendingExtent[] = [];
+  private readonly spare: Buffer[] = [];
   /** Sum of (end - start) over all extents. */
   bytes = 0;
   /** Whether the last put() joined (overlapped or abutted) an extent already pending. */
@@ -43,7 +47,7 @@ export class PendingExtents {
 
     this.lastPutJoined = i !== j;
     if (i === j) {
-      const buf = Buffer.allocUnsafe(Math.max(data.length, reserve));
+      const buf = this.alloc(Math.max(data.length, reserve));
       data.copy(buf);
       const x: PendingExtent = { start, end, buf, acked };
       list.splice(i, 0, x);
@@ -69,19 +73,35 @@ export class PendingExtents {
     const newEnd = Math.max(end, last.end);
     const needed = newEnd - newStart;
     const grown = Math.min(this.slabBytes, first.buf.length * 16);
-    const buf = Buffer.allocUnsafe(Math.max(needed, grown));
+    const buf = this.alloc(Math.max(needed, grown));
     let wasAcked = acked;
     for (let k = i; k < j; k++) {
       const x = list[k]!;
       x.buf.copy(buf, x.start - newStart, 0, x.end - x.start);
       this.bytes -= x.end - x.start;
       wasAcked ||= x.acked;
+      if (x.buf.buffer !== data.buffer) this.recycle(x.buf); // copied out, and no longer in the list
     }
     data.copy(buf, start - newStart);
     const merged: PendingExtent = { start: newStart, end: newEnd, buf, acked: wasAcked };
     list.splice(i, j - i, merged);
     this.bytes += needed;
     return merged;
+  }
+
+  /**
+   * Gives a slab back for reuse. Only for a buffer nothing refers to any more: an extent out of
+   * the list whose driver write has finished.
+   */
+  recycle(buf: Buffer): void {
+    if (buf.length === this.slabBytes && buf.byteOffset === 0 && buf.buffer.byteLength === buf.length && this.spare.length < SPARE_SLABS) {
+      this.spare.push(buf);
+    }
+  }
+
+  private alloc(bytes: number): Buffer {
+    if (bytes === this.slabBytes) return this.spare.pop() ?? Buffer.allocUnsafeSlow(bytes);
+    return Buffer.allocUnsafe(bytes);
   }
 
   /** Extents holding any byte of [from, to). */

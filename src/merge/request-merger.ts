@@ -259,7 +259,8 @@ export class RequestMerger {
     // Driver requests stay near maxBytes (overlapping merges or a huge write can make an extent
     // bigger): cut at page boundaries, so the pieces lock disjoint pages and run in parallel.
     const limit = Math.max(PAGE_SIZE, pageDown(this.options.maxBytes));
-    if (ext.end - ext.start <= limit) return this.sendPiece(ext.start, ext.end, ext.buf, ext.acked);
+    // One piece: its slab goes back to the pending set once the driver is done with it.
+    if (ext.end - ext.start <= limit) return this.sendPiece(ext.start, ext.end, ext.buf, ext.acked, true);
     const parts: DriverWrite[] = [];
     for (let at = ext.start; at < ext.end; ) {
       const cut = Math.min(ext.end, pageDown(at + limit)); // limit >= one page, so cut > at
@@ -273,8 +274,8 @@ export class RequestMerger {
     return whole;
   }
 
-  /** One driver write of bytes [start, end), which sit at buf[0 .. end-start). */
-  private sendPiece(start: number, end: number, buf: Buffer, acked: boolean): DriverWrite {
+  /** One driver write of bytes [start, end), which sit at buf[0 .. end-start). `recycle`: buf is the extent's own slab, free once written. */
+  private sendPiece(start: number, end: number, buf: Buffer, acked: boolean, recycle = false): DriverWrite {
     const span = pageSpan(start, end, this.image.virtualSize);
     const lease = this.lock.acquire(span.start, span.end, false);
     const bytes = end - start;
@@ -297,6 +298,7 @@ export class RequestMerger {
         lease.release();
         this.inflight.delete(op);
         this.inflightBytes -= bytes;
+        if (recycle) this.pending.recycle(buf);
       }
     })();
     return op;
