@@ -135,8 +135,8 @@ export async function readThrough(a: FormatAccess, offset: number, into: Buffer)
     throw e;
   }
   if (rest) {
-    rest.push(first!);
-    const settled = await Promise.allSettled(rest);
+    rest.unshift(first!);
+    const settled = await Promise.allSettled(rest); // the first failed piece in guest order is reported
     for (const r of settled) if (r.status === 'rejected') throw r.reason;
   } else if (first) {
     await first;
