@@ -7,6 +7,8 @@
 import * as zlib from 'node:zlib';
 import { decompress } from 'fzstd';
 import { VdiskError } from '../../io/errors';
+import type { HostFile } from '../../io/host-file';
+import type { Inflater } from '../data-path';
 
 export function decompressCluster(src: Buffer, clusterSize: number, type: number, into: Buffer): void {
   let out: Uint8Array;
@@ -49,4 +51,27 @@ export function zstdFrameLength(src: Buffer): number {
   off += checksum ? 4 : 0;
   if (off > src.length) bad('frame runs past the stored bytes');
   return off;
+}
+
+/**
+ * Compressed clusters of one image, inflated for the shared data path (a few kept by host
+ * offset: reads of one cluster come in pieces).
+ */
+export class CompressedClusters implements Inflater {
+  private readonly inflated = new Map<number, Buffer>();
+
+  constructor(private readonly file: Pick<HostFile, 'read'>, private readonly clusterSize: number, private readonly type: number) {}
+
+  async inflate(host: number, size: number): Promise<Buffer> {
+    let cluster = this.inflated.get(host);
+    if (cluster) return cluster;
+    if (size > 2 * this.clusterSize + 512) throw VdiskError.corrupt(`qcow2 compressed cluster too large (${size} bytes)`);
+    const src = Buffer.alloc(size);
+    await this.file.read(src, host, 'data');
+    cluster = Buffer.alloc(this.clusterSize);
+    decompressCluster(src, this.clusterSize, this.type, cluster);
+    this.inflated.set(host, cluster);
+    if (this.inflated.size > 8) this.inflated.delete(this.inflated.keys().next().value as number);
+    return cluster;
+  }
 }

@@ -1,9 +1,12 @@
 /**
  * "Where does this guest range live?" — answered from the L1 table and cached L2 tables only,
- * synchronously, so lock-free fast paths can use it. Returns undefined when an L2 table that the
- * range needs is not in the cache (the caller then loads it under the image lock and asks again).
+ * synchronously, so lock-free fast paths can use it. mapFirst answers the shared data path's
+ * question (src/formats/data-path.ts) for the first piece; mapSync lists every piece. Neither
+ * answers when an L2 table the range needs is not cached (the caller then loads it under the
+ * image lock and asks again).
  */
 import { VdiskError } from '../../io/errors';
+import { COMPRESSED, DATA, type Mapping, newMapping, UNALLOCATED, ZERO } from '../data-path';
 import type { MetadataCache } from './metadata-cache';
 import {
   KIND_COMPRESSED,
@@ -18,6 +21,10 @@ import {
   l2Kind,
   l2ZeroBits,
 } from './table-entry';
+
+// The L2 kinds are the shared data path's kinds (mapFirst fills a Mapping without translating).
+const kindsAgree: [typeof KIND_UNALLOCATED, typeof KIND_ZERO, typeof KIND_NORMAL, typeof KIND_COMPRESSED] = [UNALLOCATED, ZERO, DATA, COMPRESSED];
+void kindsAgree;
 
 export interface Piece {
   guest: number;   // guest offset
@@ -44,66 +51,98 @@ export function l2TableOffset(ctx: MapContext, l1i: number): number {
   return off;
 }
 
-export function mapSync(ctx: MapContext, offset: number, length: number): Piece[] | undefined {
+/**
+ * The first piece of [offset, offset+length) into `out` (the shared data path's question): its
+ * kind, how far it holds (clusters of one kind, DATA ones contiguous on the host too; one
+ * compressed cluster at most), for DATA the host offset of `offset`, for COMPRESSED the stored
+ * bytes and the cluster's guest offset. False when the L2 table of `offset` is not cached; a
+ * piece also ends where the next table is not cached. Allocates nothing.
+ */
+export function mapFirst(ctx: MapContext, offset: number, length: number, out: Mapping): boolean {
   const cs = 2 ** ctx.clusterBits;
-  const tableSpan = ctx.l2Entries * cs;
-  const out: Piece[] = [];
-  const push = (kind: number, guest: number, len: number, host: number): void => {
-    const prev = out[out.length - 1];
-    if (prev && prev.kind === kind && kind !== KIND_COMPRESSED && (kind !== KIND_NORMAL || prev.host + prev.length === host)) {
-      prev.length += len;
-      return;
-    }
-    out.push({ guest, length: len, kind, host, cSize: 0, cluster: 0 });
-  };
+  const n = ctx.l2Entries;
+  const l = ctx.layout;
   const end = offset + length;
+  let kind = -1;
+  let host = 0;
   let pos = offset;
+  let tl1 = -1;
+  let t: Buffer | undefined;
   while (pos < end) {
     const gc = Math.floor(pos / cs);
-    const l1i = Math.floor(gc / ctx.l2Entries);
-    const l2off = l2TableOffset(ctx, l1i);
-    if (l2off === 0) {
-      const stop = Math.min(end, (l1i + 1) * tableSpan);
-      push(KIND_UNALLOCATED, pos, stop - pos, 0);
-      pos = stop;
-      continue;
+    const l1i = Math.floor(gc / n);
+    if (l1i !== tl1) {
+      const l2off = l2TableOffset(ctx, l1i);
+      t = l2off === 0 ? undefined : ctx.cache.peek(l2off);
+      if (l2off !== 0 && !t) break;
+      tl1 = l1i;
     }
-    const t = ctx.cache.peek(l2off);
-    if (!t) return undefined;
-    const l2i = gc % ctx.l2Entries;
-    const cStart = gc * cs;
-    const cEnd = Math.min(end, cStart + cs);
-    const kind = l2Kind(t, l2i, ctx.layout);
-    if (kind === KIND_COMPRESSED) {
-      const c = l2Compressed(t, l2i, ctx.layout);
-      out.push({ guest: pos, length: cEnd - pos, kind, host: c.host, cSize: c.size, cluster: cStart });
-    } else if (!ctx.layout.extended) {
-      if (kind === KIND_NORMAL) {
-        const host = l2HostOffset(t, l2i, ctx.layout);
-        if (host % cs !== 0) throw VdiskError.corrupt(`qcow2 data cluster offset ${host} not cluster aligned`);
-        push(kind, pos, cEnd - pos, host + (pos - cStart));
-      } else {
-        push(kind, pos, cEnd - pos, 0);
-      }
+    let k: number = KIND_UNALLOCATED;
+    let h = 0;
+    let stop: number;
+    if (!t) {
+      stop = Math.min(end, (l1i + 1) * n * cs);
     } else {
-      const host = l2HostOffset(t, l2i, ctx.layout);
-      if (host % cs !== 0) throw VdiskError.corrupt(`qcow2 data cluster offset ${host} not cluster aligned`);
-      const alloc = l2AllocBits(t, l2i, ctx.layout);
-      const zero = l2ZeroBits(t, l2i, ctx.layout);
-      if (alloc & zero) throw VdiskError.corrupt(`qcow2 subcluster both allocated and zero (cluster ${gc})`);
-      if (alloc !== 0 && host === 0 && !ctx.layout.dataFile) throw VdiskError.corrupt(`qcow2 allocated subclusters without a host cluster (cluster ${gc})`);
-      const sc = cs / 32;
-      while (pos < cEnd) {
+      const l2i = gc % n;
+      const cStart = gc * cs;
+      stop = Math.min(end, cStart + cs);
+      k = l2Kind(t, l2i, l);
+      if (k === KIND_COMPRESSED) {
+        if (kind >= 0) break;
+        const c = l2Compressed(t, l2i, l);
+        out.kind = k;
+        out.length = stop - pos;
+        out.host = c.host;
+        out.size = c.size;
+        out.unit = cStart;
+        return true;
+      }
+      if (!l.extended) {
+        if (k === KIND_NORMAL) h = alignedHost(t, l2i, l, cs) + (pos - cStart);
+      } else {
+        const hc = alignedHost(t, l2i, l, cs);
+        const alloc = l2AllocBits(t, l2i, l);
+        const zero = l2ZeroBits(t, l2i, l);
+        if (alloc & zero) throw VdiskError.corrupt(`qcow2 subcluster both allocated and zero (cluster ${gc})`);
+        if (alloc !== 0 && hc === 0 && !l.dataFile) throw VdiskError.corrupt(`qcow2 allocated subclusters without a host cluster (cluster ${gc})`);
+        const sc = cs / 32;
         const si = Math.floor((pos - cStart) / sc);
-        const sEnd = Math.min(cEnd, cStart + (si + 1) * sc);
         const bit = 1 << si;
-        if (alloc & bit) push(KIND_NORMAL, pos, sEnd - pos, host + (pos - cStart));
-        else if (zero & bit) push(KIND_ZERO, pos, sEnd - pos, 0);
-        else push(KIND_UNALLOCATED, pos, sEnd - pos, 0);
-        pos = sEnd;
+        k = alloc & bit ? KIND_NORMAL : zero & bit ? KIND_ZERO : KIND_UNALLOCATED;
+        if (k === KIND_NORMAL) h = hc + (pos - cStart);
+        stop = Math.min(stop, cStart + (si + 1) * sc);
       }
     }
-    pos = cEnd;
+    if (kind < 0) {
+      kind = k;
+      host = h;
+    } else if (k !== kind || (k === KIND_NORMAL && h !== host + (pos - offset))) {
+      break;
+    }
+    pos = stop;
+  }
+  if (kind < 0) return false;
+  out.kind = kind;
+  out.length = pos - offset;
+  out.host = host;
+  return true;
+}
+
+function alignedHost(t: Buffer, l2i: number, l: L2Layout, cs: number): number {
+  const host = l2HostOffset(t, l2i, l);
+  if (host % cs !== 0) throw VdiskError.corrupt(`qcow2 data cluster offset ${host} not cluster aligned`);
+  return host;
+}
+
+/** Every piece of a range (mapFirst until the end), or undefined when a table it needs is not cached. */
+export function mapSync(ctx: MapContext, offset: number, length: number): Piece[] | undefined {
+  const out: Piece[] = [];
+  const m = newMapping();
+  const end = offset + length;
+  for (let pos = offset; pos < end; pos += m.length) {
+    if (!mapFirst(ctx, pos, end - pos, m)) return undefined;
+    const compressed = m.kind === KIND_COMPRESSED;
+    out.push({ guest: pos, length: m.length, kind: m.kind, host: m.kind === KIND_NORMAL || compressed ? m.host : 0, cSize: compressed ? m.size : 0, cluster: compressed ? m.unit : 0 });
   }
   return out;
 }

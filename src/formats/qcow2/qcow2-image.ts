@@ -1,10 +1,11 @@
 /**
  * A qcow2 image: reads, writes, zero writes, map, flush, resize. The mapping answers come from
  * mapping.ts; host cluster accounting from refcounts.ts; tables from the metadata cache; the L1
- * table from l1-table.ts. Bytes of mapped pieces: piece-reader.ts; resize.ts, image-info.ts,
- * extents.ts (map), discard.ts and preallocate.ts do one entry point each.
+ * table from l1-table.ts. Reads (and COW reads) go through the shared data path
+ * (../data-path.ts) with read-access.ts's answers; resize.ts, image-info.ts, extents.ts (map),
+ * discard.ts and preallocate.ts do one entry point each.
  *
- * Concurrency: reads whose tables are cached run without the lock (one synchronous lookup, then
+ * Concurrency: reads whose tables are cached run without the lock (synchronous lookups, then
  * host I/O); loading tables and every metadata change run under the image lock (`locked`: one
  * range over everything in an OrderedRangeLock, a FIFO mutex). Writes: write-path.ts.
  */
@@ -12,17 +13,19 @@ import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
 import { EVERYTHING, OrderedRangeLock } from '../../io/range-lock';
+import { checkRange, readThrough } from '../data-path';
 import type { Extent, Image, ImageInfo, ImageStats } from '../types';
+import { CompressedClusters } from './compression';
 import { discardRange } from './discard';
 import { toExtents } from './extents';
 import { Header, INCOMPAT_EXTL2 } from './header';
 import { qcow2Info } from './image-info';
 import { L1Table } from './l1-table';
-import { MapContext, mapSync, Piece, tablesFor } from './mapping';
+import { MapContext, mapSync, tablesFor } from './mapping';
 import type { ImageMeta } from './meta';
 import { CacheEntry, MetadataCache } from './metadata-cache';
-import { PieceReader } from './piece-reader';
 import { preallocateMetadata } from './preallocate';
+import { Qcow2Access } from './read-access';
 import type { Refcounts } from './refcounts';
 import { growImage } from './resize';
 import type { Snapshot } from './snapshot-table';
@@ -77,7 +80,10 @@ export class Qcow2Image implements Image {
   private readonly writer: WritePath;
   private readonly l1: L1Table;
   private closed = false;
-  private readonly pieces: PieceReader;
+  /** Guest reads: tables missing from the cache are loaded under the lock. */
+  private readonly reads: Qcow2Access;
+  /** COW reads of this layer during a write, whose tables the write has pinned. */
+  private readonly cowReads: Qcow2Access;
   private readonly lockFree = new Set<Promise<void>>();
 
   constructor(p: Qcow2Parts) {
@@ -105,7 +111,9 @@ export class Qcow2Image implements Image {
       l1Size: p.l1.length / 8,
       cache: this.cache,
     };
-    this.pieces = new PieceReader({ file: this.file, dataFile: this.dataFile, clusterSize: this.cs, compressionType: this.header.compressionType, backing: this.backing });
+    const access = { ctx: this.ctx, file: this.file, dataFile: this.dataFile, backing: this.backing, inflater: new CompressedClusters(this.file, this.cs, this.header.compressionType) };
+    this.reads = new Qcow2Access({ ...access, withTables: (o, n, fn) => this.withTablesLocked(o, n, fn) });
+    this.cowReads = new Qcow2Access({ ...access, withTables: (o, n, fn) => this.withTablesPinned(o, n, fn) });
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const self = this;
     this.l1 = new L1Table({ ctx: this.ctx, cache: this.cache, file: this.file, offset: p.l1Offset, refcounts: () => self.refcounts!, counters: this.counters });
@@ -125,7 +133,7 @@ export class Qcow2Image implements Image {
       },
       l2Offset: (l1i) => this.l1.l2Offset(l1i),
       privateL2: (l1i) => this.l1.privateL2(l1i),
-      readLayer: (off, into) => this.readLayer(off, into),
+      readLayer: (off, into) => readThrough(this.cowReads, off, into), // this layer's content for COW
     });
     // The L1 table is the root of the L2 side of the cache's write order.
     this.cache.setSide('l2', {
@@ -144,21 +152,17 @@ export class Qcow2Image implements Image {
   // ---- reads ----
 
   async read(offset: number, into: Buffer): Promise<void> {
-    this.checkRange(offset, into.length);
+    checkRange(this, offset, into.length);
     if (into.length === 0) return;
-    await this.lockFreeIo(this.readUnlocked(offset, into));
+    await this.lockFreeIo(readThrough(this.reads, offset, into));
   }
 
-  private async readUnlocked(offset: number, into: Buffer): Promise<void> {
-    const pieces = mapSync(this.ctx, offset, into.length) ?? (await this.mapLocked(offset, into.length));
-    await this.pieces.read(pieces, offset, into);
-  }
-
-  private async mapLocked(offset: number, length: number): Promise<Piece[]> {
+  /** Runs `fn` under the lock with the L2 tables of the range loaded and pinned. */
+  private async withTablesLocked<T>(offset: number, length: number, fn: () => T): Promise<T> {
     return this.locked(async () => {
       const pinned = await this.pinTables(offset, length);
       try {
-        return mapSync(this.ctx, offset, length)!;
+        return fn();
       } finally {
         for (const e of pinned) this.cache.unpin(e);
         await this.cache.evict();
@@ -182,7 +186,7 @@ export class Qcow2Image implements Image {
   async write(offset: number, data: Buffer | Buffer[]): Promise<void> {
     const buf = Array.isArray(data) ? (data.length === 1 ? data[0]! : Buffer.concat(data)) : data;
     this.checkWritable();
-    this.checkRange(offset, buf.length);
+    checkRange(this, offset, buf.length);
     if (buf.length === 0) return;
     if (await this.lockFreeIo(this.writer.tryDirect(offset, buf))) return;
     await this.writer.write(offset, buf, 'unallocated');
@@ -190,7 +194,7 @@ export class Qcow2Image implements Image {
 
   async writeZeroes(offset: number, length: number): Promise<void> {
     this.checkWritable();
-    this.checkRange(offset, length);
+    checkRange(this, offset, length);
     // Bounded chunks: one zero buffer, reused (only partial clusters ever copy from it).
     const chunk = Math.max(this.cs, 4 << 20);
     const zeros = Buffer.alloc(Math.min(length, chunk));
@@ -206,7 +210,7 @@ export class Qcow2Image implements Image {
   /** discard.ts; frees pile up until a flush applies them, or this many bytes of them wait. */
   async discard(offset: number, length: number): Promise<void> {
     this.checkWritable();
-    this.checkRange(offset, length);
+    checkRange(this, offset, length);
     if (length === 0) return;
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const self = this;
@@ -264,16 +268,11 @@ export class Qcow2Image implements Image {
     return p;
   }
 
-  /** Reads this layer's current content (old data, backing, zeros) for COW; tables are pinned. */
-  private async readLayer(offset: number, into: Buffer): Promise<void> {
-    const pieces = mapSync(this.ctx, offset, into.length) ?? (await this.mapPinned(offset, into.length));
-    await this.pieces.read(pieces, offset, into);
-  }
-
-  private async mapPinned(offset: number, length: number): Promise<Piece[]> {
+  /** Without the lock (a write's COW read: its tables are pinned, this is a safety net). */
+  private async withTablesPinned<T>(offset: number, length: number, fn: () => T): Promise<T> {
     const pinned = await this.pinTables(offset, length);
     try {
-      return mapSync(this.ctx, offset, length)!;
+      return fn();
     } finally {
       for (const e of pinned) this.cache.unpin(e);
     }
@@ -335,9 +334,9 @@ export class Qcow2Image implements Image {
   // ---- map / resize / info ----
 
   async map(offset: number, length: number): Promise<Extent[]> {
-    this.checkRange(offset, length);
+    checkRange(this, offset, length);
     if (length === 0) return [];
-    const pieces = mapSync(this.ctx, offset, length) ?? (await this.mapLocked(offset, length));
+    const pieces = mapSync(this.ctx, offset, length) ?? (await this.withTablesLocked(offset, length, () => mapSync(this.ctx, offset, length)!));
     return toExtents(pieces, { image: this.file.path, data: this.dataFile.path }, this.backing?.virtualSize);
   }
 
@@ -380,12 +379,6 @@ export class Qcow2Image implements Image {
       backingPath: this.backingPath,
       snapshots: this.snapshots,
     });
-  }
-
-  private checkRange(offset: number, length: number): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.virtualSize) {
-      throw VdiskError.invalid(`range ${offset}+${length} past the end of ${this.path} (${this.virtualSize} bytes)`);
-    }
   }
 
   private checkWritable(): void {

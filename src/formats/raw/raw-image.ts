@@ -1,5 +1,6 @@
 import { HostFile } from '../../io/host-file';
 import { VdiskError } from '../../io/errors';
+import { checkRange } from '../data-path';
 import type { Extent, Image, ImageInfo, ImageStats } from '../types';
 
 /**
@@ -21,18 +22,19 @@ export class RawImage implements Image {
   }
 
   async read(offset: number, into: Buffer): Promise<void> {
-    this.checkRange(offset, into.length);
+    checkRange(this, offset, into.length);
     await this.file.read(into, offset, 'data');
   }
 
   async write(offset: number, data: Buffer | Buffer[]): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
     const len = Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data.length;
-    this.checkRange(offset, len);
+    checkRange(this, offset, len);
     await this.file.write(data, offset, 'data');
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
+    checkRange(this, offset, length);
     // A raw file has no zero marker; write real zeros in bounded chunks.
     const chunk = Buffer.alloc(Math.min(length, 1 << 20));
     for (let done = 0; done < length; done += chunk.length) {
@@ -44,7 +46,7 @@ export class RawImage implements Image {
   /** Punches the range out of the host file; where the host cannot punch, writes zeros. */
   async discard(offset: number, length: number): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
-    this.checkRange(offset, length);
+    checkRange(this, offset, length);
     if (!this.file.punchHole(offset, length, 'data')) await this.writeZeroes(offset, length);
   }
 
@@ -62,7 +64,7 @@ export class RawImage implements Image {
   }
 
   async map(offset: number, length: number): Promise<Extent[]> {
-    this.checkRange(offset, length);
+    checkRange(this, offset, length);
     return [{ offset, length, kind: 'data', hostOffset: offset, hostFile: this.path }];
   }
 
@@ -84,11 +86,5 @@ export class RawImage implements Image {
   async info(): Promise<ImageInfo> {
     const st = await this.file.stat();
     return { filename: this.path, format: 'raw', 'virtual-size': this.virtualSize, 'actual-size': st.blocks * 512 };
-  }
-
-  private checkRange(offset: number, length: number): void {
-    if (offset < 0 || length < 0 || offset + length > this.virtualSize) {
-      throw new VdiskError('EINVAL', `range ${offset}+${length} past the end of ${this.path} (${this.virtualSize} bytes)`);
-    }
   }
 }

@@ -13,6 +13,7 @@ export type ExtentMapping =
 /**
  * Reads the guest bytes under this extent from the parent disk; `extentOffset` is relative to
  * the extent. Used for COW of partial grains; null when there is no parent (COW from zeros).
+ * Made by extent-chain.ts over the shared data path's backing read.
  */
 export type CowSource = (extentOffset: number, into: Buffer) => Promise<void>;
 
@@ -25,8 +26,10 @@ export interface VmdkExtent {
   readonly grainBytes?: number;     // sparse extents only
   /** The mapping of the first bytes of [offset, offset+length), with how far it holds. */
   map(offset: number, length: number): Promise<ExtentMapping>;
-  /** Decompresses the grain holding a 'compressed' mapping into `into` (streamOptimized). */
-  readCompressed?(m: ExtentMapping & { kind: 'compressed' }, offset: number, into: Buffer): Promise<void>;
+  /** The same answer when it needs no I/O; undefined: ask map(). */
+  mapSync?(offset: number, length: number): ExtentMapping | undefined;
+  /** The whole grain of a 'compressed' mapping, inflated (streamOptimized). */
+  inflate?(hostOffset: number, grainOffset: number): Promise<Buffer>;
   /** Writes `data` (total `length` bytes) at `offset`; allocation, COW and metadata are the extent's job. */
   write(offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void>;
   /** Zeroes a range: zeroed-grain entries where the extent can, zeros written otherwise. */

@@ -17,8 +17,12 @@ export class FlatExtent implements VmdkExtent {
     private readonly offsetSectors: number,
   ) {}
 
-  async map(offset: number, length: number): Promise<ExtentMapping> {
+  mapSync(offset: number, length: number): ExtentMapping {
     return { kind: 'data', length, hostOffset: this.offsetSectors * SECTOR + offset };
+  }
+
+  async map(offset: number, length: number): Promise<ExtentMapping> {
+    return this.mapSync(offset, length);
   }
 
   async write(offset: number, data: Buffer[], _length: number, _cow: CowSource | null): Promise<void> {
@@ -52,8 +56,11 @@ export class FlatExtent implements VmdkExtent {
 export class ZeroExtent implements VmdkExtent {
   readonly type = 'ZERO';
   constructor(readonly access: Access, readonly size: number) {}
-  async map(_offset: number, length: number): Promise<ExtentMapping> {
+  mapSync(_offset: number, length: number): ExtentMapping {
     return { kind: 'zero', length };
+  }
+  async map(offset: number, length: number): Promise<ExtentMapping> {
+    return this.mapSync(offset, length);
   }
   async write(): Promise<void> {
     throw VdiskError.readOnly('a ZERO extent cannot be written');

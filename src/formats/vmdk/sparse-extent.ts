@@ -6,6 +6,7 @@ import { alignUp } from '../../io/safe-int';
 import type { Access } from './descriptor';
 import { CompressedGrains } from './compressed-grain';
 import type { CowSource, ExtentMapping, VmdkExtent } from './extent';
+import { mapGrains } from './grain-map';
 import { GrainTableCache } from './grain-table-cache';
 import { checkDirectorySize, encodeDirectory, readDirectory } from './grain-directory';
 import * as hdr from './sparse-header';
@@ -29,7 +30,8 @@ export interface SparseOpenOptions {
 /**
  * A hosted sparse extent (KDMV): grain directory → grain tables → grains, with the redundant
  * directory kept in step; also the streamOptimized variant (compressed grains with markers).
- * Mapping and table bookkeeping live here; the write path (the seed) is in grain-allocator.ts,
+ * Table bookkeeping lives here, the mapping answer in grain-map.ts (reads: ../data-path.ts via
+ * extent-chain.ts); the write path (the seed) is in grain-allocator.ts,
  * compressed grains in compressed-grain.ts, the directory's on-disk form in grain-directory.ts.
  */
 export class SparseExtent implements VmdkExtent, GrainSpace {
@@ -217,39 +219,28 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
     return at;
   }
 
-  async map(offset: number, length: number): Promise<ExtentMapping> {
-    const G = this.grainBytes;
-    let g = Math.floor(offset / G);
-    const t = Math.floor(g / this.gtEntries);
-    const tableEnd = Math.min((t + 1) * this.gtEntries * G, this.size);
-    const limit = Math.min(offset + length, tableEnd);
-    if (t >= this.gd.length || this.gd[t] === 0) return { kind: 'unallocated', length: limit - offset };
-    // Use the table object itself: another request's load may evict it from the cache meanwhile.
-    const buf = (this.cache.peek(t) ?? (await this.cache.get(t))).buf;
-    const base = t * this.gtEntries;
-    const entry = (i: number) => buf.readUInt32LE((i - base) * 4);
-    const first = entry(g);
-    const within = offset - g * G;
-    if (first !== 0 && !this.isZeroGte(first) && this.compressed) {
-      return { kind: 'compressed', length: Math.min(limit, (g + 1) * G) - offset, hostOffset: first * SECTOR, grainOffset: g * G };
-    }
-    const kind = first === 0 ? 'unallocated' : this.isZeroGte(first) ? 'zero' : 'data';
-    let end = (g + 1) * G;
-    for (g = g + 1; end < limit; g++) {
-      const e = entry(g);
-      if (kind === 'data') {
-        if (e !== first + ((g - Math.floor(offset / G)) * G) / SECTOR) break;
-      } else if (kind === 'zero' ? !this.isZeroGte(e) : e !== 0) break;
-      end += G;
-    }
-    const len = Math.min(end, limit) - offset;
-    return kind === 'data' ? { kind, length: len, hostOffset: first * SECTOR + within } : { kind, length: len };
+  /** The mapping of the first bytes of [offset, offset+length), when its grain table is cached (else undefined). */
+  mapSync(offset: number, length: number): ExtentMapping | undefined {
+    const t = Math.floor(Math.floor(offset / this.grainBytes) / this.gtEntries);
+    if (t >= this.gd.length || this.gd[t] === 0) return this.unallocatedTable(t, offset, length);
+    const table = this.cache.peek(t);
+    return table && mapGrains(this, table.buf, offset, length);
   }
 
-  async readCompressed(m: ExtentMapping & { kind: 'compressed' }, offset: number, into: Buffer): Promise<void> {
-    const grain = await this.grains.read(m.hostOffset, m.grainOffset);
-    const from = offset - m.grainOffset;
-    grain.copy(into, 0, from, from + into.length);
+  async map(offset: number, length: number): Promise<ExtentMapping> {
+    const t = Math.floor(Math.floor(offset / this.grainBytes) / this.gtEntries);
+    if (t >= this.gd.length || this.gd[t] === 0) return this.unallocatedTable(t, offset, length);
+    // Use the table object itself: another request's load may evict it from the cache meanwhile.
+    return mapGrains(this, (this.cache.peek(t) ?? (await this.cache.get(t))).buf, offset, length);
+  }
+
+  private unallocatedTable(t: number, offset: number, length: number): ExtentMapping {
+    return { kind: 'unallocated', length: Math.min(offset + length, (t + 1) * this.gtEntries * this.grainBytes, this.size) - offset };
+  }
+
+  /** The compressed grain at `hostOffset` (grain `grainOffset` of this extent), inflated. */
+  inflate(hostOffset: number, grainOffset: number): Promise<Buffer> {
+    return this.grains.read(hostOffset, grainOffset);
   }
 
   write(offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {

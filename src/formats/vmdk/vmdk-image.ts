@@ -3,9 +3,11 @@ import { randomInt } from 'node:crypto';
 import createDebug from 'debug';
 import { HostFile } from '../../io/host-file';
 import { VdiskError } from '../../io/errors';
+import { checkRange, readThrough } from '../data-path';
 import type { Extent, Image, ImageInfo, ImageStats, OpenOptions } from '../types';
 import { formatCid, type Descriptor } from './descriptor';
-import { sliceVector, type CowSource, type VmdkExtent } from './extent';
+import { sliceVector, type VmdkExtent } from './extent';
+import { ExtentChain } from './extent-chain';
 import { FlatExtent, ZeroExtent } from './flat-extent';
 import { readLayout, type Layout } from './layout';
 import { SparseExtent } from './sparse-extent';
@@ -20,13 +22,14 @@ const DEFAULT_GT_CACHE_BYTES = 64 << 20;
 
 /**
  * A VMDK disk: a descriptor, one or more extents laid end to end in guest space, maybe a
- * parent. Requests are split at extent boundaries; each extent maps and allocates its own part.
+ * parent. Requests are split at extent boundaries (extent-chain.ts); each extent maps and
+ * allocates its own part; reads go through the shared data path (../data-path.ts).
  */
 export class VmdkImage implements Image {
   readonly format = 'vmdk';
   virtualSize: number;
   readOnly: boolean;
-  private readonly starts: number[] = [];
+  private readonly chain: ExtentChain;
   private cidUpdate: Promise<void> | undefined;
   private closed = false;
 
@@ -40,12 +43,8 @@ export class VmdkImage implements Image {
     readonly parentFile: string | undefined,
     readOnly: boolean,
   ) {
-    let pos = 0;
-    for (const e of extents) {
-      this.starts.push(pos);
-      pos += e.size;
-    }
-    this.virtualSize = pos;
+    this.chain = new ExtentChain(path, extents, parent);
+    this.virtualSize = extents.reduce((n, e) => n + e.size, 0);
     this.readOnly = readOnly;
   }
 
@@ -147,72 +146,9 @@ export class VmdkImage implements Image {
     }
   }
 
-  private checkRange(offset: number, length: number): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.virtualSize) {
-      throw VdiskError.invalid(`range ${offset}+${length} past the end of ${this.path} (${this.virtualSize} bytes)`);
-    }
-  }
-
-  /** Index of the extent holding guest byte `offset`. */
-  private extentAt(offset: number): number {
-    let lo = 0;
-    let hi = this.extents.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if (this.starts[mid]! <= offset) lo = mid;
-      else hi = mid - 1;
-    }
-    return lo;
-  }
-
-  /** Calls fn for every extent-local piece of [offset, offset+length). */
-  private pieces(offset: number, length: number): Array<{ ext: VmdkExtent; start: number; eo: number; pos: number; n: number }> {
-    const out = [];
-    let pos = 0;
-    let i = this.extentAt(offset);
-    while (pos < length) {
-      const ext = this.extents[i]!;
-      const eo = offset + pos - this.starts[i]!;
-      const n = Math.min(length - pos, ext.size - eo);
-      if (n > 0) out.push({ ext, start: this.starts[i]!, eo, pos, n });
-      pos += Math.max(n, 0);
-      i++;
-    }
-    return out;
-  }
-
-  private async readParent(offset: number, into: Buffer): Promise<void> {
-    const p = this.parent;
-    if (!p || offset >= p.virtualSize) {
-      into.fill(0);
-      return;
-    }
-    const n = Math.min(into.length, p.virtualSize - offset);
-    await p.read(offset, n === into.length ? into : into.subarray(0, n));
-    if (n < into.length) into.fill(0, n);
-  }
-
-  private cowFor(start: number): CowSource | null {
-    if (!this.parent) return null;
-    return (eo, into) => this.readParent(start + eo, into);
-  }
-
   async read(offset: number, into: Buffer): Promise<void> {
-    this.checkRange(offset, into.length);
-    const tasks: Promise<void>[] = [];
-    for (const { ext, start, eo, pos, n } of this.pieces(offset, into.length)) {
-      if (ext.access === 'NOACCESS') throw VdiskError.io(`${this.path}: extent ${ext.fileName ?? ext.type} is NOACCESS`);
-      for (let d = 0; d < n; ) {
-        const m = await ext.map(eo + d, n - d);
-        const sub = into.subarray(pos + d, pos + d + m.length);
-        if (m.kind === 'data') tasks.push(ext.file!.read(sub, m.hostOffset, 'data').then(() => {}));
-        else if (m.kind === 'compressed') tasks.push(ext.readCompressed!(m, eo + d, sub));
-        else if (m.kind === 'unallocated' && this.parent) tasks.push(this.readParent(start + eo + d, sub));
-        else sub.fill(0);
-        d += m.length;
-      }
-    }
-    await Promise.all(tasks);
+    checkRange(this, offset, into.length);
+    await readThrough(this.chain, offset, into);
   }
 
   async write(offset: number, data: Buffer | Buffer[]): Promise<void> {
@@ -220,18 +156,18 @@ export class VmdkImage implements Image {
     let length = 0;
     for (const b of bufs) length += b.length;
     if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
-    this.checkRange(offset, length);
+    checkRange(this, offset, length);
     if (length === 0) return;
     await this.touchCid();
-    await Promise.all(this.pieces(offset, length).map((p) => p.ext.write(p.eo, sliceVector(bufs, p.pos, p.n), p.n, this.cowFor(p.start))));
+    await Promise.all(this.chain.pieces(offset, length).map((p) => p.ext.write(p.eo, sliceVector(bufs, p.pos, p.n), p.n, this.chain.cowFor(p.start))));
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
-    this.checkRange(offset, length);
+    checkRange(this, offset, length);
     if (length === 0) return;
     await this.touchCid();
-    await Promise.all(this.pieces(offset, length).map((p) => p.ext.writeZeroes(p.eo, p.n, this.cowFor(p.start), this.parent !== undefined)));
+    await Promise.all(this.chain.pieces(offset, length).map((p) => p.ext.writeZeroes(p.eo, p.n, this.chain.cowFor(p.start), this.parent !== undefined)));
   }
 
   /**
@@ -241,9 +177,9 @@ export class VmdkImage implements Image {
    */
   async discard(offset: number, length: number): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
-    this.checkRange(offset, length);
+    checkRange(this, offset, length);
     if (length === 0) return;
-    const parts = this.pieces(offset, length);
+    const parts = this.chain.pieces(offset, length);
     for (const p of parts) {
       if (p.ext instanceof SparseExtent && p.ext.compressed) throw VdiskError.readOnly(`${this.path}: a streamOptimized extent cannot be discarded`);
     }
@@ -253,7 +189,7 @@ export class VmdkImage implements Image {
         const m = await p.ext.map(p.eo, p.n);
         if (p.ext.file.punchHole(m.kind === 'data' ? m.hostOffset : 0, p.n, 'data')) return;
       }
-      await p.ext.writeZeroes(p.eo, p.n, this.cowFor(p.start), this.parent !== undefined);
+      await p.ext.writeZeroes(p.eo, p.n, this.chain.cowFor(p.start), this.parent !== undefined);
     }));
   }
 
@@ -333,27 +269,8 @@ export class VmdkImage implements Image {
   }
 
   async map(offset: number, length: number): Promise<Extent[]> {
-    this.checkRange(offset, length);
-    const out: Extent[] = [];
-    const push = (x: Extent) => {
-      const last = out[out.length - 1];
-      if (last && last.kind === x.kind && last.offset + last.length === x.offset && last.compressed === x.compressed && last.hostFile === x.hostFile &&
-        (x.kind !== 'data' || x.compressed || (last.hostOffset !== undefined && x.hostOffset === last.hostOffset + last.length))) {
-        last.length += x.length;
-      } else out.push(x);
-    };
-    for (const { ext, start, eo, n } of this.pieces(offset, length)) {
-      for (let d = 0; d < n; ) {
-        const m = await ext.map(eo + d, n - d);
-        const g = start + eo + d;
-        if (m.kind === 'data') push({ offset: g, length: m.length, kind: 'data', hostOffset: m.hostOffset, hostFile: ext.file!.path });
-        else if (m.kind === 'compressed') push({ offset: g, length: m.length, kind: 'data', compressed: true, hostFile: ext.file!.path });
-        else if (m.kind === 'unallocated') push({ offset: g, length: m.length, kind: this.parent ? 'backing' : 'unallocated' });
-        else push({ offset: g, length: m.length, kind: 'zero' });
-        d += m.length;
-      }
-    }
-    return out;
+    checkRange(this, offset, length);
+    return this.chain.report(offset, length);
   }
 
   hostFiles(): string[] {
