@@ -8,7 +8,7 @@
  *
  * Allocation stays in the drivers (qcow2/write-path.ts, vmdk/grain-allocator.ts).
  */
-import type { HostFile } from '../io/host-file';
+import { SYNC_IO_MAX, type HostFile } from '../io/host-file';
 import { VdiskError } from '../io/errors';
 import type { Image } from './types';
 
@@ -35,7 +35,7 @@ export interface Mapping {
   kind: number;        // UNALLOCATED | ZERO | DATA | COMPRESSED
   length: number;      // bytes from the asked offset that this answer holds for (> 0)
   /** DATA: the file to read; COMPRESSED: the file holding the compressed bytes (for map reports). */
-  file: Pick<HostFile, 'read' | 'path'> | undefined;
+  file: Pick<HostFile, 'read' | 'readSync' | 'path'> | undefined;
   host: number;        // DATA: host offset of the asked byte; COMPRESSED: host offset of the unit
   size: number;        // COMPRESSED: bytes stored (0 when the format frames them itself)
   unit: number;        // COMPRESSED: guest offset where the unit starts
@@ -141,4 +141,31 @@ export async function readThrough(a: FormatAccess, offset: number, into: Buffer)
   } else if (first) {
     await first;
   }
+}
+
+/**
+ * readThrough done synchronously, for the transport's fast path (a FUSE read answered inside its
+ * dispatch, no promise turns): only when every piece is mapped without I/O, is data, zeros or
+ * unallocated without a backing image, and the data pieces together are small (SYNC_IO_MAX).
+ * Otherwise false, having read nothing: the caller uses readThrough. Two passes over the
+ * (cached) mapping, so declining costs no host I/O.
+ */
+export function readThroughSync(a: FormatAccess, offset: number, into: Buffer): boolean {
+  const total = into.length;
+  const m = newMapping();
+  let bytes = 0;
+  for (let pos = 0; pos < total; pos += m.length) {
+    if (!a.mapSync(offset + pos, total - pos, m) || !(m.length > 0 && m.length <= total - pos)) return false;
+    if (m.kind === DATA) bytes += m.length;
+    else if (m.kind === COMPRESSED || (m.kind === UNALLOCATED && a.backing !== undefined)) return false;
+    else if (m.kind !== ZERO && m.kind !== UNALLOCATED) return false;
+  }
+  if (bytes > SYNC_IO_MAX) return false;
+  for (let pos = 0; pos < total; pos += m.length) {
+    a.mapSync(offset + pos, total - pos, m);
+    const dst = m.length === total ? into : into.subarray(pos, pos + m.length);
+    if (m.kind === DATA) m.file!.readSync(dst, m.host, 'data');
+    else dst.fill(0);
+  }
+  return true;
 }

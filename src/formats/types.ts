@@ -25,6 +25,12 @@ export interface Image {
   readonly readOnly: boolean;
   /** Fills `into` completely; ranges past virtualSize are refused (EINVAL). */
   read(offset: number, into: Buffer): Promise<void>;
+  /**
+   * Optional fast path: the same read done synchronously when it needs no waiting (mapping
+   * cached, small host reads only); false when it cannot, having done nothing. A FUSE read
+   * answered this way takes no promise turns (src/merge/request-merger.ts readSync).
+   */
+  readSync?(offset: number, into: Buffer): boolean;
   /** `data` is owned by the driver once called (the caller does not reuse it). */
   write(offset: number, data: Buffer | Buffer[]): Promise<void>;
   /** Zero clusters/grains where the format can; otherwise writes zeros. */

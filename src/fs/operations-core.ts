@@ -137,6 +137,15 @@ export class FsCore {
     return h.entry.merger.read(diskOffset(h, offset), into.length === n ? into : into.subarray(0, n)).then(() => n);
   }
 
+  /** read() when it can be answered without waiting (RequestMerger.readSync); undefined: use read(). */
+  readSync(fh: number, offset: number, into: Buffer): number | undefined {
+    const h = this.handle(fh);
+    const size = sizeOf(h);
+    if (offset >= size) return 0;
+    const n = Math.min(into.length, size - offset);
+    return h.entry.merger.readSync(diskOffset(h, offset), into.length === n ? into : into.subarray(0, n)) === undefined ? undefined : n;
+  }
+
   /** Writes `data` at `offset`; returns the bytes written. `data` is copied before this returns. */
   write(fh: number, offset: number, data: Buffer): Promise<number> {
     const h = this.handle(fh);

@@ -8,7 +8,9 @@
  * - A pump drains the queued requests (up to BATCH) and dispatches each. Dispatch takes what it
  *   needs from the buffer synchronously (the merger copies write payloads at once). A request
  *   whose work is synchronous host I/O (SYNC_IO_MAX in io/host-file.ts) resolves within
- *   microtasks and is answered by writeSync to /dev/fuse: no thread hop.
+ *   microtasks and is answered by writeSync to /dev/fuse: no thread hop. A small read whose
+ *   mapping is cached is answered inside dispatch() (Image.readSync); the pump then goes on
+ *   from a queued microtask, as it would from the reply of an asynchronous request.
  * - Once every dispatched request is answered (the adapter's reply calls answered()), the pump
  *   goes on right there, without an event-loop turn, for at most BATCH requests or TURN_MS;
  *   then a setImmediate turn lets timers (the merger's --merge-delay flush), thread-pool
@@ -111,6 +113,8 @@ export class SessionLoop {
     this.pump();
   }
 
+  private readonly resume = (): void => this.answered();
+
   private scheduleTurn(): void {
     if (this.immediate) return;
     this.immediate = true;
@@ -139,6 +143,8 @@ export class SessionLoop {
           this.sinceTurn += got;
           this.awaitingAnswers = true;
           this.scheduleTurn();
+          // All answered already (synchronous reads): go on after the microtasks queued so far, as a reply would.
+          if (this.handler!.pending === 0) queueMicrotask(this.resume);
           return;
         }
         if (this.handler!.pending > 0 || performance.now() - this.lastRequest > IDLE_MS) return this.waitOffThread();

@@ -111,6 +111,29 @@ export class HostFile {
     return done;
   }
 
+  /**
+   * read() done synchronously, for a request small enough for the main thread (SYNC_IO_MAX);
+   * false (nothing done) for a larger one.
+   */
+  readSync(into: Buffer, pos: number, tag?: IoTag): boolean {
+    if (into.length > SYNC_IO_MAX) return false;
+    let done = 0;
+    try {
+      while (done < into.length) {
+        const n = fs.readSync(this.fd, into, done, into.length - done, pos + done);
+        if (n === 0) break;
+        done += n;
+      }
+    } catch (e) {
+      throw fromNodeError(e, `read ${this.path} at ${pos}`);
+    }
+    if (done < into.length) into.fill(0, done);
+    this.counters.reads++;
+    this.counters.bytesRead += done;
+    this.emit('read', pos, into.length, tag);
+    return true;
+  }
+
   /** Writes one buffer or a vector of buffers contiguously at `pos` (one writev syscall when it can). */
   async write(data: Buffer | Buffer[], pos: number, tag?: IoTag): Promise<void> {
     const bufs = Array.isArray(data) ? data.filter((b) => b.length > 0) : [data];

@@ -47,6 +47,24 @@ export class OrderedRangeLock {
     return this.held;
   }
 
+  /** Would acquire(start, end, shared) have to wait? Looks only, registers nothing (the merger's synchronous reads). */
+  wouldWait(start: number, end: number, shared: boolean): boolean {
+    if (this.held === 0) return false;
+    const conflicts = (h: Holder): boolean => h.start < end && start < h.end && !(shared && h.shared);
+    for (const h of this.wide) if (conflicts(h)) return true;
+    const first = Math.floor(start / CHUNK);
+    const last = Math.floor(Math.max(start, end - 1) / CHUNK);
+    if (last - first >= WIDE_CHUNKS) {
+      for (const [c, list] of this.chunks) if (c >= first && c <= last && list.some(conflicts)) return true;
+      return false;
+    }
+    for (let c = first; c <= last; c++) {
+      const list = this.chunks.get(c);
+      if (list !== undefined && list.some(conflicts)) return true;
+    }
+    return false;
+  }
+
   /** Registers a holder of [start, end) now; it may go on once `ready` settles (or at once when null). */
   acquire(start: number, end: number, shared: boolean): RangeLease {
     const seq = ++this.seq;

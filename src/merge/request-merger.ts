@@ -137,6 +137,39 @@ export class RequestMerger {
   }
 
   /**
+   * read() answered synchronously when nothing needs waiting: no pending extent overlaps, no
+   * earlier driver request holds the pages, and the driver can read at once (Image.readSync).
+   * Returns the byte count as read() does, or undefined, having done nothing: then use read().
+   * Ordering is read()'s: with no overlapping holder, acquire-read-release in one synchronous
+   * step is what read() would have done.
+   */
+  readSync(offset: number, into: Buffer): number | undefined {
+    const image = this.image;
+    if (image.readSync === undefined || this.closed || !Number.isSafeInteger(offset) || offset < 0) return undefined;
+    const diskSize = image.virtualSize;
+    const len = Math.max(0, Math.min(into.length, diskSize - offset));
+    if (len === 0) return undefined;
+    const end = offset + len;
+    if (this.pending.size > 0 && this.pending.overlapping(offset, end).length > 0) return undefined;
+    const span = pageSpan(offset, end, diskSize);
+    if (this.lock.wouldWait(span.start, span.end, true)) return undefined;
+    this.failures.throwIfRangeFailed(offset, end);
+    const aligned = span.start === offset && span.end === end;
+    const target = aligned ? (len === into.length ? into : into.subarray(0, len)) : Buffer.allocUnsafe(span.end - span.start);
+    let done: boolean;
+    try {
+      done = image.readSync(span.start, target);
+    } catch (e) {
+      throw fromNodeError(e, `read ${image.path} at ${offset}+${len}`);
+    }
+    if (!done) return undefined;
+    this.counters.driverReads++;
+    if (!aligned) target.copy(into, 0, offset - span.start, end - span.start);
+    if (len < into.length) into.fill(0, len);
+    return len;
+  }
+
+  /**
    * Writes `data` at `offset`. The bytes are copied before anything else (rule 7), so the
    * caller's buffer is free again as soon as this is called. Deferred by default; see WriteOptions.
    */

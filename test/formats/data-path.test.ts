@@ -8,6 +8,7 @@ import {
   type Mapping,
   readBacking,
   readThrough,
+  readThroughSync,
   UNALLOCATED,
   ZERO,
 } from '../../src/formats/data-path';
@@ -36,6 +37,13 @@ class FakeFile {
     const h = this.held ?? [];
     this.held = undefined;
     for (const r of h) r();
+  }
+
+  readSync(into: Buffer, pos: number): boolean {
+    this.reads.push({ pos, length: into.length });
+    into.fill(0);
+    this.bytes.copy(into, 0, pos, pos + Math.max(0, Math.min(into.length, this.bytes.length - pos)));
+    return true;
   }
 
   async read(into: Buffer, pos: number): Promise<number> {
@@ -271,6 +279,46 @@ describe('readThrough', () => {
     const a = new FakeAccess([], new FakeFile(host), undefined);
     await readThrough(a, 0, Buffer.alloc(0));
     expect(a.asked).toEqual([]);
+  });
+});
+
+describe('readThroughSync', () => {
+  it('fills data and zero pieces (and unallocated ones without a backing image) like readThrough', async () => {
+    const segs: Segment[] = [
+      { start: 0, length: 4096, kind: DATA, host: 8192 },
+      { start: 4096, length: 4096, kind: ZERO },
+      { start: 8192, length: 8192, kind: UNALLOCATED },
+      { start: 16384, length: 8192, kind: DATA, host: 100 },
+    ];
+    const sync = Buffer.alloc(20000, 0xee);
+    const viaAsync = Buffer.alloc(20000, 0x11);
+    expect(readThroughSync(new FakeAccess(segs, new FakeFile(host), undefined), 1000, sync)).toBe(true);
+    await readThrough(new FakeAccess(segs, new FakeFile(host), undefined), 1000, viaAsync);
+    expect(sync.equals(viaAsync)).toBe(true);
+    expect(sync.subarray(0, 3096).equals(host.subarray(9192, 12288))).toBe(true);
+  });
+
+  it('declines, having read nothing, when a piece needs waiting: backing, compressed, uncached mapping', () => {
+    const cases: Array<{ seg: Segment; backing: Image | undefined }> = [
+      { seg: { start: 4096, length: 4096, kind: UNALLOCATED }, backing: fakeBacking(1 << 20) },
+      { seg: { start: 4096, length: 4096, kind: COMPRESSED, host: 40000, unit: 4096 }, backing: undefined },
+      { seg: { start: 4096, length: 4096, kind: ZERO, sync: false }, backing: undefined },
+    ];
+    for (const c of cases) {
+      const file = new FakeFile(host);
+      const a = new FakeAccess([{ start: 0, length: 4096, kind: DATA, host: 0 }, c.seg], file, c.backing, new FakeInflater());
+      const into = Buffer.alloc(8192, 0xee);
+      expect(readThroughSync(a, 0, into)).toBe(false);
+      expect(file.reads).toEqual([]);
+      expect(into.every((b) => b === 0xee)).toBe(true);
+    }
+  });
+
+  it('declines data larger than the synchronous I/O limit', () => {
+    const file = new FakeFile(host);
+    const a = new FakeAccess([{ start: 0, length: 1 << 20, kind: DATA, host: 0 }], file, undefined);
+    expect(readThroughSync(a, 0, Buffer.alloc(1 << 20))).toBe(false);
+    expect(file.reads).toEqual([]);
   });
 });
 

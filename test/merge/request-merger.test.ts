@@ -414,3 +414,46 @@ describe('discard and zero-range: ordered like writes', () => {
     await expect(ro.discard(0, 4096)).rejects.toThrow(VdiskError);
   });
 });
+
+describe('readSync: the synchronous read path answers only when read() would not wait', () => {
+  /** A ModelImage that can also read synchronously; it counts such reads. */
+  class SyncModelImage extends ModelImage {
+    syncReads = 0;
+    readSync(offset: number, into: Buffer): boolean {
+      this.syncReads++;
+      this.data.copy(into, 0, offset, offset + into.length);
+      return true;
+    }
+  }
+
+  it('reads what read() reads, unaligned ranges and the disk end included', async () => {
+    const size = 64 * 4096 + 1000;
+    const img = new SyncModelImage(size);
+    pattern(size, 3).copy(img.data);
+    const m = new RequestMerger(img, { delayMs: 1000 });
+    for (const [off, len] of [[0, 4096], [100, 5000], [size - 700, 4096], [size, 10], [4096 * 3 + 1, 1]] as const) {
+      const a = Buffer.alloc(len, 0xaa);
+      const b = Buffer.alloc(len, 0xbb);
+      const got = m.readSync(off, a);
+      const want = await m.read(off, b);
+      expect(got === undefined ? undefined : [got, a.equals(b)]).toEqual(off >= size ? undefined : [want, true]);
+    }
+    expect(img.syncReads).toBe(4);
+  });
+
+  it('declines while a pending write or a driver write overlaps, and answers beside them', async () => {
+    const img = new SyncModelImage(MiB, { delay: (r) => (r.kind === 'write' ? 20 : 0) });
+    const m = new RequestMerger(img, { delayMs: 1000 });
+    await m.write(8192, pattern(4096, 1));
+    expect(m.readSync(8192 + 10, Buffer.alloc(10))).toBeUndefined(); // pending: read() would send it first
+    expect(m.readSync(65536, Buffer.alloc(4096))).toBe(4096);
+    const drained = m.drain(); // the driver write is now in flight for 20 ms
+    expect(m.readSync(8192, Buffer.alloc(4096))).toBeUndefined();
+    expect(m.readSync(0, Buffer.alloc(4096))).toBe(4096);
+    await drained;
+    const after = Buffer.alloc(4096);
+    expect(m.readSync(8192, after)).toBe(4096);
+    expect(after.equals(pattern(4096, 1))).toBe(true);
+    expect(img.violations).toEqual([]);
+  });
+});

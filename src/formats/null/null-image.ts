@@ -13,6 +13,10 @@ export class NullImage implements Image {
   async read(_offset: number, into: Buffer): Promise<void> {
     into.fill(0);
   }
+  readSync(_offset: number, into: Buffer): boolean {
+    into.fill(0);
+    return true;
+  }
   async write(): Promise<void> {}
   async writeZeroes(): Promise<void> {}
   async discard(): Promise<void> {}

@@ -13,7 +13,7 @@ import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
 import { EVERYTHING, OrderedRangeLock } from '../../io/range-lock';
-import { checkRange, readThrough } from '../data-path';
+import { checkRange, readThrough, readThroughSync } from '../data-path';
 import type { Extent, Image, ImageInfo, ImageStats } from '../types';
 import { CompressedClusters } from './compression';
 import { discardRange } from './discard';
@@ -155,6 +155,12 @@ export class Qcow2Image implements Image {
     checkRange(this, offset, into.length);
     if (into.length === 0) return;
     await this.lockFreeIo(readThrough(this.reads, offset, into));
+  }
+
+  /** read() without waiting: L2 tables cached, small data/zero pieces only (data-path.ts readThroughSync); false: nothing done. */
+  readSync(offset: number, into: Buffer): boolean {
+    checkRange(this, offset, into.length);
+    return readThroughSync(this.reads, offset, into);
   }
 
   /** Runs `fn` under the lock with the L2 tables of the range loaded and pinned. */

@@ -26,6 +26,11 @@ export class RawImage implements Image {
     await this.file.read(into, offset, 'data');
   }
 
+  readSync(offset: number, into: Buffer): boolean {
+    checkRange(this, offset, into.length);
+    return this.file.readSync(into, offset, 'data');
+  }
+
   async write(offset: number, data: Buffer | Buffer[]): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
     const len = Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data.length;
