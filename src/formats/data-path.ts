@@ -131,7 +131,7 @@ export async function readThrough(a: FormatAccess, offset: number, into: Buffer)
       pos += n;
     }
   } catch (e) {
-    await Promise.allSettled(rest ? [first, ...rest] : [first]);
+    await Promise.allSettled(rest ? [first!, ...rest] : first ? [first] : []);
     throw e;
   }
   if (rest) {

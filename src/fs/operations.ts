@@ -2,6 +2,7 @@ import createDebug from 'debug';
 import type { Operations, Stat } from 'fuse-native';
 import { errno, toErrno } from './errno';
 import type { FsCore, NodeAttr } from './operations-core';
+import { asError } from '../io/errors';
 
 const log = createDebug('vdiskfs:fs');
 
@@ -11,7 +12,7 @@ function answer<T>(what: string, fn: () => Promise<T>, cb: (err: number, v?: T) 
   try {
     p = fn();
   } catch (e) {
-    p = Promise.reject(e instanceof Error ? e : new Error(String(e)));
+    p = Promise.reject(asError(e));
   }
   p.then(
     (v) => cb(0, v),

@@ -1,6 +1,7 @@
 import createDebug from 'debug';
 import { errno, toErrno } from '../fs/errno';
 import type { FsCore, NodeAttr } from '../fs/operations-core';
+import { asError } from '../io/errors';
 import { BufferPool } from './buffer-pool';
 import { NodeTable, ROOT_ID } from './node-table';
 import * as P from './protocol';
@@ -235,7 +236,7 @@ export class KernelAdapter {
     try {
       p = this.core.read(r.fh, r.offset, into);
     } catch (e) {
-      p = Promise.reject(e);
+      p = Promise.reject(asError(e));
     }
     this.inflight.add(h.unique);
     p.then(
@@ -284,7 +285,7 @@ export class KernelAdapter {
     try {
       p = fn();
     } catch (e) {
-      p = Promise.reject(e);
+      p = Promise.reject(asError(e));
     }
     this.inflight.add(h.unique);
     p.then(

@@ -3,6 +3,7 @@
  * only the FUSE adapter (src/fs) turns codes into negative errno values, and only the
  * CLI turns them into one-line messages.
  */
+import { inspect } from 'node:util';
 export type ErrorCode =
   | 'EIO'        // host I/O failed, or a deferred write failed earlier
   | 'EROFS'      // image (or view) is read-only
@@ -63,4 +64,9 @@ export function fromNodeError(e: unknown, what: string, context: Record<string, 
   if (code === 'EROFS' || code === 'EACCES' || code === 'EPERM') return new VdiskError('EROFS', `${what}: ${msg}`, context, { cause: e });
   if (code === 'ENOSPC') return new VdiskError('ENOSPC', `${what}: ${msg}`, context, { cause: e });
   return new VdiskError('EIO', `${what}: ${msg}`, context, { cause: e });
+}
+
+/** A caught value as an Error (everything vdiskfs throws is one; this keeps a stray value readable). */
+export function asError(e: unknown): Error {
+  return e instanceof Error ? e : new Error(inspect(e));
 }

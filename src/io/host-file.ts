@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import createDebug from 'debug';
-import { fromNodeError, VdiskError } from './errors';
+import { asError, fromNodeError, VdiskError } from './errors';
 import { IoCounters, IoObserver, IoTag, newCounters } from './counters';
 import { fallocate, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, LockType, ofdLock, ofdTestLock, SyscallError } from './syscalls';
 
@@ -27,7 +27,7 @@ function small<T>(bytes: number, sync: () => T, async: (cb: (e: Error | null, v:
     try {
       return Promise.resolve(sync());
     } catch (e) {
-      return Promise.reject(e);
+      return Promise.reject(asError(e));
     }
   }
   return new Promise((res, rej) => async((e, v) => (e ? rej(e) : res(v))));
@@ -141,7 +141,7 @@ export class HostFile {
     for (const b of bufs) total += b.length;
     if (total === 0) return;
     try {
-      let written = bufs.length === 1 ? await pWrite(this.fd, bufs[0]!, 0, total, pos) : await pWritev(this.fd, bufs, pos, total);
+      const written = bufs.length === 1 ? await pWrite(this.fd, bufs[0]!, 0, total, pos) : await pWritev(this.fd, bufs, pos, total);
       if (written < total) {
         // Short write (rare: signals, full disks): finish the rest from one contiguous copy.
         const rest = Buffer.concat(bufs).subarray(written);

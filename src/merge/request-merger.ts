@@ -242,7 +242,7 @@ export class RequestMerger {
       drainError = e;
     }
     await this.image.close();
-    if (drainError !== undefined) throw drainError;
+    if (drainError !== undefined) throw drainError as Error;
   }
 
   /** Grows the disk (truncate of the raw view): drains first so no pending extent straddles the old end. */
@@ -359,7 +359,7 @@ export class RequestMerger {
     }
     await Promise.all(ops.map((o) => o.done));
     const failed = ops.find((o) => o.error !== undefined);
-    if (failed) throw failed.error;
+    if (failed) throw failed.error as Error;
   }
 
   /** One page-aligned Image.discard / Image.writeZeroes, in the range lock like a write. */

@@ -71,6 +71,8 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
     const extended = (h.incompatible & INCOMPAT_EXTL2) !== 0n;
     const counters: DriverCounters = { metadataWrites: 0, dataWrites: 0, hostFlushes: 0, allocatedClusters: 0 };
     let refcounts: Refcounts | undefined;
+    // Assigned once the cache exists; the cache's callbacks read it later.
+    // eslint-disable-next-line prefer-const
     let image: Qcow2Image | undefined;
     const cache = new MetadataCache(opts.tuning?.qcow2?.cacheSize ?? defaultCacheSize(cs, extended ? 16 : 8), cs, {
       load: async (kind, offset, into) => {

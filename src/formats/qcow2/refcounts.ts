@@ -15,7 +15,7 @@ import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
 import { Header, INCOMPAT_DIRTY, incompatiblePatch, MAX_REFTABLE_BYTES, refcountTablePatch } from './header';
-import type { CacheEntry, MetadataCache, TableSide } from './metadata-cache';
+import type { MetadataCache, TableSide } from './metadata-cache';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
 
 const log = createDebug('vdiskfs:qcow2');

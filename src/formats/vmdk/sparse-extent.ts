@@ -291,7 +291,7 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
     const at = (g % this.gtEntries) * 4;
     const entry = table.buf.subarray(at, at + 4);
     const writes = [this.file.write(entry, this.gd[t]! * SECTOR + at, 'gt')];
-    if (this.rgd && this.rgd[t]) writes.push(this.file.write(entry, this.rgd[t]! * SECTOR + at, 'gt'));
+    if (this.rgd && this.rgd[t]) writes.push(this.file.write(entry, this.rgd[t] * SECTOR + at, 'gt'));
     this.stats.gtWrites += writes.length;
     await Promise.all(writes);
     table.writtenVersion = table.version;
@@ -306,10 +306,10 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
       // A new table in a stream carries its GT marker (numSectors of the table) in front.
       const m = marker.serializeMetaMarker(alignUp(this.gtBytes, SECTOR) / SECTOR, marker.TYPE_GT);
       writes.push(this.file.write([m, buf], this.gd[t]! * SECTOR - SECTOR, 'gt'));
-      if (this.rgd && this.rgd[t]) writes.push(this.file.write([m, buf], this.rgd[t]! * SECTOR - SECTOR, 'gt'));
+      if (this.rgd && this.rgd[t]) writes.push(this.file.write([m, buf], this.rgd[t] * SECTOR - SECTOR, 'gt'));
     } else {
       writes.push(this.file.write(buf, this.gd[t]! * SECTOR, 'gt'));
-      if (this.rgd && this.rgd[t]) writes.push(this.file.write(buf, this.rgd[t]! * SECTOR, 'gt'));
+      if (this.rgd && this.rgd[t]) writes.push(this.file.write(buf, this.rgd[t] * SECTOR, 'gt'));
     }
     this.stats.gtWrites += writes.length;
     await Promise.all(writes);

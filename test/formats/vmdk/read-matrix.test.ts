@@ -159,7 +159,6 @@ describe('vmdk read matrix (qemu-img is the oracle)', () => {
     const capacity = 4096; // sectors = 2 MiB
     const grainSectors = 16;
     const gtes = 128;
-    const grains = capacity / grainSectors;           // 256
     const h: hdr.SparseHeader = {
       version: 1, flags: hdr.FLAG_NL_DETECT | hdr.FLAG_RGD, capacity, grainSize: grainSectors, descriptorOffset: 1, descriptorSize: 4,
       numGTEsPerGT: gtes, rgdOffset: 5, gdOffset: 6, overHead: 16, uncleanShutdown: 0, compressAlgorithm: 0,
