@@ -20,8 +20,10 @@ async function runMerger(label: string, totalBytes: number, opts: MergerOptions)
   await merger.flush();
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
   const st = merger.stats();
-  console.log(`${label.padEnd(26)} ${(n / s).toFixed(0).padStart(9)} ops/s ${(totalBytes / s / 1e6).toFixed(0).padStart(6)} MB/s  ` +
-    `${((s / n) * 1e9).toFixed(0)} ns/write  driver writes ${st.driverWrites + st.zeroWrites}`);
+  console.log(
+    `${label.padEnd(26)} ${(n / s).toFixed(0).padStart(9)} ops/s ${(totalBytes / s / 1e6).toFixed(0).padStart(6)} MB/s  ` +
+      `${((s / n) * 1e9).toFixed(0)} ns/write  driver writes ${st.driverWrites + st.zeroWrites}`,
+  );
 }
 
 function runCopyFloor(totalBytes: number): void {
@@ -31,7 +33,9 @@ function runCopyFloor(totalBytes: number): void {
   const t0 = process.hrtime.bigint();
   for (let i = 0; i < n; i++) src.copy(slab, (i * BLOCK) % slab.length);
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
-  console.log(`${'copy 4 KiB only (floor)'.padEnd(26)} ${(n / s).toFixed(0).padStart(9)} ops/s ${(totalBytes / s / 1e6).toFixed(0).padStart(6)} MB/s  ${((s / n) * 1e9).toFixed(0)} ns/write`);
+  console.log(
+    `${'copy 4 KiB only (floor)'.padEnd(26)} ${(n / s).toFixed(0).padStart(9)} ops/s ${(totalBytes / s / 1e6).toFixed(0).padStart(6)} MB/s  ${((s / n) * 1e9).toFixed(0)} ns/write`,
+  );
 }
 
 async function main(): Promise<void> {

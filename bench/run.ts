@@ -34,7 +34,8 @@ function preflight(cfg: BenchConfig): string | undefined {
   const need = 6 * cfg.size + 1 * GiB;
   const st = fs.statfsSync(cfg.baseDir);
   const free = st.bavail * st.bsize;
-  if (free < need) return `only ${(free / GiB).toFixed(1)} GiB free in ${cfg.baseDir}, need ${(need / GiB).toFixed(1)} GiB (set BENCH_DIR or BENCH_SIZE)`;
+  if (free < need)
+    return `only ${(free / GiB).toFixed(1)} GiB free in ${cfg.baseDir}, need ${(need / GiB).toFixed(1)} GiB (set BENCH_DIR or BENCH_SIZE)`;
   return undefined;
 }
 
@@ -116,7 +117,14 @@ async function main(): Promise<number> {
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
   const name = cfg.quick ? 'quick' : 'latest';
   fs.writeFileSync(path.join(RESULTS_DIR, `${name}.md`), report);
-  fs.writeFileSync(path.join(RESULTS_DIR, `${name}.json`), JSON.stringify({ started: started.toISOString(), machine, config: { ...cfg, sections: [...cfg.sections] }, results: recorded }, null, 2) + '\n');
+  fs.writeFileSync(
+    path.join(RESULTS_DIR, `${name}.json`),
+    JSON.stringify(
+      { started: started.toISOString(), machine, config: { ...cfg, sections: [...cfg.sections] }, results: recorded },
+      null,
+      2,
+    ) + '\n',
+  );
   log(`bench: wrote ${path.join(RESULTS_DIR, `${name}.md`)}`);
   return 0;
 }

@@ -32,9 +32,15 @@ function positiveInt(name: string, text: string | undefined, dflt: number): numb
 
 export function configFromEnv(env: NodeJS.ProcessEnv): BenchConfig {
   const quick = env.BENCH_QUICK === '1';
-  const sections = new Set((env.BENCH_ONLY ?? ALL_SECTIONS.join(',')).split(',').map((s) => s.trim()).filter(Boolean));
+  const sections = new Set(
+    (env.BENCH_ONLY ?? ALL_SECTIONS.join(','))
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
+  );
   for (const s of sections) {
-    if (!(ALL_SECTIONS as readonly string[]).includes(s)) throw new Error(`BENCH_ONLY: unknown section '${s}' (${ALL_SECTIONS.join(', ')})`);
+    if (!(ALL_SECTIONS as readonly string[]).includes(s))
+      throw new Error(`BENCH_ONLY: unknown section '${s}' (${ALL_SECTIONS.join(', ')})`);
   }
   return {
     quick,

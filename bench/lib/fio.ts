@@ -24,14 +24,44 @@ const LIBAIO_QD16 = ['--ioengine=libaio', '--iodepth=16'];
 export function fioJobs(s: JobSettings): FioJob[] {
   const timed = ['--time_based', `--runtime=${s.runtime}`];
   return [
-    { id: 'seqw128k', title: 'seq write 128k (end_fsync)', writes: true, needsFilledImage: false, args: ['--rw=write', '--bs=128k', '--end_fsync=1'] },
+    {
+      id: 'seqw128k',
+      title: 'seq write 128k (end_fsync)',
+      writes: true,
+      needsFilledImage: false,
+      args: ['--rw=write', '--bs=128k', '--end_fsync=1'],
+    },
     { id: 'seqw4k', title: 'seq write 4k', writes: true, needsFilledImage: false, args: ['--rw=write', '--bs=4k'] },
-    { id: 'randw4k', title: `rand write 4k (${s.runtime} s)`, writes: true, needsFilledImage: false, args: ['--rw=randwrite', '--bs=4k', ...timed] },
+    {
+      id: 'randw4k',
+      title: `rand write 4k (${s.runtime} s)`,
+      writes: true,
+      needsFilledImage: false,
+      args: ['--rw=randwrite', '--bs=4k', ...timed],
+    },
     { id: 'seqr1m', title: 'seq read 1M O_DIRECT', writes: false, needsFilledImage: true, args: ['--rw=read', '--bs=1M', '--direct=1'] },
-    { id: 'randr4k', title: `rand read 4k O_DIRECT (${s.runtime} s)`, writes: false, needsFilledImage: true, args: ['--rw=randread', '--bs=4k', '--direct=1', ...timed] },
+    {
+      id: 'randr4k',
+      title: `rand read 4k O_DIRECT (${s.runtime} s)`,
+      writes: false,
+      needsFilledImage: true,
+      args: ['--rw=randread', '--bs=4k', '--direct=1', ...timed],
+    },
     // Many requests in flight: the transport's concurrency (ASYNC_DIO) and its CPU per request show.
-    { id: 'randr4kq16', title: `rand read 4k libaio qd16 O_DIRECT (${s.runtime} s)`, writes: false, needsFilledImage: true, args: ['--rw=randread', '--bs=4k', '--direct=1', ...LIBAIO_QD16, ...timed] },
-    { id: 'randw4kq16', title: `rand write 4k libaio qd16 O_DIRECT (${s.runtime} s)`, writes: true, needsFilledImage: false, args: ['--rw=randwrite', '--bs=4k', '--direct=1', ...LIBAIO_QD16, ...timed] },
+    {
+      id: 'randr4kq16',
+      title: `rand read 4k libaio qd16 O_DIRECT (${s.runtime} s)`,
+      writes: false,
+      needsFilledImage: true,
+      args: ['--rw=randread', '--bs=4k', '--direct=1', ...LIBAIO_QD16, ...timed],
+    },
+    {
+      id: 'randw4kq16',
+      title: `rand write 4k libaio qd16 O_DIRECT (${s.runtime} s)`,
+      writes: true,
+      needsFilledImage: false,
+      args: ['--rw=randwrite', '--bs=4k', '--direct=1', ...LIBAIO_QD16, ...timed],
+    },
   ];
 }
 

@@ -62,7 +62,13 @@ export function makeTemplates(dir: string, dataSize: number, imageSize: number):
 }
 
 /** The image a job starts from: a copy of the filled template for read jobs, a fresh empty one otherwise. */
-export async function imageForJob(file: string, format: 'raw' | 'qcow2' | 'vmdk', needsFilled: boolean, t: Templates, size: number): Promise<void> {
+export async function imageForJob(
+  file: string,
+  format: 'raw' | 'qcow2' | 'vmdk',
+  needsFilled: boolean,
+  t: Templates,
+  size: number,
+): Promise<void> {
   if (!needsFilled) return createEmpty(file, format, size);
   return copySparse(format === 'raw' ? t.raw : await t.filled(format), file);
 }

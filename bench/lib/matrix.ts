@@ -67,7 +67,13 @@ export async function runFioMatrix(opts: {
   workRoot: string;
   log: (line: string) => void;
 }): Promise<MatrixResult> {
-  const result: MatrixResult = { samples: new Samples(), cpu: new Samples(), requestSizes: new Map(), unavailable: new Map(), failed: new Map() };
+  const result: MatrixResult = {
+    samples: new Samples(),
+    cpu: new Samples(),
+    requestSizes: new Map(),
+    unavailable: new Map(),
+    failed: new Map(),
+  };
   for (let r = 0; r < opts.repeat; r++) {
     for (const job of opts.jobs) {
       const order = r % 2 === 0 ? opts.targets : [...opts.targets].reverse();
@@ -100,7 +106,7 @@ export async function runFioMatrix(opts: {
             result.samples.add(job.id, target.id, fio.MBps);
             let cpuNote = '';
             if (cpu0 !== undefined && cpu1 !== undefined && fio.ios > 0) {
-              const us = ((cpu1 - cpu0) / TICKS_PER_SECOND) * 1e6 / fio.ios;
+              const us = (((cpu1 - cpu0) / TICKS_PER_SECOND) * 1e6) / fio.ios;
               result.cpu.add(job.id, target.id, us);
               cpuNote = `, server ${us.toFixed(1)} µs CPU per request`;
             }

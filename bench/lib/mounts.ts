@@ -41,7 +41,9 @@ async function waitFor(what: string, cond: () => boolean, daemon: Daemon, timeou
   const deadline = Date.now() + timeoutMs;
   while (!cond()) {
     if (daemon.child.exitCode !== null || daemon.child.signalCode !== null) {
-      throw new Error(`${what}: server exited (${daemon.child.exitCode ?? daemon.child.signalCode}): ${lastLine(daemon.output()) || 'no output'}`);
+      throw new Error(
+        `${what}: server exited (${daemon.child.exitCode ?? daemon.child.signalCode}): ${lastLine(daemon.output()) || 'no output'}`,
+      );
     }
     if (Date.now() > deadline) throw new Error(`${what}: not ready after ${timeoutMs} ms: ${lastLine(daemon.output()) || 'no output'}`);
     await sleep(25);
@@ -72,7 +74,8 @@ function withCleanup(mountpoint: string, daemon: Daemon, target: string): Mount 
       const code = await daemon.stop(20_000);
       forceUnmount(mountpoint);
       await forget();
-      if (code !== 0 && code !== null) process.stderr.write(`bench: server of ${mountpoint} exited ${code}: ${lastLine(daemon.output())}\n`);
+      if (code !== 0 && code !== null)
+        process.stderr.write(`bench: server of ${mountpoint} exited ${code}: ${lastLine(daemon.output())}\n`);
     },
   };
 }
@@ -128,9 +131,12 @@ export interface PeerMountOptions {
 export async function mountPeer(o: PeerMountOptions): Promise<Mount> {
   fs.writeFileSync(o.mountFile, '');
   const args = [
-    '--blockdev', `driver=file,node-name=f,filename=${o.image}`,
-    '--blockdev', `driver=${o.format},node-name=q,file=f`,
-    '--export', `type=fuse,id=e,node-name=q,mountpoint=${o.mountFile},writable=on`,
+    '--blockdev',
+    `driver=file,node-name=f,filename=${o.image}`,
+    '--blockdev',
+    `driver=${o.format},node-name=q,file=f`,
+    '--export',
+    `type=fuse,id=e,node-name=q,mountpoint=${o.mountFile},writable=on`,
   ];
   const daemon = startDaemon('qemu-storage-daemon', args);
   const mount = withCleanup(o.mountFile, daemon, o.mountFile);

@@ -46,7 +46,10 @@ export async function runOk(cmd: string, args: readonly string[], opts: { timeou
 }
 
 export function lastLine(text: string): string {
-  const lines = text.trim().split('\n').filter((l) => l.trim() !== '');
+  const lines = text
+    .trim()
+    .split('\n')
+    .filter((l) => l.trim() !== '');
   return lines[lines.length - 1] ?? '';
 }
 

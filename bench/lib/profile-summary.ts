@@ -54,5 +54,6 @@ if (require.main === module) {
   }
   const { totalMs, rows } = summarize(JSON.parse(fs.readFileSync(file, 'utf8')) as Profile, Number(n ?? 25));
   process.stdout.write(`${(totalMs / 1000).toFixed(1)} s sampled\n`);
-  for (const r of rows) process.stdout.write(`${(r.share * 100).toFixed(1).padStart(5)}%  ${r.selfMs.toFixed(0).padStart(6)} ms  ${r.name}\n`);
+  for (const r of rows)
+    process.stdout.write(`${(r.share * 100).toFixed(1).padStart(5)}%  ${r.selfMs.toFixed(0).padStart(6)} ms  ${r.name}\n`);
 }

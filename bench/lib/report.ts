@@ -28,9 +28,20 @@ function notes(m: MatrixResult, targets: readonly Target[], jobs: readonly FioJo
  * MB/s of every target, then each listed target's ratio to the baseline target.
  * `targetsFor(job)` gives the ratio a row must reach (undefined: no target).
  */
-export function ceilingTable(m: MatrixResult, jobs: readonly FioJob[], targets: readonly Target[], base: string, ratioOf: readonly string[], goal: (job: FioJob, target: string) => number | undefined): string {
+export function ceilingTable(
+  m: MatrixResult,
+  jobs: readonly FioJob[],
+  targets: readonly Target[],
+  base: string,
+  ratioOf: readonly string[],
+  goal: (job: FioJob, target: string) => number | undefined,
+): string {
   const baseTitle = targets.find((t) => t.id === base)?.title ?? base;
-  const headers = ['job (MB/s)', ...targets.map((t) => t.title), ...ratioOf.map((id) => `${targets.find((t) => t.id === id)?.title ?? id} / ${baseTitle}`)];
+  const headers = [
+    'job (MB/s)',
+    ...targets.map((t) => t.title),
+    ...ratioOf.map((id) => `${targets.find((t) => t.id === id)?.title ?? id} / ${baseTitle}`),
+  ];
   const rows = jobs.map((j) => [
     j.title,
     ...targets.map((t) => cell(m, j.id, t.id)),
@@ -49,14 +60,23 @@ export function ceilingTable(m: MatrixResult, jobs: readonly FioJob[], targets: 
  * (the do-nothing mount, same run), also how far our FUSE stack alone could go against the peer:
  * a target above that ratio is out of reach for any driver.
  */
-export function peerTable(m: MatrixResult, jobs: readonly FioJob[], ours: Target, peer: Target, goal: (job: FioJob) => number, ceiling?: Target, others: readonly Target[] = []): string {
+export function peerTable(
+  m: MatrixResult,
+  jobs: readonly FioJob[],
+  ours: Target,
+  peer: Target,
+  goal: (job: FioJob) => number,
+  ceiling?: Target,
+  others: readonly Target[] = [],
+): string {
   const headers = ['job', `${ours.title} MB/s`, `${peer.title} MB/s`, 'ours / peer', 'target'];
   if (ceiling) headers.push(`${ceiling.title} MB/s`, 'ceiling / peer');
   for (const o of others) headers.push(`${o.title} MB/s`, `${o.id} / peer`);
   const rows = jobs.map((j) => {
     const r = ratio(m.samples.median(j.id, ours.id), m.samples.median(j.id, peer.id));
     const row = [j.title, cell(m, j.id, ours.id), cell(m, j.id, peer.id), formatRatio(r), verdict(r, goal(j))];
-    for (const t of ceiling ? [ceiling, ...others] : others) row.push(cell(m, j.id, t.id), formatRatio(ratio(m.samples.median(j.id, t.id), m.samples.median(j.id, peer.id))));
+    for (const t of ceiling ? [ceiling, ...others] : others)
+      row.push(cell(m, j.id, t.id), formatRatio(ratio(m.samples.median(j.id, t.id), m.samples.median(j.id, peer.id))));
     return row;
   });
   const align = headers.map((_, i) => (i === 0 || i === 4 ? 'l' : 'r'));

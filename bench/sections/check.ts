@@ -58,7 +58,12 @@ export async function checkSection(ctx: SectionContext): Promise<SectionReport> 
         ['command', 'seconds', 'times qemu-img', 'target'],
         [
           ['qemu-img check', formatSeconds(q), '1.00x', ''],
-          ['vdiskfs check', formatSeconds(o), formatRatio(times), Number.isFinite(times) ? `≤ ${CHECK_TARGET}: ${times <= CHECK_TARGET ? 'met' : 'MISSED'}` : `≤ ${CHECK_TARGET}: not measured`],
+          [
+            'vdiskfs check',
+            formatSeconds(o),
+            formatRatio(times),
+            Number.isFinite(times) ? `≤ ${CHECK_TARGET}: ${times <= CHECK_TARGET ? 'met' : 'MISSED'}` : `≤ ${CHECK_TARGET}: not measured`,
+          ],
         ],
         ['l', 'r', 'r', 'l'],
       ),

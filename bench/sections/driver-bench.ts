@@ -39,12 +39,21 @@ export function standardVariants(args: string[], extra: Array<{ id: string; flag
   return [
     { id: 'qemu', title: 'qemu-img bench', cmd: 'qemu-img', args: (f) => ['bench', ...args, f] },
     { id: 'ours', title: 'vdiskfs bench', cmd: process.execPath, args: (f) => [...ours, ...args, f] },
-    ...extra.map((x) => ({ id: x.id, title: `vdiskfs bench ${x.flags.join(' ')}`, cmd: process.execPath, args: (f: string) => [...ours, ...args, ...x.flags, f] })),
+    ...extra.map((x) => ({
+      id: x.id,
+      title: `vdiskfs bench ${x.flags.join(' ')}`,
+      cmd: process.execPath,
+      args: (f: string) => [...ours, ...args, ...x.flags, f],
+    })),
   ];
 }
 
 /** Runs every variant `ctx.cfg.benchRepeat` times; samples 'bench' (seconds) and 'allocated' (bytes) per variant id. */
-export async function runDriverBench(ctx: SectionContext, format: 'qcow2' | 'vmdk', variants: BenchVariant[]): Promise<{ samples: Samples; problems: string[] }> {
+export async function runDriverBench(
+  ctx: SectionContext,
+  format: 'qcow2' | 'vmdk',
+  variants: BenchVariant[],
+): Promise<{ samples: Samples; problems: string[] }> {
   const samples = new Samples();
   const problems: string[] = [];
   const repeat = ctx.cfg.benchRepeat;

@@ -24,7 +24,13 @@ export async function foundationSection(ctx: SectionContext): Promise<SectionRep
       const file = path.join(images, IMAGE);
       if (nullDriver) await createEmpty(file, 'raw', cfg.imageSize);
       else await imageForJob(file, 'raw', job.needsFilledImage, templates, cfg.imageSize);
-      const m = await mountOurs({ images, mountpoint: path.join(dir, 'mnt'), imageName: IMAGE, extraArgs: [...extraArgs, '--stats'], nodeArgs: ctx.nodeArgs });
+      const m = await mountOurs({
+        images,
+        mountpoint: path.join(dir, 'mnt'),
+        imageName: IMAGE,
+        extraArgs: [...extraArgs, '--stats'],
+        nodeArgs: ctx.nodeArgs,
+      });
       return { file: m.target, stop: () => m.stop(), pid: m.pid, requestSizes: () => transportRequestSizes(m.output()) };
     },
   });
@@ -44,14 +50,35 @@ export async function foundationSection(ctx: SectionContext): Promise<SectionRep
     mounted('nomerge', 'raw --no-merge', ['--include-raw', '--no-merge'], false),
   ];
   ctx.log('## foundation: plain file / do-nothing mount / raw driver (merger on and off)');
-  const m = await runFioMatrix({ name: 'foundation', jobs: ctx.jobs, targets, repeat: cfg.repeat, settings: ctx.settings, workRoot: ctx.workRoot, log: ctx.log });
-  ctx.record('foundation', { samples: m.samples.toJSON(), cpuMicrosPerRequest: m.cpu.toJSON(), requestSizes: Object.fromEntries(m.requestSizes), unavailable: Object.fromEntries(m.unavailable), failed: Object.fromEntries(m.failed) });
-  const table = ceilingTable(m, ctx.jobs, targets, 'null', ['raw', 'nomerge', 'null-native'], (job, target) => (job.id === 'seqw4k' && target === 'raw' ? 0.9 : undefined));
-  const cpu = cpuTable(m, ctx.jobs, targets.filter((t) => t.id !== 'plain'), targets.find((t) => t.id === 'null')!);
+  const m = await runFioMatrix({
+    name: 'foundation',
+    jobs: ctx.jobs,
+    targets,
+    repeat: cfg.repeat,
+    settings: ctx.settings,
+    workRoot: ctx.workRoot,
+    log: ctx.log,
+  });
+  ctx.record('foundation', {
+    samples: m.samples.toJSON(),
+    cpuMicrosPerRequest: m.cpu.toJSON(),
+    requestSizes: Object.fromEntries(m.requestSizes),
+    unavailable: Object.fromEntries(m.unavailable),
+    failed: Object.fromEntries(m.failed),
+  });
+  const table = ceilingTable(m, ctx.jobs, targets, 'null', ['raw', 'nomerge', 'null-native'], (job, target) =>
+    job.id === 'seqw4k' && target === 'raw' ? 0.9 : undefined,
+  );
+  const cpu = cpuTable(
+    m,
+    ctx.jobs,
+    targets.filter((t) => t.id !== 'plain'),
+    targets.find((t) => t.id === 'null')!,
+  );
   return [
     '## Foundation: raw driver through our FUSE stack (MB/s, median)',
     '',
-    'The plain file is the disk\'s ceiling; the do-nothing mount (`--null-driver`: reads zeros, discards writes) is the FUSE stack\'s ceiling. Ratios are against the do-nothing mount; done-when: seq write 4k through the merger ≥ 0.9x.',
+    "The plain file is the disk's ceiling; the do-nothing mount (`--null-driver`: reads zeros, discards writes) is the FUSE stack's ceiling. Ratios are against the do-nothing mount; done-when: seq write 4k through the merger ≥ 0.9x.",
     '',
     table,
     '',

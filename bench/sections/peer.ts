@@ -52,7 +52,13 @@ export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, T
       const images = path.join(dir, 'images');
       fs.mkdirSync(images);
       await imageForJob(path.join(images, name), format, job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
-      const m = await mountOurs({ images, mountpoint: path.join(dir, 'mnt'), imageName: name, extraArgs: ['--stats'], nodeArgs: ctx.nodeArgs });
+      const m = await mountOurs({
+        images,
+        mountpoint: path.join(dir, 'mnt'),
+        imageName: name,
+        extraArgs: ['--stats'],
+        nodeArgs: ctx.nodeArgs,
+      });
       return { file: m.target, stop: () => m.stop(), pid: m.pid, requestSizes: () => transportRequestSizes(m.output()) };
     },
   };
@@ -75,21 +81,53 @@ export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, T
       const images = path.join(dir, 'images');
       fs.mkdirSync(images);
       await createEmpty(path.join(images, name), format, ctx.cfg.imageSize);
-      const m = await mountOurs({ images, mountpoint: path.join(dir, 'mnt'), imageName: name, extraArgs: ['--null-driver', '--stats', '--transport', transport], nodeArgs: ctx.nodeArgs });
+      const m = await mountOurs({
+        images,
+        mountpoint: path.join(dir, 'mnt'),
+        imageName: name,
+        extraArgs: ['--null-driver', '--stats', '--transport', transport],
+        nodeArgs: ctx.nodeArgs,
+      });
       return { file: m.target, stop: () => m.stop(), pid: m.pid, requestSizes: () => transportRequestSizes(m.output()) };
     },
   });
-  return [ours, peer, doNothing('null', 'do-nothing mount', 'kernel'), doNothing('null-native', 'do-nothing mount, fuse-native', 'fuse-native')];
+  return [
+    ours,
+    peer,
+    doNothing('null', 'do-nothing mount', 'kernel'),
+    doNothing('null-native', 'do-nothing mount, fuse-native', 'fuse-native'),
+  ];
 }
 
-export async function peerFio(ctx: SectionContext, format: DiskFormat, goal: (job: FioJob) => number): Promise<{ table: string; result: MatrixResult }> {
+export async function peerFio(
+  ctx: SectionContext,
+  format: DiskFormat,
+  goal: (job: FioJob) => number,
+): Promise<{ table: string; result: MatrixResult }> {
   const [ours, peer, ceiling, native] = peerTargets(ctx, format);
   const targets = [ours, peer, ceiling, native];
-  const result = await runFioMatrix({ name: format, jobs: ctx.jobs, targets, repeat: ctx.cfg.repeat, settings: ctx.settings, workRoot: ctx.workRoot, log: ctx.log });
-  ctx.record(`${format}-fio`, {
-    samples: result.samples.toJSON(), cpuMicrosPerRequest: result.cpu.toJSON(), requestSizes: Object.fromEntries(result.requestSizes),
-    unavailable: Object.fromEntries(result.unavailable), failed: Object.fromEntries(result.failed),
+  const result = await runFioMatrix({
+    name: format,
+    jobs: ctx.jobs,
+    targets,
+    repeat: ctx.cfg.repeat,
+    settings: ctx.settings,
+    workRoot: ctx.workRoot,
+    log: ctx.log,
   });
-  const table = [peerTable(result, ctx.jobs, ours, peer, goal, ceiling, [native]), '', `Server CPU per request and the request sizes our transport saw (${format}):`, '', cpuTable(result, ctx.jobs, targets, ours)].join('\n');
+  ctx.record(`${format}-fio`, {
+    samples: result.samples.toJSON(),
+    cpuMicrosPerRequest: result.cpu.toJSON(),
+    requestSizes: Object.fromEntries(result.requestSizes),
+    unavailable: Object.fromEntries(result.unavailable),
+    failed: Object.fromEntries(result.failed),
+  });
+  const table = [
+    peerTable(result, ctx.jobs, ours, peer, goal, ceiling, [native]),
+    '',
+    `Server CPU per request and the request sizes our transport saw (${format}):`,
+    '',
+    cpuTable(result, ctx.jobs, targets, ours),
+  ].join('\n');
   return { table, result };
 }

@@ -69,7 +69,14 @@ export async function sparseCopySection(ctx: SectionContext): Promise<SectionRep
         ['command', 'seconds', 'times qemu-img', 'target'],
         [
           ['qemu-img convert -O raw (the image)', formatSeconds(q), '1.00x', ''],
-          ['cp --sparse=always (the view)', formatSeconds(o), formatRatio(times), Number.isFinite(times) ? `≤ ${SPARSE_COPY_TARGET}: ${times <= SPARSE_COPY_TARGET ? 'met' : 'MISSED'}` : `≤ ${SPARSE_COPY_TARGET}: not measured`],
+          [
+            'cp --sparse=always (the view)',
+            formatSeconds(o),
+            formatRatio(times),
+            Number.isFinite(times)
+              ? `≤ ${SPARSE_COPY_TARGET}: ${times <= SPARSE_COPY_TARGET ? 'met' : 'MISSED'}`
+              : `≤ ${SPARSE_COPY_TARGET}: not measured`,
+          ],
         ],
         ['l', 'r', 'r', 'l'],
       ),

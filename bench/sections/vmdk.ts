@@ -39,7 +39,13 @@ export async function vmdkSection(ctx: SectionContext): Promise<SectionReport> {
       [
         ['qemu-img bench', formatSeconds(secs('qemu')), '1.00x', '', mib('qemu')],
         ['vdiskfs bench', formatSeconds(secs('ours')), formatRatio(speedup), verdict(speedup, 3), mib('ours')],
-        ['vdiskfs bench --no-multi-alloc', formatSeconds(secs('single')), formatRatio(ratio(secs('qemu'), secs('single'))), '', mib('single')],
+        [
+          'vdiskfs bench --no-multi-alloc',
+          formatSeconds(secs('single')),
+          formatRatio(ratio(secs('qemu'), secs('single'))),
+          '',
+          mib('single'),
+        ],
         ['multi-grain allocation gain (--no-multi-alloc / default)', '', formatRatio(multiGain), verdict(multiGain, 1.29), ''],
       ],
       ['l', 'r', 'r', 'l', 'r'],

@@ -26,7 +26,10 @@ export function chainAsGiven(info: ImageInfo, given: string): ImageInfo[] {
     if (cur['backing-filename'] !== undefined) shown['full-backing-filename'] = combinePath(name, cur['backing-filename']);
     const fs = cur['format-specific'];
     if (fs && Array.isArray(fs.data.extents)) {
-      const extents = (fs.data.extents as Array<Record<string, unknown>>).map((e) => ({ ...e, filename: renameWithin(typeof e.filename === 'string' ? e.filename : '', real, name) }));
+      const extents = (fs.data.extents as Array<Record<string, unknown>>).map((e) => ({
+        ...e,
+        filename: renameWithin(typeof e.filename === 'string' ? e.filename : '', real, name),
+      }));
       shown['format-specific'] = { ...fs, data: { ...fs.data, extents } };
     }
     out.push(shown);

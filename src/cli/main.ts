@@ -37,7 +37,12 @@ async function main(): Promise<void> {
   const cli = yargs(args)
     .scriptName('vdiskfs')
     .usage('$0 <command> [options]\n\nShows VM disk images (qcow2, VMDK) as flat raw files you can dd, fio, losetup and mount.')
-    .option('debug', { type: 'boolean', default: false, global: true, describe: 'log what each layer does, and show the stack of an unexpected error (same as DEBUG=vdiskfs:*)' });
+    .option('debug', {
+      type: 'boolean',
+      default: false,
+      global: true,
+      describe: 'log what each layer does, and show the stack of an unexpected error (same as DEBUG=vdiskfs:*)',
+    });
   // eslint-disable-next-line @typescript-eslint/no-unsafe-argument -- see AnyCommand
   for (const load of commandsToLoad(args)) cli.command(load());
   await cli

@@ -21,7 +21,10 @@ export async function reportBackgroundMount(mountpoint: string, logFile: string,
       else if (DISK_VIEW.test(d.name) && !d.name.includes('@')) shown++;
     }
   };
-  const walked = await walk(mountpoint).then(() => true, () => false);
+  const walked = await walk(mountpoint).then(
+    () => true,
+    () => false,
+  );
   const said = readLogSince(logFile, logStart).filter((l) => l.startsWith('vdiskfs: '));
   for (const line of said) process.stderr.write(line + '\n');
   const leftOut = said.filter((l) => LEFT_OUT.test(l)).length;
@@ -46,7 +49,11 @@ export function readLogSince(logFile: string, start: number): string[] {
 }
 
 /** What `vdiskfs unmount` needs to know about a background mount: its log, and whether it keeps --stats. */
-export interface MountRecord { logFile: string; stats: boolean; /** real path of the images folder */ images?: string }
+export interface MountRecord {
+  logFile: string;
+  stats: boolean;
+  /** real path of the images folder */ images?: string;
+}
 
 const recordFileFor = (mountpoint: string) => pidFileFor(mountpoint).replace(/\.pid$/, '.mount.json');
 

@@ -34,11 +34,24 @@ export function reportFatal(e: unknown): number {
 }
 
 const HOST_ERRNOS: Record<string, string> = {
-  ENOENT: 'no such file or folder', EACCES: 'permission denied', EPERM: 'operation not permitted',
-  EISDIR: 'is a folder', ENOTDIR: 'not a folder', EROFS: 'read-only file system', ENOSPC: 'no space left on device',
-  EEXIST: 'already exists', ELOOP: 'too many symbolic links', ENAMETOOLONG: 'name too long', EBUSY: 'busy',
-  EDQUOT: 'disk quota exceeded', EMFILE: 'too many open files', ENXIO: 'no such device', ENODEV: 'no such device',
-  ETXTBSY: 'text file busy', EFBIG: 'file too large', EINVAL: 'invalid argument',
+  ENOENT: 'no such file or folder',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  EISDIR: 'is a folder',
+  ENOTDIR: 'not a folder',
+  EROFS: 'read-only file system',
+  ENOSPC: 'no space left on device',
+  EEXIST: 'already exists',
+  ELOOP: 'too many symbolic links',
+  ENAMETOOLONG: 'name too long',
+  EBUSY: 'busy',
+  EDQUOT: 'disk quota exceeded',
+  EMFILE: 'too many open files',
+  ENXIO: 'no such device',
+  ENODEV: 'no such device',
+  ETXTBSY: 'text file busy',
+  EFBIG: 'file too large',
+  EINVAL: 'invalid argument',
 };
 
 function isHostError(e: unknown): e is NodeJS.ErrnoException {

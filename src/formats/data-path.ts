@@ -32,13 +32,13 @@ export interface Inflater {
  * piece costs no allocation; fields a kind does not use keep whatever they held.
  */
 export interface Mapping {
-  kind: number;        // UNALLOCATED | ZERO | DATA | COMPRESSED
-  length: number;      // bytes from the asked offset that this answer holds for (> 0)
+  kind: number; // UNALLOCATED | ZERO | DATA | COMPRESSED
+  length: number; // bytes from the asked offset that this answer holds for (> 0)
   /** DATA: the file to read; COMPRESSED: the file holding the compressed bytes (for map reports). */
   file: Pick<HostFile, 'read' | 'readSync' | 'path'> | undefined;
-  host: number;        // DATA: host offset of the asked byte; COMPRESSED: host offset of the unit
-  size: number;        // COMPRESSED: bytes stored (0 when the format frames them itself)
-  unit: number;        // COMPRESSED: guest offset where the unit starts
+  host: number; // DATA: host offset of the asked byte; COMPRESSED: host offset of the unit
+  size: number; // COMPRESSED: bytes stored (0 when the format frames them itself)
+  unit: number; // COMPRESSED: guest offset where the unit starts
   inflater: Inflater | undefined; // COMPRESSED
 }
 
@@ -76,7 +76,8 @@ export async function readBacking(backing: Image | undefined, guest: number, int
 async function readCompressed(inflater: Inflater, host: number, size: number, unit: number, guest: number, into: Buffer): Promise<void> {
   const whole = await inflater.inflate(host, size, unit);
   const from = guest - unit;
-  if (from < 0 || from + into.length > whole.length) throw VdiskError.corrupt(`compressed unit at ${host} holds ${whole.length} bytes from guest ${unit}, not ${guest}+${into.length}`);
+  if (from < 0 || from + into.length > whole.length)
+    throw VdiskError.corrupt(`compressed unit at ${host} holds ${whole.length} bytes from guest ${unit}, not ${guest}+${into.length}`);
   whole.copy(into, 0, from, from + into.length);
 }
 

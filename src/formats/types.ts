@@ -9,8 +9,8 @@ import type { IoCounters } from '../io/counters';
 export type ExtentKind = 'data' | 'zero' | 'unallocated' | 'backing';
 
 export interface Extent {
-  offset: number;          // guest offset, bytes
-  length: number;          // bytes
+  offset: number; // guest offset, bytes
+  length: number; // bytes
   kind: ExtentKind;
   /** For 'data': where the bytes live in the host file, when they live there uncompressed. */
   hostOffset?: number;
@@ -19,9 +19,9 @@ export interface Extent {
 }
 
 export interface Image {
-  readonly format: string;             // 'qcow2' | 'vmdk' | 'raw'
+  readonly format: string; // 'qcow2' | 'vmdk' | 'raw'
   readonly path: string;
-  readonly virtualSize: number;        // bytes
+  readonly virtualSize: number; // bytes
   readonly readOnly: boolean;
   /** Fills `into` completely; ranges past virtualSize are refused (EINVAL). */
   read(offset: number, into: Buffer): Promise<void>;
@@ -157,11 +157,11 @@ export interface CheckResult {
 }
 
 export interface CheckStats {
-  totalClusters: number;      // guest clusters of the virtual disk
-  allocatedClusters: number;  // active layer: normal, preallocated-zero and compressed clusters
+  totalClusters: number; // guest clusters of the virtual disk
+  allocatedClusters: number; // active layer: normal, preallocated-zero and compressed clusters
   fragmentedClusters: number;
   compressedClusters: number;
-  imageEndOffset: number;     // end of the last host cluster in use (stored or referenced)
+  imageEndOffset: number; // end of the last host cluster in use (stored or referenced)
 }
 
 /** One format: how to recognise it, open it, create it. The registry in src/image lists them. */

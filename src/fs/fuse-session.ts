@@ -39,7 +39,11 @@ function loadFuse(): typeof import('fuse-native').default {
 export class FuseSession {
   private fuse: InstanceType<ReturnType<typeof loadFuse>> | undefined;
 
-  constructor(readonly mountpoint: string, private readonly ops: Operations, private readonly opts: SessionOptions) {}
+  constructor(
+    readonly mountpoint: string,
+    private readonly ops: Operations,
+    private readonly opts: SessionOptions,
+  ) {}
 
   async mount(): Promise<void> {
     if (!fs.existsSync('/dev/fuse')) throw new VdiskError('ENOENT', '/dev/fuse is missing (load the fuse module: modprobe fuse)');
@@ -138,7 +142,13 @@ async function unmountOnce(dir: string, lazy: boolean): Promise<void> {
   let last = '';
   for (const [cmd, args] of attempts) {
     const r = await new Promise<{ ok: boolean; msg: string; missing: boolean }>((res) =>
-      execFile(cmd, args, (err, _out, stderr) => res({ ok: !err, msg: String(stderr || err?.message || '').trim(), missing: (err as NodeJS.ErrnoException | null)?.code === 'ENOENT' })),
+      execFile(cmd, args, (err, _out, stderr) =>
+        res({
+          ok: !err,
+          msg: String(stderr || err?.message || '').trim(),
+          missing: (err as NodeJS.ErrnoException | null)?.code === 'ENOENT',
+        }),
+      ),
     );
     if (r.ok) return;
     if (!r.missing) last = r.msg;

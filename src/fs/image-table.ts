@@ -98,7 +98,8 @@ export class ImageTable {
     const key = ImageTable.keyOf(view);
     return this.locked(key, async () => {
       let entry = this.open.get(key);
-      if (entry && wantWrite && entry.image.readOnly && (entry.readOnlyReason === undefined || entry.lockedOut)) await this.reopenWritable(entry);
+      if (entry && wantWrite && entry.image.readOnly && (entry.readOnlyReason === undefined || entry.lockedOut))
+        await this.reopenWritable(entry);
       if (!entry) {
         entry = await this.openEntry(view, wantWrite);
         this.open.set(key, entry);
@@ -205,8 +206,19 @@ export class ImageTable {
   private logStats(entry: OpenImage): void {
     const s = entry.image.stats();
     this.sessionStats.add(entry.key, s, entry.merger.stats());
-    const io = Object.values(s.io).reduce((a, c) => ({ reads: a.reads + c.reads, writes: a.writes + c.writes, flushes: a.flushes + c.flushes }), { reads: 0, writes: 0, flushes: 0 });
-    log('closed %s: host reads=%d writes=%d flushes=%d driver=%o merger=%o', entry.key, io.reads, io.writes, io.flushes, s.driver, entry.merger.stats());
+    const io = Object.values(s.io).reduce(
+      (a, c) => ({ reads: a.reads + c.reads, writes: a.writes + c.writes, flushes: a.flushes + c.flushes }),
+      { reads: 0, writes: 0, flushes: 0 },
+    );
+    log(
+      'closed %s: host reads=%d writes=%d flushes=%d driver=%o merger=%o',
+      entry.key,
+      io.reads,
+      io.writes,
+      io.flushes,
+      s.driver,
+      entry.merger.stats(),
+    );
   }
 
   /** Runs `fn` once every earlier open/upgrade/close of `key` has finished; the key's lock goes when idle. */

@@ -21,7 +21,8 @@ export function parseFuseOptions(options: string[]): FuseMountOptions {
     if (opt === 'allow_other') o.allowOther = true;
     else if (opt === 'nonempty') o.nonempty = true;
     else if (opt === 'ro') o.readOnly = true;
-    else if (opt === 'default_permissions') continue; // always on: the kernel checks permissions
+    else if (opt === 'default_permissions')
+      continue; // always on: the kernel checks permissions
     else if (GENERIC.has(opt)) o.generic.push(opt);
     else throw VdiskError.invalid(`unknown mount option -o ${opt} (known: ${KNOWN.join(', ')})`);
   }

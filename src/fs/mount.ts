@@ -126,10 +126,15 @@ export function checkMountArguments(images: string, mountpoint: string, fuseOpti
   if (path.resolve(mountpoint).startsWith(path.resolve(images) + path.sep)) {
     throw new VdiskError('EINVAL', `mountpoint ${mountpoint} is inside the images folder ${images}`);
   }
-  if (!o.nonempty && fs.readdirSync(mountpoint).length > 0) throw new VdiskError('EINVAL', `mountpoint ${mountpoint} is not empty (use -o nonempty to mount over its files)`);
-  if (!fs.existsSync('/dev/fuse')) throw new VdiskError('ENOENT', '/dev/fuse is missing (modprobe fuse, or run the container with --device /dev/fuse)');
+  if (!o.nonempty && fs.readdirSync(mountpoint).length > 0)
+    throw new VdiskError('EINVAL', `mountpoint ${mountpoint} is not empty (use -o nonempty to mount over its files)`);
+  if (!fs.existsSync('/dev/fuse'))
+    throw new VdiskError('ENOENT', '/dev/fuse is missing (modprobe fuse, or run the container with --device /dev/fuse)');
   if (o.allowOther && geteuid() !== 0 && !userMayAllowOther()) {
-    throw new VdiskError('EINVAL', '-o allow_other needs user_allow_other in /etc/fuse.conf (as root: echo user_allow_other >> /etc/fuse.conf)');
+    throw new VdiskError(
+      'EINVAL',
+      '-o allow_other needs user_allow_other in /etc/fuse.conf (as root: echo user_allow_other >> /etc/fuse.conf)',
+    );
   }
 }
 

@@ -98,8 +98,12 @@ export class FsCore {
     let blocks = 0;
     // A partition's space is counted once, on the disk view (du of the folder stays true).
     if (!entry.partition) for (const f of files) blocks += (await fs.stat(f).catch(() => undefined))?.blocks ?? 0;
-    const readOnly = this.ctx.readOnly || entry.snapshot !== undefined || (open?.readOnlyReason !== undefined && open.image.readOnly) || (st.mode & 0o222) === 0
-      || (await images.lockedByOthers(entry)); // QEMU or another mount writes it (its image locks)
+    const readOnly =
+      this.ctx.readOnly ||
+      entry.snapshot !== undefined ||
+      (open?.readOnlyReason !== undefined && open.image.readOnly) ||
+      (st.mode & 0o222) === 0 ||
+      (await images.lockedByOthers(entry)); // QEMU or another mount writes it (its image locks)
     const identity = `${st.dev}:${st.ino}${entry.snapshot !== undefined ? `@${entry.snapshot}` : ''}${entry.partition ? `:p${entry.partition.offset}+${entry.partition.size}` : ''}`;
     return { kind: 'file', size, blocks, mode: S_IFREG | (readOnly ? 0o444 : 0o644), nlink: 1, identity, ...times };
   }
@@ -151,12 +155,15 @@ export class FsCore {
     const h = this.handle(fh);
     if (!h.writable) throw new VdiskError('EBADF', 'handle is not open for writing');
     const size = sizeOf(h);
-    if (offset >= size) throw VdiskError.noSpace(`write at ${offset} is past the end of the ${h.window ? 'partition' : 'disk'} (${size} bytes)`);
+    if (offset >= size)
+      throw VdiskError.noSpace(`write at ${offset} is past the end of the ${h.window ? 'partition' : 'disk'} (${size} bytes)`);
     const n = Math.min(data.length, size - offset);
     const at = diskOffset(h, offset);
     if (this.ctx.partitions?.noteWrite(h.entry.view, at, n)) this.ctx.tree.forgetListings();
     // The merger copies the bytes synchronously, before anything is awaited (merger rule 7).
-    return h.entry.merger.write(at, data.length === n ? data : data.subarray(0, n), { writeThrough: h.writeThrough, sync: h.sync }).then(() => n);
+    return h.entry.merger
+      .write(at, data.length === n ? data : data.subarray(0, n), { writeThrough: h.writeThrough, sync: h.sync })
+      .then(() => n);
   }
 
   /** close(2) of a descriptor: a writer's data is drained and made durable, so errors reach the closing program. */
@@ -201,7 +208,8 @@ export class FsCore {
     const entry = await images.acquire(view, true);
     try {
       if (size === entry.image.virtualSize) return;
-      if (entry.image.readOnly) throw VdiskError.readOnly(`${path} is read-only: ${entry.readOnlyReason ?? 'opened read-only by its driver'}`);
+      if (entry.image.readOnly)
+        throw VdiskError.readOnly(`${path} is read-only: ${entry.readOnlyReason ?? 'opened read-only by its driver'}`);
       if (size < entry.image.virtualSize) {
         this.ctx.warn(`refused to shrink ${path} to ${size} bytes (shrinking loses data; for dd use conv=notrunc)`);
         throw VdiskError.invalid('shrinking an image is not supported');
@@ -224,11 +232,16 @@ export class FsCore {
   async fallocate(fh: number, offset: number, length: number, mode: number): Promise<void> {
     const h = this.handle(fh);
     if (!h.writable) throw new VdiskError('EBADF', 'handle is not open for writing');
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0) throw VdiskError.invalid(`fallocate [${offset}, +${length})`);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0)
+      throw VdiskError.invalid(`fallocate [${offset}, +${length})`);
     log('fallocate fh=%d mode=0x%s [%d, +%d)', fh, mode.toString(16), offset, length);
     const known = FALLOC_KEEP_SIZE | FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE;
     const punch = mode === (FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE);
-    if ((mode & ~known) !== 0 || ((mode & FALLOC_PUNCH_HOLE) !== 0 && !punch) || ((mode & FALLOC_ZERO_RANGE) !== 0 && (mode & FALLOC_PUNCH_HOLE) !== 0)) {
+    if (
+      (mode & ~known) !== 0 ||
+      ((mode & FALLOC_PUNCH_HOLE) !== 0 && !punch) ||
+      ((mode & FALLOC_ZERO_RANGE) !== 0 && (mode & FALLOC_PUNCH_HOLE) !== 0)
+    ) {
       throw VdiskError.unsupported(`fallocate mode 0x${mode.toString(16)} is not supported on a disk view`);
     }
     const size = sizeOf(h);
@@ -266,7 +279,8 @@ export class FsCore {
     const h = this.handle(fh);
     const size = sizeOf(h);
     if (offset < 0) throw VdiskError.invalid(`lseek to ${offset}`);
-    if (offset >= size) throw new VdiskError('ENXIO', `lseek whence ${whence} at ${offset} is past the end of the ${h.window ? 'partition' : 'disk'}`);
+    if (offset >= size)
+      throw new VdiskError('ENXIO', `lseek whence ${whence} at ${offset} is past the end of the ${h.window ? 'partition' : 'disk'}`);
     if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw VdiskError.invalid(`lseek whence ${whence}`);
     await h.entry.merger.drain();
     const base = diskOffset(h, 0);

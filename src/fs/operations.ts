@@ -32,8 +32,16 @@ function count(what: string, fn: () => Promise<number>, cb: (n: number) => void)
 
 function toStat(a: NodeAttr): Stat {
   return {
-    mtime: new Date(a.mtimeMs), atime: new Date(a.atimeMs), ctime: new Date(a.ctimeMs),
-    size: a.size, blocks: a.blocks, blksize: 4096, mode: a.mode, uid: a.uid, gid: a.gid, nlink: a.nlink,
+    mtime: new Date(a.mtimeMs),
+    atime: new Date(a.atimeMs),
+    ctime: new Date(a.ctimeMs),
+    size: a.size,
+    blocks: a.blocks,
+    blksize: 4096,
+    mode: a.mode,
+    uid: a.uid,
+    gid: a.gid,
+    nlink: a.nlink,
   };
 }
 
@@ -46,7 +54,12 @@ export function makeFuseNativeOperations(core: FsCore): Operations {
   return {
     getattr: (path, cb) => answer(`getattr ${path}`, async () => toStat(await core.getattr(path)), cb),
     fgetattr: (path, _fd, cb) => answer(`fgetattr ${path}`, async () => toStat(await core.getattr(path)), cb),
-    readdir: (path, cb) => answer(`readdir ${path}`, async () => (await core.readdir(path)).map((e) => e.name), (err, names) => cb(err, names)),
+    readdir: (path, cb) =>
+      answer(
+        `readdir ${path}`,
+        async () => (await core.readdir(path)).map((e) => e.name),
+        (err, names) => cb(err, names),
+      ),
     open: (path, flags, cb) => answer(`open ${path}`, () => core.open(path, flags), cb),
     read: (path, fd, buf, len, pos, cb) => count(`read ${path} ${pos}+${len}`, () => core.read(fd, pos, buf.subarray(0, len)), cb),
     write: (path, fd, buf, len, pos, cb) => count(`write ${path} ${pos}+${len}`, () => core.write(fd, pos, buf.subarray(0, len)), cb),
@@ -57,9 +70,25 @@ export function makeFuseNativeOperations(core: FsCore): Operations {
     ftruncate: (path, _fd, size, cb) => answer(`ftruncate ${path}`, () => core.truncate(path, size), cb),
     utimens: (_path, _a, _m, cb) => cb(0), // `touch` on a view is harmless; times come from the image file
     statfs: (path, cb) =>
-      answer(`statfs ${path}`, async () => {
-        const s = await core.statfs();
-        return { bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, favail: s.ffree, fsid: 0, flag: 0, namemax: s.namemax };
-      }, cb),
+      answer(
+        `statfs ${path}`,
+        async () => {
+          const s = await core.statfs();
+          return {
+            bsize: s.bsize,
+            frsize: s.bsize,
+            blocks: s.blocks,
+            bfree: s.bfree,
+            bavail: s.bavail,
+            files: s.files,
+            ffree: s.ffree,
+            favail: s.ffree,
+            fsid: 0,
+            flag: 0,
+            namemax: s.namemax,
+          };
+        },
+        cb,
+      ),
   };
 }

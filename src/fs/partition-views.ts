@@ -31,7 +31,10 @@ export class PartitionViews {
   /** Damaged tables already reported (one line per table state). */
   private readonly warned = new Set<string>();
 
-  constructor(private readonly images: ImageTable, private readonly warn: (line: string) => void) {}
+  constructor(
+    private readonly images: ImageTable,
+    private readonly warn: (line: string) => void,
+  ) {}
 
   /** The partitions of a disk view (none when the table is missing, damaged or unreadable). */
   async partitionsOf(view: ImageView): Promise<Partition[]> {

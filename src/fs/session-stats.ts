@@ -13,10 +13,22 @@ export class SessionStats {
     const t = this.totals.get(key) ?? {};
     const io = Object.values(image.io);
     const add = (k: string, v: number) => (t[k] = (t[k] ?? 0) + v);
-    add('host reads', io.reduce((n, c) => n + c.reads, 0));
-    add('host writes', io.reduce((n, c) => n + c.writes, 0));
-    add('host flushes', io.reduce((n, c) => n + c.flushes, 0));
-    add('bytes written', io.reduce((n, c) => n + c.bytesWritten, 0));
+    add(
+      'host reads',
+      io.reduce((n, c) => n + c.reads, 0),
+    );
+    add(
+      'host writes',
+      io.reduce((n, c) => n + c.writes, 0),
+    );
+    add(
+      'host flushes',
+      io.reduce((n, c) => n + c.flushes, 0),
+    );
+    add(
+      'bytes written',
+      io.reduce((n, c) => n + c.bytesWritten, 0),
+    );
     for (const [k, v] of Object.entries(image.driver)) add(k, v);
     add('writes received', merger.mergedWrites);
     add('writes coalesced', merger.coalescedWrites);

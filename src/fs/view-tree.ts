@@ -71,7 +71,10 @@ export class ViewTree {
   private readonly listings = new Map<string, { at: number; entries: Array<{ name: string; entry: ViewEntry }> }>();
   private readonly warned = new Map<string, string>();
 
-  constructor(readonly root: string, private readonly opts: ViewTreeOptions) {}
+  constructor(
+    readonly root: string,
+    private readonly opts: ViewTreeOptions,
+  ) {}
 
   hostPathOf(viewPath: string): string {
     return path.join(this.root, viewPath);
@@ -197,7 +200,13 @@ export class ViewTree {
       // listing instead of failing later, and so stat needs no open.
       probed.sizes = new Map();
       for (const snap of ['', ...(probed.snapshots ?? [])]) {
-        const img = await openImage(hostPath, { writable: false, format: probed.driver.name, confinement: this.opts.confinement, ...(snap ? { snapshot: snap } : {}), warn: (m) => log('%s', m) });
+        const img = await openImage(hostPath, {
+          writable: false,
+          format: probed.driver.name,
+          confinement: this.opts.confinement,
+          ...(snap ? { snapshot: snap } : {}),
+          warn: (m) => log('%s', m),
+        });
         try {
           probed.sizes.set(snap, img.virtualSize);
           if (snap === '') probed.hostFiles = img.hostFiles();

@@ -49,7 +49,11 @@ export class KernelAdapter {
   /** Requests handed to the core and not answered yet, by unique id (INTERRUPT names them). */
   private readonly inflight = new Set<number>();
 
-  constructor(private readonly core: FsCore, private readonly sink: ReplySink, private readonly opts: KernelAdapterOptions) {}
+  constructor(
+    private readonly core: FsCore,
+    private readonly sink: ReplySink,
+    private readonly opts: KernelAdapterOptions,
+  ) {}
 
   /** Requests still waiting for the core (thread-pool I/O, a flush): the loop sleeps off-thread meanwhile. */
   get pending(): number {
@@ -88,21 +92,33 @@ export class KernelAdapter {
         this.stats.size('write', w.size);
         // A view into the request buffer: the core copies it before the buffer is read into again.
         const data = buf.subarray(w.dataOffset, w.dataOffset + w.size);
-        return this.run(h, () => core.write(w.fh, w.offset, data), (b, o, written) => P.encodeWriteOut(b, o, written));
+        return this.run(
+          h,
+          () => core.write(w.fh, w.offset, data),
+          (b, o, written) => P.encodeWriteOut(b, o, written),
+        );
       }
       case P.Op.LOOKUP: {
         const parent = this.nodes.pathOf(h.nodeid);
         if (parent === undefined) return this.error(h, errno('ENOENT'));
         const path = this.nodes.childPath(parent, P.decodeName(buf, off, n));
-        return this.run(h, () => core.getattr(path), (b, o, a) => {
-          const id = this.nodes.remember(path, a.identity);
-          return P.encodeEntryOut(b, o, id, ENTRY_VALID, ATTR_VALID, this.attr(path, a));
-        });
+        return this.run(
+          h,
+          () => core.getattr(path),
+          (b, o, a) => {
+            const id = this.nodes.remember(path, a.identity);
+            return P.encodeEntryOut(b, o, id, ENTRY_VALID, ATTR_VALID, this.attr(path, a));
+          },
+        );
       }
       case P.Op.GETATTR: {
         const path = this.pathOf(h);
         if (path === undefined) return this.error(h, errno('ENOENT'));
-        return this.run(h, () => core.getattr(path), (b, o, a) => P.encodeAttrOut(b, o, ATTR_VALID, this.attr(path, a)));
+        return this.run(
+          h,
+          () => core.getattr(path),
+          (b, o, a) => P.encodeAttrOut(b, o, ATTR_VALID, this.attr(path, a)),
+        );
       }
       case P.Op.SETATTR: {
         const path = this.pathOf(h);
@@ -114,7 +130,8 @@ export class KernelAdapter {
           h,
           async () => {
             // Writeback cache: O_TRUNC arrives as SETATTR size=0 without a handle (no ATOMIC_O_TRUNC; see negotiate.ts).
-            const openTruncate = s.size === 0 && s.fh === undefined && ((this.stats.negotiated?.flags ?? 0) & P.InitFlag.WRITEBACK_CACHE) !== 0;
+            const openTruncate =
+              s.size === 0 && s.fh === undefined && ((this.stats.negotiated?.flags ?? 0) & P.InitFlag.WRITEBACK_CACHE) !== 0;
             if (s.size !== undefined) await core.truncate(path, s.size, { openTruncate });
             return core.getattr(path);
           },
@@ -125,19 +142,35 @@ export class KernelAdapter {
         const path = this.pathOf(h);
         if (path === undefined) return this.error(h, errno('ENOENT'));
         const { flags } = P.decodeOpenIn(buf, off);
-        return this.run(h, () => core.open(path, flags), (b, o, fh) => P.encodeOpenOut(b, o, fh, 0));
+        return this.run(
+          h,
+          () => core.open(path, flags),
+          (b, o, fh) => P.encodeOpenOut(b, o, fh, 0),
+        );
       }
       case P.Op.FLUSH: {
         const { fh } = P.decodeFlushIn(buf, off);
-        return this.run(h, () => core.flush(fh), () => 0);
+        return this.run(
+          h,
+          () => core.flush(fh),
+          () => 0,
+        );
       }
       case P.Op.FSYNC: {
         const { fh, datasync } = P.decodeFsyncIn(buf, off);
-        return this.run(h, () => core.fsync(fh, datasync), () => 0);
+        return this.run(
+          h,
+          () => core.fsync(fh, datasync),
+          () => 0,
+        );
       }
       case P.Op.RELEASE: {
         const { fh } = P.decodeReleaseIn(buf, off);
-        return this.run(h, () => core.release(fh), () => 0);
+        return this.run(
+          h,
+          () => core.release(fh),
+          () => 0,
+        );
       }
       case P.Op.OPENDIR: {
         const path = this.pathOf(h);
@@ -154,15 +187,36 @@ export class KernelAdapter {
       case P.Op.FSYNCDIR:
         return this.reply(h, () => 0);
       case P.Op.STATFS:
-        return this.run(h, () => core.statfs(), (b, o, s) =>
-          P.encodeStatfsOut(b, o, { blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, bsize: s.bsize, namelen: s.namemax, frsize: s.bsize }));
+        return this.run(
+          h,
+          () => core.statfs(),
+          (b, o, s) =>
+            P.encodeStatfsOut(b, o, {
+              blocks: s.blocks,
+              bfree: s.bfree,
+              bavail: s.bavail,
+              files: s.files,
+              ffree: s.ffree,
+              bsize: s.bsize,
+              namelen: s.namemax,
+              frsize: s.bsize,
+            }),
+        );
       case P.Op.FALLOCATE: {
         const f = P.decodeFallocateIn(buf, off);
-        return this.run(h, () => core.fallocate(f.fh, f.offset, f.length, f.mode), () => 0);
+        return this.run(
+          h,
+          () => core.fallocate(f.fh, f.offset, f.length, f.mode),
+          () => 0,
+        );
       }
       case P.Op.LSEEK: {
         const l = P.decodeLseekIn(buf, off);
-        return this.run(h, () => core.lseek(l.fh, l.offset, l.whence), (b, o, pos) => P.encodeLseekOut(b, o, pos));
+        return this.run(
+          h,
+          () => core.lseek(l.fh, l.offset, l.whence),
+          (b, o, pos) => P.encodeLseekOut(b, o, pos),
+        );
       }
       case P.Op.FORGET:
         this.nodes.forget(h.nodeid, P.decodeForgetIn(buf, off).nlookup);
@@ -205,13 +259,32 @@ export class KernelAdapter {
     if (!n.ok) {
       if (n.retryWithMajor !== undefined) {
         // A newer major: tell the kernel ours; it sends INIT again with 7.x.
-        return this.reply(h, (b, o) => P.encodeInitOut(b, o, { major: 7, minor: P.OUR_MINOR, maxReadahead: 0, flags: 0, maxBackground: 0, congestionThreshold: 0, maxWrite: 0, timeGran: 0, maxPages: 0 }));
+        return this.reply(h, (b, o) =>
+          P.encodeInitOut(b, o, {
+            major: 7,
+            minor: P.OUR_MINOR,
+            maxReadahead: 0,
+            flags: 0,
+            maxBackground: 0,
+            congestionThreshold: 0,
+            maxWrite: 0,
+            timeGran: 0,
+            maxPages: 0,
+          }),
+        );
       }
       this.opts.warn(`cannot serve this kernel: ${n.reason}`);
       return this.error(h, -EPROTO);
     }
     this.stats.negotiated = n.reply;
-    log('INIT kernel 7.%d flags %s -> 7.%d max_write %d flags %s', k.minor, P.initFlagNames(k.flags).join(','), n.reply.minor, n.reply.maxWrite, P.initFlagNames(n.reply.flags).join(','));
+    log(
+      'INIT kernel 7.%d flags %s -> 7.%d max_write %d flags %s',
+      k.minor,
+      P.initFlagNames(k.flags).join(','),
+      n.reply.minor,
+      n.reply.maxWrite,
+      P.initFlagNames(n.reply.flags).join(','),
+    );
     this.reply(h, (b, o) => P.encodeInitOut(b, o, n.reply));
   }
 
@@ -265,22 +338,36 @@ export class KernelAdapter {
     };
     // The folder is listed afresh when a reader starts at 0 (images come and go), then served from that listing.
     if (dir.entries && r.offset > 0) return answer(dir.entries);
-    this.run(h, () => this.core.readdir(dir.path), () => 0, (list) => {
-      const parent = dir.path === '/' ? '/' : dir.path.slice(0, dir.path.lastIndexOf('/')) || '/';
-      dir.entries = [
-        { ino: this.nodes.inoOf(dir.path), name: '.', type: P.DirentType.DIR },
-        { ino: this.nodes.inoOf(parent), name: '..', type: P.DirentType.DIR },
-        ...list.map((e) => ({ ino: this.nodes.inoOf(this.nodes.childPath(dir.path, e.name)), name: e.name, type: e.kind === 'dir' ? P.DirentType.DIR : P.DirentType.REG })),
-      ];
-      answer(dir.entries);
-    });
+    this.run(
+      h,
+      () => this.core.readdir(dir.path),
+      () => 0,
+      (list) => {
+        const parent = dir.path === '/' ? '/' : dir.path.slice(0, dir.path.lastIndexOf('/')) || '/';
+        dir.entries = [
+          { ino: this.nodes.inoOf(dir.path), name: '.', type: P.DirentType.DIR },
+          { ino: this.nodes.inoOf(parent), name: '..', type: P.DirentType.DIR },
+          ...list.map((e) => ({
+            ino: this.nodes.inoOf(this.nodes.childPath(dir.path, e.name)),
+            name: e.name,
+            type: e.kind === 'dir' ? P.DirentType.DIR : P.DirentType.REG,
+          })),
+        ];
+        answer(dir.entries);
+      },
+    );
   }
 
   /**
    * Runs a core call and answers with `encode`d value (into the shared reply buffer, written at
    * once), or with the error. `custom` replaces the standard reply when the answer is built elsewhere.
    */
-  private run<T>(h: P.RequestHeader, fn: () => Promise<T>, encode: (b: Buffer, off: number, v: T) => number, custom?: (v: T) => void): void {
+  private run<T>(
+    h: P.RequestHeader,
+    fn: () => Promise<T>,
+    encode: (b: Buffer, off: number, v: T) => number,
+    custom?: (v: T) => void,
+  ): void {
     let p: Promise<T>;
     try {
       p = fn();
@@ -326,6 +413,18 @@ export class KernelAdapter {
   }
 
   private attr(path: string, a: NodeAttr): P.Attr {
-    return { ino: this.nodes.inoOf(path), size: a.size, blocks: a.blocks, atimeMs: a.atimeMs, mtimeMs: a.mtimeMs, ctimeMs: a.ctimeMs, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, blksize: 4096 };
+    return {
+      ino: this.nodes.inoOf(path),
+      size: a.size,
+      blocks: a.blocks,
+      atimeMs: a.atimeMs,
+      mtimeMs: a.mtimeMs,
+      ctimeMs: a.ctimeMs,
+      mode: a.mode,
+      nlink: a.nlink,
+      uid: a.uid,
+      gid: a.gid,
+      blksize: 4096,
+    };
   }
 }

@@ -18,7 +18,11 @@ export async function startKernelTransport(t: TransportOptions): Promise<Transpo
     name: 'kernel',
     ended,
     servesAfterDetach: true,
-    report: () => adapter.stats.report() + `\n    loop: ${Object.entries(loop.counts).map(([k, v]) => `${k}=${v}`).join(' ')}`,
+    report: () =>
+      adapter.stats.report() +
+      `\n    loop: ${Object.entries(loop.counts)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ')}`,
     // Opened on the thread pool and synced on a koffi thread: the loop answers what both cause.
     flushKernelCache: t.writebackCache
       ? async () => {

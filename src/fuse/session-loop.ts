@@ -26,7 +26,21 @@
  */
 import * as fs from 'node:fs';
 import createDebug from 'debug';
-import { EAGAIN, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, ENODEV, ENOENT, POLLIN, PollSet, eventfd, eventfdWrite, fcntlGetFlags, fcntlSetFlags, readOrErrno } from '../io/syscalls';
+import {
+  EAGAIN,
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
+  EINTR,
+  ENODEV,
+  ENOENT,
+  POLLIN,
+  PollSet,
+  eventfd,
+  eventfdWrite,
+  fcntlGetFlags,
+  fcntlSetFlags,
+  readOrErrno,
+} from '../io/syscalls';
 import { IN_HEADER_SIZE, WRITE_IN_SIZE, MAX_WRITE } from './protocol';
 
 const log = createDebug('vdiskfs:fuse');
@@ -75,7 +89,10 @@ export class SessionLoop {
     this.ended = new Promise((res) => (this.end = res));
     fcntlSetFlags(fd, fcntlGetFlags(fd) | O_NONBLOCK);
     this.wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    this.polls = new PollSet([{ fd, events: POLLIN }, { fd: this.wake, events: POLLIN }]);
+    this.polls = new PollSet([
+      { fd, events: POLLIN },
+      { fd: this.wake, events: POLLIN },
+    ]);
   }
 
   start(handler: RequestHandler): void {

@@ -26,14 +26,22 @@ export class TransportStats {
 
   report(): string {
     const sizes = (m: Map<number, number>) =>
-      [...m.entries()].sort((a, b) => a[0] - b[0]).map(([b, n]) => `${b >= 1 << 20 ? `${b >> 20}M` : b >= 1024 ? `${b >> 10}K` : b}:${n}`).join(' ') || '-';
+      [...m.entries()]
+        .sort((a, b) => a[0] - b[0])
+        .map(([b, n]) => `${b >= 1 << 20 ? `${b >> 20}M` : b >= 1024 ? `${b >> 10}K` : b}:${n}`)
+        .join(' ') || '-';
     const lines = ['stats transport (kernel protocol):'];
     if (this.kernel && this.negotiated) {
       lines.push(`    kernel protocol: 7.${this.kernel.minor}, answered 7.${this.negotiated.minor}`);
       lines.push(`    max_write: ${this.negotiated.maxWrite}`);
       lines.push(`    flags: ${initFlagNames(this.negotiated.flags).join(' ')}`);
     }
-    lines.push(`    requests: ${[...this.ops.entries()].sort((a, b) => b[1] - a[1]).map(([op, n]) => `${opName(op)}:${n}`).join(' ')}`);
+    lines.push(
+      `    requests: ${[...this.ops.entries()]
+        .sort((a, b) => b[1] - a[1])
+        .map(([op, n]) => `${opName(op)}:${n}`)
+        .join(' ')}`,
+    );
     lines.push(`    read request sizes: ${sizes(this.readSizes)}`);
     lines.push(`    write request sizes: ${sizes(this.writeSizes)}`);
     lines.push(`    interrupts: ${this.interrupts}`);

@@ -78,7 +78,10 @@ export class Confinement {
     for (;;) {
       const folder = this.folderOf(pending);
       if (!folder) throw refuse(`is outside ${this.describeFolders()}${this.hint()}`);
-      const rest = path.relative(folder.dir, pending).split(path.sep).filter((c) => c !== '' && c !== '.');
+      const rest = path
+        .relative(folder.dir, pending)
+        .split(path.sep)
+        .filter((c) => c !== '' && c !== '.');
       let cur = folder.dir;
       let redirected: string | undefined;
       for (let i = 0; i < rest.length; i++) {
@@ -105,7 +108,10 @@ export class Confinement {
         }
         if (st.isFile()) return next;
         if (st.isBlockDevice() && folder.door) return next;
-        throw refuse(`is ${kindOf(st)}, not a regular file${st.isBlockDevice() ? ' (block devices only through --allow-outside)' : ''}`, 'EINVAL');
+        throw refuse(
+          `is ${kindOf(st)}, not a regular file${st.isBlockDevice() ? ' (block devices only through --allow-outside)' : ''}`,
+          'EINVAL',
+        );
       }
       if (redirected === undefined) throw refuse('is a folder, not a file', 'EINVAL');
       pending = redirected;

@@ -1,5 +1,17 @@
 // The public face of the image layer: the contract drivers implement, and how to open them.
-export type { DriverTuning, Image, Extent, ExtentKind, ImageInfo, ImageStats, OpenOptions, CreateOptions, CheckResult, FormatDriver, SnapshotInfo } from '../formats/types';
+export type {
+  DriverTuning,
+  Image,
+  Extent,
+  ExtentKind,
+  ImageInfo,
+  ImageStats,
+  OpenOptions,
+  CreateOptions,
+  CheckResult,
+  FormatDriver,
+  SnapshotInfo,
+} from '../formats/types';
 export { openImage, driverOptions, MAX_CHAIN_DEPTH } from './open';
 export type { OpenImageOptions } from './open';
 export { Confinement } from './confine';

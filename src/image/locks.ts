@@ -105,7 +105,8 @@ export class ImageLock {
       }
       for (let i = 0; i < PERM_COUNT; i++) {
         // Someone uses a permission we refuse to share.
-        if (p.unshared & (1 << i) && f.testLockBytes(PERM_BASE + i, 1, 'write')) return `${f.path}: Failed to get shared "${PERM_NAMES[i]}" lock`;
+        if (p.unshared & (1 << i) && f.testLockBytes(PERM_BASE + i, 1, 'write'))
+          return `${f.path}: Failed to get shared "${PERM_NAMES[i]}" lock`;
       }
     }
     return undefined;

@@ -24,10 +24,7 @@ export interface Partition {
   name?: string;
 }
 
-export type PartitionTable =
-  | { kind: 'none' }
-  | { kind: 'damaged'; reason: string }
-  | { kind: 'mbr' | 'gpt'; partitions: Partition[] };
+export type PartitionTable = { kind: 'none' } | { kind: 'damaged'; reason: string } | { kind: 'mbr' | 'gpt'; partitions: Partition[] };
 
 /** Reads `length` bytes of the disk at `offset` (zeros past its end). */
 export type ReadDisk = (offset: number, length: number) => Promise<Buffer>;
@@ -92,7 +89,11 @@ function entryAt(b: Buffer, off: number): MbrEntry {
 }
 
 /** Logical partitions: a chain of EBRs, each naming one partition and where the next EBR is. */
-async function readLogical(read: ReadDisk, ext: { start: number; size: number }, diskSize: number): Promise<Partition[] | { reason: string }> {
+async function readLogical(
+  read: ReadDisk,
+  ext: { start: number; size: number },
+  diskSize: number,
+): Promise<Partition[] | { reason: string }> {
   const out: Partition[] = [];
   const seen = new Set<number>();
   let ebr = ext.start;
@@ -132,10 +133,12 @@ async function readGpt(read: ReadDisk, diskSize: number): Promise<PartitionTable
   const count = h.readUInt32LE(80);
   const entrySize = h.readUInt32LE(84);
   const entriesCrc = h.readUInt32LE(88);
-  if (entrySize < 128 || entrySize % 8 !== 0 || entrySize > 4096) return { kind: 'damaged', reason: `GPT entry size ${entrySize} is invalid` };
+  if (entrySize < 128 || entrySize % 8 !== 0 || entrySize > 4096)
+    return { kind: 'damaged', reason: `GPT entry size ${entrySize} is invalid` };
   if (count > MAX_GPT_ENTRIES) return { kind: 'damaged', reason: `GPT claims ${count} partition entries` };
   const bytes = count * entrySize;
-  if (!Number.isSafeInteger(entriesLba) || (entriesLba * SECTOR + bytes) > diskSize) return { kind: 'damaged', reason: 'GPT partition entries lie past the end of the disk' };
+  if (!Number.isSafeInteger(entriesLba) || entriesLba * SECTOR + bytes > diskSize)
+    return { kind: 'damaged', reason: 'GPT partition entries lie past the end of the disk' };
   const entries = await read(entriesLba * SECTOR, bytes);
   if (zlib.crc32(entries) !== entriesCrc) return { kind: 'damaged', reason: 'GPT partition entries checksum does not match' };
   const parts: Partition[] = [];
@@ -147,7 +150,8 @@ async function readGpt(read: ReadDisk, diskSize: number): Promise<PartitionTable
     if (last < first) return { kind: 'damaged', reason: `GPT partition ${i + 1} ends before it starts` };
     const offset = Number(first) * SECTOR;
     const size = (Number(last - first) + 1) * SECTOR;
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(size)) return { kind: 'damaged', reason: `GPT partition ${i + 1} is out of range` };
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(size))
+      return { kind: 'damaged', reason: `GPT partition ${i + 1} is out of range` };
     const name = e.subarray(56, 128).toString('utf16le').replace(/\0.*$/s, '');
     parts.push({ number: i + 1, offset, size, scheme: 'gpt', type: guid(e.subarray(0, 16)), ...(name ? { name } : {}) });
   }
@@ -160,7 +164,8 @@ function validate(t: PartitionTable, diskSize: number): PartitionTable {
   const sorted = [...t.partitions].sort((a, b) => a.offset - b.offset);
   for (let i = 0; i < sorted.length; i++) {
     const p = sorted[i]!;
-    if (p.offset === 0 && t.kind === 'mbr') return { kind: 'damaged', reason: `partition ${p.number} starts at sector 0, over the partition table` };
+    if (p.offset === 0 && t.kind === 'mbr')
+      return { kind: 'damaged', reason: `partition ${p.number} starts at sector 0, over the partition table` };
     if (p.offset + p.size > diskSize) return { kind: 'damaged', reason: `partition ${p.number} reaches past the end of the disk` };
     const next = sorted[i + 1];
     if (next && next.offset < p.offset + p.size) return { kind: 'damaged', reason: `partitions ${p.number} and ${next.number} overlap` };

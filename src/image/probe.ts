@@ -38,7 +38,10 @@ export async function probeImage(file: string): Promise<{ driver: FormatDriver; 
   const ext = extensionOf(file);
   if (!driver.extensions.includes(ext)) {
     const claimed = drivers.find((d) => d.extensions.includes(ext));
-    throw new VdiskError('EINVAL', `${file}: content is ${driver.name} but the name says .${ext}${claimed ? ` (${claimed.name})` : ''}; refusing to guess`);
+    throw new VdiskError(
+      'EINVAL',
+      `${file}: content is ${driver.name} but the name says .${ext}${claimed ? ` (${claimed.name})` : ''}; refusing to guess`,
+    );
   }
   return { driver, head };
 }

@@ -16,7 +16,7 @@ const MAX_WINDOW = 16 * 2 ** 30;
  */
 export async function seekExtent(image: Image, offset: number, want: 'data' | 'hole', end = image.virtualSize): Promise<number> {
   let window = FIRST_WINDOW;
-  for (let pos = offset; pos < end; ) {
+  for (let pos = offset; pos < end;) {
     const len = Math.min(window, end - pos);
     const hit = await firstIn(image, pos, len, want);
     if (hit >= 0) return hit;

@@ -5,19 +5,19 @@
  */
 import { inspect } from 'node:util';
 export type ErrorCode =
-  | 'EIO'        // host I/O failed, or a deferred write failed earlier
-  | 'EROFS'      // image (or view) is read-only
-  | 'EINVAL'     // bad argument: offset, size, option
-  | 'ENOENT'     // file not found
-  | 'ENOSPC'     // image cannot grow further (format limit)
-  | 'EFBIG'      // request past the end of the virtual disk
-  | 'ENOTSUP'    // valid image using a feature we do not implement
-  | 'ECORRUPT'   // image structure is inconsistent / hostile
-  | 'EBUSY'      // image in use (locked by another writer)
-  | 'EBADF'      // no such open handle, or a handle not open for writing
-  | 'EISDIR'     // a file operation on a folder
-  | 'ENXIO'      // SEEK_DATA/SEEK_HOLE at or past the end of the disk
-  | 'EACCES';    // an image names a file it may not reach (outside its folder, not a regular file)
+  | 'EIO' // host I/O failed, or a deferred write failed earlier
+  | 'EROFS' // image (or view) is read-only
+  | 'EINVAL' // bad argument: offset, size, option
+  | 'ENOENT' // file not found
+  | 'ENOSPC' // image cannot grow further (format limit)
+  | 'EFBIG' // request past the end of the virtual disk
+  | 'ENOTSUP' // valid image using a feature we do not implement
+  | 'ECORRUPT' // image structure is inconsistent / hostile
+  | 'EBUSY' // image in use (locked by another writer)
+  | 'EBADF' // no such open handle, or a handle not open for writing
+  | 'EISDIR' // a file operation on a folder
+  | 'ENXIO' // SEEK_DATA/SEEK_HOLE at or past the end of the disk
+  | 'EACCES'; // an image names a file it may not reach (outside its folder, not a regular file)
 
 export class VdiskError extends Error {
   readonly code: ErrorCode;

@@ -34,11 +34,23 @@ function small<T>(bytes: number, sync: () => T, async: (cb: (e: Error | null, v:
 }
 
 const pRead = (fd: number, buf: Buffer, off: number, len: number, pos: number) =>
-  small(len, () => fs.readSync(fd, buf, off, len, pos), (cb) => fs.read(fd, buf, off, len, pos, (e, n) => cb(e, n)));
+  small(
+    len,
+    () => fs.readSync(fd, buf, off, len, pos),
+    (cb) => fs.read(fd, buf, off, len, pos, (e, n) => cb(e, n)),
+  );
 const pWrite = (fd: number, buf: Buffer, off: number, len: number, pos: number) =>
-  small(len, () => fs.writeSync(fd, buf, off, len, pos), (cb) => fs.write(fd, buf, off, len, pos, (e, n) => cb(e, n)));
+  small(
+    len,
+    () => fs.writeSync(fd, buf, off, len, pos),
+    (cb) => fs.write(fd, buf, off, len, pos, (e, n) => cb(e, n)),
+  );
 const pWritev = (fd: number, bufs: Buffer[], pos: number, total: number) =>
-  small(total, () => fs.writevSync(fd, bufs, pos), (cb) => fs.writev(fd, bufs, pos, (e, n) => cb(e, n)));
+  small(
+    total,
+    () => fs.writevSync(fd, bufs, pos),
+    (cb) => fs.writev(fd, bufs, pos, (e, n) => cb(e, n)),
+  );
 
 /** Opens `path` without blocking, refusing anything but a regular file or a block device. */
 export async function openNonBlocking(path: string, flags: number): Promise<number> {
@@ -46,7 +58,8 @@ export async function openNonBlocking(path: string, flags: number): Promise<numb
   const fd = await new Promise<number>((res, rej) => fs.open(path, all, (e, fd) => (e ? rej(openError(e, path)) : res(fd))));
   try {
     const st = await new Promise<fs.Stats>((res, rej) => fs.fstat(fd, (e, s) => (e ? rej(fromNodeError(e, `stat ${path}`)) : res(s))));
-    if (!st.isFile() && !st.isBlockDevice()) throw new VdiskError('EINVAL', `${path} is ${st.isDirectory() ? 'a folder' : 'a special file'}, not a regular file`);
+    if (!st.isFile() && !st.isBlockDevice())
+      throw new VdiskError('EINVAL', `${path} is ${st.isDirectory() ? 'a folder' : 'a special file'}, not a regular file`);
   } catch (e) {
     fs.close(fd, () => undefined);
     throw e;
@@ -69,7 +82,11 @@ export class HostFile {
   readonly counters: IoCounters = newCounters();
   private closed = false;
 
-  private constructor(readonly path: string, private readonly fd: number, readonly writable: boolean) {}
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    readonly writable: boolean,
+  ) {}
 
   /**
    * Opens an image's file. Never blocks and never opens anything but a regular file or a block
@@ -85,7 +102,9 @@ export class HostFile {
 
   static async create(path: string): Promise<HostFile> {
     const flags = fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL;
-    const fd = await new Promise<number>((res, rej) => fs.open(path, flags, 0o644, (e, fd) => (e ? rej(fromNodeError(e, `create ${path}`)) : res(fd))));
+    const fd = await new Promise<number>((res, rej) =>
+      fs.open(path, flags, 0o644, (e, fd) => (e ? rej(fromNodeError(e, `create ${path}`)) : res(fd))),
+    );
     return new HostFile(path, fd, true);
   }
 
@@ -145,7 +164,7 @@ export class HostFile {
       if (written < total) {
         // Short write (rare: signals, full disks): finish the rest from one contiguous copy.
         const rest = Buffer.concat(bufs).subarray(written);
-        for (let off = 0; off < rest.length; ) off += await pWrite(this.fd, rest, off, rest.length - off, pos + written + off);
+        for (let off = 0; off < rest.length;) off += await pWrite(this.fd, rest, off, rest.length - off, pos + written + off);
       }
     } catch (e) {
       throw fromNodeError(e, `write ${this.path} at ${pos}`);
@@ -201,7 +220,9 @@ export class HostFile {
   }
 
   async truncate(length: number): Promise<void> {
-    await new Promise<void>((res, rej) => fs.ftruncate(this.fd, length, (e) => (e ? rej(fromNodeError(e, `truncate ${this.path}`)) : res())));
+    await new Promise<void>((res, rej) =>
+      fs.ftruncate(this.fd, length, (e) => (e ? rej(fromNodeError(e, `truncate ${this.path}`)) : res())),
+    );
     this.emit('truncate', length, 0);
   }
 

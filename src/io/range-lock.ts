@@ -25,8 +25,8 @@ interface Holder {
   start: number;
   end: number;
   shared: boolean;
-  seq: number;                         // registration order
-  stamp: number;                       // last acquire() that looked at it (dedupes multi-chunk holders)
+  seq: number; // registration order
+  stamp: number; // last acquire() that looked at it (dedupes multi-chunk holders)
   waiters: Array<() => void> | null;
 }
 

@@ -47,7 +47,11 @@ export class FailedWrites {
   throwIfFailed(): void {
     const f = this.failure;
     if (f) {
-      throw VdiskError.io(`an earlier deferred write to ${this.path} bytes ${f.start}-${f.end} failed: ${f.error.message}`, { path: this.path, start: f.start, end: f.end }, f.error);
+      throw VdiskError.io(
+        `an earlier deferred write to ${this.path} bytes ${f.start}-${f.end} failed: ${f.error.message}`,
+        { path: this.path, start: f.start, end: f.end },
+        f.error,
+      );
     }
   }
 
@@ -55,7 +59,11 @@ export class FailedWrites {
   throwIfRangeFailed(from: number, to: number): void {
     for (const f of this.ranges) {
       if (f.start < to && from < f.end) {
-        throw VdiskError.io(`deferred write to ${this.path} bytes ${f.start}-${f.end} failed; its data is lost: ${f.error.message}`, { start: f.start, end: f.end }, f.error);
+        throw VdiskError.io(
+          `deferred write to ${this.path} bytes ${f.start}-${f.end} failed; its data is lost: ${f.error.message}`,
+          { start: f.start, end: f.end },
+          f.error,
+        );
       }
     }
   }

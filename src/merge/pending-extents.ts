@@ -10,9 +10,9 @@
 import { PAGE_SIZE } from './pages';
 
 export interface PendingExtent {
-  start: number;            // guest offset of the first pending byte
-  end: number;              // guest offset just past the last pending byte
-  buf: Buffer;              // bytes [start, end) at buf[0 .. end-start); capacity may be larger
+  start: number; // guest offset of the first pending byte
+  end: number; // guest offset just past the last pending byte
+  buf: Buffer; // bytes [start, end) at buf[0 .. end-start); capacity may be larger
   /** Holds bytes of a write already acknowledged to its caller: losing them must be reported (rule 5). */
   acked: boolean;
 }

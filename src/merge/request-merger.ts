@@ -59,12 +59,12 @@ export interface MergerStats {
 }
 
 interface DriverWrite {
-  start: number;                 // page-aligned range the driver request covers
+  start: number; // page-aligned range the driver request covers
   end: number;
   bytes: number;
   acked: boolean;
   error: VdiskError | undefined;
-  done: Promise<void>;           // settles when the driver write finished; never rejects
+  done: Promise<void>; // settles when the driver write finished; never rejects
 }
 
 export class RequestMerger {
@@ -75,7 +75,14 @@ export class RequestMerger {
   private readonly inflight = new Set<DriverWrite>();
   private inflightBytes = 0;
   private readonly counters = {
-    mergedWrites: 0, coalescedWrites: 0, driverWrites: 0, zeroWrites: 0, discards: 0, driverReads: 0, rmwReads: 0, imageFlushes: 0,
+    mergedWrites: 0,
+    coalescedWrites: 0,
+    driverWrites: 0,
+    zeroWrites: 0,
+    discards: 0,
+    driverReads: 0,
+    rmwReads: 0,
+    imageFlushes: 0,
   };
   private readonly failures: FailedWrites;
   private timer: NodeJS.Timeout | undefined;
@@ -86,7 +93,10 @@ export class RequestMerger {
   private streamEnd = -1;
   private readonly slabBytes: number;
 
-  constructor(readonly image: Image, opts: MergerOptions = {}) {
+  constructor(
+    readonly image: Image,
+    opts: MergerOptions = {},
+  ) {
     this.options = resolveMergerOptions(opts);
     this.slabBytes = slabBytesFor(this.options.maxBytes);
     this.pending = new PendingExtents(this.slabBytes);
@@ -267,7 +277,10 @@ export class RequestMerger {
     this.failures.throwIfFailed();
     if (this.image.readOnly) throw VdiskError.readOnly(`${this.image.path} is read-only`);
     if (!Number.isSafeInteger(offset) || offset < 0 || offset + length > this.image.virtualSize) {
-      throw VdiskError.invalid(`write ${offset}+${length} past the end of ${this.image.path} (${this.image.virtualSize} bytes)`, { offset, length });
+      throw VdiskError.invalid(`write ${offset}+${length} past the end of ${this.image.path} (${this.image.virtualSize} bytes)`, {
+        offset,
+        length,
+      });
     }
   }
 
@@ -295,12 +308,19 @@ export class RequestMerger {
     // One piece: its slab goes back to the pending set once the driver is done with it.
     if (ext.end - ext.start <= limit) return this.sendPiece(ext.start, ext.end, ext.buf, ext.acked, true);
     const parts: DriverWrite[] = [];
-    for (let at = ext.start; at < ext.end; ) {
+    for (let at = ext.start; at < ext.end;) {
       const cut = Math.min(ext.end, pageDown(at + limit)); // limit >= one page, so cut > at
       parts.push(this.sendPiece(at, cut, ext.buf.subarray(at - ext.start), ext.acked));
       at = cut;
     }
-    const whole: DriverWrite = { start: ext.start, end: ext.end, bytes: ext.end - ext.start, acked: ext.acked, error: undefined, done: Promise.resolve() };
+    const whole: DriverWrite = {
+      start: ext.start,
+      end: ext.end,
+      bytes: ext.end - ext.start,
+      acked: ext.acked,
+      error: undefined,
+      done: Promise.resolve(),
+    };
     whole.done = Promise.all(parts.map((p) => p.done)).then(() => {
       whole.error = parts.find((p) => p.error !== undefined)?.error;
     });

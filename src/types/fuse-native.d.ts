@@ -2,9 +2,19 @@
 declare module 'fuse-native' {
   type Cb<T = void> = T extends void ? (err: number) => void : (err: number, value?: T) => void;
   export interface Stat {
-    mtime: Date; atime: Date; ctime: Date;
-    size: number; mode: number; uid: number; gid: number;
-    nlink?: number; blocks?: number; blksize?: number; ino?: number; dev?: number; rdev?: number;
+    mtime: Date;
+    atime: Date;
+    ctime: Date;
+    size: number;
+    mode: number;
+    uid: number;
+    gid: number;
+    nlink?: number;
+    blocks?: number;
+    blksize?: number;
+    ino?: number;
+    dev?: number;
+    rdev?: number;
   }
   export interface Operations {
     init?(cb: (err: number) => void): void;
@@ -47,9 +57,20 @@ declare module 'fuse-native' {
     unmount(cb: (err: Error | null) => void): void;
     protected _fuseOptions(): string;
     static unmount(mnt: string, cb: (err: Error | null) => void): void;
-    static EPERM: number; static ENOENT: number; static EIO: number; static EROFS: number;
-    static EINVAL: number; static ENOSPC: number; static EFBIG: number; static EBUSY: number;
-    static EACCES: number; static EISDIR: number; static ENOTDIR: number; static ENOTSUP: number;
-    static EEXIST: number; static ENOSYS: number; static EBADF: number;
+    static EPERM: number;
+    static ENOENT: number;
+    static EIO: number;
+    static EROFS: number;
+    static EINVAL: number;
+    static ENOSPC: number;
+    static EFBIG: number;
+    static EBUSY: number;
+    static EACCES: number;
+    static EISDIR: number;
+    static ENOTDIR: number;
+    static ENOTSUP: number;
+    static EEXIST: number;
+    static ENOSYS: number;
+    static EBADF: number;
   }
 }

@@ -28,8 +28,19 @@ const MiB = 1024 * 1024;
 
 function opts(file: string, o: Partial<BenchOptions>): BenchOptions {
   return {
-    file, count: 16, depth: 1, offset: 0, bufferSize: 4096, step: 0, write: false, pattern: 0,
-    flushInterval: 0, drainOnFlush: true, cache: 'writeback', noMultiAlloc: false, ...o,
+    file,
+    count: 16,
+    depth: 1,
+    offset: 0,
+    bufferSize: 4096,
+    step: 0,
+    write: false,
+    pattern: 0,
+    flushInterval: 0,
+    drainOnFlush: true,
+    cache: 'writeback',
+    noMultiAlloc: false,
+    ...o,
   };
 }
 
@@ -78,7 +89,7 @@ describe('vdiskfs bench: argument parsing like qemu-img', () => {
 });
 
 describe('vdiskfs bench on a raw image', () => {
-  it('writes exactly the requests it announces, and prints qemu-img\'s lines', async () => {
+  it("writes exactly the requests it announces, and prints qemu-img's lines", async () => {
     const file = path.join(tmp.path, 'disk.img');
     fs.writeFileSync(file, '');
     fs.truncateSync(file, 4 * MiB);
@@ -143,7 +154,11 @@ describe('vdiskfs bench on a raw image', () => {
   it('refuses user mistakes with a VdiskError', async () => {
     const file = path.join(tmp.path, 'e.img');
     fs.writeFileSync(file, Buffer.alloc(64 * KiB));
-    const err = async (o: BenchOptions) => runBench(o, () => {}).then(() => undefined, (e: unknown) => e);
+    const err = async (o: BenchOptions) =>
+      runBench(o, () => {}).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     const missing = await err(opts(path.join(tmp.path, 'nope.img'), {}));
     expect(isVdiskError(missing) && missing.code).toBe('ENOENT');
     expect(String((await err(opts(file, { flushInterval: 4 }))) as Error)).toMatch(/only available in write tests/);
@@ -172,7 +187,10 @@ describe('vdiskfs bench through the CLI', () => {
 
   it('turns a user mistake into one line on stderr and exit 1', () => {
     expect(fs.existsSync(MAIN)).toBe(true);
-    for (const args of [['bench', 'missing.img'], ['bench', '-s', '12Q', 'missing.img']]) {
+    for (const args of [
+      ['bench', 'missing.img'],
+      ['bench', '-s', '12Q', 'missing.img'],
+    ]) {
       const r = cli(args);
       expect(r.status).toBe(1);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
@@ -205,7 +223,18 @@ describe.each(['qcow2', 'vmdk'] as const)('vdiskfs bench on %s', (format) => {
       qemuImg(['create', '-q', '-f', format, file, '16M']);
       if (!(await driverWorks(file))) return;
       // Unaligned buffer size and step: partial clusters/grains on both ends of many requests.
-      const o = opts(file, { format, write: true, count: 40, bufferSize: 100 * KiB + 512, step: 300 * KiB + 4096, offset: 3 * KiB, pattern: 0xc3, depth: 4, cache: 'none', noMultiAlloc });
+      const o = opts(file, {
+        format,
+        write: true,
+        count: 40,
+        bufferSize: 100 * KiB + 512,
+        step: 300 * KiB + 4096,
+        offset: 3 * KiB,
+        pattern: 0xc3,
+        depth: 4,
+        cache: 'none',
+        noMultiAlloc,
+      });
       const lines: string[] = [];
       await runBench(o, (l) => lines.push(l));
       expect(lines[0]).toContain('Sending 40 write requests, 102912 bytes each, 4 in parallel');
@@ -232,7 +261,20 @@ describe('make bench harness: pure parts', () => {
 
   it('parses fio JSON after warnings, sums read and write, and rejects failed jobs', () => {
     const doc = (error: number) =>
-      JSON.stringify({ jobs: [{ jobname: 'seqw4k', error, read: { bw_bytes: 0, io_bytes: 0, runtime: 0 }, write: { bw_bytes: 52_428_800, io_bytes: 268_435_456, runtime: 5120 } }] }, null, 2);
+      JSON.stringify(
+        {
+          jobs: [
+            {
+              jobname: 'seqw4k',
+              error,
+              read: { bw_bytes: 0, io_bytes: 0, runtime: 0 },
+              write: { bw_bytes: 52_428_800, io_bytes: 268_435_456, runtime: 5120 },
+            },
+          ],
+        },
+        null,
+        2,
+      );
     const r = parseFioJson(`fio: file hash not empty on exit\n${doc(0)}\n`);
     expect(r.MBps).toBeCloseTo(52.4288, 6);
     expect(r.ioBytes).toBe(268_435_456);
@@ -244,12 +286,27 @@ describe('make bench harness: pure parts', () => {
     expect(() => parseFioJson('fio: no such file')).toThrow(/no JSON/);
   });
 
-  it('builds the seven jobs with the issues\' options', () => {
+  it("builds the seven jobs with the issues' options", () => {
     const s = { size: 256 * MiB, runtime: 5, maxRuntime: 60 };
     const jobs = fioJobs(s);
     expect(jobs.map((j) => j.id)).toEqual(['seqw128k', 'seqw4k', 'randw4k', 'seqr1m', 'randr4k', 'randr4kq16', 'randw4kq16']);
-    const a = (id: string) => fioArgs(jobs.find((j) => j.id === id)!, '/x', s);
-    expect(a('seqw128k')).toEqual(expect.arrayContaining(['--rw=write', '--bs=128k', '--end_fsync=1', `--size=${256 * MiB}`, '--filename=/x', '--output-format=json', '--runtime=60']));
+    const a = (id: string) =>
+      fioArgs(
+        jobs.find((j) => j.id === id)!,
+        '/x',
+        s,
+      );
+    expect(a('seqw128k')).toEqual(
+      expect.arrayContaining([
+        '--rw=write',
+        '--bs=128k',
+        '--end_fsync=1',
+        `--size=${256 * MiB}`,
+        '--filename=/x',
+        '--output-format=json',
+        '--runtime=60',
+      ]),
+    );
     expect(a('randw4k')).toEqual(expect.arrayContaining(['--rw=randwrite', '--bs=4k', '--time_based', '--runtime=5']));
     expect(a('randw4k')).not.toContain('--runtime=60');
     expect(a('seqr1m')).toEqual(expect.arrayContaining(['--rw=read', '--bs=1M', '--direct=1']));
@@ -265,7 +322,13 @@ describe('make bench harness: pure parts', () => {
     expect(markdownTable(['a', 'b'], [['1', 'x|y']], ['l', 'r'])).toBe('| a | b |\n| --- | ---: |\n| 1 | x\\|y |');
     const jobs = fioJobs({ size: MiB, runtime: 1, maxRuntime: 10 }).slice(0, 2);
     const t = (id: string): Target => ({ id, title: id, setup: async () => ({ file: '', stop: async () => {} }) });
-    const m: MatrixResult = { samples: new Samples(), cpu: new Samples(), requestSizes: new Map(), unavailable: new Map([['gone', 'no flag']]), failed: new Map([['seqw4k/ours', 'fio exited 1']]) };
+    const m: MatrixResult = {
+      samples: new Samples(),
+      cpu: new Samples(),
+      requestSizes: new Map(),
+      unavailable: new Map([['gone', 'no flag']]),
+      failed: new Map([['seqw4k/ours', 'fio exited 1']]),
+    };
     for (const v of [100, 300, 200]) m.samples.add('seqw128k', 'ours', v);
     for (const v of [50, 100, 150]) m.samples.add('seqw128k', 'peer', v);
     const peer = peerTable(m, jobs, t('ours'), t('peer'), () => 1.5);
@@ -285,7 +348,9 @@ describe('make bench harness: pure parts', () => {
     m.requestSizes.set('seqw128k/ours', 'write 128K:2048');
     const cpu = cpuTable(m, jobs, [t('ours'), t('peer')], t('ours'));
     expect(cpu).toContain('| seq write 128k (end_fsync) | 13.0 | n/a | write 128K:2048 |');
-    expect(transportRequestSizes('stats transport (kernel protocol):\n    read request sizes: 4K:10 1M:2\n    write request sizes: -\n')).toBe('read 4K:10 1M:2');
+    expect(
+      transportRequestSizes('stats transport (kernel protocol):\n    read request sizes: 4K:10 1M:2\n    write request sizes: -\n'),
+    ).toBe('read 4K:10 1M:2');
     expect(transportRequestSizes('no stats')).toBeUndefined();
   });
 

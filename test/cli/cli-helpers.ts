@@ -2,7 +2,11 @@
 import { spawnSync } from 'node:child_process';
 import { CLI } from '../helpers/mount';
 
-export interface Ran { status: number | null; stdout: string; stderr: string }
+export interface Ran {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 export function vdiskfs(cwd: string, ...args: string[]): Ran {
   const r = spawnSync(process.execPath, [CLI, ...args], { cwd, encoding: 'utf8', timeout: 120_000 });

@@ -87,7 +87,7 @@ describe('reportFatal', () => {
     const { reportFatal } = await import('../../src/cli/output');
     const written: string[] = [];
     const orig = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((s: string) => (written.push(String(s)), true));
+    process.stderr.write = (s: string) => (written.push(String(s)), true);
     try {
       const e = await fs.promises.open(path.join(cwd, 'missing.vmdk')).catch((x: unknown) => x);
       expect(reportFatal(e)).toBe(1);

@@ -16,7 +16,12 @@ afterEach(async () => {
   if (mnt && isMounted(mnt)) spawnSync(process.execPath, [CLI, 'unmount', mnt]);
   if (mnt && isMounted(mnt)) spawnSync('umount', ['-l', mnt]);
   const pid = mnt ? readPid(mnt) : undefined; // the daemon this test started, if it outlived its mount
-  if (pid) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  if (pid)
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
   await dir?.cleanup();
 });
 
@@ -56,7 +61,10 @@ it('without --stats, unmount prints nothing', async () => {
   fs.mkdirSync(images);
   fs.mkdirSync(mnt);
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', path.join(images, 'a.qcow2'), '16M']);
-  const r = spawnSync(process.execPath, [CLI, 'mount', '--log-file', path.join(dir.path, 'log'), images, mnt], { encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync(process.execPath, [CLI, 'mount', '--log-file', path.join(dir.path, 'log'), images, mnt], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
   expect(r.status, r.stderr).toBe(0);
   expect(r.stdout).toMatch(/1 image shown, 0 left out/);
   expect(r.stderr).toBe('');

@@ -43,7 +43,9 @@ describe('info', () => {
     for (const f of ['top.qcow2', 'child.vmdk']) {
       const ours = vdiskfs(cwd, 'info', '--backing-chain', '--output=json', f);
       expect(json(ours.stdout), f).toEqual(json(qemuImgIn(cwd, 'info', '--backing-chain', '--output=json', f).stdout));
-      expect(sortedLines(vdiskfs(cwd, 'info', '--backing-chain', f).stdout), f).toEqual(sortedLines(qemuImgIn(cwd, 'info', '--backing-chain', f).stdout));
+      expect(sortedLines(vdiskfs(cwd, 'info', '--backing-chain', f).stdout), f).toEqual(
+        sortedLines(qemuImgIn(cwd, 'info', '--backing-chain', f).stdout),
+      );
     }
   });
   it('the human output has qemu-img lines (key names with spaces, [i]: lists, cleanly shut down)', () => {
@@ -56,7 +58,10 @@ describe('info', () => {
   });
   it('-f FMT: the named format, refused when the content is another one (as qemu-img)', () => {
     expect(vdiskfs(cwd, 'info', '-f', 'qcow2', 'base.qcow2').status).toBe(0);
-    expect(json(vdiskfs(cwd, 'info', '-f', 'raw', '--output=json', 'base.qcow2').stdout)).toMatchObject({ format: 'raw', 'virtual-size': fs.statSync(path.join(cwd, 'base.qcow2')).size });
+    expect(json(vdiskfs(cwd, 'info', '-f', 'raw', '--output=json', 'base.qcow2').stdout)).toMatchObject({
+      format: 'raw',
+      'virtual-size': fs.statSync(path.join(cwd, 'base.qcow2')).size,
+    });
     expect(qemuImgIn(cwd, 'info', '-f', 'vmdk', 'base.qcow2').status).toBe(1);
     expect(expectOneLineError(vdiskfs(cwd, 'info', '-f', 'vmdk', 'base.qcow2'))).toMatch(/not in vmdk format/);
   });
@@ -87,7 +92,9 @@ describe('check', () => {
       const [oj, tj] = both('--output=json', f);
       expect(json(oj.stdout), f).toEqual(json(tj.stdout));
     }
-    expect(vdiskfs(cwd, 'check', 'base.qcow2').stdout).toMatch(/^\d+\/1024 = [\d.]+% allocated, [\d.]+% fragmented, [\d.]+% compressed clusters\nImage end offset: \d+\n$/m);
+    expect(vdiskfs(cwd, 'check', 'base.qcow2').stdout).toMatch(
+      /^\d+\/1024 = [\d.]+% allocated, [\d.]+% fragmented, [\d.]+% compressed clusters\nImage end offset: \d+\n$/m,
+    );
   });
   it('leaks: exit 3 and the same report; corruption: exit 2 and the same report', () => {
     img('create', '-q', '-f', 'qcow2', 'leak.qcow2', '64M');
@@ -97,7 +104,10 @@ describe('check', () => {
     img('create', '-q', '-f', 'qcow2', 'bad.qcow2', '64M');
     qemuIo(path.join(cwd, 'bad.qcow2'), ['write 0 128k']);
     setRefcount('bad.qcow2', 5, 0);
-    for (const [f, code] of [['leak.qcow2', 3], ['bad.qcow2', 2]] as const) {
+    for (const [f, code] of [
+      ['leak.qcow2', 3],
+      ['bad.qcow2', 2],
+    ] as const) {
       const [ours, theirs] = both(f);
       expect(theirs.status, f).toBe(code);
       expect(ours.status, f).toBe(code);
@@ -108,7 +118,9 @@ describe('check', () => {
     }
     const repaired = vdiskfs(cwd, 'check', '-r', 'all', 'leak.qcow2');
     expect(repaired.status).toBe(0);
-    expect(repaired.stdout).toMatch(/^The following inconsistencies were found and repaired:\n\n {4}1 leaked clusters\n {4}0 corruptions\n\nDouble checking the fixed image now...\nNo errors were found on the image.\n/);
+    expect(repaired.stdout).toMatch(
+      /^The following inconsistencies were found and repaired:\n\n {4}1 leaked clusters\n {4}0 corruptions\n\nDouble checking the fixed image now...\nNo errors were found on the image.\n/,
+    );
     expect(qemuImgIn(cwd, 'check', 'leak.qcow2').status).toBe(0);
   });
   it('a raw file: "does not support checks", exit 63, as qemu-img', () => {
@@ -124,11 +136,21 @@ describe('check', () => {
   });
   it('shows a status line on a terminal when it runs long, and nothing on a pipe', () => {
     // script(1) gives the check a terminal; the threshold is lowered so the test needs no slow image.
-    const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} check base.qcow2`, '/dev/null'], { cwd, encoding: 'utf8', env: { ...process.env, VDISKFS_PROGRESS_AFTER_MS: '0' } });
+    const r = spawnSync('script', ['-qec', `${process.execPath} ${CLI} check base.qcow2`, '/dev/null'], {
+      cwd,
+      encoding: 'utf8',
+      env: { ...process.env, VDISKFS_PROGRESS_AFTER_MS: '0' },
+    });
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/checking base\.qcow2\.\.\. \d+ s/);
     expect(r.stdout).toMatch(/No errors were found on the image/);
-    expect(spawnSync(process.execPath, [CLI, 'check', 'base.qcow2'], { cwd, encoding: 'utf8', env: { ...process.env, VDISKFS_PROGRESS_AFTER_MS: '0' } }).stderr).toBe('');
+    expect(
+      spawnSync(process.execPath, [CLI, 'check', 'base.qcow2'], {
+        cwd,
+        encoding: 'utf8',
+        env: { ...process.env, VDISKFS_PROGRESS_AFTER_MS: '0' },
+      }).stderr,
+    ).toBe('');
   });
 });
 
@@ -158,11 +180,18 @@ describe('map', () => {
     }
   });
   it('--start-offset / --max-length as qemu-img', () => {
-    for (const r of [['--start-offset', '64K', '--max-length', '1M'], ['--start-offset', '1000000'], ['--max-length', '200K'], ['--start-offset', '1M', '--max-length', '100G']]) {
-      expect(json(vdiskfs(cwd, 'map', '--output=json', ...r, 'top.qcow2').stdout), r.join(' ')).toEqual(json(qemuImgIn(cwd, 'map', '--output=json', ...r, 'top.qcow2').stdout));
+    for (const r of [
+      ['--start-offset', '64K', '--max-length', '1M'],
+      ['--start-offset', '1000000'],
+      ['--max-length', '200K'],
+      ['--start-offset', '1M', '--max-length', '100G'],
+    ]) {
+      expect(json(vdiskfs(cwd, 'map', '--output=json', ...r, 'top.qcow2').stdout), r.join(' ')).toEqual(
+        json(qemuImgIn(cwd, 'map', '--output=json', ...r, 'top.qcow2').stdout),
+      );
     }
   });
-  it('-f FMT and the human table name each range\'s layer as given', () => {
+  it("-f FMT and the human table name each range's layer as given", () => {
     const out = vdiskfs(cwd, 'map', '-f', 'qcow2', 'top.qcow2').stdout;
     expect(out).toMatch(/^0x0 +0x10000 +data +1 +0x[0-9a-f]+ +base\.qcow2$/m);
     expect(out).toMatch(/^0x10000 +0x10000 +data +0 +0x[0-9a-f]+ +top\.qcow2$/m);
@@ -171,13 +200,20 @@ describe('map', () => {
 
 describe('create', () => {
   it('takes the format from the extension without -f', () => {
-    for (const [f, fmt] of [['n.qcow2', 'qcow2'], ['n.vmdk', 'vmdk'], ['n.img', 'raw']] as const) {
+    for (const [f, fmt] of [
+      ['n.qcow2', 'qcow2'],
+      ['n.vmdk', 'vmdk'],
+      ['n.img', 'raw'],
+    ] as const) {
       expect(vdiskfs(cwd, 'create', f, '1M').status, f).toBe(0);
       expect((json(qemuImgIn(cwd, 'info', '--output=json', f).stdout) as { format: string }).format, f).toBe(fmt);
     }
   });
   it('refuses -b without -F, as qemu-img does (qcow2 and vmdk)', () => {
-    for (const [fmt, base, f] of [['vmdk', 'mono.vmdk', 'c1.vmdk'], ['qcow2', 'base.qcow2', 'c1.qcow2']] as const) {
+    for (const [fmt, base, f] of [
+      ['vmdk', 'mono.vmdk', 'c1.vmdk'],
+      ['qcow2', 'base.qcow2', 'c1.qcow2'],
+    ] as const) {
       expect(qemuImgIn(cwd, 'create', '-f', fmt, '-b', base, `q-${f}`).status).toBe(1);
       expect(expectOneLineError(vdiskfs(cwd, 'create', '-f', fmt, '-b', base, f))).toMatch(new RegExp(`without backing format.*-F ${fmt}`));
       expect(fs.existsSync(path.join(cwd, f))).toBe(false);
@@ -192,10 +228,22 @@ describe('create', () => {
     expect(a!.size).toBe(b!.size);
     expect(a!.blocks).toBeLessThan(64 * 2048); // a sparse file: under 64 MiB really used
     // (qemu-img check would read 13 GB of grain-table holes: too slow for a test.)
-    const info = (f: string) => json(qemuImgIn(cwd, 'info', '--output=json', f).stdout) as { 'format-specific': { data: Record<string, unknown> } };
+    const info = (f: string) =>
+      json(qemuImgIn(cwd, 'info', '--output=json', f).stdout) as { 'format-specific': { data: Record<string, unknown> } };
     const [ours2, theirs2] = [info('huge.vmdk'), info('qhuge.vmdk')];
     for (const i of [ours2, theirs2]) delete i['format-specific'].data.cid;
-    expect({ ...ours2, filename: '', 'actual-size': 0 }).toEqual({ ...theirs2, filename: '', 'actual-size': 0, 'format-specific': { ...theirs2['format-specific'], data: { ...theirs2['format-specific'].data, extents: [{ ...(theirs2['format-specific'].data.extents as object[])[0], filename: 'huge.vmdk' }] } } });
+    expect({ ...ours2, filename: '', 'actual-size': 0 }).toEqual({
+      ...theirs2,
+      filename: '',
+      'actual-size': 0,
+      'format-specific': {
+        ...theirs2['format-specific'],
+        data: {
+          ...theirs2['format-specific'].data,
+          extents: [{ ...(theirs2['format-specific'].data.extents as object[])[0], filename: 'huge.vmdk' }],
+        },
+      },
+    });
     const last = `${100 * 2 ** 40 - 65536}`;
     qemuIo(path.join(cwd, 'huge.vmdk'), [`write -P 0x5a ${last} 64k`]);
     expect(qemuIo(path.join(cwd, 'huge.vmdk'), [`read -P 0x5a ${last} 64k`])).toMatch(/read 65536\/65536 bytes/);

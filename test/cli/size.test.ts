@@ -18,7 +18,11 @@ describe('sizes and option lists, as qemu-img spells them', () => {
     expect(formatSize(500)).toBe('500 bytes');
   });
   it('splits -o lists, repeated or comma-separated', () => {
-    expect(parseOptionList(['cluster_size=4k,compat=1.1', 'lazy_refcounts=on'])).toEqual({ cluster_size: '4k', compat: '1.1', lazy_refcounts: 'on' });
+    expect(parseOptionList(['cluster_size=4k,compat=1.1', 'lazy_refcounts=on'])).toEqual({
+      cluster_size: '4k',
+      compat: '1.1',
+      lazy_refcounts: 'on',
+    });
     expect(parseOptionList('extended_l2')).toEqual({ extended_l2: 'on' });
   });
 });

@@ -32,7 +32,7 @@ async function sha256Of(file: string): Promise<string> {
   const fd = await fs.promises.open(file, 'r');
   try {
     const buf = Buffer.alloc(1 << 20);
-    for (let pos = 0; ; ) {
+    for (let pos = 0; ;) {
       const { bytesRead } = await fd.read(buf, 0, buf.length, pos);
       if (bytesRead === 0) break;
       h.update(buf.subarray(0, bytesRead));
@@ -50,10 +50,16 @@ beforeAll(async () => {
   execFileSync('cp', ['-a', '--sparse=always', corpus + '/.', images]);
   execFileSync('chmod', ['-R', 'u+w', images]);
   // The external data file of dissect/data-file.qcow2 ships gzipped.
-  execFileSync('sh', ['-c', `gunzip -c "${images}/dissect/data-file.bin.gz" | cp --sparse=always /dev/stdin "${images}/dissect/data-file.bin"`]);
+  execFileSync('sh', [
+    '-c',
+    `gunzip -c "${images}/dissect/data-file.bin.gz" | cp --sparse=always /dev/stdin "${images}/dissect/data-file.bin"`,
+  ]);
   // The bare seSparse extent is no image on its own; QEMU (and the MANIFEST hash) read it through
   // a hand-written descriptor, which makes the extent an auxiliary file of that descriptor.
-  fs.writeFileSync(path.join(images, SESPARSE_DESCRIPTOR), '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="seSparse"\n\n# Extent description\nRW 1048576 SESPARSE "sesparse.vmdk"\n');
+  fs.writeFileSync(
+    path.join(images, SESPARSE_DESCRIPTOR),
+    '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="seSparse"\n\n# Extent description\nRW 1048576 SESPARSE "sesparse.vmdk"\n',
+  );
   mnt = path.join(dir.path, 'mnt');
   m = await mount(images, mnt, ['--read-only']);
 }, 300_000);
@@ -77,13 +83,17 @@ describe('corpus through the mount', () => {
   // Two at a time: the images are read through FUSE end to end (about 40 GiB of virtual disk).
   describe.concurrent('reads every hashed image with the expected SHA-256', () => {
     for (const row of hashed) {
-      it(row.file, async () => {
-        const view = path.join(mnt, row.file + '.raw');
-        expect(fs.existsSync(view), `${row.file} is not shown; log:\n${m.stderr()}`).toBe(true);
-        expect(fs.statSync(view).size).toBe(Number(row.virtualSize));
-        const digest = await sha256Of(view).catch((e: Error) => `${e.message}; mount log:\n${m.stderr()}`);
-        expect(digest).toBe(row.expect);
-      }, 600_000);
+      it(
+        row.file,
+        async () => {
+          const view = path.join(mnt, row.file + '.raw');
+          expect(fs.existsSync(view), `${row.file} is not shown; log:\n${m.stderr()}`).toBe(true);
+          expect(fs.statSync(view).size).toBe(Number(row.virtualSize));
+          const digest = await sha256Of(view).catch((e: Error) => `${e.message}; mount log:\n${m.stderr()}`);
+          expect(digest).toBe(row.expect);
+        },
+        600_000,
+      );
     }
   });
 

@@ -65,7 +65,11 @@ describe('SIGKILL in the middle of writes', () => {
       await m.exited;
       await writer;
       expect(written).toBeGreaterThan(10);
-      try { fs.closeSync(fd); } catch { /* ENOTCONN */ }
+      try {
+        fs.closeSync(fd);
+      } catch {
+        /* ENOTCONN */
+      }
       spawnSync('umount', ['-l', m.mnt]);
       expect(isMounted(m.mnt)).toBe(false);
       // No corruption (exit 2); leaks (exit 3) are allowed.

@@ -14,7 +14,8 @@ import { qemuCheck, sha256, sha256File } from '../helpers/qemu';
 const fx = mountFixture();
 let images: string;
 const MiB = 1 << 20;
-const sh = (cmd: string, args: string[], cwd?: string) => execFileSync(cmd, args, { cwd: cwd ?? images, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const sh = (cmd: string, args: string[], cwd?: string) =>
+  execFileSync(cmd, args, { cwd: cwd ?? images, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 const qemuImg = (...a: string[]) => sh('qemu-img', a);
 const qemuIo = (file: string, ...cmds: string[]) => sh('qemu-io', [...cmds.flatMap((c) => ['-c', c]), file]);
 
@@ -168,7 +169,7 @@ describe.each(cacheModes)('cp and qemu-img convert into a view ($name)', ({ args
     qemuIo('dst.qcow2', 'write -P 0x77 40M 1M'); // past the copied bytes: must survive
     const src = path.join(fx.dir, 'src.raw');
     const data = Buffer.alloc(16 * MiB);
-    for (let i = 0; i < data.length; i += 4096) data.fill((i / 4096) % 251 + 1, i, i + 4096);
+    for (let i = 0; i < data.length; i += 4096) data.fill(((i / 4096) % 251) + 1, i, i + 4096);
     fs.writeFileSync(src, data);
     const m = await mountKernel(mountArgs);
     const view = path.join(m.mnt, 'dst.qcow2.raw');

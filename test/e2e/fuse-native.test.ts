@@ -16,7 +16,10 @@ it('--transport fuse-native: reads, writes, passes fio verify, unmounts with the
   fs.writeFileSync(img, '');
   fs.truncateSync(img, 64 << 20);
   const m = await fx.mount(['--transport', 'fuse-native', '--include-raw']);
-  const line = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === fx.mnt)!;
+  const line = fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .find((l) => l.split(' ')[4] === fx.mnt)!;
   expect(line).toMatch(/ - fuse\.vdiskfs /);
   const view = path.join(fx.mnt, 'd.img.raw');
   expect(fs.statSync(view).size).toBe(64 << 20);
@@ -26,14 +29,41 @@ it('--transport fuse-native: reads, writes, passes fio verify, unmounts with the
   fs.writeSync(fd, data, 0, data.length, 40 << 20);
   fs.fsyncSync(fd);
   fs.closeSync(fd);
-  expect(fs.readFileSync(view).subarray(40 << 20, 41 << 20).equals(data)).toBe(true);
+  expect(
+    fs
+      .readFileSync(view)
+      .subarray(40 << 20, 41 << 20)
+      .equals(data),
+  ).toBe(true);
 
-  const r = spawnSync('fio', ['--name=verify', `--filename=${view}`, '--rw=randwrite', '--bs=4k', '--bsrange=512-64k', '--size=32M',
-    '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0', '--ioengine=psync', '--randseed=7', '--output-format=json'], { encoding: 'utf8' });
+  const r = spawnSync(
+    'fio',
+    [
+      '--name=verify',
+      `--filename=${view}`,
+      '--rw=randwrite',
+      '--bs=4k',
+      '--bsrange=512-64k',
+      '--size=32M',
+      '--verify=crc32c',
+      '--do_verify=1',
+      '--verify_fatal=1',
+      '--verify_state_save=0',
+      '--ioengine=psync',
+      '--randseed=7',
+      '--output-format=json',
+    ],
+    { encoding: 'utf8' },
+  );
   expect(r.status, r.stderr).toBe(0);
   expect(JSON.parse(r.stdout).jobs[0].error).toBe(0);
 
   expect(await m.unmount()).toBe(0);
   expect(isMounted(fx.mnt)).toBe(false);
-  expect(fs.readFileSync(img).subarray(40 << 20, 41 << 20).equals(data)).toBe(true);
+  expect(
+    fs
+      .readFileSync(img)
+      .subarray(40 << 20, 41 << 20)
+      .equals(data),
+  ).toBe(true);
 });

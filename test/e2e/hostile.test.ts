@@ -33,7 +33,9 @@ const allowedCases = () => set.cases.filter((c) => c.verdict === 'allowed');
 /** Rejects with a clear message instead of waiting forever on a stalled mount. */
 function withinHangLimit<T>(p: Promise<T>, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const limit = new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what}: no answer in ${MOUNT_HANG_MS / 1000} s (hang)`)), MOUNT_HANG_MS)));
+  const limit = new Promise<never>(
+    (_, rej) => (timer = setTimeout(() => rej(new Error(`${what}: no answer in ${MOUNT_HANG_MS / 1000} s (hang)`)), MOUNT_HANG_MS)),
+  );
   return Promise.race([p, limit]).finally(() => clearTimeout(timer));
 }
 
@@ -77,8 +79,19 @@ function allowedOutside(p: string, pid: number): boolean {
   const nodeHome = path.dirname(path.dirname(process.execPath));
   return (
     /^(pipe|socket|anon_inode):/.test(p) ||
-    p === '/dev/fuse' || p === '/dev/null' || p === process.execPath ||
-    [`${nodeHome}/lib/node_modules/`, `${REPO}/node_modules/`, `${REPO}/dist/`, `/proc/${pid}/`, '/proc/self/', '/proc/thread-self/', '/sys/devices/system/cpu/', '/sys/fs/cgroup/'].some((d) => p.startsWith(d))
+    p === '/dev/fuse' ||
+    p === '/dev/null' ||
+    p === process.execPath ||
+    [
+      `${nodeHome}/lib/node_modules/`,
+      `${REPO}/node_modules/`,
+      `${REPO}/dist/`,
+      `/proc/${pid}/`,
+      '/proc/self/',
+      '/proc/thread-self/',
+      '/sys/devices/system/cpu/',
+      '/sys/fs/cgroup/',
+    ].some((d) => p.startsWith(d))
   );
 }
 
@@ -89,13 +102,16 @@ function insideFolders(p: string): boolean {
 /** readlink of every fd the daemon holds right now. */
 function openFds(pid: number): string[] {
   const fdDir = `/proc/${pid}/fd`;
-  return fs.readdirSync(fdDir).map((fd) => {
-    try {
-      return fs.readlinkSync(path.join(fdDir, fd));
-    } catch {
-      return ''; // closed meanwhile
-    }
-  }).filter((p) => p !== '');
+  return fs
+    .readdirSync(fdDir)
+    .map((fd) => {
+      try {
+        return fs.readlinkSync(path.join(fdDir, fd));
+      } catch {
+        return ''; // closed meanwhile
+      }
+    })
+    .filter((p) => p !== '');
 }
 
 function fdsOutside(pid: number): string[] {
@@ -113,7 +129,9 @@ interface OpenTracer {
 }
 
 async function traceOpens(pid: number, log: string): Promise<OpenTracer> {
-  const proc = spawn('strace', ['-f', '-qq', '-y', '-s', '8192', '-e', 'trace=open,openat,openat2,creat', '-o', log, '-p', String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn('strace', ['-f', '-qq', '-y', '-s', '8192', '-e', 'trace=open,openat,openat2,creat', '-o', log, '-p', String(pid)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let err = '';
   proc.stderr.on('data', (d) => (err += d));
   proc.once('error', (e) => (err += `${e.message} (this test needs strace installed)`));
@@ -122,10 +140,11 @@ async function traceOpens(pid: number, log: string): Promise<OpenTracer> {
     proc.once('error', () => res());
   });
   // Attached once every thread of the daemon names strace as its tracer.
-  const attached = () => fs.readdirSync(`/proc/${pid}/task`).every((t) => {
-    const status = fs.readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8');
-    return /^TracerPid:\s*[1-9]/m.test(status);
-  });
+  const attached = () =>
+    fs.readdirSync(`/proc/${pid}/task`).every((t) => {
+      const status = fs.readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8');
+      return /^TracerPid:\s*[1-9]/m.test(status);
+    });
   for (let i = 0; !attached(); i++) {
     if (proc.exitCode !== null || err.includes('needs strace') || i > 400) {
       proc.kill('SIGKILL');
@@ -233,7 +252,10 @@ describe('a folder of hostile images, mounted', () => {
       if (shadow) expect(data.indexOf(shadow), `${rel} serves /etc/shadow`).toBe(-1);
     }
     const mustRead = shown.filter((r) => !set.cases.some((c) => c.verdict === 'either' && r === c.name + '.raw'));
-    expect(failed.filter((f) => mustRead.some((r) => f.startsWith(r + ':'))), 'views shown but unreadable').toEqual([]);
+    expect(
+      failed.filter((f) => mustRead.some((r) => f.startsWith(r + ':'))),
+      'views shown but unreadable',
+    ).toEqual([]);
     expect(fdsOutside(m.proc.pid!), 'fds after reading every view').toEqual([]);
   });
 
@@ -242,7 +264,10 @@ describe('a folder of hostile images, mounted', () => {
       expect(shown, `${c.name} (${c.escape}) is left out; log:\n${m.stderr()}`).toContain(c.name + '.raw');
       const data = await withinHangLimit(readHead(path.join(m.mnt, c.name + '.raw'), 65536), `reading ${c.name}`);
       expect(data.length, c.name).toBe(65536);
-      expect(data.every((b) => b === c.pattern), `${c.name} reads its base's bytes`).toBe(true);
+      expect(
+        data.every((b) => b === c.pattern),
+        `${c.name} reads its base's bytes`,
+      ).toBe(true);
     }
   });
 
@@ -250,7 +275,10 @@ describe('a folder of hostile images, mounted', () => {
     for (const g of set.good) {
       const view = path.join(m.mnt, g.name + '.raw');
       const before = await withinHangLimit(readHead(view, MIB), `reading ${g.name}`);
-      expect(before.every((b) => b === g.pattern), g.name).toBe(true);
+      expect(
+        before.every((b) => b === g.pattern),
+        g.name,
+      ).toBe(true);
       const fh = await withinHangLimit(fs.promises.open(view, 'r+'), `opening ${g.name} for writing`);
       try {
         await withinHangLimit(fh.write(Buffer.alloc(65536, 0x77), 0, 65536, 4 * MIB), `writing ${g.name}`);
@@ -263,7 +291,10 @@ describe('a folder of hostile images, mounted', () => {
       const back = Buffer.alloc(65536);
       const rh = await fs.promises.open(view, 'r');
       await withinHangLimit(rh.read(back, 0, back.length, 4 * MIB), `reading back ${g.name}`).finally(() => rh.close());
-      expect(back.every((b) => b === 0x77), g.name).toBe(true);
+      expect(
+        back.every((b) => b === 0x77),
+        g.name,
+      ).toBe(true);
     }
   });
 
@@ -273,12 +304,25 @@ describe('a folder of hostile images, mounted', () => {
     const opens = parseOpens(log);
     expect(opens.length, 'strace saw the probes open the images').toBeGreaterThan(set.cases.length);
     const pid = m.proc.pid!;
-    const bad = opens.filter((o) => !o.pathOnly && ((!insideFolders(o.asked) && !allowedOutside(o.asked, pid)) || (o.got !== undefined && !insideFolders(o.got) && !allowedOutside(o.got, pid))));
-    expect(bad.map((o) => o.line.slice(0, 300)), 'opens outside the images folder').toEqual([]);
+    const bad = opens.filter(
+      (o) =>
+        !o.pathOnly &&
+        ((!insideFolders(o.asked) && !allowedOutside(o.asked, pid)) ||
+          (o.got !== undefined && !insideFolders(o.got) && !allowedOutside(o.got, pid))),
+    );
+    expect(
+      bad.map((o) => o.line.slice(0, 300)),
+      'opens outside the images folder',
+    ).toEqual([]);
     // And none of the special files inside it: a FIFO or a folder is never opened as an image part.
     const special = new Set(['pipe.raw', 'pipe.vmdk', 'fifo.qcow2', 'a-folder'].map((n) => path.join(realImages, n)));
-    const opened = opens.filter((o) => !o.pathOnly && (special.has(o.asked) || (o.got !== undefined && special.has(o.got))) && !/O_DIRECTORY/.test(o.line));
-    expect(opened.map((o) => o.line.slice(0, 300)), 'special files opened').toEqual([]);
+    const opened = opens.filter(
+      (o) => !o.pathOnly && (special.has(o.asked) || (o.got !== undefined && special.has(o.got))) && !/O_DIRECTORY/.test(o.line),
+    );
+    expect(
+      opened.map((o) => o.line.slice(0, 300)),
+      'special files opened',
+    ).toEqual([]);
   });
 
   it('unmounts cleanly; the good images are consistent and hold what was written', async () => {
@@ -293,14 +337,24 @@ describe('a folder of hostile images, mounted', () => {
 
 // ------------------------------------------------------------------ the CLI
 
-interface CliResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
 
 function cli(args: string[], cwd: string): Promise<CliResult> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { cwd, encoding: 'utf8', timeout: HANG_MS, killSignal: 'SIGKILL', maxBuffer: 16 * MIB }, (err, stdout, stderr) => {
-      const e = err as (Error & { code?: number | string; signal?: NodeJS.Signals | null }) | null;
-      resolve({ code: e ? (typeof e.code === 'number' ? e.code : null) : 0, signal: e?.signal ?? null, stdout, stderr });
-    });
+    execFile(
+      process.execPath,
+      [CLI, ...args],
+      { cwd, encoding: 'utf8', timeout: HANG_MS, killSignal: 'SIGKILL', maxBuffer: 16 * MIB },
+      (err, stdout, stderr) => {
+        const e = err as (Error & { code?: number | string; signal?: NodeJS.Signals | null }) | null;
+        resolve({ code: e ? (typeof e.code === 'number' ? e.code : null) : 0, signal: e?.signal ?? null, stdout, stderr });
+      },
+    );
   });
 }
 
@@ -335,7 +389,9 @@ function commandsFor(c: HostileCase): string[][] {
 
 describe('info, check and map on each hostile image', () => {
   it('exit non-zero with one line and no stack trace, never hang, never print an outside path', async () => {
-    const jobs = refusedCases().flatMap((c) => commandsFor(c).map((cmd) => async () => ({ c, cmd, r: await cli([...cmd, c.name], set.images) })));
+    const jobs = refusedCases().flatMap((c) =>
+      commandsFor(c).map((cmd) => async () => ({ c, cmd, r: await cli([...cmd, c.name], set.images) })),
+    );
     const results = await inPairs(jobs);
     const problems: string[] = [];
     for (const { c, cmd, r } of results) {
@@ -351,7 +407,7 @@ describe('info, check and map on each hostile image', () => {
     expect(problems).toEqual([]);
   }, 600_000);
 
-  it('the monolithicSparse descriptor\'s own extent name is ignored or refused, never followed', async () => {
+  it("the monolithicSparse descriptor's own extent name is ignored or refused, never followed", async () => {
     for (const c of set.cases.filter((x) => x.verdict === 'either')) {
       const r = await cli(['map', '--output=json', c.name], set.images);
       expect(r.signal, c.name).toBeNull();

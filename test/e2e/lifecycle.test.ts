@@ -49,7 +49,12 @@ async function writeThenStop(stop: (m: Mounted) => void): Promise<void> {
   const code = await Promise.race([m.exited, new Promise((r) => setTimeout(() => r('timeout'), 15_000))]);
   expect(code).toBe(0);
   expect(isMounted(mnt)).toBe(false);
-  if (TEST_TRANSPORT === 'fuse-native') try { fs.closeSync(fd); } catch { /* the mount is gone: EBADF/ENOTCONN is expected */ }
+  if (TEST_TRANSPORT === 'fuse-native')
+    try {
+      fs.closeSync(fd);
+    } catch {
+      /* the mount is gone: EBADF/ENOTCONN is expected */
+    }
   expect(onDisk().equals(data)).toBe(true);
 }
 
@@ -116,13 +121,31 @@ describe('user mistakes are one clear line and a non-zero exit', () => {
   it('no /dev/fuse, or (fuse-native transport) no libfuse.so.2: a clear line (simulated in a private mount namespace)', () => {
     // Hide /dev/fuse and libfuse in a private mount namespace so the real machine is untouched.
     const lib = execFileSync('sh', ['-c', 'ldconfig -p | grep -o "/.*libfuse.so.2$" | head -1'], { encoding: 'utf8' }).trim();
-    const noFuse = spawnSync('unshare', ['-m', 'sh', '-c', `mount --bind /dev/null /dev/fuse 2>/dev/null; rm -f /dev/fuse 2>/dev/null || mount -t tmpfs none /dev 2>/dev/null; exec "${process.execPath}" "${CLI}" mount "${images}" "${mnt}"`], { encoding: 'utf8' });
+    const noFuse = spawnSync(
+      'unshare',
+      [
+        '-m',
+        'sh',
+        '-c',
+        `mount --bind /dev/null /dev/fuse 2>/dev/null; rm -f /dev/fuse 2>/dev/null || mount -t tmpfs none /dev 2>/dev/null; exec "${process.execPath}" "${CLI}" mount "${images}" "${mnt}"`,
+      ],
+      { encoding: 'utf8' },
+    );
     expect(noFuse.status).not.toBe(0);
     expect(noFuse.stderr).toMatch(/^vdiskfs: .*(\/dev\/fuse|cannot mount)/);
     expect(noFuse.stderr).not.toMatch(/\n\s+at /);
     if (lib) {
       const real = fs.realpathSync(lib);
-      const noLib = spawnSync('unshare', ['-m', 'sh', '-c', `mount --bind /dev/null "${real}" && exec "${process.execPath}" "${CLI}" mount -f --transport fuse-native "${images}" "${mnt}"`], { encoding: 'utf8' });
+      const noLib = spawnSync(
+        'unshare',
+        [
+          '-m',
+          'sh',
+          '-c',
+          `mount --bind /dev/null "${real}" && exec "${process.execPath}" "${CLI}" mount -f --transport fuse-native "${images}" "${mnt}"`,
+        ],
+        { encoding: 'utf8' },
+      );
       expect(noLib.status).not.toBe(0);
       expect(noLib.stderr.trim().split('\n')).toHaveLength(1);
       expect(noLib.stderr).toMatch(/libfuse/);

@@ -35,7 +35,12 @@ afterEach(async () => {
     await gone;
   }
   for (const m of exportMounts.splice(0)) {
-    if (isMounted(m)) try { execFileSync('umount', ['-l', m], { stdio: 'ignore' }); } catch { /* gone with its daemon */ }
+    if (isMounted(m))
+      try {
+        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+      } catch {
+        /* gone with its daemon */
+      }
   }
 });
 
@@ -58,8 +63,22 @@ async function waitForWriterLock(file: string): Promise<void> {
 
 /** qemu-storage-daemon holding `image` open for writing (an NBD export), as a running VM would. */
 async function qemuWriting(image: string): Promise<ChildProcess> {
-  const p = track(spawn('qemu-storage-daemon', ['--blockdev', `driver=file,node-name=f,filename=${image}`, '--blockdev', 'driver=qcow2,node-name=q,file=f',
-    '--nbd-server', `addr.type=unix,addr.path=${path.join(fx.dir, `nbd-${procs.length}.sock`)}`, '--export', 'type=nbd,id=e,node-name=q,writable=on'], { stdio: 'ignore' }));
+  const p = track(
+    spawn(
+      'qemu-storage-daemon',
+      [
+        '--blockdev',
+        `driver=file,node-name=f,filename=${image}`,
+        '--blockdev',
+        'driver=qcow2,node-name=q,file=f',
+        '--nbd-server',
+        `addr.type=unix,addr.path=${path.join(fx.dir, `nbd-${procs.length}.sock`)}`,
+        '--export',
+        'type=nbd,id=e,node-name=q,writable=on',
+      ],
+      { stdio: 'ignore' },
+    ),
+  );
   await waitForWriterLock(image);
   return p;
 }
@@ -158,7 +177,7 @@ describe('vdiskfs writes, QEMU and the CLI are kept out', () => {
 });
 
 describe('two mounts of one folder', () => {
-  it('exclude each other\'s writers: the second is read-only (0444) while the first writes, writable once it closed', async () => {
+  it("exclude each other's writers: the second is read-only (0444) while the first writes, writable once it closed", async () => {
     qemuImg('create', '-q', '-f', 'qcow2', 'shared.qcow2', '16M');
     qemuImg('create', '-q', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentSparse', 'split.vmdk', '16M');
     const first = await fx.mount();
@@ -184,7 +203,7 @@ describe('two mounts of one folder', () => {
   });
 });
 
-describe('someone else\'s hung FUSE server', () => {
+describe("someone else's hung FUSE server", () => {
   it('a stopped qemu-storage-daemon export holding a file elsewhere does not stall a writable open of a view', async () => {
     qemuImg('create', '-q', '-f', 'qcow2', 'mine.qcow2', '16M');
     const other = path.join(fx.dir, 'elsewhere');
@@ -193,8 +212,18 @@ describe('someone else\'s hung FUSE server', () => {
     fs.writeFileSync(backend, Buffer.alloc(1 << 20));
     const exported = path.join(other, 'exported.raw');
     fs.writeFileSync(exported, '');
-    const qsd = track(spawn('qemu-storage-daemon', ['--blockdev', `driver=file,node-name=f,filename=${backend}`,
-      '--export', `type=fuse,id=e,node-name=f,mountpoint=${exported},writable=on`], { stdio: 'ignore' }));
+    const qsd = track(
+      spawn(
+        'qemu-storage-daemon',
+        [
+          '--blockdev',
+          `driver=file,node-name=f,filename=${backend}`,
+          '--export',
+          `type=fuse,id=e,node-name=f,mountpoint=${exported},writable=on`,
+        ],
+        { stdio: 'ignore' },
+      ),
+    );
     exportMounts.push(exported);
     for (let i = 0; i < 400 && !isMounted(exported); i++) await new Promise((r) => setTimeout(r, 25));
     expect(isMounted(exported)).toBe(true);

@@ -15,7 +15,9 @@ const fx = mountFixture();
 
 /** What sfdisk says of the disk view: Linux partition number → byte offset and size (no extended containers). */
 function sfdiskParts(view: string): Map<number, { offset: number; size: number }> {
-  const j = JSON.parse(execFileSync('sfdisk', ['--json', view], { encoding: 'utf8' })) as { partitiontable: { partitions: Array<{ node: string; start: number; size: number; type: string }> } };
+  const j = JSON.parse(execFileSync('sfdisk', ['--json', view], { encoding: 'utf8' })) as {
+    partitiontable: { partitions: Array<{ node: string; start: number; size: number; type: string }> };
+  };
   const out = new Map<number, { offset: number; size: number }>();
   for (const p of j.partitiontable.partitions) {
     if (['5', 'f', '85'].includes(p.type)) continue;
@@ -29,7 +31,7 @@ function hashRange(file: string, offset: number, length: number): string {
   try {
     const h = createHash('sha256');
     const buf = Buffer.alloc(1 << 20);
-    for (let done = 0; done < length; ) {
+    for (let done = 0; done < length;) {
       const n = fs.readSync(fd, buf, 0, Math.min(buf.length, length - done), offset + done);
       if (n === 0) break;
       h.update(buf.subarray(0, n));
@@ -108,7 +110,9 @@ describe('partitions as files', () => {
     qemuImg(['create', '-q', '-f', 'vmdk', path.join(fx.images, 'disk.vmdk'), '128M']);
     const m = await fx.mount(args);
     const view = path.join(m.mnt, 'disk.vmdk.raw');
-    execFileSync('sfdisk', ['-q', '--no-reread', '--no-tell-kernel', view], { input: 'label: gpt\nsize=16M, type=L\nsize=32M, type=L\ntype=L\n' });
+    execFileSync('sfdisk', ['-q', '--no-reread', '--no-tell-kernel', view], {
+      input: 'label: gpt\nsize=16M, type=L\nsize=32M, type=L\ntype=L\n',
+    });
     await expectPartitions(m, 'disk.vmdk.raw', sfdiskParts(view));
     await ext4RoundTrip(path.join(m.mnt, 'disk.vmdk.p3.raw'), path.join(fx.dir, `p3${args.length}`));
     // Data written through p2 is the disk's at p2's offset.
@@ -140,7 +144,9 @@ describe('partitions as files', () => {
     for (let i = 0; i < 40 && partitionFiles(m, 'bad.qcow2.raw').size > 0; i++) await new Promise((r) => setTimeout(r, 100));
     expect(partitionFiles(m, 'bad.qcow2.raw').size).toBe(0);
     expect(fs.existsSync(view)).toBe(true);
-    expect(await m.waitForLog(/no partition files for .*bad\.qcow2: the partition table is damaged \(partitions 1 and 2 overlap\)/)).toMatch(/overlap/);
+    expect(
+      await m.waitForLog(/no partition files for .*bad\.qcow2: the partition table is damaged \(partitions 1 and 2 overlap\)/),
+    ).toMatch(/overlap/);
   });
 
   it('--no-partitions shows the disk only', async () => {

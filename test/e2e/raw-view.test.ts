@@ -39,8 +39,25 @@ describe('raw views through a real mount', () => {
   it('passes fio write+verify (crc32c) and the bytes land in the image file', async () => {
     const img = makeRaw('disk.img', 64 << 20);
     await mountIt();
-    const r = spawnSync('fio', ['--name=verify', `--filename=${mnt}/disk.img.raw`, '--rw=randwrite', '--bs=4k', '--bsrange=512-64k', '--size=32M',
-      '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0', '--ioengine=psync', '--randseed=42', '--output-format=json'], { encoding: 'utf8' });
+    const r = spawnSync(
+      'fio',
+      [
+        '--name=verify',
+        `--filename=${mnt}/disk.img.raw`,
+        '--rw=randwrite',
+        '--bs=4k',
+        '--bsrange=512-64k',
+        '--size=32M',
+        '--verify=crc32c',
+        '--do_verify=1',
+        '--verify_fatal=1',
+        '--verify_state_save=0',
+        '--ioengine=psync',
+        '--randseed=42',
+        '--output-format=json',
+      ],
+      { encoding: 'utf8' },
+    );
     expect(r.status, r.stderr).toBe(0);
     const job = JSON.parse(r.stdout).jobs[0];
     expect(job.error).toBe(0);
@@ -64,13 +81,36 @@ describe('raw views through a real mount', () => {
         const p = spawn('dd', [`if=${src}`, `of=${dst}`, `bs=${bs}`, 'conv=notrunc,fsync', 'status=none']);
         p.on('exit', (c: number) => res(c));
       });
-    const codes = await Promise.all([dd(path.join(fx.dir, 'da'), `${mnt}/a.img.raw`, '4k'), dd(path.join(fx.dir, 'db'), `${mnt}/sub/b.img.raw`, '128k')]);
+    const codes = await Promise.all([
+      dd(path.join(fx.dir, 'da'), `${mnt}/a.img.raw`, '4k'),
+      dd(path.join(fx.dir, 'db'), `${mnt}/sub/b.img.raw`, '128k'),
+    ]);
     expect(codes).toEqual([0, 0]);
-    expect(fs.readFileSync(`${mnt}/a.img.raw`).subarray(0, 8 << 20).equals(da)).toBe(true);
-    expect(fs.readFileSync(`${mnt}/sub/b.img.raw`).subarray(0, 8 << 20).equals(db)).toBe(true);
+    expect(
+      fs
+        .readFileSync(`${mnt}/a.img.raw`)
+        .subarray(0, 8 << 20)
+        .equals(da),
+    ).toBe(true);
+    expect(
+      fs
+        .readFileSync(`${mnt}/sub/b.img.raw`)
+        .subarray(0, 8 << 20)
+        .equals(db),
+    ).toBe(true);
     expect(await mounts[0]!.unmount()).toBe(0);
-    expect(fs.readFileSync(path.join(images, 'a.img')).subarray(0, 8 << 20).equals(da)).toBe(true);
-    expect(fs.readFileSync(path.join(images, 'sub/b.img')).subarray(0, 8 << 20).equals(db)).toBe(true);
+    expect(
+      fs
+        .readFileSync(path.join(images, 'a.img'))
+        .subarray(0, 8 << 20)
+        .equals(da),
+    ).toBe(true);
+    expect(
+      fs
+        .readFileSync(path.join(images, 'sub/b.img'))
+        .subarray(0, 8 << 20)
+        .equals(db),
+    ).toBe(true);
   });
 
   it('keeps read-only views read-only: --read-only, and an image file without write permission', async () => {
@@ -112,7 +152,6 @@ describe('raw views through a real mount', () => {
     m.loops.push(...direct.loops);
     const cat = execFileSync('debugfs', ['-R', 'cat /hello.txt', direct.device], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
     expect(cat).toBe('hello from inside a vdiskfs view\n');
-
   });
 
   it('mirrors folders, shows images added later, leaves out a file whose content and name disagree', async () => {

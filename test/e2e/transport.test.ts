@@ -34,7 +34,9 @@ describe('requests the kernel transport receives', () => {
     // this test's business: only that the requests arrive and get an answer.
     spawnSync('fallocate', ['-n', '-o', '0', '-l', '4096', view], { encoding: 'utf8' });
     spawnSync('fallocate', ['-p', '-o', '0', '-l', '4096', view], { encoding: 'utf8' });
-    const seek = py(`import os,errno\nfd=os.open(${JSON.stringify(view)}, os.O_RDONLY)\nfor off in (0, ${16 << 20}):\n  try: os.lseek(fd, off, os.SEEK_DATA); print('ok')\n  except OSError as e: print('EOPNOTSUPP' if e.errno == errno.EOPNOTSUPP else errno.errorcode[e.errno])`);
+    const seek = py(
+      `import os,errno\nfd=os.open(${JSON.stringify(view)}, os.O_RDONLY)\nfor off in (0, ${16 << 20}):\n  try: os.lseek(fd, off, os.SEEK_DATA); print('ok')\n  except OSError as e: print('EOPNOTSUPP' if e.errno == errno.EOPNOTSUPP else errno.errorcode[e.errno])`,
+    );
     const [first, pastEnd] = seek.stdout.trim().split('\n');
     expect(['ok', 'EOPNOTSUPP']).toContain(first);
     expect(pastEnd).toBe('ENXIO');
@@ -93,7 +95,12 @@ describe('stopping', () => {
     m.loops.length = 0;
     const code = await Promise.race([m.exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))]);
     expect(code).toBe(0);
-    expect(fs.readFileSync(path.join(fx.images, 'd.img')).subarray(3 * 65536, 4 * 65536).equals(data)).toBe(true);
+    expect(
+      fs
+        .readFileSync(path.join(fx.images, 'd.img'))
+        .subarray(3 * 65536, 4 * 65536)
+        .equals(data),
+    ).toBe(true);
   });
 
   it('a dead mount left by a killed daemon is cleared by the next mount, with a line saying so', async () => {
@@ -105,7 +112,13 @@ describe('stopping', () => {
     // The helper sees the dead mount in mountinfo at once: wait for the new one to serve.
     const second = await fx.mount(['--include-raw']);
     expect(await second.waitForLog(/cleared a dead/)).toMatch(/cleared a dead vdiskfs mount on .*mnt/);
-    const listing = () => { try { return fs.readdirSync(fx.mnt); } catch { return []; } };
+    const listing = () => {
+      try {
+        return fs.readdirSync(fx.mnt);
+      } catch {
+        return [];
+      }
+    };
     for (let i = 0; i < 200 && listing().length === 0; i++) await new Promise((r) => setTimeout(r, 25));
     expect(listing()).toEqual(['d.img.raw']);
     expect(await second.unmount()).toBe(0);
@@ -128,11 +141,16 @@ describe('stopping', () => {
 describe('stopping, background mounts', () => {
   it('Ctrl-C while a background mount starts leaves nothing mounted and no daemon', async () => {
     for (const delayMs of [50, 200, 500]) {
-      const p = spawn(process.execPath, [CLI, 'mount', '--include-raw', '--log-file', path.join(fx.dir, 'log'), fx.images, fx.mnt], { stdio: 'ignore' });
+      const p = spawn(process.execPath, [CLI, 'mount', '--include-raw', '--log-file', path.join(fx.dir, 'log'), fx.images, fx.mnt], {
+        stdio: 'ignore',
+      });
       const exited = new Promise<number | null>((res) => p.once('exit', (c) => res(c)));
       await new Promise((r) => setTimeout(r, delayMs));
       p.kill('SIGINT');
-      expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))]), `SIGINT after ${delayMs} ms`).not.toBe('timeout');
+      expect(
+        await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))]),
+        `SIGINT after ${delayMs} ms`,
+      ).not.toBe('timeout');
       // A daemon that had mounted already is taken down by the forwarded signal, asynchronously.
       for (let i = 0; i < 200 && isMounted(fx.mnt); i++) await new Promise((r) => setTimeout(r, 25));
       expect(isMounted(fx.mnt), `SIGINT after ${delayMs} ms`).toBe(false);
@@ -174,7 +192,10 @@ describe('mount mistakes are one line and leave nothing mounted', () => {
   });
 
   it('an unknown -o option', () => {
-    oneLine(cli(['mount', '-f', '-o', 'allow_other,frobnicate', fx.images, fx.mnt]), /^vdiskfs: unknown mount option -o frobnicate \(known: allow_other/);
+    oneLine(
+      cli(['mount', '-f', '-o', 'allow_other,frobnicate', fx.images, fx.mnt]),
+      /^vdiskfs: unknown mount option -o frobnicate \(known: allow_other/,
+    );
     oneLine(cli(['mount', '-o', 'bogus=1', fx.images, fx.mnt]), /unknown mount option -o bogus=1/);
   });
 });

@@ -79,7 +79,10 @@ it('a user mounts through fusermount3, reads and writes a view, and unmounts; a 
   const exited = new Promise<number | null>((res) => proc!.once('exit', (c) => res(c)));
   for (let i = 0; i < 300 && !isMounted(mnt) && proc.exitCode === null; i++) await new Promise((r) => setTimeout(r, 25));
   expect(isMounted(mnt), log).toBe(true);
-  const line = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => l.split(' ')[4] === mnt)!;
+  const line = fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .find((l) => l.split(' ')[4] === mnt)!;
   expect(line).toMatch(new RegExp(` - fuse\\.vdiskfs vdiskfs .*user_id=${uid},group_id=${gid}`));
 
   const view = path.join(mnt, 'd.img.raw');
@@ -93,5 +96,10 @@ it('a user mounts through fusermount3, reads and writes a view, and unmounts; a 
   expect(u.status, u.stderr).toBe(0);
   expect(await exited).toBe(0);
   expect(isMounted(mnt)).toBe(false);
-  expect(fs.readFileSync(img).subarray(2 * 65536, 2 * 65536 + data.length).equals(data)).toBe(true);
+  expect(
+    fs
+      .readFileSync(img)
+      .subarray(2 * 65536, 2 * 65536 + data.length)
+      .equals(data),
+  ).toBe(true);
 });

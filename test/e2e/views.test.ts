@@ -15,7 +15,8 @@ let images: string;
 let dir: { path: string };
 let m: Mounted | undefined;
 const qemuImg = (...a: string[]) => execFileSync('qemu-img', a, { cwd: images, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-const qemuIo = (file: string, ...cmds: string[]) => execFileSync('qemu-io', [...cmds.flatMap((c) => ['-c', c]), file], { cwd: images, stdio: 'pipe' });
+const qemuIo = (file: string, ...cmds: string[]) =>
+  execFileSync('qemu-io', [...cmds.flatMap((c) => ['-c', c]), file], { cwd: images, stdio: 'pipe' });
 const cli = (...a: string[]) => spawnSync(process.execPath, [CLI, ...a], { cwd: images, encoding: 'utf8' });
 
 beforeEach(() => {
@@ -38,8 +39,15 @@ describe('views of qcow2 features', () => {
     expect(() => fs.openSync(snap, 'r+')).toThrow(/EROFS/);
     expect(sha256File(snap)).toBe(sha256File(path.join(dir.path, 'first.raw')));
     // qemu-img itself can use a view as a raw image.
-    expect(execFileSync('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', snap, path.join(dir.path, 'first.raw')], { encoding: 'utf8' })).toMatch(/Images are identical/);
-    expect(fs.readFileSync(path.join(m.mnt, 's.qcow2.raw')).subarray(1 << 20, (1 << 20) + 4).toString()).toBe('bbbb');
+    expect(
+      execFileSync('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', snap, path.join(dir.path, 'first.raw')], { encoding: 'utf8' }),
+    ).toMatch(/Images are identical/);
+    expect(
+      fs
+        .readFileSync(path.join(m.mnt, 's.qcow2.raw'))
+        .subarray(1 << 20, (1 << 20) + 4)
+        .toString(),
+    ).toBe('bbbb');
   });
 
   it('keeps a backing file read-only while an overlay in the tree uses it', async () => {
@@ -81,14 +89,20 @@ describe('the CLI speaks qemu-img', () => {
     qemuIo('o.qcow2', 'write -P 0x11 0 64k', 'write -z 1M 64k');
     const ours = JSON.parse(cli('info', '--output=json', 'o.qcow2').stdout);
     const theirs = JSON.parse(qemuImg('info', '--output=json', 'o.qcow2'));
-    for (const k of ['virtual-size', 'cluster-size', 'format', 'backing-filename', 'backing-filename-format', 'dirty-flag']) expect(ours[k], k).toEqual(theirs[k]);
+    for (const k of ['virtual-size', 'cluster-size', 'format', 'backing-filename', 'backing-filename-format', 'dirty-flag'])
+      expect(ours[k], k).toEqual(theirs[k]);
     expect(ours['format-specific'].data['lazy-refcounts']).toBe(theirs['format-specific'].data['lazy-refcounts']);
     const vm = JSON.parse(cli('info', '--output=json', 'd.vmdk').stdout);
     expect(vm['format-specific'].data.extents).toHaveLength(2);
     const check = cli('check', 'o.qcow2');
     expect(check.status).toBe(0);
     expect(check.stdout).toMatch(/No errors were found on the image/);
-    const map = JSON.parse(cli('map', '--output=json', 'o.qcow2').stdout) as Array<{ start: number; length: number; data: boolean; zero: boolean }>;
+    const map = JSON.parse(cli('map', '--output=json', 'o.qcow2').stdout) as Array<{
+      start: number;
+      length: number;
+      data: boolean;
+      zero: boolean;
+    }>;
     const first = map[0]!;
     expect(first).toMatchObject({ start: 0, length: 65536, data: true, zero: false });
     expect(cli('info', 'nope.qcow2').stderr).toMatch(/^vdiskfs: .*nope\.qcow2/);

@@ -24,14 +24,20 @@ interface Variant {
 }
 
 const img = (args: string[]) => execFileSync('qemu-img', args, { stdio: 'pipe' });
-const io = (file: string, cmds: string[], fmt?: string) => execFileSync('qemu-io', [...(fmt ? ['-f', fmt] : []), ...cmds.flatMap((c) => ['-c', c]), file], { stdio: 'pipe' });
+const io = (file: string, cmds: string[], fmt?: string) =>
+  execFileSync('qemu-io', [...(fmt ? ['-f', fmt] : []), ...cmds.flatMap((c) => ['-c', c]), file], { stdio: 'pipe' });
 
 const qcow2 = (name: string, opts: string): Variant => ({
-  name, file: `${name}.qcow2`, format: 'qcow2',
+  name,
+  file: `${name}.qcow2`,
+  format: 'qcow2',
   make: (d) => img(['create', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), path.join(d, `${name}.qcow2`), String(SIZE)]),
 });
 const vmdk = (name: string, opts: string, mountArgs: string[] = []): Variant => ({
-  name, file: `${name}.vmdk`, format: 'vmdk', mountArgs,
+  name,
+  file: `${name}.vmdk`,
+  format: 'vmdk',
+  mountArgs,
   make: (d) => img(['create', '-f', 'vmdk', ...(opts ? ['-o', opts] : []), path.join(d, `${name}.vmdk`), String(SIZE)]),
 });
 
@@ -45,7 +51,9 @@ const variants: Variant[] = [
   qcow2('qcow2-lazy', 'lazy_refcounts=on'),
   qcow2('qcow2-extl2', 'extended_l2=on,cluster_size=128k'),
   {
-    name: 'qcow2-backing-chain', file: 'top.qcow2', format: 'qcow2',
+    name: 'qcow2-backing-chain',
+    file: 'top.qcow2',
+    format: 'qcow2',
     make: (d) => {
       img(['create', '-f', 'raw', path.join(d, 'base.raw'), String(SIZE)]);
       io(path.join(d, 'base.raw'), ['write -P 0x11 0 8M', 'write -P 0x12 20M 3M'], 'raw');
@@ -56,7 +64,9 @@ const variants: Variant[] = [
     },
   },
   {
-    name: 'qcow2-snapshot', file: 'snap.qcow2', format: 'qcow2',
+    name: 'qcow2-snapshot',
+    file: 'snap.qcow2',
+    format: 'qcow2',
     make: (d) => {
       const f = path.join(d, 'snap.qcow2');
       img(['create', '-f', 'qcow2', f, String(SIZE)]);
@@ -65,7 +75,9 @@ const variants: Variant[] = [
     },
   },
   {
-    name: 'qcow2-compressed', file: 'comp.qcow2', format: 'qcow2',
+    name: 'qcow2-compressed',
+    file: 'comp.qcow2',
+    format: 'qcow2',
     make: (d) => {
       img(['create', '-f', 'raw', path.join(d, 'src.raw'), String(SIZE)]);
       io(path.join(d, 'src.raw'), ['write -P 0x41 0 12M', 'write -P 0x42 30M 2M'], 'raw');
@@ -79,7 +91,9 @@ const variants: Variant[] = [
   vmdk('vmdk-flat', 'subformat=monolithicFlat'),
   vmdk('vmdk-split-sparse', 'subformat=twoGbMaxExtentSparse'),
   {
-    name: 'vmdk-delta', file: 'child.vmdk', format: 'vmdk',
+    name: 'vmdk-delta',
+    file: 'child.vmdk',
+    format: 'vmdk',
     make: (d) => {
       const parent = path.join(d, 'parent.vmdk');
       img(['create', '-f', 'vmdk', parent, String(SIZE)]);
@@ -101,7 +115,8 @@ function ops(seed: number, lo: number, hi: number, count: number): Array<{ off: 
     const span = Math.min(len, hi - lo);
     const off = lo + Math.floor(r() * (hi - lo - span + 1));
     const data = Buffer.alloc(span);
-    if (r() < 0.2) data.fill(0); // all-zero writes: zero clusters / grains where the format can
+    if (r() < 0.2)
+      data.fill(0); // all-zero writes: zero clusters / grains where the format can
     else for (let j = 0; j < span; j += 4096) data.fill(Math.floor(r() * 256), j, Math.min(span, j + 4096));
     out.push({ off, data });
   }
@@ -114,12 +129,14 @@ async function storm(view: string, mirror: string, seed: number): Promise<void> 
   try {
     // Phase 1: four writers at once, each in its own quarter.
     const quarter = Math.floor(SIZE / 4);
-    await Promise.all([0, 1, 2, 3].map(async (w) => {
-      for (const { off, data } of ops(seed + w, w * quarter, (w + 1) * quarter, 40)) {
-        await fd.write(data, 0, data.length, off);
-        fs.writeSync(mfd, data, 0, data.length, off);
-      }
-    }));
+    await Promise.all(
+      [0, 1, 2, 3].map(async (w) => {
+        for (const { off, data } of ops(seed + w, w * quarter, (w + 1) * quarter, 40)) {
+          await fd.write(data, 0, data.length, off);
+          fs.writeSync(mfd, data, 0, data.length, off);
+        }
+      }),
+    );
     // Phase 2: one writer, overlapping anywhere (later writes win), with an fsync in the middle.
     const all = ops(seed + 99, 0, SIZE, 60);
     for (const [i, { off, data }] of all.entries()) {

@@ -78,15 +78,20 @@ interface Segment {
   start: number;
   length: number;
   kind: number;
-  host?: number;       // DATA: host offset of `start`; COMPRESSED: host offset of the unit
-  unit?: number;       // COMPRESSED: guest offset of the unit
-  sync?: boolean;      // answered by mapSync (default) or only by map()
+  host?: number; // DATA: host offset of `start`; COMPRESSED: host offset of the unit
+  unit?: number; // COMPRESSED: guest offset of the unit
+  sync?: boolean; // answered by mapSync (default) or only by map()
 }
 
 class FakeAccess implements FormatAccess {
   readonly asked: Array<[number, number, 'sync' | 'async']> = [];
 
-  constructor(readonly segments: Segment[], readonly file: FakeFile, readonly backing: Image | undefined, readonly inflater?: Inflater) {}
+  constructor(
+    readonly segments: Segment[],
+    readonly file: FakeFile,
+    readonly backing: Image | undefined,
+    readonly inflater?: Inflater,
+  ) {}
 
   private answer(offset: number, length: number, out: Mapping): void {
     const s = this.segments.find((x) => x.start <= offset && offset < x.start + x.length);
@@ -271,7 +276,12 @@ describe('readThrough', () => {
   });
 
   it('refuses a compressed unit that does not hold the range', async () => {
-    const a = new FakeAccess([{ start: 0, length: 65536, kind: COMPRESSED, host: 0, unit: 0 }], new FakeFile(host), undefined, new FakeInflater());
+    const a = new FakeAccess(
+      [{ start: 0, length: 65536, kind: COMPRESSED, host: 0, unit: 0 }],
+      new FakeFile(host),
+      undefined,
+      new FakeInflater(),
+    );
     await expect(readThrough(a, 4096, Buffer.alloc(8192))).rejects.toMatchObject({ code: 'ECORRUPT' });
   });
 
@@ -330,7 +340,14 @@ describe('checkRange', () => {
     expect(() => checkRange(img, 1 << 20, 0)).not.toThrow();
   });
   it('refuses past the end, negative, fractional and unsafe numbers with one EINVAL line', () => {
-    for (const [o, n] of [[1 << 20, 1], [-1, 10], [0, -1], [0.5, 1], [0, Number.NaN], [2 ** 53, 0]] as Array<[number, number]>) {
+    for (const [o, n] of [
+      [1 << 20, 1],
+      [-1, 10],
+      [0, -1],
+      [0.5, 1],
+      [0, Number.NaN],
+      [2 ** 53, 0],
+    ] as Array<[number, number]>) {
       let err: unknown;
       try {
         checkRange(img, o, n);

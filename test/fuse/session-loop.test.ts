@@ -9,7 +9,12 @@ import { socketpair, poll, POLLIN } from '../../src/io/syscalls';
 
 let fds: number[] = [];
 afterEach(() => {
-  for (const fd of fds) try { fs.closeSync(fd); } catch { /* closed by the test */ }
+  for (const fd of fds)
+    try {
+      fs.closeSync(fd);
+    } catch {
+      /* closed by the test */
+    }
   fds = [];
 });
 

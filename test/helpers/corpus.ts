@@ -21,7 +21,13 @@ export function corpusRows(dir: string): CorpusRow[] {
   const col = (name: string) => header.indexOf(name);
   return lines.slice(1).map((l) => {
     const f = l.split('\t');
-    return { file: f[col('file')]!, format: f[col('format_subformat')]!, virtualSize: f[col('virtual_size')]!, expect: f[col('sha256_raw_qemu')]!, notes: f[col('notes')] ?? '' };
+    return {
+      file: f[col('file')]!,
+      format: f[col('format_subformat')]!,
+      virtualSize: f[col('virtual_size')]!,
+      expect: f[col('sha256_raw_qemu')]!,
+      notes: f[col('notes')] ?? '',
+    };
   });
 }
 

@@ -65,7 +65,14 @@ export class CrashRecorder {
     proto.write = async function (this: HostFile, data: Buffer | Buffer[], pos: number, tag?: IoTag): Promise<void> {
       if (this.path !== rec.file) return write.call(this, data, pos, tag);
       await rec.hold?.('write', tag);
-      const w: HostWrite = { kind: 'write', tag, offset: pos, data: Buffer.concat(Array.isArray(data) ? data : [data]), issued: rec.clock++, completed: Infinity };
+      const w: HostWrite = {
+        kind: 'write',
+        tag,
+        offset: pos,
+        data: Buffer.concat(Array.isArray(data) ? data : [data]),
+        issued: rec.clock++,
+        completed: Infinity,
+      };
       rec.writes.push(w);
       await write.call(this, data, pos, tag);
       w.completed = rec.clock++;
@@ -113,11 +120,15 @@ export class CrashRecorder {
   /** The run as text, one event a line (for debugging a failing state). */
   timeline(): string {
     const ev: Array<[number, string]> = [];
-    for (const w of this.writes) ev.push([w.issued, `${w.kind} ${w.tag ?? ''} @${w.offset} +${w.data?.length ?? w.length ?? ''} done t${w.completed}`]);
+    for (const w of this.writes)
+      ev.push([w.issued, `${w.kind} ${w.tag ?? ''} @${w.offset} +${w.data?.length ?? w.length ?? ''} done t${w.completed}`]);
     for (const b of this.barriers) ev.push([b.start, `SYNC done t${b.end}`]);
     for (const g of this.guestWrites) ev.push([g.start, `guest ${g.what} ${g.offset}+${g.data.length} done t${g.end}`]);
     for (const f of this.guestFlushes) ev.push([f.start, `guest flush done t${f.end}`]);
-    return ev.sort((a, b) => a[0] - b[0]).map(([t, x]) => `t${t} ${x}`).join('\n');
+    return ev
+      .sort((a, b) => a[0] - b[0])
+      .map(([t, x]) => `t${t} ${x}`)
+      .join('\n');
   }
 
   stop(): void {
@@ -214,7 +225,9 @@ export function expectedGuest(initial: Buffer, s: CrashState): { expected: Buffe
   const ws = [...s.guest].sort((a, b) => a.start - b.start);
   for (const [i, w] of ws.entries()) {
     const end = w.offset + w.data.length;
-    const concurrent = ws.some((o, j) => j !== i && o.offset < end && w.offset < o.offset + o.data.length && o.start < w.end && w.start < o.end);
+    const concurrent = ws.some(
+      (o, j) => j !== i && o.offset < end && w.offset < o.offset + o.data.length && o.start < w.end && w.start < o.end,
+    );
     if (s.acked.has(w) && !concurrent) w.data.copy(expected, w.offset);
     else unchecked.push([w.offset, end]);
   }
@@ -230,7 +243,11 @@ export interface CheckResult {
  * Checks up to `budget` distinct crash states (identical files are checked once) with
  * `qemu-img check`, and reads each back through the driver against what it must show.
  */
-export async function checkCrashStates(rec: CrashRecorder, states: CrashState[], o: { file: string; format: 'qcow2' | 'vmdk'; initial: Buffer; budget: number; seed: number }): Promise<CheckResult> {
+export async function checkCrashStates(
+  rec: CrashRecorder,
+  states: CrashState[],
+  o: { file: string; format: 'qcow2' | 'vmdk'; initial: Buffer; budget: number; seed: number },
+): Promise<CheckResult> {
   const r = rng(o.seed);
   const seen = new Set<string>();
   const bad: string[] = [];
@@ -299,10 +316,18 @@ function qemuCheckProblem(file: string, format: 'qcow2' | 'vmdk'): string | null
 
 function humanCheck(file: string, format: string): string {
   try {
-    return execFileSync('qemu-img', ['check', '-f', format, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).split('\n').filter((l) => /ERROR|Leak/.test(l)).slice(0, 3).join(' | ');
+    return execFileSync('qemu-img', ['check', '-f', format, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+      .split('\n')
+      .filter((l) => /ERROR|Leak/.test(l))
+      .slice(0, 3)
+      .join(' | ');
   } catch (e) {
     const err = e as { stdout?: string; stderr?: string };
-    return `${err.stdout ?? ''}${err.stderr ?? ''}`.split('\n').filter((l) => /ERROR|rror/.test(l)).slice(0, 3).join(' | ');
+    return `${err.stdout ?? ''}${err.stderr ?? ''}`
+      .split('\n')
+      .filter((l) => /ERROR|rror/.test(l))
+      .slice(0, 3)
+      .join(' | ');
   }
 }
 
@@ -320,12 +345,21 @@ async function readBackProblem(file: string, initial: Buffer, s: CrashState): Pr
   let i = 0;
   while (got[i] === expected[i]) i++;
   const acked = [...s.acked].some((w) => i >= w.offset && i < w.offset + w.data.length);
-  const near = s.guest.filter((w) => i >= w.offset && i < w.offset + w.data.length).map((w) => `${w.what} ${w.offset}+${w.data.length} t${w.start}-${w.end}${s.acked.has(w) ? ' acked' : ''}`);
+  const near = s.guest
+    .filter((w) => i >= w.offset && i < w.offset + w.data.length)
+    .map((w) => `${w.what} ${w.offset}+${w.data.length} t${w.start}-${w.end}${s.acked.has(w) ? ' acked' : ''}`);
   return `guest byte ${i} reads ${got[i]} instead of ${expected[i]} (${acked ? 'acknowledged by a flush' : 'old content no write touched'}; ${near.join(', ')})`;
 }
 
 /** Writers running at once: writes (often overlapping), zero writes, discards and flushes, seeded. */
-export async function concurrentStorm(img: Image, rec: CrashRecorder, seed: number, writers: number, ops: number, unit: number): Promise<void> {
+export async function concurrentStorm(
+  img: Image,
+  rec: CrashRecorder,
+  seed: number,
+  writers: number,
+  ops: number,
+  unit: number,
+): Promise<void> {
   const r = rng(seed);
   let n = 0;
   // Hot spots make writers meet on the same clusters and tables.
@@ -340,7 +374,7 @@ export async function concurrentStorm(img: Image, rec: CrashRecorder, seed: numb
       const small = r() < 0.5;
       const len = small ? 512 * (1 + Math.floor(r() * 9)) : unit * (1 + Math.floor(r() * 4)) - (r() < 0.5 ? 512 : 0);
       const base = r() < 0.6 ? hot[Math.floor(r() * hot.length)]! : Math.floor(r() * (img.virtualSize / unit)) * unit;
-      const off = Math.min(img.virtualSize - len, base + 512 * Math.floor(r() * (2 * unit / 512)));
+      const off = Math.min(img.virtualSize - len, base + 512 * Math.floor(r() * ((2 * unit) / 512)));
       if (k < 0.22) {
         await rec.guestWrite(off, Buffer.alloc(len), () => img.writeZeroes(off, len), 'zeroes');
       } else if (k < 0.3) {
@@ -353,4 +387,3 @@ export async function concurrentStorm(img: Image, rec: CrashRecorder, seed: numb
   };
   await Promise.all(Array.from({ length: writers }, (_, w) => one(w)));
 }
-

@@ -118,11 +118,12 @@ function patchQcow2(template: Buffer, names: Qcow2Names): Buffer {
   const buf = Buffer.from(template);
   const headerLength = buf.readUInt32BE(100);
   const kept: Array<{ type: number; data: Buffer }> = [];
-  for (let at = headerLength; at + 8 <= QCOW2_NAME_AT; ) {
+  for (let at = headerLength; at + 8 <= QCOW2_NAME_AT;) {
     const type = buf.readUInt32BE(at);
     const len = buf.readUInt32BE(at + 4);
     if (type === 0) break;
-    if (type !== QCOW2_EXT_BACKING_FORMAT && type !== QCOW2_EXT_DATA_FILE) kept.push({ type, data: Buffer.from(buf.subarray(at + 8, at + 8 + len)) });
+    if (type !== QCOW2_EXT_BACKING_FORMAT && type !== QCOW2_EXT_DATA_FILE)
+      kept.push({ type, data: Buffer.from(buf.subarray(at + 8, at + 8 + len)) });
     at += 8 + Math.ceil(len / 8) * 8;
   }
   if (names.backingFormat) kept.push({ type: QCOW2_EXT_BACKING_FORMAT, data: Buffer.from(names.backingFormat) });
@@ -155,9 +156,22 @@ function patchQcow2(template: Buffer, names: Qcow2Names): Buffer {
 
 function descriptorText(createType: string, extents: string[], header: string[] = [], cid = 'fffffffe', parentCid = 'ffffffff'): string {
   return [
-    '# Disk DescriptorFile', 'version=1', `CID=${cid}`, `parentCID=${parentCid}`, `createType="${createType}"`, ...header, '',
-    '# Extent description', ...extents, '',
-    '# The Disk Data Base', '#DDB', '', 'ddb.virtualHWVersion = "4"', 'ddb.adapterType = "ide"', '',
+    '# Disk DescriptorFile',
+    'version=1',
+    `CID=${cid}`,
+    `parentCID=${parentCid}`,
+    `createType="${createType}"`,
+    ...header,
+    '',
+    '# Extent description',
+    ...extents,
+    '',
+    '# The Disk Data Base',
+    '#DDB',
+    '',
+    'ddb.virtualHWVersion = "4"',
+    'ddb.adapterType = "ide"',
+    '',
   ].join('\n');
 }
 
@@ -189,7 +203,8 @@ function cidOf(sparse: Buffer): string {
 /** A monolithicSparse child whose parentFileNameHint is `hint` (parentCID = `parentCid`). */
 function vmdkChild(template: Buffer, hint: string, parentCid: string): Buffer {
   return withEmbeddedDescriptor(template, (t) =>
-    t.replace(/^parentCID=.*$/m, `parentCID=${parentCid}`).replace(/^(createType=.*)$/m, `$1\nparentFileNameHint="${hint}"`));
+    t.replace(/^parentCID=.*$/m, `parentCID=${parentCid}`).replace(/^(createType=.*)$/m, `$1\nparentFileNameHint="${hint}"`),
+  );
 }
 
 // ---------------------------------------------------------------- the set
@@ -233,8 +248,14 @@ export function makeHostileImages(root: string): HostileSet {
     fs.writeFileSync(path.join(images, c.name), bytes);
     cases.push(c);
   };
-  const refused = (name: string, field: Field, escape: string, target: string): HostileCase =>
-    ({ name, field, escape, target, verdict: 'refused', fieldInLog: escape !== 'long' && escape !== 'nul' });
+  const refused = (name: string, field: Field, escape: string, target: string): HostileCase => ({
+    name,
+    field,
+    escape,
+    target,
+    verdict: 'refused',
+    fieldInLog: escape !== 'long' && escape !== 'nul',
+  });
   const flat = (type: 'FLAT' | 'VMFS', name: string) => `RW 2048 ${type} "${name}"${type === 'FLAT' ? ' 0' : ''}`;
 
   for (const e of escapes(outside)) {
@@ -246,10 +267,17 @@ export function makeHostileImages(root: string): HostileSet {
     if (!common) continue;
     put(refused(`datafile-${e.tag}.qcow2`, 'data file', e.tag, e.raw), patchQcow2(qcow2Data, { dataFile: e.raw }));
     put(refused(`vmfs-${e.tag}.vmdk`, 'extent', e.tag, e.raw), descriptorText('vmfs', [flat('VMFS', e.raw)]));
-    put(refused(`sparse-extent-${e.tag}.vmdk`, 'extent', e.tag, e.vmdk), descriptorText('twoGbMaxExtentSparse', [`RW 2048 SPARSE "${e.vmdk}"`]));
+    put(
+      refused(`sparse-extent-${e.tag}.vmdk`, 'extent', e.tag, e.vmdk),
+      descriptorText('twoGbMaxExtentSparse', [`RW 2048 SPARSE "${e.vmdk}"`]),
+    );
   }
   // Without a backing format the name is probed: reading the head of a FIFO would block.
-  for (const [tag, target] of [['fifo', 'pipe.raw'], ['folder', 'a-folder'], ['dev-zero', '/dev/zero']] as const) {
+  for (const [tag, target] of [
+    ['fifo', 'pipe.raw'],
+    ['folder', 'a-folder'],
+    ['dev-zero', '/dev/zero'],
+  ] as const) {
     put(refused(`backing-probe-${tag}.qcow2`, 'backing file', tag, target), patchQcow2(qcow2Empty, { backing: target }));
   }
   // User mistakes, not attacks: a missing backing file or parent whose name has no format
@@ -258,24 +286,46 @@ export function makeHostileImages(root: string): HostileSet {
   put(refused('parent-missing.vmdk', 'parent', 'missing', 'no-such-parent'), vmdkChild(vmdkEmpty, 'no-such-parent', canaryCid));
   // twoGbMaxExtentFlat: a good first extent, then one that escapes.
   fs.writeFileSync(path.join(images, 'flat2g-f001.vmdk'), Buffer.alloc(MIB / 2, 0x46));
-  for (const [tag, target] of [['abs', canaryRaw], ['dev-zero', '/dev/zero'], ['fifo', 'pipe.raw']] as const) {
-    put(refused(`flat2g-${tag}.vmdk`, 'extent', tag, target),
-      descriptorText('twoGbMaxExtentFlat', ['RW 1024 FLAT "flat2g-f001.vmdk" 0', `RW 1024 FLAT "${target}" 0`]));
+  for (const [tag, target] of [
+    ['abs', canaryRaw],
+    ['dev-zero', '/dev/zero'],
+    ['fifo', 'pipe.raw'],
+  ] as const) {
+    put(
+      refused(`flat2g-${tag}.vmdk`, 'extent', tag, target),
+      descriptorText('twoGbMaxExtentFlat', ['RW 1024 FLAT "flat2g-f001.vmdk" 0', `RW 1024 FLAT "${target}" 0`]),
+    );
   }
   // The extent name inside a monolithicSparse descriptor: QEMU reads the file itself instead.
-  for (const [tag, target] of [['abs', canaryRaw], ['fifo', 'pipe.raw'], ['dev-zero', '/dev/zero']] as const) {
-    put({ name: `embedded-${tag}.vmdk`, field: 'extent', escape: tag, target, verdict: 'either', fieldInLog: true },
-      withEmbeddedDescriptor(vmdkEmpty, (t) => t.replace(/^RW (\d+) SPARSE ".*"$/m, `RW $1 SPARSE "${target}"`)));
+  for (const [tag, target] of [
+    ['abs', canaryRaw],
+    ['fifo', 'pipe.raw'],
+    ['dev-zero', '/dev/zero'],
+  ] as const) {
+    put(
+      { name: `embedded-${tag}.vmdk`, field: 'extent', escape: tag, target, verdict: 'either', fieldInLog: true },
+      withEmbeddedDescriptor(vmdkEmpty, (t) => t.replace(/^RW (\d+) SPARSE ".*"$/m, `RW $1 SPARSE "${target}"`)),
+    );
   }
 
   // Loops: a -> b -> a, a -> a, and the same through VMDK parents.
-  const loop = (name: string, backing: string) => put({ name, field: 'backing file', escape: 'loop', target: backing, verdict: 'refused', fieldInLog: false }, patchQcow2(qcow2Empty, { backing, backingFormat: 'qcow2' }));
+  const loop = (name: string, backing: string) =>
+    put(
+      { name, field: 'backing file', escape: 'loop', target: backing, verdict: 'refused', fieldInLog: false },
+      patchQcow2(qcow2Empty, { backing, backingFormat: 'qcow2' }),
+    );
   loop('loop-a.qcow2', 'loop-b.qcow2');
   loop('loop-b.qcow2', 'loop-a.qcow2');
   loop('loop-self.qcow2', 'loop-self.qcow2');
   const templateCid = cidOf(vmdkEmpty);
-  for (const [a, b] of [['vloop-a.vmdk', 'vloop-b.vmdk'], ['vloop-b.vmdk', 'vloop-a.vmdk']] as const) {
-    put({ name: a, field: 'parent', escape: 'loop', target: b, verdict: 'refused', fieldInLog: false }, vmdkChild(vmdkEmpty, b, templateCid));
+  for (const [a, b] of [
+    ['vloop-a.vmdk', 'vloop-b.vmdk'],
+    ['vloop-b.vmdk', 'vloop-a.vmdk'],
+  ] as const) {
+    put(
+      { name: a, field: 'parent', escape: 'loop', target: b, verdict: 'refused', fieldInLog: false },
+      vmdkChild(vmdkEmpty, b, templateCid),
+    );
   }
 
   // A deep chain: deep/d00 holds data, each next one backs onto the previous. The image at
@@ -289,29 +339,54 @@ export function makeHostileImages(root: string): HostileSet {
   for (let i = 1; i <= MAX_CHAIN_DEPTH + 1; i++) {
     const bytes = patchQcow2(qcow2Empty, { backing: layer(i - 1), backingFormat: 'qcow2' });
     if (i < MAX_CHAIN_DEPTH - 1) fs.writeFileSync(path.join(deep, layer(i)), bytes);
-    else if (i === MAX_CHAIN_DEPTH - 1) put({ name: `deep/${layer(i)}`, escape: 'deep chain at the limit', verdict: 'allowed', pattern: 0x3d, fieldInLog: false }, bytes);
+    else if (i === MAX_CHAIN_DEPTH - 1)
+      put({ name: `deep/${layer(i)}`, escape: 'deep chain at the limit', verdict: 'allowed', pattern: 0x3d, fieldInLog: false }, bytes);
     else put({ name: `deep/${layer(i)}`, field: 'backing file', escape: 'deep', verdict: 'refused', fieldInLog: false }, bytes);
   }
 
   // Names that must keep working.
   qemuImg(images, 'create', '-q', '-f', 'qcow2', 'base.qcow2', '1M');
   qemuIo(images, 'base.qcow2', 'qcow2', 'write -P 0x41 0 64k');
-  put({ name: 'ok-relative.qcow2', field: 'backing file', escape: 'relative inside', verdict: 'allowed', pattern: 0x41, fieldInLog: false },
-    patchQcow2(qcow2Empty, { backing: 'base.qcow2', backingFormat: 'qcow2' }));
-  put({ name: 'ok-absolute.qcow2', field: 'backing file', escape: 'absolute inside', verdict: 'allowed', pattern: 0x41, fieldInLog: false },
-    patchQcow2(qcow2Empty, { backing: path.join(images, 'base.qcow2'), backingFormat: 'qcow2' }));
-  put({ name: 'ok-dotdot-inside.qcow2', field: 'backing file', escape: '../ that lands inside', verdict: 'allowed', pattern: 0x41, fieldInLog: false },
-    patchQcow2(qcow2Empty, { backing: 'a-folder/../base.qcow2', backingFormat: 'qcow2' }));
+  put(
+    { name: 'ok-relative.qcow2', field: 'backing file', escape: 'relative inside', verdict: 'allowed', pattern: 0x41, fieldInLog: false },
+    patchQcow2(qcow2Empty, { backing: 'base.qcow2', backingFormat: 'qcow2' }),
+  );
+  put(
+    { name: 'ok-absolute.qcow2', field: 'backing file', escape: 'absolute inside', verdict: 'allowed', pattern: 0x41, fieldInLog: false },
+    patchQcow2(qcow2Empty, { backing: path.join(images, 'base.qcow2'), backingFormat: 'qcow2' }),
+  );
+  put(
+    {
+      name: 'ok-dotdot-inside.qcow2',
+      field: 'backing file',
+      escape: '../ that lands inside',
+      verdict: 'allowed',
+      pattern: 0x41,
+      fieldInLog: false,
+    },
+    patchQcow2(qcow2Empty, { backing: 'a-folder/../base.qcow2', backingFormat: 'qcow2' }),
+  );
   qemuImg(images, 'create', '-q', '-f', 'qcow2', '-o', 'data_file=ok-data.bin', 'ok-datafile.qcow2', '1M');
   qemuIo(images, 'ok-datafile.qcow2', 'qcow2', 'write -P 0x44 0 64k');
-  cases.push({ name: 'ok-datafile.qcow2', field: 'data file', escape: 'relative inside', verdict: 'allowed', pattern: 0x44, fieldInLog: false });
+  cases.push({
+    name: 'ok-datafile.qcow2',
+    field: 'data file',
+    escape: 'relative inside',
+    verdict: 'allowed',
+    pattern: 0x44,
+    fieldInLog: false,
+  });
   fs.writeFileSync(path.join(images, 'ok-flat.bin'), Buffer.alloc(MIB, 0x43));
-  put({ name: 'ok-flat-absolute.vmdk', field: 'extent', escape: 'absolute inside', verdict: 'allowed', pattern: 0x43, fieldInLog: false },
-    descriptorText('monolithicFlat', [flat('FLAT', path.join(images, 'ok-flat.bin'))]));
+  put(
+    { name: 'ok-flat-absolute.vmdk', field: 'extent', escape: 'absolute inside', verdict: 'allowed', pattern: 0x43, fieldInLog: false },
+    descriptorText('monolithicFlat', [flat('FLAT', path.join(images, 'ok-flat.bin'))]),
+  );
   qemuImg(images, 'create', '-q', '-f', 'vmdk', 'vbase.vmdk', '1M');
   qemuIo(images, 'vbase.vmdk', 'vmdk', 'write -P 0x42 0 64k');
-  put({ name: 'ok-parent.vmdk', field: 'parent', escape: 'relative inside', verdict: 'allowed', pattern: 0x42, fieldInLog: false },
-    vmdkChild(vmdkEmpty, 'vbase.vmdk', cidOf(fs.readFileSync(path.join(images, 'vbase.vmdk')))));
+  put(
+    { name: 'ok-parent.vmdk', field: 'parent', escape: 'relative inside', verdict: 'allowed', pattern: 0x42, fieldInLog: false },
+    vmdkChild(vmdkEmpty, 'vbase.vmdk', cidOf(fs.readFileSync(path.join(images, 'vbase.vmdk')))),
+  );
 
   // The door: reachable only with --allow-outside <door>; a symlink in the door that leads on
   // outside it stays refused.
@@ -319,12 +394,36 @@ export function makeHostileImages(root: string): HostileSet {
   qemuIo(door, 'door-base.qcow2', 'qcow2', 'write -P 0xd0 0 64k');
   fs.writeFileSync(path.join(door, 'door-flat.raw'), Buffer.alloc(MIB, 0xd1));
   fs.symlinkSync('../outside/canary.raw', path.join(door, 'escape.raw'));
-  put({ name: 'door-backing.qcow2', field: 'backing file', escape: 'door', target: path.join(door, 'door-base.qcow2'), verdict: 'allowed', pattern: 0xd0, door: true, fieldInLog: true },
-    patchQcow2(qcow2Empty, { backing: path.join(door, 'door-base.qcow2'), backingFormat: 'qcow2' }));
-  put({ name: 'door-flat.vmdk', field: 'extent', escape: 'door', target: '../door/door-flat.raw', verdict: 'allowed', pattern: 0xd1, door: true, fieldInLog: true },
-    descriptorText('monolithicFlat', [flat('FLAT', '../door/door-flat.raw')]));
-  put(refused('door-escape.qcow2', 'backing file', 'symlink out of the door', path.join(door, 'escape.raw')),
-    patchQcow2(qcow2Empty, { backing: path.join(door, 'escape.raw'), backingFormat: 'raw' }));
+  put(
+    {
+      name: 'door-backing.qcow2',
+      field: 'backing file',
+      escape: 'door',
+      target: path.join(door, 'door-base.qcow2'),
+      verdict: 'allowed',
+      pattern: 0xd0,
+      door: true,
+      fieldInLog: true,
+    },
+    patchQcow2(qcow2Empty, { backing: path.join(door, 'door-base.qcow2'), backingFormat: 'qcow2' }),
+  );
+  put(
+    {
+      name: 'door-flat.vmdk',
+      field: 'extent',
+      escape: 'door',
+      target: '../door/door-flat.raw',
+      verdict: 'allowed',
+      pattern: 0xd1,
+      door: true,
+      fieldInLog: true,
+    },
+    descriptorText('monolithicFlat', [flat('FLAT', '../door/door-flat.raw')]),
+  );
+  put(
+    refused('door-escape.qcow2', 'backing file', 'symlink out of the door', path.join(door, 'escape.raw')),
+    patchQcow2(qcow2Empty, { backing: path.join(door, 'escape.raw'), backingFormat: 'raw' }),
+  );
 
   // Plain writable images beside them all.
   qemuImg(images, 'create', '-q', '-f', 'qcow2', 'good.qcow2', '16M');
@@ -332,5 +431,16 @@ export function makeHostileImages(root: string): HostileSet {
   qemuImg(images, 'create', '-q', '-f', 'vmdk', 'good.vmdk', '16M');
   qemuIo(images, 'good.vmdk', 'vmdk', 'write -P 0x62 0 1M');
 
-  return { root, images, outside, door, canaryRaw, cases, good: [{ name: 'good.qcow2', pattern: 0x61 }, { name: 'good.vmdk', pattern: 0x62 }] };
+  return {
+    root,
+    images,
+    outside,
+    door,
+    canaryRaw,
+    cases,
+    good: [
+      { name: 'good.qcow2', pattern: 0x61 },
+      { name: 'good.vmdk', pattern: 0x62 },
+    ],
+  };
 }

@@ -22,7 +22,11 @@ export async function attachFirstPartition(file: string, readOnly = false): Prom
   const dump = execFileSync('sfdisk', ['-d', file], { encoding: 'utf8' });
   const m = /start=\s*(\d+),\s*size=\s*(\d+)/.exec(dump);
   if (!m) throw new Error(`no partition table on ${file}`);
-  const part = execFileSync('losetup', ['--show', '-f', ...ro, '-o', String(Number(m[1]) * 512), '--sizelimit', String(Number(m[2]) * 512), file], { encoding: 'utf8' }).trim();
+  const part = execFileSync(
+    'losetup',
+    ['--show', '-f', ...ro, '-o', String(Number(m[1]) * 512), '--sizelimit', String(Number(m[2]) * 512), file],
+    { encoding: 'utf8' },
+  ).trim();
   return { device: part, loops: [part, whole] };
 }
 

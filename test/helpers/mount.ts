@@ -15,7 +15,10 @@ export const CLI = path.join(REPO, 'dist/src/cli/main.js');
 export const TMP_PREFIX = `vdiskfs-test-${process.env.VDISKFS_TEST_RUN ?? 'x'}-`;
 
 export function isMounted(dir: string): boolean {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === dir);
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[4] === dir);
 }
 
 export async function tempDir(): Promise<{ path: string; cleanup(): Promise<void> }> {
@@ -78,10 +81,18 @@ export async function mount(images: string, mnt: string, args: string[] = []): P
     },
     async cleanup() {
       for (const l of m.loops) {
-        try { execFileSync('losetup', ['-d', l], { stdio: 'ignore' }); } catch { /* gone */ }
+        try {
+          execFileSync('losetup', ['-d', l], { stdio: 'ignore' });
+        } catch {
+          /* gone */
+        }
       }
       if (isMounted(mnt)) {
-        try { execFileSync('umount', ['-l', mnt], { stdio: 'ignore' }); } catch { /* already */ }
+        try {
+          execFileSync('umount', ['-l', mnt], { stdio: 'ignore' });
+        } catch {
+          /* already */
+        }
       }
       const timer = setTimeout(() => proc.kill('SIGKILL'), 20_000);
       if (proc.exitCode === null) proc.kill('SIGTERM');
@@ -130,7 +141,11 @@ export function mountFixture(): MountFixture {
     for (const m of mounts) await m.cleanup();
     mounts = [];
     if (isMounted(f.mnt)) {
-      try { execFileSync('umount', ['-l', f.mnt], { stdio: 'ignore' }); } catch { /* already gone */ }
+      try {
+        execFileSync('umount', ['-l', f.mnt], { stdio: 'ignore' });
+      } catch {
+        /* already gone */
+      }
     }
     await folder?.cleanup();
   });

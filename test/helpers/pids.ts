@@ -33,7 +33,11 @@ export function killTracked(runId: string): number {
   const file = registryFile(runId);
   let killed = 0;
   let text = '';
-  try { text = fs.readFileSync(file, 'utf8'); } catch { return 0; }
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return 0;
+  }
   for (const line of text.split('\n')) {
     const [pidText, started] = line.split(' ');
     const pid = Number(pidText);
@@ -42,7 +46,9 @@ export function killTracked(runId: string): number {
     try {
       process.kill(pid, 'SIGKILL');
       killed++;
-    } catch { /* already gone */ }
+    } catch {
+      /* already gone */
+    }
   }
   fs.rmSync(file, { force: true });
   return killed;

@@ -67,7 +67,10 @@ export function qemuCheck(image: string, format?: string): QemuCheck {
 /** `qemu-img compare` of an image against a raw mirror: true when identical. */
 export function qemuCompare(image: string, mirror: string, format?: string): { equal: boolean; output: string } {
   try {
-    const out = execFileSync('qemu-img', ['compare', ...(format ? ['-f', format] : []), '-F', 'raw', image, mirror], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = execFileSync('qemu-img', ['compare', ...(format ? ['-f', format] : []), '-F', 'raw', image, mirror], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     return { equal: true, output: out };
   } catch (e) {
     const err = e as { stdout?: string; stderr?: string };
@@ -75,7 +78,11 @@ export function qemuCompare(image: string, mirror: string, format?: string): { e
   }
 }
 
-export function run(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+export function run(
+  cmd: string,
+  args: string[],
+  opts: { timeoutMs?: number } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(cmd, args, { encoding: 'utf8', timeout: opts.timeoutMs ?? 120_000, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
       const code = err ? (typeof (err as NodeJS.ErrnoException).code === 'number' ? Number((err as NodeJS.ErrnoException).code) : 1) : 0;

@@ -20,7 +20,8 @@ beforeAll(() => {
   top = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-confine-')));
   images = path.join(top, 'images');
   for (const d of ['images/sub', 'images/dir', 'outside', 'shared']) fs.mkdirSync(path.join(top, d), { recursive: true });
-  for (const f of ['images/a.qcow2', 'images/base.qcow2', 'images/sub/deep.qcow2', 'outside/secret', 'shared/base.qcow2']) fs.writeFileSync(path.join(top, f), 'x');
+  for (const f of ['images/a.qcow2', 'images/base.qcow2', 'images/sub/deep.qcow2', 'outside/secret', 'shared/base.qcow2'])
+    fs.writeFileSync(path.join(top, f), 'x');
   execFileSync('mkfifo', [path.join(images, 'fifo')]);
   fs.symlinkSync('../outside/secret', path.join(images, 'out-link'));
   fs.symlinkSync('base.qcow2', path.join(images, 'in-link'));
@@ -36,7 +37,10 @@ beforeAll(() => {
 afterAll(() => fs.rmSync(top, { recursive: true, force: true }));
 
 async function refusal(c: Confinement, name: string): Promise<VdiskError> {
-  const e = await c.reach(image, name, 'backing file').then(() => undefined, (x: unknown) => x);
+  const e = await c.reach(image, name, 'backing file').then(
+    () => undefined,
+    (x: unknown) => x,
+  );
   expect(e, `${name} should be refused`).toBeInstanceOf(VdiskError);
   const err = e as VdiskError;
   // One line that names the image and the field.
@@ -63,7 +67,16 @@ describe('Confinement.reach', () => {
 
   it('refuses names that leave the folder: ../, absolute, symlinks out, /proc, /dev, /etc', async () => {
     const c = await Confinement.create(images);
-    for (const name of ['../outside/secret', path.join(top, 'outside/secret'), 'out-link', 'out-dir/secret', '/proc/self/mem', '/dev/zero', '/etc/shadow', 'file:/etc/shadow']) {
+    for (const name of [
+      '../outside/secret',
+      path.join(top, 'outside/secret'),
+      'out-link',
+      'out-dir/secret',
+      '/proc/self/mem',
+      '/dev/zero',
+      '/etc/shadow',
+      'file:/etc/shadow',
+    ]) {
       const e = await refusal(c, name);
       expect(e.code).toBe('EACCES');
       expect(e.message).toMatch(/outside .*--allow-outside/);
@@ -97,7 +110,7 @@ describe('Confinement.reach', () => {
     await refusal(c, 'blk');
   });
 
-  it('takes absolute names written through the folder\'s symlinked name as the real folder', async () => {
+  it("takes absolute names written through the folder's symlinked name as the real folder", async () => {
     const viaLink = path.join(top, 'link-to-images');
     const c = await Confinement.create(viaLink);
     expect(c.roots).toEqual([images]);

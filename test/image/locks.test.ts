@@ -87,7 +87,7 @@ describe('QEMU sees our locks', () => {
   });
 });
 
-describe('we see QEMU\'s locks', () => {
+describe("we see QEMU's locks", () => {
   it('an image qemu-io writes: no writer lock for us, a plain reader lock yes', async () => {
     await qemuWriter(img);
     const l = await lockOf([img]);
@@ -98,7 +98,9 @@ describe('we see QEMU\'s locks', () => {
     expect(l.set('write')).toMatch(/Failed to get "write" lock/);
     expect(l.mode).toEqual({ perm: 1, unshared: 0 }); // still the reader lock
     expect(await writerElsewhere([img])).toMatch(/Failed to get "write" lock/);
-    await expect(lockImage([img], 'sharedRead')).rejects.toThrow(/Failed to get shared "write" lock\. Is another process using the image\? \(-U reads it anyway\)/);
+    await expect(lockImage([img], 'sharedRead')).rejects.toThrow(
+      /Failed to get shared "write" lock\. Is another process using the image\? \(-U reads it anyway\)/,
+    );
     await expect(lockImage([img], 'write')).rejects.toMatchObject({ code: 'EBUSY' });
   });
 

@@ -42,7 +42,9 @@ async function table(file: string): Promise<PartitionTable> {
 
 /** What sfdisk says: partition number (from the node name), byte offset, byte size. */
 function sfdiskView(file: string): Array<{ number: number; offset: number; size: number }> {
-  const j = JSON.parse(execFileSync('sfdisk', ['--json', file], { encoding: 'utf8' })) as { partitiontable: { partitions: Array<{ node: string; start: number; size: number; type: string }> } };
+  const j = JSON.parse(execFileSync('sfdisk', ['--json', file], { encoding: 'utf8' })) as {
+    partitiontable: { partitions: Array<{ node: string; start: number; size: number; type: string }> };
+  };
   return j.partitiontable.partitions
     .filter((p) => !['5', 'f', '85'].includes(p.type))
     .map((p) => ({ number: Number(/(\d+)$/.exec(p.node)![1]), offset: p.start * SECTOR, size: p.size * SECTOR }));

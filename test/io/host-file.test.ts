@@ -50,7 +50,11 @@ describe('HostFile', () => {
     await f.read(Buffer.alloc(512), 0);
     off();
     await f.write(Buffer.alloc(1), 0);
-    expect(events.map((e) => `${e.kind}:${e.tag ?? ''}:${e.offset}+${e.length}`)).toEqual(['write:l2:0+512', 'flush:flush:0+0', 'read::0+512']);
+    expect(events.map((e) => `${e.kind}:${e.tag ?? ''}:${e.offset}+${e.length}`)).toEqual([
+      'write:l2:0+512',
+      'flush:flush:0+0',
+      'read::0+512',
+    ]);
     await f.close();
   });
 

@@ -4,11 +4,14 @@ import * as os from 'node:os';
 import { expect, it } from 'vitest';
 import { EAGAIN, EFD_NONBLOCK, POLLIN, PollSet, eventfd, eventfdWrite, readOrErrno, syncfsAsync } from '../../src/io/syscalls';
 
-it('PollSet waits, reports revents per fd, and wakes from another thread\'s wait', async () => {
+it("PollSet waits, reports revents per fd, and wakes from another thread's wait", async () => {
   const a = eventfd(0, EFD_NONBLOCK);
   const b = eventfd(0, EFD_NONBLOCK);
   try {
-    const set = new PollSet([{ fd: a, events: POLLIN }, { fd: b, events: POLLIN }]);
+    const set = new PollSet([
+      { fd: a, events: POLLIN },
+      { fd: b, events: POLLIN },
+    ]);
     expect(set.wait(0)).toBe(0);
     eventfdWrite(b, 1);
     expect(set.wait(0)).toBe(1);

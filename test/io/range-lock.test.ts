@@ -69,7 +69,11 @@ describe('OrderedRangeLock', () => {
 
   it('run() releases when its section throws', async () => {
     const lock = new OrderedRangeLock();
-    await expect(lock.run(0, 10, false, async () => { throw new Error('boom'); })).rejects.toThrow('boom');
+    await expect(
+      lock.run(0, 10, false, async () => {
+        throw new Error('boom');
+      }),
+    ).rejects.toThrow('boom');
     expect(lock.count).toBe(0);
     expect(lock.acquire(0, 10, false).ready).toBeNull();
   });

@@ -107,10 +107,12 @@ describe('eventfd and poll', () => {
     const efd = track(sys.eventfd(0, sys.EFD_CLOEXEC));
     const waiting = sys.pollAsync([{ fd: efd, events: sys.POLLIN }], -1);
     let loopRan = false;
-    await new Promise<void>((r) => setImmediate(() => {
-      loopRan = true;
-      r();
-    }));
+    await new Promise<void>((r) =>
+      setImmediate(() => {
+        loopRan = true;
+        r();
+      }),
+    );
     expect(loopRan).toBe(true);
     sys.eventfdWrite(efd, 1);
     expect(await waiting).toEqual([sys.POLLIN]);
@@ -198,7 +200,9 @@ describe('loading', () => {
     };
     try {
       const fresh = await import('../../src/io/syscalls');
-      expect(() => fresh.getuid()).toThrow(/^the koffi native module could not be loaded \(Cannot find module 'koffi'\); reinstall with npm ci$/);
+      expect(() => fresh.getuid()).toThrow(
+        /^the koffi native module could not be loaded \(Cannot find module 'koffi'\); reinstall with npm ci$/,
+      );
     } finally {
       loader._load = load;
     }

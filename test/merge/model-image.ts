@@ -13,7 +13,7 @@ export interface Request {
   kind: RequestKind;
   offset: number;
   length: number;
-  seq: number;           // arrival order
+  seq: number; // arrival order
 }
 
 export interface ModelImageOptions {
@@ -36,7 +36,10 @@ export class ModelImage implements Image {
   private seq = 0;
   closed = false;
 
-  constructor(public virtualSize: number, private readonly opts: ModelImageOptions = {}) {
+  constructor(
+    public virtualSize: number,
+    private readonly opts: ModelImageOptions = {},
+  ) {
     this.data = Buffer.alloc(virtualSize);
   }
 

@@ -10,7 +10,7 @@ describe('PendingExtents', () => {
     expect(p.size).toBe(1);
     expect(p.bytes).toBe(100 * 4096);
     expect(x!.buf[99 * 4096]).toBe(99);
-    expect(x!.buf.length).toBeLessThanOrEqual((1 << 20));
+    expect(x!.buf.length).toBeLessThanOrEqual(1 << 20);
   });
 
   it('bridges extents with a write touching both, later bytes winning', () => {

@@ -22,17 +22,38 @@ interface Scenario {
 
 const scenarios: Scenario[] = [
   { seed: 1, diskSize: 256 * 1024, callers: 4, opsPerCaller: 800, merger: { delayMs: 1, maxBytes: 16 * 1024 }, driverDelay: 0 },
-  { seed: 2, diskSize: 256 * 1024 + 1234, callers: 6, opsPerCaller: 600, merger: { delayMs: 0, maxBytes: 64 * 1024, memCapBytes: 48 * 1024 }, driverDelay: 2 },
+  {
+    seed: 2,
+    diskSize: 256 * 1024 + 1234,
+    callers: 6,
+    opsPerCaller: 600,
+    merger: { delayMs: 0, maxBytes: 64 * 1024, memCapBytes: 48 * 1024 },
+    driverDelay: 2,
+  },
   { seed: 3, diskSize: 1024 * 1024 + 4095, callers: 3, opsPerCaller: 1000, merger: { delayMs: 5 }, driverDelay: 1 },
-  { seed: 4, diskSize: 64 * 1024 + 1, callers: 8, opsPerCaller: 400, merger: { delayMs: 2, maxBytes: 8192, maxInflight: 2 }, driverDelay: 1 },
+  {
+    seed: 4,
+    diskSize: 64 * 1024 + 1,
+    callers: 8,
+    opsPerCaller: 400,
+    merger: { delayMs: 2, maxBytes: 8192, maxInflight: 2 },
+    driverDelay: 1,
+  },
   { seed: 5, diskSize: 200 * 1024 + 100, callers: 4, opsPerCaller: 700, merger: { merge: false }, driverDelay: 0 },
-  { seed: 6, diskSize: 512 * 1024, callers: 5, opsPerCaller: 600, merger: { delayMs: 3, maxBytes: 32 * 1024, memCapBytes: 40 * 1024 }, driverDelay: 0 },
+  {
+    seed: 6,
+    diskSize: 512 * 1024,
+    callers: 5,
+    opsPerCaller: 600,
+    merger: { delayMs: 3, maxBytes: 32 * 1024, memCapBytes: 40 * 1024 },
+    driverDelay: 0,
+  },
 ];
 
 // More seeds with configurations drawn from the seed itself (still reproducible).
 for (let seed = 7; seed <= 12; seed++) {
   const r = rng(seed * 1000);
-  const pick = <T,>(xs: T[]): T => xs[Math.floor(r() * xs.length)]!;
+  const pick = <T>(xs: T[]): T => xs[Math.floor(r() * xs.length)]!;
   scenarios.push({
     seed,
     diskSize: pick([128 * 1024, 300 * 1024 + 17, 96 * 1024 + 4095, 640 * 1024]),
@@ -101,7 +122,9 @@ async function run(s: Scenario): Promise<{ ops: number; reads: number; stats: Re
         if (!into.equals(expected)) {
           let first = 0;
           while (into[first] === expected[first]) first++;
-          throw new Error(`seed ${s.seed} caller ${id} op ${k}: read ${off}+${len} differs at byte ${off + first}: got ${into[first]} want ${expected[first]}`);
+          throw new Error(
+            `seed ${s.seed} caller ${id} op ${k}: read ${off}+${len} differs at byte ${off + first}: got ${into[first]} want ${expected[first]}`,
+          );
         }
       } else if (op < 0.975) {
         // Discard / zero-range: ordered like a write, the range reads as zeros from its issue on.

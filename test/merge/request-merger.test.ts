@@ -26,7 +26,10 @@ describe('rule 1: driver requests are 4 KiB-aligned, except one ending at the di
     await m.flush();
     expect(img.violations).toEqual([]);
     const writes = img.log('write');
-    expect(writes.map((r) => [r.offset, r.length])).toEqual([[0, 8192], [69632, 4096]]);
+    expect(writes.map((r) => [r.offset, r.length])).toEqual([
+      [0, 8192],
+      [69632, 4096],
+    ]);
     expect(m.stats().rmwReads).toBe(3); // head+tail of the first, one page for the second
     const expected = Buffer.alloc(MiB, 0xee);
     pattern(5000, 1).copy(expected, 100);
@@ -68,7 +71,10 @@ describe('rule 2: writes coalesce; extents go out at maxBytes, idle, flush, over
     await m.write(MiB, pattern(4096, 256));
     expect(m.stats().pendingBytes).toBe(4096);
     await m.drain();
-    expect(img.log('write').map((r) => [r.offset, r.length])).toEqual([[0, MiB], [MiB, 4096]]);
+    expect(img.log('write').map((r) => [r.offset, r.length])).toEqual([
+      [0, MiB],
+      [MiB, 4096],
+    ]);
     expect(m.stats()).toMatchObject({ mergedWrites: 257, coalescedWrites: 255, driverWrites: 2, rmwReads: 0, pendingBytes: 0 });
   });
 
@@ -76,12 +82,15 @@ describe('rule 2: writes coalesce; extents go out at maxBytes, idle, flush, over
     const img = new ModelImage(MiB);
     const m = new RequestMerger(img, { delayMs: 10_000 });
     await m.write(1000, Buffer.alloc(3000, 1));
-    await m.write(4000, Buffer.alloc(5000, 2));   // abuts
-    await m.write(2000, Buffer.alloc(1000, 3));   // overlaps
-    await m.write(20_000, Buffer.alloc(10, 4));   // separate
+    await m.write(4000, Buffer.alloc(5000, 2)); // abuts
+    await m.write(2000, Buffer.alloc(1000, 3)); // overlaps
+    await m.write(20_000, Buffer.alloc(10, 4)); // separate
     expect(m.stats()).toMatchObject({ pendingExtents: 2, pendingBytes: 8000 + 10 });
     await m.drain();
-    expect(img.log('write').map((r) => [r.offset, r.length])).toEqual([[0, 12288], [16384, 4096]]);
+    expect(img.log('write').map((r) => [r.offset, r.length])).toEqual([
+      [0, 12288],
+      [16384, 4096],
+    ]);
     expect(img.data[1500]).toBe(1);
     expect(img.data[2500]).toBe(3);
     expect(img.data[8999]).toBe(2);
@@ -171,9 +180,9 @@ describe('rule 4: overlapping writes keep their order', () => {
   it('a later write wins over an earlier one still in flight, and they never overlap in the driver', async () => {
     const img = new ModelImage(MiB, { delay: (r) => (r.kind === 'write' && r.seq === 0 ? 40 : 1) });
     const m = new RequestMerger(img, { delayMs: 10_000, maxBytes: 8192 });
-    await m.write(0, Buffer.alloc(8192, 1));              // sent at once, slow
+    await m.write(0, Buffer.alloc(8192, 1)); // sent at once, slow
     await m.write(4000, Buffer.alloc(200, 2), { writeThrough: true }); // same page, must wait
-    await m.write(4096, Buffer.alloc(8192, 3));            // overlaps the first, sent at maxBytes
+    await m.write(4096, Buffer.alloc(8192, 3)); // overlaps the first, sent at maxBytes
     await m.flush();
     expect(img.violations).toEqual([]);
     expect(img.data[100]).toBe(1);
@@ -187,7 +196,7 @@ describe('rule 4: overlapping writes keep their order', () => {
     const img = new ModelImage(64 * 1024, { delay: () => 1 });
     const m = new RequestMerger(img, { delayMs: 0, maxBytes: 4096 });
     const ps: Promise<void>[] = [];
-    for (let i = 1; i <= 50; i++) ps.push(m.write(((i * 37) % 3000), Buffer.alloc(1000, i), { writeThrough: i % 3 === 0 }));
+    for (let i = 1; i <= 50; i++) ps.push(m.write((i * 37) % 3000, Buffer.alloc(1000, i), { writeThrough: i % 3 === 0 }));
     await Promise.all(ps);
     await m.flush();
     const expected = Buffer.alloc(64 * 1024);
@@ -213,14 +222,16 @@ describe('rule 5: a failed deferred write fails the next write, flush and fsync 
     await expect(m.write(0, Buffer.alloc(10))).rejects.toMatchObject({ code: 'EIO' });
     await expect(m.flush()).rejects.toMatchObject({ code: 'EIO' }); // sticky
     await expect(m.read(8192, Buffer.alloc(10))).rejects.toMatchObject({ code: 'EIO' });
-    expect((await m.read(65536, Buffer.alloc(10)))).toBe(10); // other ranges still readable
+    expect(await m.read(65536, Buffer.alloc(10))).toBe(10); // other ranges still readable
     await expect(m.close()).rejects.toMatchObject({ code: 'EIO' });
     expect(img.closed).toBe(true);
   });
 
   it('a failed write-through is returned to its caller and is not sticky', async () => {
     let failNext = true;
-    const img = new ModelImage(MiB, { fail: (r) => (r.kind === 'write' && failNext ? ((failNext = false), new Error('once')) : undefined) });
+    const img = new ModelImage(MiB, {
+      fail: (r) => (r.kind === 'write' && failNext ? ((failNext = false), new Error('once')) : undefined),
+    });
     const m = new RequestMerger(img, { merge: false });
     await expect(m.write(0, Buffer.alloc(10, 1))).rejects.toMatchObject({ code: 'EIO' });
     await m.write(0, Buffer.alloc(10, 2));
@@ -431,7 +442,13 @@ describe('readSync: the synchronous read path answers only when read() would not
     const img = new SyncModelImage(size);
     pattern(size, 3).copy(img.data);
     const m = new RequestMerger(img, { delayMs: 1000 });
-    for (const [off, len] of [[0, 4096], [100, 5000], [size - 700, 4096], [size, 10], [4096 * 3 + 1, 1]] as const) {
+    for (const [off, len] of [
+      [0, 4096],
+      [100, 5000],
+      [size - 700, 4096],
+      [size, 10],
+      [4096 * 3 + 1, 1],
+    ] as const) {
       const a = Buffer.alloc(len, 0xaa);
       const b = Buffer.alloc(len, 0xbb);
       const got = m.readSync(off, a);

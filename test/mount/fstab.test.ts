@@ -16,7 +16,12 @@ let mnt = '';
 afterEach(async () => {
   // The mount lives in the test's namespace; if the script failed midway its daemon may still run.
   const pid = mnt ? readPid(mnt) : undefined;
-  if (pid) try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ }
+  if (pid)
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      /* gone */
+    }
   await dir?.cleanup();
 });
 

@@ -28,7 +28,12 @@ afterEach(async () => {
 function service(): Map<string, string> {
   const text = fs.readFileSync(UNIT, 'utf8');
   const section = text.slice(text.indexOf('[Service]'), text.indexOf('[Install]'));
-  return new Map(section.split('\n').filter((l) => /^\w+=/.test(l)).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+  return new Map(
+    section
+      .split('\n')
+      .filter((l) => /^\w+=/.test(l))
+      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+  );
 }
 
 it('the instance name is the escaped mountpoint, and it round-trips through systemd-escape', () => {

@@ -23,10 +23,10 @@ export interface BenchOptions {
   depth: number;
   offset: number;
   bufferSize: number;
-  step: number;            // 0 = bufferSize, as in qemu-img
+  step: number; // 0 = bufferSize, as in qemu-img
   write: boolean;
   pattern: number;
-  flushInterval: number;   // 0 = none
+  flushInterval: number; // 0 = none
   drainOnFlush: boolean;
   cache: CacheMode;
   noMultiAlloc: boolean;
@@ -96,7 +96,7 @@ function issueRequests(image: Image, o: BenchOptions): Promise<number> {
   const size = image.virtualSize;
   const readBuffers = o.write ? [] : Array.from({ length: o.depth }, () => Buffer.allocUnsafe(o.bufferSize));
   const freeSlots = readBuffers.slice();
-  let notDone = o.count;     // qemu's b->n: requests not yet completed
+  let notDone = o.count; // qemu's b->n: requests not yet completed
   let inFlight = 0;
   let inFlush = false;
   let offset = o.offset;
@@ -150,10 +150,13 @@ function issueRequests(image: Image, o: BenchOptions): Promise<number> {
         if (inFlight === 0 || !o.drainOnFlush) {
           if (o.drainOnFlush) {
             inFlush = true;
-            flush().then(() => {
-              inFlush = false;
-              pump();
-            }, (e) => fail(e, 'flush'));
+            flush().then(
+              () => {
+                inFlush = false;
+                pump();
+              },
+              (e) => fail(e, 'flush'),
+            );
           } else {
             flush().catch((e) => fail(e, 'flush'));
           }
@@ -185,7 +188,9 @@ export async function runBench(o: BenchOptions, out: (line: string) => void): Pr
   try {
     if (o.write && image.readOnly) throw VdiskError.readOnly(`${o.file} opened read-only; cannot run a write test`);
     if (o.offset + o.bufferSize > image.virtualSize) {
-      throw VdiskError.invalid(`offset ${o.offset} + buffer size ${o.bufferSize} is past the end of the image (${image.virtualSize} bytes)`);
+      throw VdiskError.invalid(
+        `offset ${o.offset} + buffer size ${o.bufferSize} is past the end of the image (${image.virtualSize} bytes)`,
+      );
     }
     for (const line of describeRun(o)) out(line);
     const t0 = process.hrtime.bigint();
@@ -264,12 +269,33 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
       .option('w', { type: 'boolean', default: false, describe: 'write test (default: read test)' })
       .option('n', { type: 'boolean', default: false, describe: 'native AIO: accepted for compatibility, no effect' })
       .option('i', { type: 'string', describe: 'AIO backend (threads, native, io_uring): accepted for compatibility, no effect' })
-      .option('q', { type: 'boolean', default: false, describe: 'quiet: accepted for compatibility (the two result lines are always printed)' })
+      .option('q', {
+        type: 'boolean',
+        default: false,
+        describe: 'quiet: accepted for compatibility (the two result lines are always printed)',
+      })
       .option('U', { type: 'boolean', default: false, describe: 'force share: accepted for compatibility, no effect' })
-      .option('pattern', { type: 'string', default: '0', describe: 'byte written by write tests (default 0). All-zero writes may become zero clusters/grains instead of data (qemu-img bench does not detect zeros): use a non-zero pattern to time data writes' })
-      .option('flush-interval', { type: 'string', default: '0', describe: 'write tests: flush whenever the number of requests left is a multiple of this' })
-      .option('drain', { type: 'boolean', default: true, describe: 'drain the queue before each --flush-interval flush (--no-drain: flush without draining)' })
-      .option('multi-alloc', { type: 'boolean', default: true, describe: 'VMDK: allocate all grains of a request at once (--no-multi-alloc: grain by grain, QEMU\'s way)' })
+      .option('pattern', {
+        type: 'string',
+        default: '0',
+        describe:
+          'byte written by write tests (default 0). All-zero writes may become zero clusters/grains instead of data (qemu-img bench does not detect zeros): use a non-zero pattern to time data writes',
+      })
+      .option('flush-interval', {
+        type: 'string',
+        default: '0',
+        describe: 'write tests: flush whenever the number of requests left is a multiple of this',
+      })
+      .option('drain', {
+        type: 'boolean',
+        default: true,
+        describe: 'drain the queue before each --flush-interval flush (--no-drain: flush without draining)',
+      })
+      .option('multi-alloc', {
+        type: 'boolean',
+        default: true,
+        describe: "VMDK: allocate all grains of a request at once (--no-multi-alloc: grain by grain, QEMU's way)",
+      })
       .option('cache-size', { type: 'string', describe: 'qcow2 metadata cache size in bytes (K/M suffixes)' })
       .example('$0 bench -w -c 1024 -s 128K -d 1 -t none -f vmdk test.vmdk', '1024 sequential 128 KiB writes, one at a time')
       .example('$0 bench -c 10000 -d 16 -s 4K -S 1M disk.qcow2', '10000 reads of 4 KiB, 16 in flight, 1 MiB apart'),

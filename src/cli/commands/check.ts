@@ -11,7 +11,14 @@ import { progressLine } from '../progress';
 /** qemu-img check's exit status for a format without a check. */
 const EXIT_NO_CHECK = 63;
 
-interface CheckArgs { file: string; format?: string; 'allow-outside': string[]; 'force-share': boolean; r?: string; output: string }
+interface CheckArgs {
+  file: string;
+  format?: string;
+  'allow-outside': string[];
+  'force-share': boolean;
+  r?: string;
+  output: string;
+}
 
 export const checkCommand: CommandModule<object, CheckArgs> = {
   command: 'check <file>',
@@ -74,7 +81,8 @@ export function checkHuman(r: CheckResult): string {
   }
   if (!r.corruptions && !r.leaks && !r.errors) out += 'No errors were found on the image.\n';
   else {
-    if (r.corruptions) out += `\n${r.corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n`;
+    if (r.corruptions)
+      out += `\n${r.corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n`;
     if (r.leaks) out += `\n${r.leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n`;
     if (r.errors) out += `\n${r.errors} internal errors have occurred during the check.\n`;
   }

@@ -22,9 +22,18 @@ export const createCommand: CommandModule<object, CreateArgs> = {
   builder: (y: Argv) =>
     withAllowOutside(y)
       .positional('file', { type: 'string', demandOption: true })
-      .positional('size', { type: 'string', describe: 'virtual size: 1G, 512M, bytes (default: the backing file\'s)' })
-      .option('format', { alias: 'f', type: 'string', describe: 'qcow2, vmdk or raw (default: from the extension: .qcow2, .vmdk, .img/.raw)' })
-      .option('o', { type: 'string', requiresArg: true, describe: 'format options (repeatable): cluster_size=,compat=,refcount_bits=,lazy_refcounts=,extended_l2=,preallocation= (qcow2); subformat=,zeroed_grain=,adapter_type=,hwversion= (vmdk)' })
+      .positional('size', { type: 'string', describe: "virtual size: 1G, 512M, bytes (default: the backing file's)" })
+      .option('format', {
+        alias: 'f',
+        type: 'string',
+        describe: 'qcow2, vmdk or raw (default: from the extension: .qcow2, .vmdk, .img/.raw)',
+      })
+      .option('o', {
+        type: 'string',
+        requiresArg: true,
+        describe:
+          'format options (repeatable): cluster_size=,compat=,refcount_bits=,lazy_refcounts=,extended_l2=,preallocation= (qcow2); subformat=,zeroed_grain=,adapter_type=,hwversion= (vmdk)',
+      })
       .option('b', { type: 'string', describe: 'backing file (qcow2) / parent (vmdk)' })
       .option('F', { type: 'string', describe: 'backing file format (needed with -b, as in qemu-img)' })
       .example('$0 create -f qcow2 disk.qcow2 10G', 'empty 10 GiB qcow2')
@@ -50,8 +59,13 @@ export const createCommand: CommandModule<object, CreateArgs> = {
       if (!fs.existsSync(backingPath)) throw new VdiskError('ENOENT', `backing file ${argv.b} does not exist`);
       // qemu-img refuses to guess a backing format: a probed one is how a raw disk gets read as qcow2.
       if (!argv.F) {
-        const seen = await readHead(backingPath).then((h) => detectFormat(h, backingPath).name, () => undefined);
-        throw VdiskError.invalid(`${argv.file}: backing file specified without backing format${seen ? ` (its content is ${seen}: add -F ${seen})` : ' (add -F)'}`);
+        const seen = await readHead(backingPath).then(
+          (h) => detectFormat(h, backingPath).name,
+          () => undefined,
+        );
+        throw VdiskError.invalid(
+          `${argv.file}: backing file specified without backing format${seen ? ` (its content is ${seen}: add -F ${seen})` : ' (add -F)'}`,
+        );
       }
       doors.push(path.dirname(await fs.promises.realpath(backingPath)));
       if (size === undefined) {
@@ -71,7 +85,9 @@ export const createCommand: CommandModule<object, CreateArgs> = {
       openBacking: (p, format) => openImage(p, { writable: false, format }),
       reach: (name, field) => confinement.reach(file, name, field),
     });
-    const opts = Object.entries(options).map(([k, v]) => ` ${k}=${v}`).join('');
+    const opts = Object.entries(options)
+      .map(([k, v]) => ` ${k}=${v}`)
+      .join('');
     process.stdout.write(`Formatting '${argv.file}', fmt=${format} size=${size}${argv.b ? ` backing_file=${argv.b}` : ''}${opts}\n`);
   },
 };

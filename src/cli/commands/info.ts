@@ -8,7 +8,14 @@ import { lockForCommand, readLockMode, withForceShare } from '../image-lock';
 import { formatSize } from '../size';
 import { warn } from '../output';
 
-interface InfoArgs { file: string; format?: string; 'allow-outside': string[]; 'force-share': boolean; output: string; 'backing-chain': boolean }
+interface InfoArgs {
+  file: string;
+  format?: string;
+  'allow-outside': string[];
+  'force-share': boolean;
+  output: string;
+  'backing-chain': boolean;
+}
 
 export const infoCommand: CommandModule<object, InfoArgs> = {
   command: 'info <file>',
@@ -17,7 +24,11 @@ export const infoCommand: CommandModule<object, InfoArgs> = {
     withFormat(withForceShare(withAllowOutside(y)))
       .positional('file', { type: 'string', demandOption: true })
       .option('output', { type: 'string', choices: ['human', 'json'], default: 'human' })
-      .option('backing-chain', { type: 'boolean', default: false, describe: 'also describe every backing file / parent, top first (JSON: an array)' })
+      .option('backing-chain', {
+        type: 'boolean',
+        default: false,
+        describe: 'also describe every backing file / parent, top first (JSON: an array)',
+      })
       .example('$0 info disk.qcow2', 'format, sizes, backing file, snapshots')
       .example('$0 info --backing-chain --output=json overlay.qcow2', 'the whole chain as JSON (qemu-img info --output=json names)'),
   handler: async (argv) => {
@@ -47,14 +58,19 @@ function human(info: ImageInfo): string {
   if (info['actual-size'] !== undefined) lines.push(`disk size: ${formatSize(info['actual-size'])}`);
   if (info['cluster-size'] !== undefined) lines.push(`cluster_size: ${info['cluster-size']}`);
   if (info['dirty-flag']) lines.push('cleanly shut down: no');
-  if (info['backing-filename']) lines.push(`backing file: ${info['backing-filename']}${info['full-backing-filename'] && info['full-backing-filename'] !== info['backing-filename'] ? ` (actual path: ${info['full-backing-filename']})` : ''}`);
+  if (info['backing-filename'])
+    lines.push(
+      `backing file: ${info['backing-filename']}${info['full-backing-filename'] && info['full-backing-filename'] !== info['backing-filename'] ? ` (actual path: ${info['full-backing-filename']})` : ''}`,
+    );
   if (info['backing-filename-format']) lines.push(`backing file format: ${info['backing-filename-format']}`);
   if (info.snapshots?.length) {
     lines.push('Snapshot list:', 'ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT');
     for (const s of info.snapshots) {
       const date = new Date(s['date-sec'] * 1000).toISOString().replace('T', ' ').slice(0, 19);
       const clock = new Date(s['vm-clock-sec'] * 1000).toISOString().slice(11, 19);
-      lines.push(`${s.id.padEnd(9)} ${s.name.padEnd(17)} ${formatSize(s['vm-state-size']).padStart(7)} ${date} ${clock}.${String(Math.floor(s['vm-clock-nsec'] / 1e6)).padStart(3, '0')} ${String(s.icount ?? '--').padStart(10)}`);
+      lines.push(
+        `${s.id.padEnd(9)} ${s.name.padEnd(17)} ${formatSize(s['vm-state-size']).padStart(7)} ${date} ${clock}.${String(Math.floor(s['vm-clock-nsec'] / 1e6)).padStart(3, '0')} ${String(s.icount ?? '--').padStart(10)}`,
+      );
     }
   }
   const fs = info['format-specific'];

@@ -14,13 +14,35 @@ import { parseSize } from '../size';
 /** Bounded steps so a huge sparse disk is mapped without one giant extent list in memory. */
 const STEP = 1 << 30;
 
-interface MapArgs { file: string; format?: string; 'allow-outside': string[]; 'force-share': boolean; output: string; 'start-offset': string; 'max-length'?: string }
+interface MapArgs {
+  file: string;
+  format?: string;
+  'allow-outside': string[];
+  'force-share': boolean;
+  output: string;
+  'start-offset': string;
+  'max-length'?: string;
+}
 
 /** One range as qemu-img map --output=json reports it (depth: which layer of the chain answers). */
-interface MapEntry { start: number; length: number; depth: number; present: boolean; zero: boolean; data: boolean; offset?: number; file: string }
+interface MapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+  offset?: number;
+  file: string;
+}
 
 /** A layer of the backing chain: opened on demand, shown under the name qemu-img would use. */
-interface Layer { name: string; real: string; format?: string; image?: Image }
+interface Layer {
+  name: string;
+  real: string;
+  format?: string;
+  image?: Image;
+}
 
 /** Host files asked where their holes are (SEEK_DATA/SEEK_HOLE), opened once each. */
 class HoleFinder {
@@ -32,7 +54,7 @@ class HoleFinder {
     if (fd === undefined) return [[at, len, false]];
     const out: Array<[number, number, boolean]> = [];
     const end = at + len;
-    for (let pos = at; pos < end; ) {
+    for (let pos = at; pos < end;) {
       const data = seekDataOrHole(fd, pos, 'data');
       const next = data === undefined || data > pos ? Math.min(data ?? end, end) : Math.min(seekDataOrHole(fd, pos, 'hole') ?? end, end);
       out.push([pos, next - pos, data === undefined || data > pos]);
@@ -105,7 +127,10 @@ export const mapCommand: CommandModule<object, MapArgs> = {
         return l?.image;
       };
       const start = parseSize(argv['start-offset'], '--start-offset');
-      const end = Math.min(top.virtualSize, argv['max-length'] !== undefined ? start + parseSize(argv['max-length'], '--max-length') : Infinity);
+      const end = Math.min(
+        top.virtualSize,
+        argv['max-length'] !== undefined ? start + parseSize(argv['max-length'], '--max-length') : Infinity,
+      );
       const rows: MapEntry[] = [];
       for (let off = start; off < end; off += STEP) {
         for (const e of await mapLayer(open, layers, holes, 0, off, Math.min(STEP, end - off))) {
@@ -122,7 +147,12 @@ export const mapCommand: CommandModule<object, MapArgs> = {
         process.stdout.write('Offset          Length          Kind        Depth  Mapped to       File\n');
         for (const r of rows) {
           const kind = r.data ? 'data' : r.present ? 'zero' : 'unallocated';
-          process.stdout.write(`${hex(r.start).padEnd(16)}${hex(r.length).padEnd(16)}${kind.padEnd(12)}${String(r.depth).padEnd(7)}${(r.offset !== undefined ? hex(r.offset) : '').padEnd(16)}${r.present ? r.file : ''}\n`.replace(/ +\n$/, '\n'));
+          process.stdout.write(
+            `${hex(r.start).padEnd(16)}${hex(r.length).padEnd(16)}${kind.padEnd(12)}${String(r.depth).padEnd(7)}${(r.offset !== undefined ? hex(r.offset) : '').padEnd(16)}${r.present ? r.file : ''}\n`.replace(
+              / +\n$/,
+              '\n',
+            ),
+          );
         }
       }
     } finally {
@@ -156,7 +186,14 @@ function chainLayers(info: Awaited<ReturnType<Image['info']>>, given: string, re
  * ranges this layer leaves to its backing file) the backing layer's answer, depth+1, split where
  * that layer's answer changes, as qemu-img map splits them.
  */
-async function mapLayer(open: (d: number) => Promise<Image | undefined>, layers: Layer[], holes: HoleFinder, depth: number, off: number, len: number): Promise<MapEntry[]> {
+async function mapLayer(
+  open: (d: number) => Promise<Image | undefined>,
+  layers: Layer[],
+  holes: HoleFinder,
+  depth: number,
+  off: number,
+  len: number,
+): Promise<MapEntry[]> {
   const image = await open(depth);
   if (!image) throw new VdiskError('EIO', `backing layer ${depth} of the chain could not be opened`);
   const file = layers[depth]!.name;
@@ -167,13 +204,31 @@ async function mapLayer(open: (d: number) => Promise<Image | undefined>, layers:
       const inBacking = below ? Math.max(0, Math.min(e.offset + e.length, below.virtualSize) - e.offset) : 0;
       if (inBacking > 0) out.push(...(await mapLayer(open, layers, holes, depth + 1, e.offset, inBacking)));
       // Past the end of a shorter backing file the disk reads zeros that no layer stores.
-      if (inBacking < e.length) out.push({ start: e.offset + inBacking, length: e.length - inBacking, depth: depth + 1, present: false, zero: true, data: false, file });
+      if (inBacking < e.length)
+        out.push({
+          start: e.offset + inBacking,
+          length: e.length - inBacking,
+          depth: depth + 1,
+          present: false,
+          zero: true,
+          data: false,
+          file,
+        });
       continue;
     }
     const data = e.kind === 'data';
     const offset = data && e.hostOffset !== undefined && !e.compressed ? e.hostOffset : undefined;
     if (offset === undefined || !e.hostFile || !holes.worthAsking(e.hostFile, image)) {
-      out.push({ start: e.offset, length: e.length, depth, present: e.kind !== 'unallocated', zero: !data, data, ...(offset !== undefined ? { offset } : {}), file });
+      out.push({
+        start: e.offset,
+        length: e.length,
+        depth,
+        present: e.kind !== 'unallocated',
+        zero: !data,
+        data,
+        ...(offset !== undefined ? { offset } : {}),
+        file,
+      });
       continue;
     }
     // As QEMU: data that sits in a hole of the host file reads as zeros, so it is also "zero";

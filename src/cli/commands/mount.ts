@@ -43,7 +43,12 @@ export const mountCommand: CommandModule<object, MountArgs> = {
     withAllowOutside(y)
       .positional('images', { type: 'string', demandOption: true, describe: 'folder holding the images' })
       .positional('mountpoint', { type: 'string', demandOption: true, describe: 'empty folder to mount on' })
-      .option('foreground', { alias: 'f', type: 'boolean', default: false, describe: 'stay in the foreground (logs to stderr; Ctrl-C unmounts)' })
+      .option('foreground', {
+        alias: 'f',
+        type: 'boolean',
+        default: false,
+        describe: 'stay in the foreground (logs to stderr; Ctrl-C unmounts)',
+      })
       .option('read-only', { alias: 'r', type: 'boolean', default: false, describe: 'every view read-only' })
       .option('include-raw', { type: 'boolean', default: false, describe: 'also show .img/.raw files' })
       .option('debug', { type: 'boolean', default: false, describe: 'log what each layer does (same as DEBUG=vdiskfs:*)' })
@@ -51,13 +56,37 @@ export const mountCommand: CommandModule<object, MountArgs> = {
       .option('merge', { type: 'boolean', default: true, describe: 'merge small writes (--no-merge sends each to the driver)' })
       .option('merge-max', { type: 'string', default: '1M', describe: 'pending extent size that goes to the driver' })
       .option('merge-delay', { type: 'number', default: 5, describe: 'idle milliseconds before pending writes go to the driver' })
-      .option('multi-alloc', { type: 'boolean', default: true, describe: 'VMDK: allocate all grains of a request at once (--no-multi-alloc: grain by grain)' })
+      .option('multi-alloc', {
+        type: 'boolean',
+        default: true,
+        describe: 'VMDK: allocate all grains of a request at once (--no-multi-alloc: grain by grain)',
+      })
       .option('cache-size', { type: 'string', describe: 'qcow2 metadata cache size per image (e.g. 32M)' })
-      .option('stats', { type: 'boolean', default: false, describe: 'at unmount, print each image\'s counters (host I/O, metadata writes, cache hits, merged writes)' })
-      .option('log-file', { type: 'string', describe: 'where a background mount logs (default: a file in /tmp named after the mountpoint)' })
-      .option('transport', { choices: ['kernel', 'fuse-native'] as const, default: 'kernel' as const, describe: 'who speaks FUSE: our kernel-protocol loop, or fuse-native (libfuse 2.9, the old baseline)' })
-      .option('partitions', { type: 'boolean', default: true, describe: 'show each partition of a disk as a file beside it, disk.qcow2.p1.raw (--no-partitions: off)' })
-      .option('writeback-cache', { type: 'boolean', default: false, describe: 'kernel transport: the kernel caches small buffered writes and sends them merged (3-8x faster 4k psync writes), but then owns file sizes: a partition file whose table changed keeps its old size' })
+      .option('stats', {
+        type: 'boolean',
+        default: false,
+        describe: "at unmount, print each image's counters (host I/O, metadata writes, cache hits, merged writes)",
+      })
+      .option('log-file', {
+        type: 'string',
+        describe: 'where a background mount logs (default: a file in /tmp named after the mountpoint)',
+      })
+      .option('transport', {
+        choices: ['kernel', 'fuse-native'] as const,
+        default: 'kernel' as const,
+        describe: 'who speaks FUSE: our kernel-protocol loop, or fuse-native (libfuse 2.9, the old baseline)',
+      })
+      .option('partitions', {
+        type: 'boolean',
+        default: true,
+        describe: 'show each partition of a disk as a file beside it, disk.qcow2.p1.raw (--no-partitions: off)',
+      })
+      .option('writeback-cache', {
+        type: 'boolean',
+        default: false,
+        describe:
+          'kernel transport: the kernel caches small buffered writes and sends them merged (3-8x faster 4k psync writes), but then owns file sizes: a partition file whose table changed keeps its old size',
+      })
       .option('null-driver', { type: 'boolean', default: false, hidden: true })
       .option('daemon-child', { type: 'boolean', default: false, hidden: true })
       .option('if-not-mounted', { type: 'boolean', default: false, hidden: true }) // mount.vdiskfs: `mount -a` again is a quiet success
@@ -96,7 +125,10 @@ async function runMount(argv: MountArgs): Promise<number> {
       readOnly: argv['read-only'],
       includeRaw: argv['include-raw'],
       debug: false,
-      fuseOptions: ([] as string[]).concat(argv.o ?? []).flatMap((o) => o.split(',')).filter(Boolean),
+      fuseOptions: ([] as string[])
+        .concat(argv.o ?? [])
+        .flatMap((o) => o.split(','))
+        .filter(Boolean),
       nullDriver: argv['null-driver'],
       merger: { merge: argv.merge, maxBytes: parseSize(argv['merge-max'], '--merge-max'), delayMs: argv['merge-delay'] },
       tuning: tuningFromOptions(argv['cache-size'] ? parseSize(argv['cache-size'], '--cache-size') : undefined, argv['multi-alloc']),
@@ -108,7 +140,10 @@ async function runMount(argv: MountArgs): Promise<number> {
       warn,
     });
   } catch (e) {
-    const err = e instanceof Error && !(e instanceof VdiskError) && /fuse failed|Mountpoint/.test(e.message) ? new VdiskError('EIO', `cannot mount on ${argv.mountpoint}: ${e.message}`) : e;
+    const err =
+      e instanceof Error && !(e instanceof VdiskError) && /fuse failed|Mountpoint/.test(e.message)
+        ? new VdiskError('EIO', `cannot mount on ${argv.mountpoint}: ${e.message}`)
+        : e;
     ready({ ok: false, message: (err as Error).message });
     return reportFatal(err);
   }
@@ -146,7 +181,12 @@ async function startDaemon(argv: MountArgs): Promise<number> {
   // down what it mounted and exits; nothing stays mounted.
   let interrupted = false;
   let childExited = false;
-  const childGone = new Promise<void>((res) => child.once('exit', () => { childExited = true; res(); }));
+  const childGone = new Promise<void>((res) =>
+    child.once('exit', () => {
+      childExited = true;
+      res();
+    }),
+  );
   const forward = (sig: NodeJS.Signals) => {
     interrupted = true;
     child.kill(sig);
@@ -160,7 +200,9 @@ async function startDaemon(argv: MountArgs): Promise<number> {
   });
   if (result.ok && !interrupted) {
     writeMountRecord(argv.mountpoint, { logFile, stats: argv.stats, images: fs.realpathSync(argv.images) });
-    await reportBackgroundMount(path.resolve(argv.mountpoint), logFile, logStart).catch((e: Error) => warn(`cannot list ${argv.mountpoint}: ${e.message}`));
+    await reportBackgroundMount(path.resolve(argv.mountpoint), logFile, logStart).catch((e: Error) =>
+      warn(`cannot list ${argv.mountpoint}: ${e.message}`),
+    );
   }
   if (interrupted && !childExited) await childGone; // the child unmounts and exits on the forwarded signal
   for (const sig of signals) process.off(sig, forward);

@@ -8,7 +8,10 @@ export class NullImage implements Image {
   readonly format = 'null';
   readonly readOnly = false;
 
-  constructor(readonly path: string, readonly virtualSize: number) {}
+  constructor(
+    readonly path: string,
+    readonly virtualSize: number,
+  ) {}
 
   async read(_offset: number, into: Buffer): Promise<void> {
     into.fill(0);

@@ -15,7 +15,13 @@ export async function checkQcow2(path: string, repair: boolean): Promise<CheckRe
   const first = await checkOnce(path, repair);
   if (!repair || first.leaks + first.corruptions === 0) return first;
   const after = await checkOnce(path, false);
-  return { ...after, repaired: first.leaks + first.corruptions, leaksFixed: first.leaks, corruptionsFixed: first.corruptions, messages: [...first.messages, ...after.messages] };
+  return {
+    ...after,
+    repaired: first.leaks + first.corruptions,
+    leaksFixed: first.leaks,
+    corruptionsFixed: first.corruptions,
+    messages: [...first.messages, ...after.messages],
+  };
 }
 
 async function checkOnce(path: string, repair: boolean): Promise<CheckResult> {
@@ -72,7 +78,11 @@ async function checkOnce(path: string, repair: boolean): Promise<CheckResult> {
       await file.datasync('header');
     }
     let highest = 0; // as QEMU: the last cluster with a stored or a counted reference
-    for (let c = Math.max(refs.length, stored.length) - 1; c > 0; c--) if (refs[c] || stored[c]) { highest = c; break; }
+    for (let c = Math.max(refs.length, stored.length) - 1; c > 0; c--)
+      if (refs[c] || stored[c]) {
+        highest = c;
+        break;
+      }
     const stats = {
       totalClusters: Math.ceil(h.size / 2 ** h.clusterBits),
       allocatedClusters: walk.frag.allocated,

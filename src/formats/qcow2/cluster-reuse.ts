@@ -8,7 +8,19 @@
 import type { HostFile } from '../../io/host-file';
 import type { MapContext } from './mapping';
 import type { CacheEntry, DataWrite, MetadataCache } from './metadata-cache';
-import { KIND_NORMAL, KIND_ZERO, l1Copied, l2AllocBits, l2Copied, l2HostOffset, l2Kind, l2ZeroBits, setL2Extended, setL2Normal, subclusterMask } from './table-entry';
+import {
+  KIND_NORMAL,
+  KIND_ZERO,
+  l1Copied,
+  l2AllocBits,
+  l2Copied,
+  l2HostOffset,
+  l2Kind,
+  l2ZeroBits,
+  setL2Extended,
+  setL2Normal,
+  subclusterMask,
+} from './table-entry';
 
 /** One write's plan: tables it pinned, data I/O to run unlocked, L2 changes to commit after. */
 export interface Plan {

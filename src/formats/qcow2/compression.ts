@@ -22,7 +22,8 @@ export function decompressCluster(src: Buffer, clusterSize: number, type: number
     if (e instanceof VdiskError) throw e;
     throw VdiskError.corrupt(`qcow2 compressed cluster does not decompress: ${(e as Error).message}`);
   }
-  if (out.length < clusterSize) throw VdiskError.corrupt(`qcow2 compressed cluster decompresses to ${out.length} bytes, not ${clusterSize}`);
+  if (out.length < clusterSize)
+    throw VdiskError.corrupt(`qcow2 compressed cluster decompresses to ${out.length} bytes, not ${clusterSize}`);
   into.set(out.subarray(0, clusterSize));
 }
 
@@ -60,7 +61,11 @@ export function zstdFrameLength(src: Buffer): number {
 export class CompressedClusters implements Inflater {
   private readonly inflated = new Map<number, Buffer>();
 
-  constructor(private readonly file: Pick<HostFile, 'read'>, private readonly clusterSize: number, private readonly type: number) {}
+  constructor(
+    private readonly file: Pick<HostFile, 'read'>,
+    private readonly clusterSize: number,
+    private readonly type: number,
+  ) {}
 
   async inflate(host: number, size: number): Promise<Buffer> {
     let cluster = this.inflated.get(host);

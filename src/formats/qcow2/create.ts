@@ -8,7 +8,16 @@ import { VdiskError } from '../../io/errors';
 import { HostFile } from '../../io/host-file';
 import type { CreateOptions } from '../types';
 import { serializeExtensions, STANDARD_FEATURES } from './extensions';
-import { COMPAT_LAZY_REFCOUNTS, Header, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2, MAX_L1_BYTES, serializeHeader, V2_SIZE, V3_SIZE } from './header';
+import {
+  COMPAT_LAZY_REFCOUNTS,
+  Header,
+  INCOMPAT_COMPRESSION,
+  INCOMPAT_EXTL2,
+  MAX_L1_BYTES,
+  serializeHeader,
+  V2_SIZE,
+  V3_SIZE,
+} from './header';
 import { resolveRelative } from './meta';
 import { setRefcount, setReftableEntry } from './refcount-block';
 
@@ -37,17 +46,29 @@ function bool(v: string | undefined, what: string): boolean {
 }
 
 export function parseCreateOptions(o: Record<string, string>): CreateSpec {
-  const known = ['cluster_size', 'compat', 'refcount_bits', 'lazy_refcounts', 'extended_l2', 'preallocation', 'compression_type', 'backing_file', 'backing_fmt'];
+  const known = [
+    'cluster_size',
+    'compat',
+    'refcount_bits',
+    'lazy_refcounts',
+    'extended_l2',
+    'preallocation',
+    'compression_type',
+    'backing_file',
+    'backing_fmt',
+  ];
   for (const k of Object.keys(o)) if (!known.includes(k)) throw VdiskError.invalid(`qcow2 does not support option '${k}'`);
   const compat = o['compat'] ?? '1.1';
   const version = compat === '0.10' || compat === 'v2' ? 2 : compat === '1.1' || compat === 'v3' ? 3 : 0;
   if (!version) throw VdiskError.invalid(`compat must be 0.10, v2, 1.1 or v3, not '${compat}'`);
   const cs = o['cluster_size'] ? parseSize(o['cluster_size'], 'cluster_size') : 65536;
   const clusterBits = Math.log2(cs);
-  if (!Number.isInteger(clusterBits) || clusterBits < 9 || clusterBits > 21) throw VdiskError.invalid('cluster_size must be a power of two between 512 and 2M');
+  if (!Number.isInteger(clusterBits) || clusterBits < 9 || clusterBits > 21)
+    throw VdiskError.invalid('cluster_size must be a power of two between 512 and 2M');
   const rb = o['refcount_bits'] ? Number(o['refcount_bits']) : 16;
   const refcountOrder = Math.log2(rb);
-  if (!Number.isInteger(refcountOrder) || refcountOrder < 0 || refcountOrder > 6) throw VdiskError.invalid('refcount_bits must be a power of two from 1 to 64');
+  if (!Number.isInteger(refcountOrder) || refcountOrder < 0 || refcountOrder > 6)
+    throw VdiskError.invalid('refcount_bits must be a power of two from 1 to 64');
   const lazyRefcounts = bool(o['lazy_refcounts'], 'lazy_refcounts');
   const extendedL2 = bool(o['extended_l2'], 'extended_l2');
   const ct = o['compression_type'] ?? 'zlib';
@@ -58,7 +79,15 @@ export function parseCreateOptions(o: Record<string, string>): CreateSpec {
     throw VdiskError.invalid('compat=0.10 supports only refcount_bits=16, no lazy_refcounts, extended_l2 or zstd');
   }
   if (extendedL2 && cs < 16384) throw VdiskError.invalid('extended_l2 needs cluster_size >= 16k');
-  return { version, clusterBits, refcountOrder, lazyRefcounts, extendedL2, compressionType: ct === 'zstd' ? 1 : 0, preallocation: prealloc };
+  return {
+    version,
+    clusterBits,
+    refcountOrder,
+    lazyRefcounts,
+    extendedL2,
+    compressionType: ct === 'zstd' ? 1 : 0,
+    preallocation: prealloc,
+  };
 }
 
 /** Writes an empty image; returns the spec (the caller preallocates metadata if asked). */
@@ -111,7 +140,10 @@ export async function createQcow2(path: string, opts: CreateOptions): Promise<Cr
     headerLength: spec.version === 3 ? V3_SIZE : V2_SIZE,
     compressionType: spec.compressionType,
   };
-  const ext = serializeExtensions({ backingFormat: backingFile ? backingFormat : undefined, features: spec.version === 3 ? STANDARD_FEATURES : [] });
+  const ext = serializeExtensions({
+    backingFormat: backingFile ? backingFormat : undefined,
+    features: spec.version === 3 ? STANDARD_FEATURES : [],
+  });
   const cluster0 = Buffer.alloc(cs);
   let at = h.headerLength + ext.length;
   if (backingFile) {

@@ -51,7 +51,7 @@ export async function discardRange(a: DiscardAccess, offset: number, length: num
   if (first >= fullEnd) return zeroPartial(a, offset, end);
   if (offset < first * cs) await zeroPartial(a, offset, first * cs);
   const n = a.ctx.l2Entries;
-  for (let c = first; c < fullEnd; ) {
+  for (let c = first; c < fullEnd;) {
     const stop = Math.min(fullEnd, (Math.floor(c / n) + 1) * n);
     const from = c;
     await a.writer.exclusive(from, stop - 1, () => discardClusters(a, from, stop));
@@ -108,7 +108,7 @@ async function zeroPartial(a: DiscardAccess, from: number, to: number): Promise<
   const ext = await a.map(from, to - from);
   if (ext.every((x) => x.kind === 'zero' || x.kind === 'unallocated')) return;
   const cs = 2 ** a.ctx.clusterBits;
-  for (let at = from; at < to; ) {
+  for (let at = from; at < to;) {
     const stop = Math.min(to, (Math.floor(at / cs) + 1) * cs);
     const c = Math.floor(at / cs);
     const s = at;

@@ -56,7 +56,15 @@ export function parseExtensions(cluster0: Buffer, start: number, limit = cluster
         // 48-byte entries: type u8, bit u8, name (46 bytes, NUL padded).
         for (let i = 0; i + 48 <= len; i += 48) {
           const t = FEATURE_TYPES[data.readUInt8(i)];
-          if (t) ext.features.push({ type: t, bit: data.readUInt8(i + 1), name: data.subarray(i + 2, i + 48).toString('utf8').replace(/\0.*$/s, '') });
+          if (t)
+            ext.features.push({
+              type: t,
+              bit: data.readUInt8(i + 1),
+              name: data
+                .subarray(i + 2, i + 48)
+                .toString('utf8')
+                .replace(/\0.*$/s, ''),
+            });
         }
         break;
       case EXT_BITMAPS:

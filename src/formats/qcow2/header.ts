@@ -35,23 +35,23 @@ export const MAX_BACKING_NAME = 1023;
 
 export interface Header {
   version: 2 | 3;
-  backingFileOffset: number;   // where the backing file name lives (in cluster 0), 0 = none
-  backingFileSize: number;     // name length, bytes, no NUL
-  clusterBits: number;         // 1 << cluster_bits = cluster size
-  size: number;                // virtual disk size, bytes
-  cryptMethod: number;         // 0 none, 1 AES (refused), 2 LUKS (refused)
-  l1Size: number;              // active L1 entries
-  l1TableOffset: number;       // host offset of the active L1, cluster aligned
+  backingFileOffset: number; // where the backing file name lives (in cluster 0), 0 = none
+  backingFileSize: number; // name length, bytes, no NUL
+  clusterBits: number; // 1 << cluster_bits = cluster size
+  size: number; // virtual disk size, bytes
+  cryptMethod: number; // 0 none, 1 AES (refused), 2 LUKS (refused)
+  l1Size: number; // active L1 entries
+  l1TableOffset: number; // host offset of the active L1, cluster aligned
   refcountTableOffset: number; // host offset of the refcount table, cluster aligned
   refcountTableClusters: number;
   nbSnapshots: number;
   snapshotsOffset: number;
-  incompatible: bigint;        // v3 feature bitmaps (0 for v2)
+  incompatible: bigint; // v3 feature bitmaps (0 for v2)
   compatible: bigint;
   autoclear: bigint;
-  refcountOrder: number;       // refcount_bits = 1 << refcount_order (v2: 4)
-  headerLength: number;        // v2: 72
-  compressionType: number;     // 0 zlib, 1 zstd
+  refcountOrder: number; // refcount_bits = 1 << refcount_order (v2: 4)
+  headerLength: number; // v2: 72
+  compressionType: number; // 0 zlib, 1 zstd
 }
 
 export function parseHeader(buf: Buffer): Header {
@@ -95,14 +95,20 @@ export function parseHeader(buf: Buffer): Header {
 
 function validate(h: Header): void {
   const cs = 2 ** h.clusterBits;
-  if (h.clusterBits < MIN_CLUSTER_BITS || h.clusterBits > MAX_CLUSTER_BITS) throw VdiskError.corrupt(`qcow2 cluster_bits ${h.clusterBits} out of range 9..21`);
+  if (h.clusterBits < MIN_CLUSTER_BITS || h.clusterBits > MAX_CLUSTER_BITS)
+    throw VdiskError.corrupt(`qcow2 cluster_bits ${h.clusterBits} out of range 9..21`);
   if (h.headerLength > cs) throw VdiskError.corrupt('qcow2 header_length larger than a cluster');
   if (h.refcountOrder > 6) throw VdiskError.corrupt(`qcow2 refcount_order ${h.refcountOrder} > 6`);
   if (h.cryptMethod !== 0) throw VdiskError.unsupported(`qcow2 encryption (crypt_method ${h.cryptMethod}) is not supported`);
   if (h.l1Size * 8 > MAX_L1_BYTES) throw VdiskError.corrupt(`qcow2 L1 size too big (${h.l1Size} entries)`);
-  if (h.refcountTableClusters * cs > MAX_REFTABLE_BYTES) throw VdiskError.corrupt(`qcow2 refcount table too big (${h.refcountTableClusters} clusters)`);
+  if (h.refcountTableClusters * cs > MAX_REFTABLE_BYTES)
+    throw VdiskError.corrupt(`qcow2 refcount table too big (${h.refcountTableClusters} clusters)`);
   if (h.refcountTableClusters === 0) throw VdiskError.corrupt('qcow2 refcount table has no clusters');
-  for (const [name, off] of [['l1_table_offset', h.l1TableOffset], ['refcount_table_offset', h.refcountTableOffset], ['snapshots_offset', h.snapshotsOffset]] as const) {
+  for (const [name, off] of [
+    ['l1_table_offset', h.l1TableOffset],
+    ['refcount_table_offset', h.refcountTableOffset],
+    ['snapshots_offset', h.snapshotsOffset],
+  ] as const) {
     if (off % cs !== 0) throw VdiskError.corrupt(`qcow2 ${name} ${off} not cluster aligned`);
   }
   if (h.nbSnapshots > MAX_SNAPSHOTS) throw VdiskError.corrupt(`qcow2 too many snapshots (${h.nbSnapshots})`);
@@ -110,10 +116,12 @@ function validate(h: Header): void {
   const needL1 = Math.ceil(h.size / 2 ** (h.clusterBits + l2Bits));
   if (needL1 > h.l1Size) throw VdiskError.corrupt(`qcow2 L1 table too small for the disk size (${h.l1Size} < ${needL1})`);
   if (h.backingFileOffset !== 0) {
-    if (h.backingFileSize > MAX_BACKING_NAME || h.backingFileOffset + h.backingFileSize > cs) throw VdiskError.corrupt('qcow2 backing file name too long or outside the first cluster');
+    if (h.backingFileSize > MAX_BACKING_NAME || h.backingFileOffset + h.backingFileSize > cs)
+      throw VdiskError.corrupt('qcow2 backing file name too long or outside the first cluster');
   }
   if (h.compressionType > 1) throw VdiskError.unsupported(`qcow2 compression type ${h.compressionType} unknown`);
-  if (h.compressionType !== 0 && (h.incompatible & INCOMPAT_COMPRESSION) === 0n) throw VdiskError.corrupt('qcow2 compression type set without its incompatible bit');
+  if (h.compressionType !== 0 && (h.incompatible & INCOMPAT_COMPRESSION) === 0n)
+    throw VdiskError.corrupt('qcow2 compression type set without its incompatible bit');
 }
 
 /** The fixed fields only (extensions follow at headerLength; callers keep them). */
@@ -151,8 +159,8 @@ export function bitNumbers(bits: bigint): number[] {
 }
 
 // Field offsets of the fields written in place after creation (qcow2.txt "Header").
-const SIZE_OFFSET = 24;            // size, then crypt_method (32), l1_size (36), l1_table_offset (40)
-const REFCOUNT_TABLE_OFFSET = 48;  // refcount_table_offset, then refcount_table_clusters (56)
+const SIZE_OFFSET = 24; // size, then crypt_method (32), l1_size (36), l1_table_offset (40)
+const REFCOUNT_TABLE_OFFSET = 48; // refcount_table_offset, then refcount_table_clusters (56)
 const INCOMPATIBLE_OFFSET = 72;
 const AUTOCLEAR_OFFSET = 88;
 

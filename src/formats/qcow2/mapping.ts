@@ -23,15 +23,20 @@ import {
 } from './table-entry';
 
 // The L2 kinds are the shared data path's kinds (mapFirst fills a Mapping without translating).
-const kindsAgree: [typeof KIND_UNALLOCATED, typeof KIND_ZERO, typeof KIND_NORMAL, typeof KIND_COMPRESSED] = [UNALLOCATED, ZERO, DATA, COMPRESSED];
+const kindsAgree: [typeof KIND_UNALLOCATED, typeof KIND_ZERO, typeof KIND_NORMAL, typeof KIND_COMPRESSED] = [
+  UNALLOCATED,
+  ZERO,
+  DATA,
+  COMPRESSED,
+];
 void kindsAgree;
 
 export interface Piece {
-  guest: number;   // guest offset
-  length: number;  // bytes
-  kind: number;    // KIND_*
-  host: number;    // normal: host offset of `guest`; compressed: host offset of the compressed bytes
-  cSize: number;   // compressed: bytes stored
+  guest: number; // guest offset
+  length: number; // bytes
+  kind: number; // KIND_*
+  host: number; // normal: host offset of `guest`; compressed: host offset of the compressed bytes
+  cSize: number; // compressed: bytes stored
   cluster: number; // compressed: guest offset of the cluster start
 }
 
@@ -104,7 +109,8 @@ export function mapFirst(ctx: MapContext, offset: number, length: number, out: M
         const alloc = l2AllocBits(t, l2i, l);
         const zero = l2ZeroBits(t, l2i, l);
         if (alloc & zero) throw VdiskError.corrupt(`qcow2 subcluster both allocated and zero (cluster ${gc})`);
-        if (alloc !== 0 && hc === 0 && !l.dataFile) throw VdiskError.corrupt(`qcow2 allocated subclusters without a host cluster (cluster ${gc})`);
+        if (alloc !== 0 && hc === 0 && !l.dataFile)
+          throw VdiskError.corrupt(`qcow2 allocated subclusters without a host cluster (cluster ${gc})`);
         const sc = cs / 32;
         const si = Math.floor((pos - cStart) / sc);
         const bit = 1 << si;
@@ -142,7 +148,14 @@ export function mapSync(ctx: MapContext, offset: number, length: number): Piece[
   for (let pos = offset; pos < end; pos += m.length) {
     if (!mapFirst(ctx, pos, end - pos, m)) return undefined;
     const compressed = m.kind === KIND_COMPRESSED;
-    out.push({ guest: pos, length: m.length, kind: m.kind, host: m.kind === KIND_NORMAL || compressed ? m.host : 0, cSize: compressed ? m.size : 0, cluster: compressed ? m.unit : 0 });
+    out.push({
+      guest: pos,
+      length: m.length,
+      kind: m.kind,
+      host: m.kind === KIND_NORMAL || compressed ? m.host : 0,
+      cSize: compressed ? m.size : 0,
+      cluster: compressed ? m.unit : 0,
+    });
   }
   return out;
 }
@@ -158,4 +171,3 @@ export function tablesFor(ctx: MapContext, offset: number, length: number): numb
   }
   return out;
 }
-

@@ -6,14 +6,7 @@ import * as path from 'node:path';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
 import { Extensions, parseExtensions } from './extensions';
-import {
-  bitNumbers,
-  Header,
-  INCOMPAT_DATA_FILE,
-  INCOMPAT_KNOWN,
-  MAX_SNAPSHOT_TABLE_BYTES,
-  parseHeader,
-} from './header';
+import { bitNumbers, Header, INCOMPAT_DATA_FILE, INCOMPAT_KNOWN, MAX_SNAPSHOT_TABLE_BYTES, parseHeader } from './header';
 import { parseSnapshotTable, Snapshot } from './snapshot-table';
 
 export interface ImageMeta {
@@ -42,7 +35,8 @@ export async function readMeta(file: HostFile): Promise<ImageMeta> {
     });
     throw VdiskError.unsupported(`qcow2 unknown incompatible feature ${names.join(', ')}`);
   }
-  if ((header.incompatible & INCOMPAT_DATA_FILE) !== 0n && !ext.dataFile) throw VdiskError.corrupt('qcow2 external data file bit set but no data file name');
+  if ((header.incompatible & INCOMPAT_DATA_FILE) !== 0n && !ext.dataFile)
+    throw VdiskError.corrupt('qcow2 external data file bit set but no data file name');
   let backingName: string | undefined;
   if (header.backingFileOffset !== 0 && header.backingFileSize > 0) {
     backingName = cluster0.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize).toString('utf8');

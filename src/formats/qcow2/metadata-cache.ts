@@ -87,7 +87,11 @@ export class MetadataCache {
     refblock: { lastWrite: -1, writtenFrom: -1, writtenEnd: -1, writing: false },
   };
 
-  constructor(readonly capacityBytes: number, readonly tableSize: number, private readonly backend: CacheBackend) {}
+  constructor(
+    readonly capacityBytes: number,
+    readonly tableSize: number,
+    private readonly backend: CacheBackend,
+  ) {}
 
   /** Registers the owner of a kind (its roots, lazy refcounts). */
   setSide(kind: TableKind, side: TableSide): void {

@@ -7,7 +7,15 @@ import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import { HostFile } from '../../io/host-file';
 import type { Image, OpenOptions } from '../types';
-import { autoclearPatch, COMPAT_LAZY_REFCOUNTS, HeaderPatch, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, INCOMPAT_EXTL2, incompatiblePatch } from './header';
+import {
+  autoclearPatch,
+  COMPAT_LAZY_REFCOUNTS,
+  HeaderPatch,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DIRTY,
+  INCOMPAT_EXTL2,
+  incompatiblePatch,
+} from './header';
 import { readMeta, readSnapshotTable } from './meta';
 import { MetadataCache } from './metadata-cache';
 import { DriverCounters, Qcow2Image } from './qcow2-image';
@@ -77,7 +85,8 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
     const cache = new MetadataCache(opts.tuning?.qcow2?.cacheSize ?? defaultCacheSize(cs, extended ? 16 : 8), cs, {
       load: async (kind, offset, into) => {
         // A table past everything allocated would be written back there: hostile, refuse.
-        if (refcounts && offset >= refcounts.nextFree * cs) throw VdiskError.corrupt(`qcow2 ${kind} table at ${offset} lies past the end of the image`);
+        if (refcounts && offset >= refcounts.nextFree * cs)
+          throw VdiskError.corrupt(`qcow2 ${kind} table at ${offset} lies past the end of the image`);
         await file.read(into, offset, kind);
       },
       write: async (kind, offset, bufs) => {
@@ -164,4 +173,3 @@ async function usedEnd(file: HostFile, table: Buffer, cs: number, order: number,
   }
   return end;
 }
-

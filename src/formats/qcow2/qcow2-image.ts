@@ -111,12 +111,25 @@ export class Qcow2Image implements Image {
       l1Size: p.l1.length / 8,
       cache: this.cache,
     };
-    const access = { ctx: this.ctx, file: this.file, dataFile: this.dataFile, backing: this.backing, inflater: new CompressedClusters(this.file, this.cs, this.header.compressionType) };
+    const access = {
+      ctx: this.ctx,
+      file: this.file,
+      dataFile: this.dataFile,
+      backing: this.backing,
+      inflater: new CompressedClusters(this.file, this.cs, this.header.compressionType),
+    };
     this.reads = new Qcow2Access({ ...access, withTables: (o, n, fn) => this.withTablesLocked(o, n, fn) });
     this.cowReads = new Qcow2Access({ ...access, withTables: (o, n, fn) => this.withTablesPinned(o, n, fn) });
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const self = this;
-    this.l1 = new L1Table({ ctx: this.ctx, cache: this.cache, file: this.file, offset: p.l1Offset, refcounts: () => self.refcounts!, counters: this.counters });
+    this.l1 = new L1Table({
+      ctx: this.ctx,
+      cache: this.cache,
+      file: this.file,
+      offset: p.l1Offset,
+      refcounts: () => self.refcounts!,
+      counters: this.counters,
+    });
     this.writer = new WritePath({
       ctx: this.ctx,
       cache: this.cache,
@@ -204,7 +217,7 @@ export class Qcow2Image implements Image {
     // Bounded chunks: one zero buffer, reused (only partial clusters ever copy from it).
     const chunk = Math.max(this.cs, 4 << 20);
     const zeros = Buffer.alloc(Math.min(length, chunk));
-    for (let done = 0; done < length; ) {
+    for (let done = 0; done < length;) {
       const n = Math.min(zeros.length, length - done);
       const part = n === zeros.length ? zeros : zeros.subarray(0, n);
       const at = offset + done;
@@ -268,7 +281,10 @@ export class Qcow2Image implements Image {
 
   /** Tracks I/O that runs without the image lock (see recycle). */
   private lockFreeIo<T>(p: Promise<T>): Promise<T> {
-    const settled = p.then(() => undefined, () => undefined);
+    const settled = p.then(
+      () => undefined,
+      () => undefined,
+    );
     this.lockFree.add(settled);
     void settled.then(() => this.lockFree.delete(settled));
     return p;
@@ -288,7 +304,15 @@ export class Qcow2Image implements Image {
   async preallocateMetadata(): Promise<void> {
     this.checkWritable();
     await this.locked(async () => {
-      const parts = { file: this.file, ctx: this.ctx, l1: this.l1, cache: this.cache, refcounts: this.refcounts!, counters: this.counters, virtualSize: this.virtualSize };
+      const parts = {
+        file: this.file,
+        ctx: this.ctx,
+        l1: this.l1,
+        cache: this.cache,
+        refcounts: this.refcounts!,
+        counters: this.counters,
+        virtualSize: this.virtualSize,
+      };
       await preallocateMetadata(parts);
       await this.flushLocked();
     });
@@ -310,7 +334,13 @@ export class Qcow2Image implements Image {
       await this.cache.flush();
       this.recycle(zeroed);
     }
-    log('flush %s: metadataWrites=%d dataWrites=%d hostFlushes=%d', this.path, this.counters.metadataWrites, this.counters.dataWrites, this.counters.hostFlushes);
+    log(
+      'flush %s: metadataWrites=%d dataWrites=%d hostFlushes=%d',
+      this.path,
+      this.counters.metadataWrites,
+      this.counters.dataWrites,
+      this.counters.hostFlushes,
+    );
   }
 
   /** The host barrier behind the cache's `sync()`: image file and data file. */
@@ -328,7 +358,16 @@ export class Qcow2Image implements Image {
         if (this.refcounts?.lazyRefcounts?.marked) await this.locked(() => this.refcounts!.setDirtyBit(false));
       }
       const st = this.stats().driver;
-      log('close %s: metadataWrites=%d dataWrites=%d hostFlushes=%d cacheHits=%d cacheMisses=%d allocatedClusters=%d', this.path, st['metadataWrites'], st['dataWrites'], st['hostFlushes'], st['cacheHits'], st['cacheMisses'], st['allocatedClusters']);
+      log(
+        'close %s: metadataWrites=%d dataWrites=%d hostFlushes=%d cacheHits=%d cacheMisses=%d allocatedClusters=%d',
+        this.path,
+        st['metadataWrites'],
+        st['dataWrites'],
+        st['hostFlushes'],
+        st['cacheHits'],
+        st['cacheMisses'],
+        st['allocatedClusters'],
+      );
     } finally {
       this.closed = true;
       await this.file.close();
@@ -342,19 +381,33 @@ export class Qcow2Image implements Image {
   async map(offset: number, length: number): Promise<Extent[]> {
     checkRange(this, offset, length);
     if (length === 0) return [];
-    const pieces = mapSync(this.ctx, offset, length) ?? (await this.withTablesLocked(offset, length, () => mapSync(this.ctx, offset, length)!));
+    const pieces =
+      mapSync(this.ctx, offset, length) ?? (await this.withTablesLocked(offset, length, () => mapSync(this.ctx, offset, length)!));
     return toExtents(pieces, { image: this.file.path, data: this.dataFile.path }, this.backing?.virtualSize);
   }
 
   async resize(newSize: number): Promise<void> {
     this.checkWritable();
-    if (!Number.isSafeInteger(newSize) || newSize < this.virtualSize) throw VdiskError.invalid(`${this.path}: shrinking a qcow2 image is not supported (${this.virtualSize} -> ${newSize})`);
+    if (!Number.isSafeInteger(newSize) || newSize < this.virtualSize)
+      throw VdiskError.invalid(`${this.path}: shrinking a qcow2 image is not supported (${this.virtualSize} -> ${newSize})`);
     if (newSize === this.virtualSize) return;
     if (newSize % 512 !== 0) throw VdiskError.invalid(`${this.path}: the new size must be a multiple of 512 (${newSize})`);
     await this.locked(async () => {
       await this.flushLocked();
       const rc = this.refcounts!;
-      await growImage({ path: this.path, file: this.file, header: this.header, ctx: this.ctx, l1: this.l1, cache: this.cache, refcounts: rc, counters: this.counters }, newSize);
+      await growImage(
+        {
+          path: this.path,
+          file: this.file,
+          header: this.header,
+          ctx: this.ctx,
+          l1: this.l1,
+          cache: this.cache,
+          refcounts: rc,
+          counters: this.counters,
+        },
+        newSize,
+      );
       this.virtualSize = newSize;
       if (rc.hasPendingFrees) {
         const zeroed = await rc.applyFrees();

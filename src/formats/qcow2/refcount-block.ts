@@ -7,9 +7,12 @@ import { VdiskError } from '../../io/errors';
 
 export function getRefcount(block: Buffer, index: number, order: number): number {
   switch (order) {
-    case 4: return block.readUInt16BE(index * 2);
-    case 5: return block.readUInt32BE(index * 4);
-    case 3: return block.readUInt8(index);
+    case 4:
+      return block.readUInt16BE(index * 2);
+    case 5:
+      return block.readUInt32BE(index * 4);
+    case 3:
+      return block.readUInt8(index);
     case 6: {
       const hi = block.readUInt32BE(index * 8);
       const lo = block.readUInt32BE(index * 8 + 4);
@@ -32,9 +35,15 @@ export function maxRefcount(order: number): number {
 export function setRefcount(block: Buffer, index: number, order: number, value: number): void {
   if (value < 0 || value > maxRefcount(order)) throw VdiskError.invalid(`refcount ${value} does not fit ${1 << order} bits`);
   switch (order) {
-    case 4: block.writeUInt16BE(value, index * 2); return;
-    case 5: block.writeUInt32BE(value, index * 4); return;
-    case 3: block.writeUInt8(value, index); return;
+    case 4:
+      block.writeUInt16BE(value, index * 2);
+      return;
+    case 5:
+      block.writeUInt32BE(value, index * 4);
+      return;
+    case 3:
+      block.writeUInt8(value, index);
+      return;
     case 6:
       block.writeUInt32BE(Math.floor(value / 2 ** 32), index * 8);
       block.writeUInt32BE(value % 2 ** 32, index * 8 + 4);

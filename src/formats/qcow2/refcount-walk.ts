@@ -12,7 +12,17 @@ import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, refcountTablePatch } from './header
 import type { ImageMeta } from './meta';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
 import { Snapshot, validateSnapshot } from './snapshot-table';
-import { KIND_COMPRESSED, KIND_UNALLOCATED, L2Layout, l1Copied, l1Offset, l2Compressed, l2Copied, l2HostOffset, l2Kind } from './table-entry';
+import {
+  KIND_COMPRESSED,
+  KIND_UNALLOCATED,
+  L2Layout,
+  l1Copied,
+  l1Offset,
+  l2Compressed,
+  l2Copied,
+  l2HostOffset,
+  l2Kind,
+} from './table-entry';
 
 const log = createDebug('vdiskfs:qcow2');
 const MAX_WALK_CLUSTERS = 16 * 1024 * 1024; // 1 TiB of 64 KiB clusters; 64 MiB per counter array
@@ -28,7 +38,12 @@ export interface Walk {
   frag: { allocated: number; fragmented: number; compressed: number };
 }
 
-export async function walkReferences(file: HostFile, meta: ImageMeta, l1: Buffer, snaps: { snapshots: Snapshot[]; length: number }): Promise<Walk> {
+export async function walkReferences(
+  file: HostFile,
+  meta: ImageMeta,
+  l1: Buffer,
+  snaps: { snapshots: Snapshot[]; length: number },
+): Promise<Walk> {
   const snapshots = snaps.snapshots;
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
@@ -173,7 +188,8 @@ export async function readStoredRefcounts(file: HostFile, meta: ImageMeta, clust
     const off = reftableEntry(table, b);
     if (off === 0 || off >= meta.fileSize) continue;
     await file.read(block, off, 'check');
-    for (let i = 0; i < perBlock && b * perBlock + i < clusters; i++) out[b * perBlock + i] = Math.min(getRefcount(block, i, h.refcountOrder), 0xffffffff);
+    for (let i = 0; i < perBlock && b * perBlock + i < clusters; i++)
+      out[b * perBlock + i] = Math.min(getRefcount(block, i, h.refcountOrder), 0xffffffff);
   }
   return out;
 }
@@ -206,7 +222,11 @@ export async function countRefcountStructures(file: HostFile, meta: ImageMeta, c
  * Writes a new refcount table and blocks after everything else, counting themselves, and points
  * the header at them. Old structures become unreferenced space.
  */
-export async function writeFreshRefcounts(file: HostFile, meta: ImageMeta, counts: Uint32Array): Promise<{ offset: number; clusters: number }> {
+export async function writeFreshRefcounts(
+  file: HostFile,
+  meta: ImageMeta,
+  counts: Uint32Array,
+): Promise<{ offset: number; clusters: number }> {
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
   const perBlock = (cs * 8) >> h.refcountOrder;

@@ -192,7 +192,7 @@ export class Refcounts implements TableSide {
     while (i < list.length && list[i]!.first < first) i++;
     list.splice(i, 0, { first, count });
     // Join with neighbours (runs are disjoint: a cluster is freed once).
-    for (let k = Math.max(0, i - 1); k + 1 < list.length && k <= i; ) {
+    for (let k = Math.max(0, i - 1); k + 1 < list.length && k <= i;) {
       const a = list[k]!;
       const b = list[k + 1]!;
       if (a.first + a.count === b.first) {

@@ -55,7 +55,8 @@ export function parseSnapshotTable(buf: Buffer, count: number): { snapshots: Sna
       vmStateSize: buf.readUInt32BE(off + 32),
       extraDataSize: extraSize,
     };
-    if (extraSize >= 8) s.vmStateSize = Math.max(s.vmStateSize, toSafeNumber(buf.readBigUInt64BE(extra) & 0x1fffffffffffffn, 'vm_state_size_large'));
+    if (extraSize >= 8)
+      s.vmStateSize = Math.max(s.vmStateSize, toSafeNumber(buf.readBigUInt64BE(extra) & 0x1fffffffffffffn, 'vm_state_size_large'));
     if (extraSize >= 16) s.diskSize = readU64(buf, extra + 8, 'snapshot disk_size');
     if (extraSize >= 24) s.icount = Number(buf.readBigInt64BE(extra + 16));
     out.push(s);
@@ -69,7 +70,8 @@ export const MIN_V3_EXTRA_DATA = 16;
 
 /** Refuses a snapshot whose L1 table cannot be used (checked when the snapshot is opened or walked). */
 export function validateSnapshot(s: Snapshot, clusterSize: number): void {
-  if (s.l1TableOffset < 0 || s.l1TableOffset % clusterSize !== 0) throw VdiskError.corrupt(`qcow2 snapshot '${s.name}' (id ${s.id}): L1 table offset invalid`);
+  if (s.l1TableOffset < 0 || s.l1TableOffset % clusterSize !== 0)
+    throw VdiskError.corrupt(`qcow2 snapshot '${s.name}' (id ${s.id}): L1 table offset invalid`);
   if (s.l1Size * 8 > MAX_L1_BYTES) throw VdiskError.corrupt(`qcow2 snapshot '${s.name}' (id ${s.id}): L1 table too large`);
 }
 

@@ -31,7 +31,7 @@ export function withCopied(hi: number, copied: boolean): number {
 export function setL1(t: Buffer, i: number, host: number, copied: boolean): void {
   const o = i * 8;
   t.writeUInt32BE(((Math.floor(host / TWO32) & OFFSET_HI_MASK) | (copied ? COPIED_HI : 0)) >>> 0, o);
-  t.writeUInt32BE(host % TWO32 >>> 0, o + 4);
+  t.writeUInt32BE((host % TWO32) >>> 0, o + 4);
 }
 
 export interface L2Layout {
@@ -44,7 +44,7 @@ export interface L2Layout {
 }
 
 export const KIND_UNALLOCATED = 0;
-export const KIND_ZERO = 1;       // standard zero flag (with or without a preallocated host cluster)
+export const KIND_ZERO = 1; // standard zero flag (with or without a preallocated host cluster)
 export const KIND_NORMAL = 2;
 export const KIND_COMPRESSED = 3;
 
@@ -99,7 +99,7 @@ export function l2ZeroBits(t: Buffer, i: number, l: L2Layout): number {
 export function setL2Normal(t: Buffer, i: number, l: L2Layout, host: number, copied: boolean): void {
   const o = i * l.entrySize;
   t.writeUInt32BE(((Math.floor(host / TWO32) & OFFSET_HI_MASK) | (copied ? COPIED_HI : 0)) >>> 0, o);
-  t.writeUInt32BE(host % TWO32 >>> 0, o + 4);
+  t.writeUInt32BE((host % TWO32) >>> 0, o + 4);
   if (l.extended) {
     t.writeUInt32BE(0, o + 8);
     t.writeUInt32BE(0xffffffff, o + 12);
@@ -128,7 +128,7 @@ export function clearCopied(t: Buffer, byteOffset: number): void {
 export function setL2Extended(t: Buffer, i: number, l: L2Layout, host: number, copied: boolean, alloc: number, zero: number): void {
   const o = i * l.entrySize;
   t.writeUInt32BE(((Math.floor(host / TWO32) & OFFSET_HI_MASK) | (copied ? COPIED_HI : 0)) >>> 0, o);
-  t.writeUInt32BE(host % TWO32 >>> 0, o + 4);
+  t.writeUInt32BE((host % TWO32) >>> 0, o + 4);
   t.writeUInt32BE(zero >>> 0, o + 8);
   t.writeUInt32BE(alloc >>> 0, o + 12);
 }

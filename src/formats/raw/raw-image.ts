@@ -10,7 +10,11 @@ import type { Extent, Image, ImageInfo, ImageStats } from '../types';
 export class RawImage implements Image {
   readonly format = 'raw';
 
-  private constructor(private readonly file: HostFile, public virtualSize: number, readonly readOnly: boolean) {}
+  private constructor(
+    private readonly file: HostFile,
+    public virtualSize: number,
+    readonly readOnly: boolean,
+  ) {}
 
   get path(): string {
     return this.file.path;

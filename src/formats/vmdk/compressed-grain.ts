@@ -45,9 +45,12 @@ export class CompressedGrains {
       const want = BigInt(grainOffset / SECTOR);
       if (gm.lba !== want && !this.lbaWarned) {
         this.lbaWarned = true;
-        this.p.warn(`${this.p.fileName}: grain marker at ${hostOffset} says LBA ${gm.lba}, the grain table says ${want}; reading it as the grain table says (as QEMU does)`);
+        this.p.warn(
+          `${this.p.fileName}: grain marker at ${hostOffset} says LBA ${gm.lba}, the grain table says ${want}; reading it as the grain table says (as QEMU does)`,
+        );
       }
-      if (gm.size === 0 || gm.size > 2 * G + 4096) throw VdiskError.corrupt(`${this.p.fileName}: compressed grain at ${hostOffset} has invalid size ${gm.size}`);
+      if (gm.size === 0 || gm.size > 2 * G + 4096)
+        throw VdiskError.corrupt(`${this.p.fileName}: compressed grain at ${hostOffset} has invalid size ${gm.size}`);
       if (gm.size + marker.GRAIN_MARKER_SIZE > buf.length) {
         buf = Buffer.alloc(gm.size + marker.GRAIN_MARKER_SIZE);
         await this.p.file.read(buf, hostOffset, 'data');

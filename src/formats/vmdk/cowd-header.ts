@@ -13,10 +13,10 @@ export const GTES_PER_GT = 4096;
 export interface CowdHeader {
   version: number;
   flags: number;
-  diskSectors: number;      // guest sectors of this extent
-  granularity: number;      // sectors per grain
-  l1dirOffset: number;      // sector of the grain directory
-  l1dirSize: number;        // grain directory entries
+  diskSectors: number; // guest sectors of this extent
+  granularity: number; // sectors per grain
+  l1dirOffset: number; // sector of the grain directory
+  l1dirSize: number; // grain directory entries
   fileSectors: number;
 }
 
@@ -36,7 +36,17 @@ export function parse(buf: Buffer): CowdHeader {
 /** The same mapping described as a hosted sparse header (no RGD, no zeroed grains, not compressed). */
 export function asSparseHeader(c: CowdHeader): SparseHeader {
   return {
-    version: 1, flags: 0, capacity: c.diskSectors, grainSize: c.granularity, descriptorOffset: 0, descriptorSize: 0,
-    numGTEsPerGT: GTES_PER_GT, rgdOffset: 0, gdOffset: c.l1dirOffset, overHead: 0, uncleanShutdown: 0, compressAlgorithm: 0,
+    version: 1,
+    flags: 0,
+    capacity: c.diskSectors,
+    grainSize: c.granularity,
+    descriptorOffset: 0,
+    descriptorSize: 0,
+    numGTEsPerGT: GTES_PER_GT,
+    rgdOffset: 0,
+    gdOffset: c.l1dirOffset,
+    overHead: 0,
+    uncleanShutdown: 0,
+    compressAlgorithm: 0,
   };
 }

@@ -15,9 +15,9 @@ type Subformat = (typeof SUBFORMATS)[number];
 const ADAPTERS = ['ide', 'buslogic', 'lsilogic', 'legacyESX'];
 /** Split extents are 2 GiB each (VMware's twoGbMaxExtent*). */
 const SPLIT_BYTES = 2 * 1024 * 1024 * 1024;
-const GRAIN_SECTORS = 128;          // 64 KiB grains, as qemu-img and VMware make them
+const GRAIN_SECTORS = 128; // 64 KiB grains, as qemu-img and VMware make them
 const GTES_PER_GT = 512;
-const DESCRIPTOR_SECTORS = 20;      // room reserved for the embedded descriptor
+const DESCRIPTOR_SECTORS = 20; // room reserved for the embedded descriptor
 
 function flag(v: string | undefined): boolean {
   return v !== undefined && ['on', 'true', 'yes', '1'].includes(v.toLowerCase());
@@ -26,7 +26,16 @@ function flag(v: string | undefined): boolean {
 /** `vdiskfs create -f vmdk [-o subformat=,zeroed_grain=,adapter_type=,hwversion=] [-b parent] FILE SIZE`. */
 export async function createVmdk(file: string, opts: CreateOptions): Promise<void> {
   const o = opts.options;
-  const known = new Set(['subformat', 'zeroed_grain', 'adapter_type', 'hwversion', 'compat6', 'backing_file', 'backing_fmt', 'toolsversion']);
+  const known = new Set([
+    'subformat',
+    'zeroed_grain',
+    'adapter_type',
+    'hwversion',
+    'compat6',
+    'backing_file',
+    'backing_fmt',
+    'toolsversion',
+  ]);
   for (const k of Object.keys(o)) if (!known.has(k)) throw VdiskError.invalid(`vmdk: unknown option '${k}'`);
   const sub = (o['subformat'] ?? 'monolithicSparse') as Subformat;
   if (!SUBFORMATS.includes(sub)) throw VdiskError.invalid(`vmdk: unknown subformat '${sub}' (one of ${SUBFORMATS.join(', ')})`);
@@ -39,12 +48,14 @@ export async function createVmdk(file: string, opts: CreateOptions): Promise<voi
   let size = opts.size;
   let parentCid = 0xffffffff;
   if (backingFile) {
-    if (sub !== 'monolithicSparse' && sub !== 'twoGbMaxExtentSparse') throw VdiskError.invalid(`vmdk: a backing file needs a sparse subformat, not ${sub}`);
+    if (sub !== 'monolithicSparse' && sub !== 'twoGbMaxExtentSparse')
+      throw VdiskError.invalid(`vmdk: a backing file needs a sparse subformat, not ${sub}`);
     const parentPath = path.resolve(path.dirname(file), backingFile);
     const parent = await opts.openBacking(parentPath, opts.backingFormat);
     try {
       const pcid = (parent as { cid?: number }).cid;
-      if (parent.format !== 'vmdk' || typeof pcid !== 'number') throw VdiskError.invalid(`vmdk: backing file ${backingFile} is ${parent.format}; only vmdk parents are supported`);
+      if (parent.format !== 'vmdk' || typeof pcid !== 'number')
+        throw VdiskError.invalid(`vmdk: backing file ${backingFile} is ${parent.format}; only vmdk parents are supported`);
       parentCid = pcid;
       if (!size) size = parent.virtualSize;
     } finally {
@@ -126,7 +137,11 @@ export async function createVmdk(file: string, opts: CreateOptions): Promise<voi
  * A fresh hosted sparse extent laid out as qemu-img does: header, descriptor room, redundant GD
  * with its tables, GD with its tables (tables preallocated), first grain aligned to the grain size.
  */
-async function writeSparseExtent(file: string, capacity: number, o: { zeroed: boolean; stream: boolean; descriptor?: string }): Promise<void> {
+async function writeSparseExtent(
+  file: string,
+  capacity: number,
+  o: { zeroed: boolean; stream: boolean; descriptor?: string },
+): Promise<void> {
   const grains = Math.ceil(capacity / GRAIN_SECTORS);
   const gtSectors = Math.ceil((GTES_PER_GT * 4) / SECTOR);
   const gtCount = Math.ceil(grains / GTES_PER_GT);
@@ -137,7 +152,8 @@ async function writeSparseExtent(file: string, capacity: number, o: { zeroed: bo
   const overHead = alignUp(gdOffset + gdSectors + gtSectors * gtCount, GRAIN_SECTORS);
   const h: hdr.SparseHeader = {
     version: o.stream ? 3 : o.zeroed ? 2 : 1,
-    flags: hdr.FLAG_NL_DETECT | hdr.FLAG_RGD | (o.zeroed ? hdr.FLAG_ZERO_GRAIN : 0) | (o.stream ? hdr.FLAG_COMPRESSED | hdr.FLAG_MARKERS : 0),
+    flags:
+      hdr.FLAG_NL_DETECT | hdr.FLAG_RGD | (o.zeroed ? hdr.FLAG_ZERO_GRAIN : 0) | (o.stream ? hdr.FLAG_COMPRESSED | hdr.FLAG_MARKERS : 0),
     capacity,
     grainSize: GRAIN_SECTORS,
     descriptorOffset: descOffset,
@@ -165,7 +181,10 @@ async function writeSparseExtent(file: string, capacity: number, o: { zeroed: bo
     await f.truncate(overHead * SECTOR);
     await f.write(head, 0, 'header');
     const PIECE = 1 << 20; // directory entries per write (4 MiB)
-    for (const [dir, firstTable] of [[rgdOffset, rgdOffset + gdSectors], [gdOffset, gdOffset + gdSectors]] as const) {
+    for (const [dir, firstTable] of [
+      [rgdOffset, rgdOffset + gdSectors],
+      [gdOffset, gdOffset + gdSectors],
+    ] as const) {
       for (let i = 0; i < gtCount; i += PIECE) {
         const n = Math.min(PIECE, gtCount - i);
         const buf = Buffer.alloc(n * 4);

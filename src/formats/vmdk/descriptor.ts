@@ -13,10 +13,10 @@ export type Access = 'RW' | 'RDONLY' | 'NOACCESS';
 
 export interface ExtentLine {
   access: Access;
-  sectors: number;          // guest size of the extent, 512-byte sectors
-  type: string;             // SPARSE, FLAT, ZERO, VMFS, VMFSSPARSE, SESPARSE ...
-  fileName?: string;        // as written (relative to the descriptor's folder)
-  offsetSectors: number;    // FLAT: where the guest data starts in the file
+  sectors: number; // guest size of the extent, 512-byte sectors
+  type: string; // SPARSE, FLAT, ZERO, VMFS, VMFSSPARSE, SESPARSE ...
+  fileName?: string; // as written (relative to the descriptor's folder)
+  offsetSectors: number; // FLAT: where the guest data starts in the file
 }
 
 const EXTENT_RE = /^\s*(RW|RDONLY|NOACCESS)\s+(\d+)\s+([A-Za-z]+)(?:\s+(?:"([^"]*)"|(\S+))(?:\s+(\d+))?)?\s*$/;
@@ -25,7 +25,10 @@ const KV_RE = /^\s*([A-Za-z0-9_.]+)\s*=\s*(.*?)\s*$/;
 export class Descriptor {
   readonly extents: ExtentLine[] = [];
 
-  private constructor(private readonly lines: string[], readonly eol: string) {
+  private constructor(
+    private readonly lines: string[],
+    readonly eol: string,
+  ) {
     for (const line of lines) {
       const m = EXTENT_RE.exec(line);
       if (!m) continue;

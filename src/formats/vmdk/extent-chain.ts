@@ -23,14 +23,20 @@ export class ExtentChain implements FormatAccess {
   private readonly starts: number[] = [];
   private readonly inflaters: Array<Inflater | undefined>;
 
-  constructor(private readonly path: string, private readonly extents: VmdkExtent[], readonly backing: Image | undefined) {
+  constructor(
+    private readonly path: string,
+    private readonly extents: VmdkExtent[],
+    readonly backing: Image | undefined,
+  ) {
     let pos = 0;
     for (const e of extents) {
       this.starts.push(pos);
       pos += e.size;
     }
     // The data path names a compressed grain by its guest offset; the extent by its own.
-    this.inflaters = extents.map((e, i) => (e.inflate ? { inflate: (host: number, _size: number, unit: number) => e.inflate!(host, unit - this.starts[i]!) } : undefined));
+    this.inflaters = extents.map((e, i) =>
+      e.inflate ? { inflate: (host: number, _size: number, unit: number) => e.inflate!(host, unit - this.starts[i]!) } : undefined,
+    );
   }
 
   /** Index of the extent holding guest byte `offset`. */
@@ -90,8 +96,14 @@ export class ExtentChain implements FormatAccess {
     const out: Extent[] = [];
     const push = (x: Extent) => {
       const last = out[out.length - 1];
-      if (last && last.kind === x.kind && last.offset + last.length === x.offset && last.compressed === x.compressed && last.hostFile === x.hostFile &&
-        (x.kind !== 'data' || x.compressed || (last.hostOffset !== undefined && x.hostOffset === last.hostOffset + last.length))) {
+      if (
+        last &&
+        last.kind === x.kind &&
+        last.offset + last.length === x.offset &&
+        last.compressed === x.compressed &&
+        last.hostFile === x.hostFile &&
+        (x.kind !== 'data' || x.compressed || (last.hostOffset !== undefined && x.hostOffset === last.hostOffset + last.length))
+      ) {
         last.length += x.length;
       } else out.push(x);
     };

@@ -18,12 +18,12 @@ export type ExtentMapping =
 export type CowSource = (extentOffset: number, into: Buffer) => Promise<void>;
 
 export interface VmdkExtent {
-  readonly type: string;            // SPARSE, FLAT, ZERO, VMFS ... as the descriptor says
+  readonly type: string; // SPARSE, FLAT, ZERO, VMFS ... as the descriptor says
   readonly access: Access;
-  readonly size: number;            // guest bytes
+  readonly size: number; // guest bytes
   readonly file?: HostFile;
-  readonly fileName?: string;       // as named in the descriptor
-  readonly grainBytes?: number;     // sparse extents only
+  readonly fileName?: string; // as named in the descriptor
+  readonly grainBytes?: number; // sparse extents only
   /** The mapping of the first bytes of [offset, offset+length), with how far it holds. */
   map(offset: number, length: number): Promise<ExtentMapping>;
   /** The same answer when it needs no I/O; undefined: ask map(). */

@@ -55,7 +55,10 @@ export class FlatExtent implements VmdkExtent {
 /** A ZERO extent: reads as zeros, has no file, cannot be written. */
 export class ZeroExtent implements VmdkExtent {
   readonly type = 'ZERO';
-  constructor(readonly access: Access, readonly size: number) {}
+  constructor(
+    readonly access: Access,
+    readonly size: number,
+  ) {}
   mapSync(_offset: number, length: number): ExtentMapping {
     return { kind: 'zero', length };
   }

@@ -71,15 +71,15 @@ function isZeroGte(ext: GrainSpace, e: number): boolean {
 }
 
 interface MissingGrain {
-  g: number;            // grain index within the extent
-  wasZero: boolean;     // zeroed-grain entry: COW source is zeros, never the parent
+  g: number; // grain index within the extent
+  wasZero: boolean; // zeroed-grain entry: COW source is zeros, never the parent
 }
 
 export async function writeGrains(ext: GrainSpace, offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void> {
   const G = ext.grainBytes;
   if (!ext.noMultiAlloc) return writeRun(ext, offset, data, length, cow);
   // QEMU's way: one grain at a time, each entry written through.
-  for (let done = 0; done < length; ) {
+  for (let done = 0; done < length;) {
     const n = Math.min(length - done, G - ((offset + done) % G));
     await writeRun(ext, offset + done, sliceVector(data, done, n), n, cow);
     done += n;
@@ -100,7 +100,15 @@ async function writeRun(ext: GrainSpace, offset: number, data: Buffer[], length:
   }
 }
 
-async function writePinned(ext: GrainSpace, offset: number, data: Buffer[], length: number, cow: CowSource | null, g0: number, g1: number): Promise<void> {
+async function writePinned(
+  ext: GrainSpace,
+  offset: number,
+  data: Buffer[],
+  length: number,
+  cow: CowSource | null,
+  g0: number,
+  g1: number,
+): Promise<void> {
   const end = offset + length;
   let lease: RangeLease | undefined;
   try {
@@ -155,7 +163,14 @@ function classify(ext: GrainSpace, offset: number, end: number, g0: number, g1: 
 }
 
 /** In-place runs written; missing grains reserved, COW + payload written as one vector, then mapped. */
-async function allocateAndWrite(ext: GrainSpace, offset: number, end: number, data: Buffer[], cow: CowSource | null, c: Classified): Promise<void> {
+async function allocateAndWrite(
+  ext: GrainSpace,
+  offset: number,
+  end: number,
+  data: Buffer[],
+  cow: CowSource | null,
+  c: Classified,
+): Promise<void> {
   const G = ext.grainBytes;
   const { missing } = c;
   const inPlace = c.inPlace.map(([s, host, n]) => {
@@ -194,7 +209,8 @@ async function allocateAndWrite(ext: GrainSpace, offset: number, end: number, da
   }
   await Promise.all(inPlace);
   // A clean table may have been evicted while the data was in flight: bring it back first.
-  if (!ext.tablesResident(missing[0]!.g, missing[missing.length - 1]!.g + 1)) await ext.loadTables(missing[0]!.g, missing[missing.length - 1]!.g + 1);
+  if (!ext.tablesResident(missing[0]!.g, missing[missing.length - 1]!.g + 1))
+    await ext.loadTables(missing[0]!.g, missing[missing.length - 1]!.g + 1);
   // Data is written: now (never before) point the tables at it, all entries together.
   for (let i = 0; i < missing.length; i++) ext.setGte(missing[i]!.g, hostSectors[i]!);
   ext.stats.grainsAllocated += missing.length;
@@ -202,12 +218,20 @@ async function allocateAndWrite(ext: GrainSpace, offset: number, end: number, da
 }
 
 interface Piece {
-  at: number;        // byte offset of these buffers within the grain
+  at: number; // byte offset of these buffers within the grain
   bufs: Buffer[];
 }
 
 /** A whole grain's content: COW head (parent or zeros), the payload, COW tail; COW reads go to `fills`. */
-function buildGrain(ext: GrainSpace, m: MissingGrain, offset: number, end: number, data: Buffer[], cow: CowSource | null, fills: Promise<void>[]): Piece[] {
+function buildGrain(
+  ext: GrainSpace,
+  m: MissingGrain,
+  offset: number,
+  end: number,
+  data: Buffer[],
+  cow: CowSource | null,
+  fills: Promise<void>[],
+): Piece[] {
   const G = ext.grainBytes;
   const gs = m.g * G;
   const s = Math.max(offset, gs);
@@ -256,7 +280,13 @@ async function writeCompressed(ext: GrainSpace, missing: MissingGrain[], grains:
  * allows; grains that already read as zeros (no table entry, no parent) are left alone;
  * everything else gets real zeros through the write path.
  */
-export async function writeZeroGrains(ext: GrainSpace, offset: number, length: number, cow: CowSource | null, hasParent: boolean): Promise<void> {
+export async function writeZeroGrains(
+  ext: GrainSpace,
+  offset: number,
+  length: number,
+  cow: CowSource | null,
+  hasParent: boolean,
+): Promise<void> {
   const G = ext.grainBytes;
   const end = offset + length;
   let pos = offset;
@@ -296,7 +326,7 @@ export async function writeZeroGrains(ext: GrainSpace, offset: number, length: n
       ext.unpinTables(pinned);
     }
     for (const [s, n] of writes) {
-      for (let d = 0; d < n; ) {
+      for (let d = 0; d < n;) {
         const k = Math.min(n - d, 1 << 20);
         await writeGrains(ext, s + d, [zeros(k)], k, cow);
         d += k;

@@ -10,12 +10,20 @@ const MAX_GD_BYTES = 256 << 20;
 /** A real grain directory is inside the file; a bigger one is a hostile capacity (qemu: "L1 size too big"). */
 export function checkDirectorySize(tables: number, fileSize: number, name: string): void {
   const gdBytes = tables * 4;
-  if (gdBytes > MAX_GD_BYTES || gdBytes > fileSize) throw VdiskError.corrupt(`${name}: grain directory size too big (${tables} tables for a ${fileSize}-byte file)`);
+  if (gdBytes > MAX_GD_BYTES || gdBytes > fileSize)
+    throw VdiskError.corrupt(`${name}: grain directory size too big (${tables} tables for a ${fileSize}-byte file)`);
 }
 
 /** A grain directory (or its redundant copy): one u32 sector number per grain table, 0 = no table yet. */
-export async function readDirectory(file: HostFile, offsetSectors: number, entries: number, fileSize: number, name: string): Promise<Uint32Array> {
-  if (offsetSectors * SECTOR + entries * 4 > fileSize) throw VdiskError.corrupt(`${name}: grain directory at sector ${offsetSectors} lies past the end of the file`);
+export async function readDirectory(
+  file: HostFile,
+  offsetSectors: number,
+  entries: number,
+  fileSize: number,
+  name: string,
+): Promise<Uint32Array> {
+  if (offsetSectors * SECTOR + entries * 4 > fileSize)
+    throw VdiskError.corrupt(`${name}: grain directory at sector ${offsetSectors} lies past the end of the file`);
   const buf = Buffer.alloc(entries * 4);
   await file.read(buf, offsetSectors * SECTOR, 'gd');
   const out = new Uint32Array(entries);

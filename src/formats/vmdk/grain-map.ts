@@ -5,9 +5,9 @@ import { GTE_ZEROED, SECTOR } from './sparse-header';
 export interface GrainGeometry {
   readonly grainBytes: number;
   readonly gtEntries: number;
-  readonly size: number;               // guest bytes of the extent
-  readonly compressed: boolean;        // streamOptimized: allocated grains are compressed
-  readonly zeroGrainAllowed: boolean;  // GTE_ZEROED entries mean "reads as zeros"
+  readonly size: number; // guest bytes of the extent
+  readonly compressed: boolean; // streamOptimized: allocated grains are compressed
+  readonly zeroGrainAllowed: boolean; // GTE_ZEROED entries mean "reads as zeros"
 }
 
 /**

@@ -19,7 +19,10 @@ export class GrainTableCache {
   hits = 0;
   misses = 0;
 
-  constructor(private readonly loader: (gtIndex: number) => Promise<Buffer>, private readonly maxBytes: number) {}
+  constructor(
+    private readonly loader: (gtIndex: number) => Promise<Buffer>,
+    private readonly maxBytes: number,
+  ) {}
 
   /** The table if cached (no I/O), refreshed in the LRU order. */
   peek(gtIndex: number): CachedTable | undefined {

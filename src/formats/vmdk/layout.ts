@@ -34,7 +34,8 @@ export async function readLayout(file: string): Promise<Layout> {
     if (head.length >= 4 && head.readUInt32LE(0) === hdr.MAGIC) {
       if (head.length < 80) throw VdiskError.corrupt(`${file}: sparse extent header truncated`);
       const h = hdr.parse(head);
-      if (h.descriptorOffset === 0 || h.descriptorSize === 0) return { descriptor: null, embedded: true, descriptorAt: 0, descriptorRoom: 0, header: h };
+      if (h.descriptorOffset === 0 || h.descriptorSize === 0)
+        return { descriptor: null, embedded: true, descriptorAt: 0, descriptorRoom: 0, header: h };
       const at = h.descriptorOffset * hdr.SECTOR;
       const room = h.descriptorSize * hdr.SECTOR;
       if (room > MAX_DESCRIPTOR_BYTES) throw VdiskError.corrupt(`${file}: embedded descriptor of ${room} bytes is too big`);

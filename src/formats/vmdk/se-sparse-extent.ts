@@ -31,7 +31,14 @@ export class SeSparseExtent implements VmdkExtent {
     this.gtEntries = (h.grainTableSize * SECTOR) / 8;
   }
 
-  static async open(file: HostFile, access: Access, size: number, fileName: string, writable: boolean, warn: (m: string) => void): Promise<SeSparseExtent> {
+  static async open(
+    file: HostFile,
+    access: Access,
+    size: number,
+    fileName: string,
+    writable: boolean,
+    warn: (m: string) => void,
+  ): Promise<SeSparseExtent> {
     const head = Buffer.alloc(se.SIZE);
     await file.read(head, 0, 'header');
     const h = se.parse(head);
@@ -40,7 +47,8 @@ export class SeSparseExtent implements VmdkExtent {
     se.checkVolatile(vol);
     const fileSize = await file.size();
     const gdBytes = h.grainDirSize * SECTOR;
-    if (gdBytes > MAX_GD_BYTES || h.grainDirOffset * SECTOR + gdBytes > fileSize) throw VdiskError.corrupt(`${fileName}: seSparse grain directory out of range`);
+    if (gdBytes > MAX_GD_BYTES || h.grainDirOffset * SECTOR + gdBytes > fileSize)
+      throw VdiskError.corrupt(`${fileName}: seSparse grain directory out of range`);
     if (size > h.capacity * SECTOR) throw VdiskError.corrupt(`${fileName}: descriptor extent size larger than the seSparse capacity`);
     const gd = Buffer.alloc(gdBytes);
     await file.read(gd, h.grainDirOffset * SECTOR, 'gd');
@@ -82,7 +90,8 @@ export class SeSparseExtent implements VmdkExtent {
         case 3n: {
           const idx = ((e & 0x0fff000000000000n) >> 48n) | ((e & 0x0000ffffffffffffn) << 12n);
           const sector = BigInt(this.h.grainsOffset) + idx * BigInt(this.h.grainSize);
-          if (sector * 512n > BigInt(Number.MAX_SAFE_INTEGER)) throw VdiskError.corrupt(`${this.fileName}: seSparse grain ${i} out of range`);
+          if (sector * 512n > BigInt(Number.MAX_SAFE_INTEGER))
+            throw VdiskError.corrupt(`${this.fileName}: seSparse grain ${i} out of range`);
           return { kind: 'data', host: Number(sector) * SECTOR };
         }
         default:

@@ -12,14 +12,14 @@ export const VOLATILE_MAGIC = 0xcafecafen;
 export const VERSION = 0x0000000200000001n;
 
 export interface SeSparseHeader {
-  capacity: number;             // sectors
-  grainSize: number;            // sectors per grain (8)
-  grainTableSize: number;       // sectors per grain table (64 → 4096 u64 entries)
+  capacity: number; // sectors
+  grainSize: number; // sectors per grain (8)
+  grainTableSize: number; // sectors per grain table (64 → 4096 u64 entries)
   volatileHeaderOffset: number; // sectors
-  grainDirOffset: number;       // sectors
-  grainDirSize: number;         // sectors
-  grainTablesOffset: number;    // sectors: grain table i is at grainTablesOffset + i * grainTableSize
-  grainsOffset: number;         // sectors: grain i is at grainsOffset + i * grainSize
+  grainDirOffset: number; // sectors
+  grainDirSize: number; // sectors
+  grainTablesOffset: number; // sectors: grain table i is at grainTablesOffset + i * grainTableSize
+  grainsOffset: number; // sectors: grain i is at grainsOffset + i * grainSize
 }
 
 export function isSeSparse(head: Buffer): boolean {

@@ -19,7 +19,7 @@ const log = createDebug('vdiskfs:vmdk');
 
 export interface SparseOpenOptions {
   access: Access;
-  size: number;                 // guest bytes the descriptor gives this extent
+  size: number; // guest bytes the descriptor gives this extent
   fileName: string;
   writable: boolean;
   noMultiAlloc: boolean;
@@ -57,7 +57,16 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
   private footerDirty = false;
   private readonly grains: CompressedGrains;
   private readonly tableWrites = new OrderedRangeLock(); // flush and write-through, one at a time (see serial)
-  readonly stats = { grainsAllocated: 0, dataWrites: 0, gtWrites: 0, gdWrites: 0, cowReads: 0, tablesAllocated: 0, zeroGrains: 0, grainsDecompressed: 0 };
+  readonly stats = {
+    grainsAllocated: 0,
+    dataWrites: 0,
+    gtWrites: 0,
+    gdWrites: 0,
+    cowReads: 0,
+    tablesAllocated: 0,
+    zeroGrains: 0,
+    grainsDecompressed: 0,
+  };
   readonly noMultiAlloc: boolean;
   readOnly: boolean;
 
@@ -83,7 +92,14 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
     this.nextFree = alignUp(fileSize, SECTOR);
     this.noMultiAlloc = opts.noMultiAlloc;
     this.readOnly = !opts.writable || access !== 'RW';
-    this.grains = new CompressedGrains({ file, grainBytes: this.grainBytes, hasMarkers: this.hasMarkers, fileName, warn: opts.warn, stats: this.stats });
+    this.grains = new CompressedGrains({
+      file,
+      grainBytes: this.grainBytes,
+      hasMarkers: this.hasMarkers,
+      fileName,
+      warn: opts.warn,
+      stats: this.stats,
+    });
     this.cache = new GrainTableCache((i) => this.loadTable(i), opts.cacheBytes);
   }
 
@@ -94,10 +110,12 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
     const isCowd = head.toString('latin1', 0, 4) === cowd.MAGIC;
     let h = isCowd ? cowd.asSparseHeader(cowd.parse(head)) : hdr.parse(head);
     let footerAt = -1;
-    if (h.version < 1 || h.version > 3) throw VdiskError.unsupported(`${opts.fileName}: sparse extent version ${h.version} is not supported`);
+    if (h.version < 1 || h.version > 3)
+      throw VdiskError.unsupported(`${opts.fileName}: sparse extent version ${h.version} is not supported`);
     if (h.gdOffset < 0) {
       // streamOptimized written front to back: the real header (with the GD offset) is the footer.
-      if (!(h.flags & hdr.FLAG_COMPRESSED)) throw VdiskError.corrupt(`${opts.fileName}: grain directory at end but grains are not compressed`);
+      if (!(h.flags & hdr.FLAG_COMPRESSED))
+        throw VdiskError.corrupt(`${opts.fileName}: grain directory at end but grains are not compressed`);
       if (fileSize < 3 * SECTOR + hdr.SIZE) throw VdiskError.corrupt(`${opts.fileName}: invalid footer (file too short)`);
       const tail = Buffer.alloc(3 * SECTOR);
       await file.read(tail, fileSize - 3 * SECTOR, 'header');
@@ -114,7 +132,8 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
     const grains = Math.ceil(h.capacity / h.grainSize);
     const tables = Math.ceil(grains / h.numGTEsPerGT);
     checkDirectorySize(tables, fileSize, opts.fileName);
-    if (opts.size > h.capacity * SECTOR) throw VdiskError.corrupt(`${opts.fileName}: descriptor extent size ${opts.size} larger than capacity ${h.capacity * SECTOR}`);
+    if (opts.size > h.capacity * SECTOR)
+      throw VdiskError.corrupt(`${opts.fileName}: descriptor extent size ${opts.size} larger than capacity ${h.capacity * SECTOR}`);
     const gd = await readDirectory(file, h.gdOffset, tables, fileSize, opts.fileName);
     const rgd = h.flags & hdr.FLAG_RGD && h.rgdOffset > 0 ? await readDirectory(file, h.rgdOffset, tables, fileSize, opts.fileName) : null;
     const ext = new SparseExtent(file, h, opts.access, opts.size, opts.fileName, gd, rgd, fileSize, opts);
@@ -130,7 +149,15 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
       ext.footerAt = footerAt;
       ext.nextFree = footerAt; // new grains overwrite the old footer; flush writes a new one after them
     }
-    log('open sparse %s grain=%d gtes=%d tables=%d flags=%s v%d', opts.fileName, ext.grainBytes, h.numGTEsPerGT, tables, h.flags.toString(16), h.version);
+    log(
+      'open sparse %s grain=%d gtes=%d tables=%d flags=%s v%d',
+      opts.fileName,
+      ext.grainBytes,
+      h.numGTEsPerGT,
+      tables,
+      h.flags.toString(16),
+      h.version,
+    );
     return ext;
   }
 
@@ -259,7 +286,8 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
    */
   async growCapacity(newSize: number): Promise<void> {
     if (this.readOnly || this.compressed || this.footerAt >= 0) throw VdiskError.readOnly(`extent ${this.fileName} cannot grow`);
-    if (newSize % SECTOR !== 0 || newSize > this.room) throw VdiskError.noSpace(`extent ${this.fileName} has room for ${this.room} bytes, not ${newSize}`);
+    if (newSize % SECTOR !== 0 || newSize > this.room)
+      throw VdiskError.noSpace(`extent ${this.fileName} has room for ${this.room} bytes, not ${newSize}`);
     this.header.capacity = newSize / SECTOR;
     await this.file.write(hdr.serialize(this.header), 0, 'header');
     await this.file.datasync('header');
@@ -370,7 +398,11 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
     this.footerDirty = false;
     const at = this.nextFree;
     const footerHeader = hdr.serialize(this.header);
-    await this.file.write([marker.serializeMetaMarker(1, marker.TYPE_FOOTER), footerHeader, marker.serializeMetaMarker(0, marker.TYPE_EOS)], at, 'header');
+    await this.file.write(
+      [marker.serializeMetaMarker(1, marker.TYPE_FOOTER), footerHeader, marker.serializeMetaMarker(0, marker.TYPE_EOS)],
+      at,
+      'header',
+    );
     await this.file.truncate(at + 3 * SECTOR);
     this.footerAt = at;
     // Keep appending over the footer next time, as on open.

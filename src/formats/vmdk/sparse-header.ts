@@ -10,11 +10,11 @@ export const SIZE = 512;
 export const MAGIC = 0x564d444b; // 'KDMV' read as a little-endian u32
 export const SECTOR = 512;
 
-export const FLAG_NL_DETECT = 1 << 0;       // "valid new line detection test"
-export const FLAG_RGD = 1 << 1;             // "redundant grain table will be used"
-export const FLAG_ZERO_GRAIN = 1 << 2;      // zeroed-grain GTE (value 1) allowed
-export const FLAG_COMPRESSED = 1 << 16;     // "grains are compressed"
-export const FLAG_MARKERS = 1 << 17;        // "there are markers in the virtual disk"
+export const FLAG_NL_DETECT = 1 << 0; // "valid new line detection test"
+export const FLAG_RGD = 1 << 1; // "redundant grain table will be used"
+export const FLAG_ZERO_GRAIN = 1 << 2; // zeroed-grain GTE (value 1) allowed
+export const FLAG_COMPRESSED = 1 << 16; // "grains are compressed"
+export const FLAG_MARKERS = 1 << 17; // "there are markers in the virtual disk"
 /** Grain table entry meaning "this grain reads as zeros" when FLAG_ZERO_GRAIN is set. */
 export const GTE_ZEROED = 1;
 
@@ -24,16 +24,16 @@ export const COMPRESSION_DEFLATE = 1;
 export const GD_AT_END = 0xffffffffffffffffn;
 
 export interface SparseHeader {
-  version: number;            // 1, 2 (zeroed grains) or 3 (ESXi / streamOptimized)
+  version: number; // 1, 2 (zeroed grains) or 3 (ESXi / streamOptimized)
   flags: number;
-  capacity: number;           // sectors of guest data in this extent
-  grainSize: number;          // sectors per grain
-  descriptorOffset: number;   // sectors; 0 = no embedded descriptor
-  descriptorSize: number;     // sectors
-  numGTEsPerGT: number;       // grain table entries per grain table (512)
-  rgdOffset: number;          // sectors: redundant grain directory
-  gdOffset: number;           // sectors: grain directory; -1 = at end (footer)
-  overHead: number;           // sectors of metadata before the first grain
+  capacity: number; // sectors of guest data in this extent
+  grainSize: number; // sectors per grain
+  descriptorOffset: number; // sectors; 0 = no embedded descriptor
+  descriptorSize: number; // sectors
+  numGTEsPerGT: number; // grain table entries per grain table (512)
+  rgdOffset: number; // sectors: redundant grain directory
+  gdOffset: number; // sectors: grain directory; -1 = at end (footer)
+  overHead: number; // sectors of metadata before the first grain
   uncleanShutdown: number;
   compressAlgorithm: number;
 }
@@ -83,13 +83,15 @@ export function serialize(h: SparseHeader): Buffer {
 }
 
 /** Sanity limits against hostile headers (QEMU refuses comparable values). */
-const MAX_GRAIN_SECTORS = 1 << 17;          // 64 MiB grains
+const MAX_GRAIN_SECTORS = 1 << 17; // 64 MiB grains
 const MAX_GTES_PER_GT = 1 << 16;
 
 /** Grain geometry, capacity and compression a reader can work with (checked at open, header or footer). */
 export function checkGeometry(h: SparseHeader, fileName: string): void {
-  if (h.grainSize < 1 || h.grainSize > MAX_GRAIN_SECTORS) throw VdiskError.corrupt(`${fileName}: invalid grain size ${h.grainSize} sectors`);
-  if (h.numGTEsPerGT < 1 || h.numGTEsPerGT > MAX_GTES_PER_GT) throw VdiskError.corrupt(`${fileName}: invalid numGTEsPerGT ${h.numGTEsPerGT}`);
+  if (h.grainSize < 1 || h.grainSize > MAX_GRAIN_SECTORS)
+    throw VdiskError.corrupt(`${fileName}: invalid grain size ${h.grainSize} sectors`);
+  if (h.numGTEsPerGT < 1 || h.numGTEsPerGT > MAX_GTES_PER_GT)
+    throw VdiskError.corrupt(`${fileName}: invalid numGTEsPerGT ${h.numGTEsPerGT}`);
   if (h.capacity * SECTOR > Number.MAX_SAFE_INTEGER) throw VdiskError.corrupt(`${fileName}: capacity too big`);
   if (h.flags & FLAG_COMPRESSED && h.compressAlgorithm !== COMPRESSION_DEFLATE) {
     throw VdiskError.unsupported(`${fileName}: compression algorithm ${h.compressAlgorithm} is not supported`);

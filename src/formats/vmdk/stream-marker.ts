@@ -9,10 +9,10 @@ import { toSafeNumber } from '../../io/safe-int';
 export const GRAIN_MARKER_SIZE = 12;
 export const MARKER_SIZE = 512;
 
-export const TYPE_EOS = 0;      // end of stream
-export const TYPE_GT = 1;       // a grain table follows
-export const TYPE_GD = 2;       // the grain directory follows
-export const TYPE_FOOTER = 3;   // a copy of the header follows
+export const TYPE_EOS = 0; // end of stream
+export const TYPE_GT = 1; // a grain table follows
+export const TYPE_GD = 2; // the grain directory follows
+export const TYPE_FOOTER = 3; // a copy of the header follows
 
 export interface GrainMarker {
   /**
@@ -20,7 +20,7 @@ export interface GrainMarker {
    * table says and readers do not trust it (QEMU never reads it), so any value parses.
    */
   lba: bigint;
-  size: number;   // bytes of compressed data after the 12-byte marker
+  size: number; // bytes of compressed data after the 12-byte marker
 }
 
 export function parseGrainMarker(buf: Buffer, off = 0): GrainMarker {

@@ -83,7 +83,15 @@ export class VmdkImage implements Image {
         const f = await HostFile.open(file, opts.writable && access === 'RW');
         embeddedIn = f;
         const capacity = layout.header!.capacity * hdr.SECTOR;
-        const ext = await SparseExtent.open(f, { access, size: capacity, fileName: path.basename(file), writable: f.writable, noMultiAlloc, cacheBytes, warn });
+        const ext = await SparseExtent.open(f, {
+          access,
+          size: capacity,
+          fileName: path.basename(file),
+          writable: f.writable,
+          noMultiAlloc,
+          cacheBytes,
+          warn,
+        });
         extents.push(ext);
       } else {
         const d = desc!;
@@ -97,7 +105,9 @@ export class VmdkImage implements Image {
           const p = await opts.reach(line.fileName, `${line.type} extent`);
           const wantWrite = opts.writable && line.access === 'RW';
           if (line.type === 'FLAT' || line.type === 'VMFS') {
-            extents.push(new FlatExtent(line.type, line.access, size, await HostFile.open(p, wantWrite), line.fileName, line.offsetSectors));
+            extents.push(
+              new FlatExtent(line.type, line.access, size, await HostFile.open(p, wantWrite), line.fileName, line.offsetSectors),
+            );
           } else if (line.type === 'SPARSE' || line.type === 'VMFSSPARSE') {
             const f = await HostFile.open(p, wantWrite);
             extents.push(await openSparseFile(f, line.fileName, line.access, size, wantWrite, noMultiAlloc, cacheBytes, warn));
@@ -131,13 +141,22 @@ export class VmdkImage implements Image {
         parent = await opts.openBacking(parentFile);
         const pcid = (parent as Partial<VmdkImage>).cid;
         if (typeof pcid === 'number' && pcid !== desc.parentCid) {
-          warn(`${file}: parentCID ${formatCid(desc.parentCid)} does not match ${parentFile}'s CID ${formatCid(pcid)} (the parent changed since this child was made); opened read-only`);
+          warn(
+            `${file}: parentCID ${formatCid(desc.parentCid)} does not match ${parentFile}'s CID ${formatCid(pcid)} (the parent changed since this child was made); opened read-only`,
+          );
           readOnly = true;
         }
       } else if (parentFile) {
         parent = await opts.openBacking(parentFile);
       }
-      log('open %s: %d extents, %d bytes, parent %s, %s', file, extents.length, extents.reduce((n, e) => n + e.size, 0), parentFile ?? '-', readOnly ? 'ro' : 'rw');
+      log(
+        'open %s: %d extents, %d bytes, parent %s, %s',
+        file,
+        extents.length,
+        extents.reduce((n, e) => n + e.size, 0),
+        parentFile ?? '-',
+        readOnly ? 'ro' : 'rw',
+      );
       return new VmdkImage(file, layout, extents, descriptorFile, embeddedIn, parent, parentFile, readOnly);
     } catch (e) {
       await Promise.allSettled([...extents.map((x) => x.close()), descriptorFile?.close()]);
@@ -165,7 +184,9 @@ export class VmdkImage implements Image {
     checkRange(this, offset, length);
     if (length === 0) return;
     await this.touchCid();
-    await Promise.all(this.chain.pieces(offset, length).map((p) => p.ext.write(p.eo, sliceVector(bufs, p.pos, p.n), p.n, this.chain.cowFor(p.start))));
+    await Promise.all(
+      this.chain.pieces(offset, length).map((p) => p.ext.write(p.eo, sliceVector(bufs, p.pos, p.n), p.n, this.chain.cowFor(p.start))),
+    );
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
@@ -173,7 +194,9 @@ export class VmdkImage implements Image {
     checkRange(this, offset, length);
     if (length === 0) return;
     await this.touchCid();
-    await Promise.all(this.chain.pieces(offset, length).map((p) => p.ext.writeZeroes(p.eo, p.n, this.chain.cowFor(p.start), this.parent !== undefined)));
+    await Promise.all(
+      this.chain.pieces(offset, length).map((p) => p.ext.writeZeroes(p.eo, p.n, this.chain.cowFor(p.start), this.parent !== undefined)),
+    );
   }
 
   /**
@@ -187,16 +210,19 @@ export class VmdkImage implements Image {
     if (length === 0) return;
     const parts = this.chain.pieces(offset, length);
     for (const p of parts) {
-      if (p.ext instanceof SparseExtent && p.ext.compressed) throw VdiskError.readOnly(`${this.path}: a streamOptimized extent cannot be discarded`);
+      if (p.ext instanceof SparseExtent && p.ext.compressed)
+        throw VdiskError.readOnly(`${this.path}: a streamOptimized extent cannot be discarded`);
     }
     await this.touchCid();
-    await Promise.all(parts.map(async (p) => {
-      if (p.ext instanceof FlatExtent && !this.parent && p.ext.access === 'RW') {
-        const m = await p.ext.map(p.eo, p.n);
-        if (p.ext.file.punchHole(m.kind === 'data' ? m.hostOffset : 0, p.n, 'data')) return;
-      }
-      await p.ext.writeZeroes(p.eo, p.n, this.chain.cowFor(p.start), this.parent !== undefined);
-    }));
+    await Promise.all(
+      parts.map(async (p) => {
+        if (p.ext instanceof FlatExtent && !this.parent && p.ext.access === 'RW') {
+          const m = await p.ext.map(p.eo, p.n);
+          if (p.ext.file.punchHole(m.kind === 'data' ? m.hostOffset : 0, p.n, 'data')) return;
+        }
+        await p.ext.writeZeroes(p.eo, p.n, this.chain.cowFor(p.start), this.parent !== undefined);
+      }),
+    );
   }
 
   backingImage(): Image | undefined {
@@ -223,7 +249,8 @@ export class VmdkImage implements Image {
     const d = this.layout.descriptor!;
     const text = Buffer.from(d.toString(), 'latin1');
     if (this.layout.embedded) {
-      if (text.length > this.layout.descriptorRoom) throw VdiskError.noSpace(`${this.path}: descriptor no longer fits its ${this.layout.descriptorRoom} bytes`);
+      if (text.length > this.layout.descriptorRoom)
+        throw VdiskError.noSpace(`${this.path}: descriptor no longer fits its ${this.layout.descriptorRoom} bytes`);
       const room = Buffer.alloc(this.layout.descriptorRoom);
       text.copy(room);
       await this.embeddedIn!.write(room, this.layout.descriptorAt, 'descriptor');
@@ -240,7 +267,8 @@ export class VmdkImage implements Image {
    */
   async resize(newSize: number): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
-    if (!Number.isSafeInteger(newSize) || newSize < this.virtualSize) throw VdiskError.invalid(`${this.path}: shrinking a VMDK is not supported`);
+    if (!Number.isSafeInteger(newSize) || newSize < this.virtualSize)
+      throw VdiskError.invalid(`${this.path}: shrinking a VMDK is not supported`);
     if (newSize === this.virtualSize) return;
     const ext = this.extents[0];
     const d = this.layout.descriptor;
@@ -248,7 +276,8 @@ export class VmdkImage implements Image {
       throw VdiskError.noSpace(`${this.path}: only a monolithicSparse VMDK can grow`);
     }
     const size = Math.ceil(newSize / hdr.SECTOR) * hdr.SECTOR;
-    if (size > ext.room) throw VdiskError.noSpace(`${this.path}: its grain directory reaches ${ext.room} bytes; growing to ${size} needs a bigger one`);
+    if (size > ext.room)
+      throw VdiskError.noSpace(`${this.path}: its grain directory reaches ${ext.room} bytes; growing to ${size} needs a bigger one`);
     await this.flush();
     await ext.growCapacity(size); // header first: a crash in between leaves capacity >= the descriptor's size, which opens
     d.setExtentSectors(0, size / hdr.SECTOR);
@@ -297,12 +326,27 @@ export class VmdkImage implements Image {
   }
 
   info(): Promise<ImageInfo> {
-    return vmdkInfo({ path: this.path, virtualSize: this.virtualSize, hostFiles: this.hostFiles(), layout: this.layout, extents: this.extents, parentFile: this.parentFile, parent: this.parent });
+    return vmdkInfo({
+      path: this.path,
+      virtualSize: this.virtualSize,
+      hostFiles: this.hostFiles(),
+      layout: this.layout,
+      extents: this.extents,
+      parentFile: this.parentFile,
+      parent: this.parent,
+    });
   }
 }
 
 async function openSparseFile(
-  f: HostFile, fileName: string, access: VmdkExtent['access'], size: number, writable: boolean, noMultiAlloc: boolean, cacheBytes: number, warn: (m: string) => void,
+  f: HostFile,
+  fileName: string,
+  access: VmdkExtent['access'],
+  size: number,
+  writable: boolean,
+  noMultiAlloc: boolean,
+  cacheBytes: number,
+  warn: (m: string) => void,
 ): Promise<VmdkExtent> {
   try {
     return await SparseExtent.open(f, { access, size, fileName, writable, noMultiAlloc, cacheBytes, warn });

@@ -28,8 +28,10 @@ export type Negotiation =
  * an older kernel simply gets fewer features (no MAX_PAGES → 128 KiB requests).
  */
 export function negotiate(k: InitIn, wishes: TransportWishes): Negotiation {
-  if (k.major > 7) return { ok: false, reason: `kernel FUSE protocol ${k.major}.${k.minor} is newer than 7: asking for 7`, retryWithMajor: 7 };
-  if (k.major < 7 || k.minor < MIN_MINOR) return { ok: false, reason: `kernel FUSE protocol ${k.major}.${k.minor} is older than 7.${MIN_MINOR}` };
+  if (k.major > 7)
+    return { ok: false, reason: `kernel FUSE protocol ${k.major}.${k.minor} is newer than 7: asking for 7`, retryWithMajor: 7 };
+  if (k.major < 7 || k.minor < MIN_MINOR)
+    return { ok: false, reason: `kernel FUSE protocol ${k.major}.${k.minor} is older than 7.${MIN_MINOR}` };
   const minor = Math.min(k.minor, OUR_MINOR);
   const wanted =
     InitFlag.ASYNC_READ |

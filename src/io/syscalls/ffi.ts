@@ -12,7 +12,12 @@ import { ErrorCode, VdiskError } from '../errors';
 
 /** A failed syscall: a VdiskError whose `errno` is the name the kernel gave ("EAGAIN"). */
 export class SyscallError extends VdiskError {
-  constructor(readonly syscall: string, readonly errno: string, message: string, context: Record<string, unknown> = {}) {
+  constructor(
+    readonly syscall: string,
+    readonly errno: string,
+    message: string,
+    context: Record<string, unknown> = {},
+  ) {
     super(codeOf(errno), message, { ...context, syscall, errno });
     this.name = 'SyscallError';
   }
@@ -20,13 +25,25 @@ export class SyscallError extends VdiskError {
 
 function codeOf(errno: string): ErrorCode {
   switch (errno) {
-    case 'ENOENT': return 'ENOENT';
-    case 'EINVAL': return 'EINVAL';
-    case 'ENOSPC': return 'ENOSPC';
-    case 'EROFS': case 'EACCES': case 'EPERM': return 'EROFS';
-    case 'EOPNOTSUPP': case 'ENOSYS': case 'ENOTSUP': return 'ENOTSUP';
-    case 'EAGAIN': case 'EBUSY': return 'EBUSY';
-    default: return 'EIO';
+    case 'ENOENT':
+      return 'ENOENT';
+    case 'EINVAL':
+      return 'EINVAL';
+    case 'ENOSPC':
+      return 'ENOSPC';
+    case 'EROFS':
+    case 'EACCES':
+    case 'EPERM':
+      return 'EROFS';
+    case 'EOPNOTSUPP':
+    case 'ENOSYS':
+    case 'ENOTSUP':
+      return 'ENOTSUP';
+    case 'EAGAIN':
+    case 'EBUSY':
+      return 'EBUSY';
+    default:
+      return 'EIO';
   }
 }
 
@@ -75,15 +92,22 @@ export function ffi(): Ffi {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     koffi = require('koffi') as typeof Koffi;
   } catch (e) {
-    throw VdiskError.unsupported(`the koffi native module could not be loaded (${(e as Error).message.split('\n')[0]}); reinstall with npm ci`);
+    throw VdiskError.unsupported(
+      `the koffi native module could not be loaded (${(e as Error).message.split('\n')[0]}); reinstall with npm ci`,
+    );
   }
   const libc = koffi.load('libc.so.6');
   // Types stay anonymous: koffi's type names are process-global, and test runners load modules twice.
   const flock = koffi.struct({ l_type: 'short', l_whence: 'short', l_start: 'int64_t', l_len: 'int64_t', l_pid: 'int32_t' });
   const iovec = koffi.struct({ iov_base: 'void *', iov_len: 'size_t' });
   const msghdr = koffi.struct({
-    msg_name: 'void *', msg_namelen: 'uint32_t', msg_iov: koffi.pointer(iovec), msg_iovlen: 'size_t',
-    msg_control: 'void *', msg_controllen: 'size_t', msg_flags: 'int',
+    msg_name: 'void *',
+    msg_namelen: 'uint32_t',
+    msg_iov: koffi.pointer(iovec),
+    msg_iovlen: 'size_t',
+    msg_control: 'void *',
+    msg_controllen: 'size_t',
+    msg_flags: 'int',
   });
   const errnoNames = new Map<number, string>();
   for (const [name, n] of Object.entries(koffi.os.errno)) if (!errnoNames.has(n)) errnoNames.set(n, name);
@@ -109,7 +133,8 @@ export function ffi(): Ffi {
     geteuid: libc.func('uint32_t geteuid()'),
     flock,
   };
-  if (koffi.sizeof(flock) !== 32 || koffi.sizeof(msghdr) !== 56) throw VdiskError.unsupported('unexpected struct layout: vdiskfs supports Linux x86_64/aarch64 only');
+  if (koffi.sizeof(flock) !== 32 || koffi.sizeof(msghdr) !== 56)
+    throw VdiskError.unsupported('unexpected struct layout: vdiskfs supports Linux x86_64/aarch64 only');
   return loaded;
 }
 

@@ -69,7 +69,8 @@ export const FALLOC_FL_ZERO_RANGE = 0x10;
 
 export function fallocate(fd: number, mode: number, offset: number, length: number): void {
   const f = ffi();
-  if (f.fallocate(fd, mode, offset, length) !== 0) fail(f, 'fallocate', `fd ${fd} mode 0x${mode.toString(16)} [${offset}, +${length})`, { fd, mode, offset, length });
+  if (f.fallocate(fd, mode, offset, length) !== 0)
+    fail(f, 'fallocate', `fd ${fd} mode 0x${mode.toString(16)} [${offset}, +${length})`, { fd, mode, offset, length });
 }
 
 // ---- read without exceptions ----

@@ -37,8 +37,13 @@ export function sendFd(socketFd: number, fd: number): void {
   control.writeInt32LE(SCM_RIGHTS, 12);
   control.writeInt32LE(fd, CMSG_HDR);
   const msg: MsgHdr = {
-    msg_name: null, msg_namelen: 0, msg_iov: [{ iov_base: Buffer.from([0]), iov_len: 1 }], msg_iovlen: 1,
-    msg_control: control, msg_controllen: CMSG_SPACE_ONE_FD, msg_flags: 0,
+    msg_name: null,
+    msg_namelen: 0,
+    msg_iov: [{ iov_base: Buffer.from([0]), iov_len: 1 }],
+    msg_iovlen: 1,
+    msg_control: control,
+    msg_controllen: CMSG_SPACE_ONE_FD,
+    msg_flags: 0,
   };
   for (;;) {
     if (f.sendmsg(socketFd, msg, MSG_NOSIGNAL) >= 0) return;
@@ -51,8 +56,13 @@ export function recvFd(socketFd: number): number {
   const f = ffi();
   const control = Buffer.alloc(CMSG_SPACE_ONE_FD);
   const msg: MsgHdr = {
-    msg_name: null, msg_namelen: 0, msg_iov: [{ iov_base: Buffer.alloc(1), iov_len: 1 }], msg_iovlen: 1,
-    msg_control: control, msg_controllen: CMSG_SPACE_ONE_FD, msg_flags: 0,
+    msg_name: null,
+    msg_namelen: 0,
+    msg_iov: [{ iov_base: Buffer.alloc(1), iov_len: 1 }],
+    msg_iovlen: 1,
+    msg_control: control,
+    msg_controllen: CMSG_SPACE_ONE_FD,
+    msg_flags: 0,
   };
   let n: number;
   for (;;) {

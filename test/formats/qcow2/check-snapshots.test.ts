@@ -16,7 +16,9 @@ const dir = tempDir('check-snapshots');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 /** check() on `file`, with the number of host reads it made. */
-async function checkCounting(file: string): Promise<{ corruptions: number; leaks: number; errors: number; reads: number; messages: string[] }> {
+async function checkCounting(
+  file: string,
+): Promise<{ corruptions: number; leaks: number; errors: number; reads: number; messages: string[] }> {
   let reads = 0;
   const stop = addIoObserver((e) => {
     if (e.kind === 'read' && e.path === file) reads++;
@@ -46,7 +48,7 @@ function withSnapshots(name: string, n: number): string {
 }
 
 describe('qcow2 check with many snapshots', () => {
-  it('the 65,536-snapshot corpus image: qemu-img check\'s verdict and count, in a few reads', async () => {
+  it("the 65,536-snapshot corpus image: qemu-img check's verdict and count, in a few reads", async () => {
     const f = path.join(CORPUS_DIR, 'cdi/invalid-qcow-large-json.qcow2');
     const ours = await checkCounting(f);
     expect(ours).toMatchObject({ errors: 0, ...qemuCounts(f) });
@@ -60,11 +62,15 @@ describe('qcow2 check with many snapshots', () => {
     const many = withSnapshots('many.qcow2', 12);
     const a = await checkCounting(few);
     const b = await checkCounting(many);
-    for (const [f, r] of [[few, a], [many, b]] as const) expect(r, f).toMatchObject({ errors: 0, ...qemuCounts(f) });
+    for (const [f, r] of [
+      [few, a],
+      [many, b],
+    ] as const)
+      expect(r, f).toMatchObject({ errors: 0, ...qemuCounts(f) });
     expect(b.reads - a.reads).toBe(10);
   });
 
-  it('a table whose 2,000 entries all point at one snapshot\'s L1: counted as often as referenced, read once', async () => {
+  it("a table whose 2,000 entries all point at one snapshot's L1: counted as often as referenced, read once", async () => {
     const f = withSnapshots('dup.qcow2', 1);
     const buf = fs.readFileSync(f);
     const tableAt = Number(buf.readBigUInt64BE(64));

@@ -76,53 +76,56 @@ describe('qcow2 concurrency', () => {
     ['default', ''],
     ['backing file', 'backing'],
     ['extended L2', 'extended_l2=on'],
-  ])('concurrent writes, zero writes and discards on disjoint bytes of shared clusters (%s): check clean, equal to the mirror', async (_name, opt) => {
-    const f = path.join(dir, `mix-${opt || 'plain'}.qcow2`);
-    const size = 4 * MiB;
-    const mirror = Buffer.alloc(size);
-    if (opt === 'backing') {
-      const b = path.join(dir, 'mix-base.raw');
-      fs.writeFileSync(b, Buffer.alloc(size, 0x5a));
-      mirror.fill(0x5a);
-      qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', b, '-o', 'cluster_size=16k', f, String(size)]);
-    } else {
-      qemuImg(['create', '-q', '-f', 'qcow2', '-o', `cluster_size=16k${opt ? `,${opt}` : ''}`, f, String(size)]);
-    }
-    const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 64 * 1024 } } });
-    const r = rng(opt.length + 7);
-    const page = 4096;
-    for (let round = 0; round < 40; round++) {
-      // Cut the disk at random page boundaries: neighbouring pieces share a cluster, never a byte.
-      const cuts = new Set<number>([0, size]);
-      while (cuts.size < 12) cuts.add(Math.floor(r() * (size / page)) * page);
-      const edges = [...cuts].sort((a, b) => a - b);
-      const tasks: Promise<void>[] = [];
-      for (let k = 0; k + 1 < edges.length; k++) {
-        const off = edges[k]!;
-        const len = Math.min(edges[k + 1]! - off, (1 + Math.floor(r() * 24)) * page);
-        const x = r();
-        if (x < 0.25) {
-          mirror.fill(0, off, off + len);
-          tasks.push(img.discard(off, len));
-        } else if (x < 0.4) {
-          mirror.fill(0, off, off + len);
-          tasks.push(img.writeZeroes(off, len));
-        } else if (x < 0.95) {
-          const d = Buffer.alloc(len, 1 + ((round * 13 + k) % 250));
-          d.copy(mirror, off);
-          tasks.push(img.write(off, d));
-        } else {
-          tasks.push(img.flush());
-        }
+  ])(
+    'concurrent writes, zero writes and discards on disjoint bytes of shared clusters (%s): check clean, equal to the mirror',
+    async (_name, opt) => {
+      const f = path.join(dir, `mix-${opt || 'plain'}.qcow2`);
+      const size = 4 * MiB;
+      const mirror = Buffer.alloc(size);
+      if (opt === 'backing') {
+        const b = path.join(dir, 'mix-base.raw');
+        fs.writeFileSync(b, Buffer.alloc(size, 0x5a));
+        mirror.fill(0x5a);
+        qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', b, '-o', 'cluster_size=16k', f, String(size)]);
+      } else {
+        qemuImg(['create', '-q', '-f', 'qcow2', '-o', `cluster_size=16k${opt ? `,${opt}` : ''}`, f, String(size)]);
       }
-      await Promise.all(tasks);
-    }
-    const got = Buffer.alloc(size);
-    await img.read(0, got);
-    expect(got.equals(mirror)).toBe(true);
-    await img.close();
-    fs.writeFileSync(`${f}.mirror`, mirror);
-    expect(qemuCheck(f).ok).toBe(true);
-    expect(qemuCompare(f, `${f}.mirror`).equal).toBe(true);
-  });
+      const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 64 * 1024 } } });
+      const r = rng(opt.length + 7);
+      const page = 4096;
+      for (let round = 0; round < 40; round++) {
+        // Cut the disk at random page boundaries: neighbouring pieces share a cluster, never a byte.
+        const cuts = new Set<number>([0, size]);
+        while (cuts.size < 12) cuts.add(Math.floor(r() * (size / page)) * page);
+        const edges = [...cuts].sort((a, b) => a - b);
+        const tasks: Promise<void>[] = [];
+        for (let k = 0; k + 1 < edges.length; k++) {
+          const off = edges[k]!;
+          const len = Math.min(edges[k + 1]! - off, (1 + Math.floor(r() * 24)) * page);
+          const x = r();
+          if (x < 0.25) {
+            mirror.fill(0, off, off + len);
+            tasks.push(img.discard(off, len));
+          } else if (x < 0.4) {
+            mirror.fill(0, off, off + len);
+            tasks.push(img.writeZeroes(off, len));
+          } else if (x < 0.95) {
+            const d = Buffer.alloc(len, 1 + ((round * 13 + k) % 250));
+            d.copy(mirror, off);
+            tasks.push(img.write(off, d));
+          } else {
+            tasks.push(img.flush());
+          }
+        }
+        await Promise.all(tasks);
+      }
+      const got = Buffer.alloc(size);
+      await img.read(0, got);
+      expect(got.equals(mirror)).toBe(true);
+      await img.close();
+      fs.writeFileSync(`${f}.mirror`, mirror);
+      expect(qemuCheck(f).ok).toBe(true);
+      expect(qemuCompare(f, `${f}.mirror`).equal).toBe(true);
+    },
+  );
 });

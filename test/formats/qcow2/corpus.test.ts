@@ -40,9 +40,18 @@ function locate(file: string): string {
   const d = path.join(work, 'dissect');
   if (!fs.existsSync(path.join(d, 'data-file.bin'))) {
     fs.mkdirSync(d, { recursive: true });
-    execFileSync('cp', ['-a', '--sparse=always', path.join(corpus!, 'dissect/data-file.qcow2'), path.join(corpus!, 'dissect/data-file.bin.gz'), d]);
+    execFileSync('cp', [
+      '-a',
+      '--sparse=always',
+      path.join(corpus!, 'dissect/data-file.qcow2'),
+      path.join(corpus!, 'dissect/data-file.bin.gz'),
+      d,
+    ]);
     fs.chmodSync(path.join(d, 'data-file.bin.gz'), 0o644);
-    execFileSync('sh', ['-c', `gunzip -c '${path.join(d, 'data-file.bin.gz')}' | cp --sparse=always /dev/stdin '${path.join(d, 'data-file.bin')}'`]);
+    execFileSync('sh', [
+      '-c',
+      `gunzip -c '${path.join(d, 'data-file.bin.gz')}' | cp --sparse=always /dev/stdin '${path.join(d, 'data-file.bin')}'`,
+    ]);
   }
   return path.join(d, 'data-file.qcow2');
 }
@@ -115,7 +124,13 @@ describe('qcow2 corpus', () => {
     const info = await img.info();
     await img.close();
     expect(info.snapshots?.length).toBe(65536);
-    const check = await qcow2Driver.check!(f, { writable: false, repair: false, openBacking: () => Promise.reject(new Error('none')), reach: reachAnywhere, warn: () => undefined });
+    const check = await qcow2Driver.check!(f, {
+      writable: false,
+      repair: false,
+      openBacking: () => Promise.reject(new Error('none')),
+      reach: reachAnywhere,
+      warn: () => undefined,
+    });
     expect(check.corruptions).toBeGreaterThan(0);
   });
 });

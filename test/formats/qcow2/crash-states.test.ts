@@ -52,7 +52,13 @@ describe('qcow2 crash states: any subset of unsynced writes', () => {
       expect(rec.barriers.length).toBeGreaterThan(5);
       expect(rec.writes.filter((w) => w.kind === 'write').length).toBeGreaterThan(50);
       const states = rec.states({ seed: v.seed, perEpoch: 12, allSubsetsUpTo: 6 });
-      const res = await checkCrashStates(rec, states, { file: path.join(dir, `${v.seed}-state.qcow2`), format: 'qcow2', initial, budget: 100, seed: v.seed });
+      const res = await checkCrashStates(rec, states, {
+        file: path.join(dir, `${v.seed}-state.qcow2`),
+        format: 'qcow2',
+        initial,
+        budget: 100,
+        seed: v.seed,
+      });
       expect(res.states).toBeGreaterThan(50);
       expect(res.bad).toEqual([]);
       const final = qemuCheck(f);
@@ -92,7 +98,13 @@ describe('qcow2 crash states: any subset of unsynced writes', () => {
       rec.stop();
     }
     const states = rec.states({ seed: 3, perEpoch: 8, allSubsetsUpTo: 5 });
-    const res = await checkCrashStates(rec, states, { file: path.join(dir, 'race-state.qcow2'), format: 'qcow2', initial: Buffer.alloc(8 * MiB), budget: 80, seed: 3 });
+    const res = await checkCrashStates(rec, states, {
+      file: path.join(dir, 'race-state.qcow2'),
+      format: 'qcow2',
+      initial: Buffer.alloc(8 * MiB),
+      budget: 80,
+      seed: 3,
+    });
     expect(res.states).toBeGreaterThan(20);
     expect(res.bad).toEqual([]);
   });

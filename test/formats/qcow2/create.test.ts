@@ -19,7 +19,13 @@ const MiB = 1 << 20;
 
 const openBacking = (p: string, format?: string) => openImage(p, { writable: false, format });
 
-async function create(f: string, size: number, options: Record<string, string>, backingFile?: string, backingFormat?: string): Promise<void> {
+async function create(
+  f: string,
+  size: number,
+  options: Record<string, string>,
+  backingFile?: string,
+  backingFormat?: string,
+): Promise<void> {
   await qcow2Driver.create!(f, { size, options, backingFile, backingFormat, openBacking, reach: reachAnywhere });
 }
 
@@ -71,7 +77,9 @@ describe('qcow2 create', () => {
   });
 
   it('preallocation=metadata: everything mapped, reads zeros, passes check', async () => {
-    for (const opts of [{ preallocation: 'metadata' }, { preallocation: 'metadata', cluster_size: '512', compat: '0.10' }] as Array<Record<string, string>>) {
+    for (const opts of [{ preallocation: 'metadata' }, { preallocation: 'metadata', cluster_size: '512', compat: '0.10' }] as Array<
+      Record<string, string>
+    >) {
       const f = path.join(dir, `prealloc-${opts.compat ?? 'v3'}.qcow2`);
       await create(f, 8 * MiB, opts);
       const check = qemuCheck(f);
@@ -121,7 +129,14 @@ describe('qcow2 create', () => {
   });
 
   it('refuses bad options', async () => {
-    for (const o of [{ cluster_size: '1000' }, { compat: '2.0' }, { refcount_bits: '3' }, { compat: '0.10', lazy_refcounts: 'on' }, { extended_l2: 'on', cluster_size: '4k' }, { bogus: '1' }] as Array<Record<string, string>>) {
+    for (const o of [
+      { cluster_size: '1000' },
+      { compat: '2.0' },
+      { refcount_bits: '3' },
+      { compat: '0.10', lazy_refcounts: 'on' },
+      { extended_l2: 'on', cluster_size: '4k' },
+      { bogus: '1' },
+    ] as Array<Record<string, string>>) {
       await expect(create(path.join(dir, `bad-${Object.values(o).join('-')}.qcow2`), MiB, o)).rejects.toMatchObject({ code: 'EINVAL' });
     }
   });

@@ -49,7 +49,12 @@ describe('qcow2 discard and cluster reuse under crash states', () => {
         await rec.guestFlush(() => img.flush());
         await tick(); // freed clusters punched and handed to the allocator
         // New data lands on the freed clusters, racing more discards and a flush.
-        await Promise.all([write(2 * MiB, 512 * KiB, 0x41), discard(1536 * KiB, 256 * KiB), rec.guestFlush(() => img.flush()), write(3 * MiB, 256 * KiB, 0x42)]);
+        await Promise.all([
+          write(2 * MiB, 512 * KiB, 0x41),
+          discard(1536 * KiB, 256 * KiB),
+          rec.guestFlush(() => img.flush()),
+          write(3 * MiB, 256 * KiB, 0x42),
+        ]);
         await discard(2 * MiB + 64 * KiB, 64 * KiB); // a reused cluster freed again
         await rec.guestFlush(() => img.flush());
         await tick();
@@ -61,7 +66,13 @@ describe('qcow2 discard and cluster reuse under crash states', () => {
       if (!v.snapshot) expect(fs.statSync(f).size).toBeLessThanOrEqual(sizeBefore + 64 * KiB); // reused, not appended
       expect(rec.writes.some((w) => (w as { kind: string }).kind === 'punch') || v.snapshot).toBe(true);
       const states = rec.states({ seed: v.seed, perEpoch: 10, allSubsetsUpTo: 5 });
-      const res = await checkCrashStates(rec, states, { file: path.join(dir, `${v.seed}-state.qcow2`), format: 'qcow2', initial, budget: 90, seed: v.seed });
+      const res = await checkCrashStates(rec, states, {
+        file: path.join(dir, `${v.seed}-state.qcow2`),
+        format: 'qcow2',
+        initial,
+        budget: 90,
+        seed: v.seed,
+      });
       expect(res.states).toBeGreaterThan(30);
       expect(res.bad).toEqual([]);
       const final = qemuCheck(f);

@@ -17,13 +17,21 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
 const KiB = 1024;
 
-interface MapRow { start: number; length: number; data: boolean; zero: boolean; depth: number }
+interface MapRow {
+  start: number;
+  length: number;
+  data: boolean;
+  zero: boolean;
+  depth: number;
+}
 function qemuMap(file: string): MapRow[] {
   return JSON.parse(qemuImg(['map', '--output=json', file])) as MapRow[];
 }
 /** Guest bytes qemu-img map says this image's top layer stores as data. */
 function topData(file: string): number {
-  return qemuMap(file).filter((r) => r.data && r.depth === 0).reduce((n, r) => n + r.length, 0);
+  return qemuMap(file)
+    .filter((r) => r.data && r.depth === 0)
+    .reduce((n, r) => n + r.length, 0);
 }
 function pattern(len: number, seed: number): Buffer {
   const b = Buffer.alloc(len);
@@ -127,7 +135,9 @@ describe('qcow2 discard', () => {
     await img.close();
     expect(qemuCheck(top).ok).toBe(true);
     expect(convertRaw(top).equals(mirror)).toBe(true);
-    const zeros = qemuMap(top).filter((r) => r.zero && r.depth === 0).reduce((n, r) => n + r.length, 0);
+    const zeros = qemuMap(top)
+      .filter((r) => r.zero && r.depth === 0)
+      .reduce((n, r) => n + r.length, 0);
     expect(zeros).toBe(2 * MiB);
   });
 

@@ -34,7 +34,13 @@ function headerU64(file: string, at: number): bigint {
   fs.closeSync(fd);
   return b.readBigUInt64BE();
 }
-const noop = { openBacking: async () => { throw new Error('no backing'); }, reach: reachAnywhere, warn: () => undefined };
+const noop = {
+  openBacking: async () => {
+    throw new Error('no backing');
+  },
+  reach: reachAnywhere,
+  warn: () => undefined,
+};
 
 describe('qcow2 feature bits', () => {
   it('corrupt bit: writable open falls back to read-only and says why', async () => {
@@ -197,7 +203,10 @@ describe('qcow2 extended L2 writes', () => {
     await img.close();
     const map = JSON.parse(qemuImg(['map', '--output=json', f])) as { start: number; length: number; depth: number }[];
     const top = map.filter((m) => m.depth === 0);
-    expect(top).toEqual([expect.objectContaining({ start: 65536 + 8192, length: 4096 }), expect.objectContaining({ start: 65536 + 28672, length: 2048 })]);
+    expect(top).toEqual([
+      expect.objectContaining({ start: 65536 + 8192, length: 4096 }),
+      expect.objectContaining({ start: 65536 + 28672, length: 2048 }),
+    ]);
     const mirror = Buffer.alloc(4 * MiB, 0x77);
     mirror.fill(0x11, 65536 + 8192 + 100, 65536 + 8192 + 3100);
     mirror.fill(0x12, 65536 + 30000, 65536 + 30010);

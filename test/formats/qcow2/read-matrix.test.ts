@@ -68,7 +68,14 @@ describe('qcow2 read matrix (oracle: qemu-img convert -O raw)', () => {
       qemuImg(['create', '-q', '-f', 'qcow2', b, '4M']);
       qemuIo(b, ['write -P 0x77 0 4M']);
       qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', b, ...(opts ? ['-o', opts] : []), f]);
-      qemuIo(f, ['write -P 0x12 0 1M', 'write -z 65536 65536', 'write -z -u 262144 131072', 'write -z 2M 65536', 'write -z 3M 8192', 'write -P 0x13 3170304 1000']);
+      qemuIo(f, [
+        'write -P 0x12 0 1M',
+        'write -z 65536 65536',
+        'write -z -u 262144 131072',
+        'write -z 2M 65536',
+        'write -z 3M 8192',
+        'write -P 0x13 3170304 1000',
+      ]);
       const m = qemuImg(['map', '--output=json', f]);
       expect(m).toContain('"zero": true');
       await expectSameAsQemu(f);
@@ -197,7 +204,14 @@ describe('qcow2 map()', () => {
     qemuImg(['create', '-q', '-f', 'qcow2', solo, '4M']);
     qemuIo(solo, ['write -P 7 0 64k']);
     for (const f of [top, solo]) {
-      const q = JSON.parse(qemuImg(['map', '--output=json', f])) as { start: number; length: number; depth: number; zero: boolean; data: boolean; offset?: number }[];
+      const q = JSON.parse(qemuImg(['map', '--output=json', f])) as {
+        start: number;
+        length: number;
+        depth: number;
+        zero: boolean;
+        data: boolean;
+        offset?: number;
+      }[];
       const img = await open(f);
       const ours = await img.map(0, img.virtualSize);
       await img.close();

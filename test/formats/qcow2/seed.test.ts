@@ -41,14 +41,17 @@ describe('qcow2 metadata cache (seed 2)', () => {
     const dataWrites = writes.filter((e) => e.tag === 'data').length;
     const metaWrites = writes.length - dataWrites;
     const flushesBefore = beforeFlush.filter((e) => e.kind === 'flush').length;
-    console.log(`seed fill: dataWrites=${dataWrites} metadataWrites=${metaWrites} ratio=${(metaWrites / dataWrites).toFixed(4)} flushesBeforeFinal=${flushesBefore} totalFlushes=${events.filter((e) => e.kind === 'flush').length} driver=${JSON.stringify(stats.driver)}`);
+    console.log(
+      `seed fill: dataWrites=${dataWrites} metadataWrites=${metaWrites} ratio=${(metaWrites / dataWrites).toFixed(4)} flushesBeforeFinal=${flushesBefore} totalFlushes=${events.filter((e) => e.kind === 'flush').length} driver=${JSON.stringify(stats.driver)}`,
+    );
     expect(dataWrites).toBeGreaterThanOrEqual(512);
     expect(metaWrites * 100).toBeLessThanOrEqual(dataWrites);
     expect(flushesBefore).toBe(0);
     expect(stats.driver['metadataWrites']).toBe(metaWrites);
     const check = qemuCheck(f);
     expect(check.ok, check.output).toBe(true);
-    for (const i of [0, 1, 255, 256, 511]) expect(qemuIo(f, [`read -P ${(i % 255) + 1} ${i * MiB + 4096} 4096`])).not.toMatch(/Pattern verification failed/);
+    for (const i of [0, 1, 255, 256, 511])
+      expect(qemuIo(f, [`read -P ${(i % 255) + 1} ${i * MiB + 4096} 4096`])).not.toMatch(/Pattern verification failed/);
   });
 
   it('ordering under evictions: thousands of seeded ops with a tiny cache', async () => {
@@ -114,7 +117,10 @@ describe('qcow2 metadata cache (seed 2)', () => {
   it('the default cache holds the L2 tables of 8 GiB of virtual disk (64 KiB clusters)', async () => {
     const f = path.join(dir, 'eight.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', f, '8G']);
-    qemuIo(f, Array.from({ length: 16 }, (_, i) => `write -P ${i + 1} ${i * 512}M 64k`));
+    qemuIo(
+      f,
+      Array.from({ length: 16 }, (_, i) => `write -P ${i + 1} ${i * 512}M 64k`),
+    );
     const img = await openImage(f, { writable: true });
     const b = Buffer.alloc(4096);
     for (let round = 0; round < 3; round++) {

@@ -5,8 +5,8 @@ import { rng } from '../../helpers/qemu';
 export interface StormOptions {
   seed: number;
   ops: number;
-  maxLen?: number;     // default 2 MiB
-  writers?: number;    // concurrent writers on disjoint ranges per round
+  maxLen?: number; // default 2 MiB
+  writers?: number; // concurrent writers on disjoint ranges per round
   zeroFraction?: number;
 }
 

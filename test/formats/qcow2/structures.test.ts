@@ -32,9 +32,24 @@ import {
 
 function header(over: Partial<Header> = {}): Header {
   return {
-    version: 3, backingFileOffset: 0, backingFileSize: 0, clusterBits: 16, size: 1 << 30, cryptMethod: 0,
-    l1Size: 2, l1TableOffset: 3 << 16, refcountTableOffset: 1 << 16, refcountTableClusters: 1, nbSnapshots: 0,
-    snapshotsOffset: 0, incompatible: 0n, compatible: 1n, autoclear: 0n, refcountOrder: 4, headerLength: V3_SIZE, compressionType: 0,
+    version: 3,
+    backingFileOffset: 0,
+    backingFileSize: 0,
+    clusterBits: 16,
+    size: 1 << 30,
+    cryptMethod: 0,
+    l1Size: 2,
+    l1TableOffset: 3 << 16,
+    refcountTableOffset: 1 << 16,
+    refcountTableClusters: 1,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    incompatible: 0n,
+    compatible: 1n,
+    autoclear: 0n,
+    refcountOrder: 4,
+    headerLength: V3_SIZE,
+    compressionType: 0,
     ...over,
   };
 }
@@ -119,7 +134,7 @@ describe('L1/L2 entries', () => {
     const t = Buffer.alloc(32);
     setL2Extended(t, 1, ext, 7 * 65536, true, subclusterMask(4, 6), 0xffffffff & ~subclusterMask(4, 6));
     expect(l2AllocBits(t, 1, ext)).toBe(0b110000);
-    expect(l2ZeroBits(t, 1, ext)).toBe((~0b110000) >>> 0);
+    expect(l2ZeroBits(t, 1, ext)).toBe(~0b110000 >>> 0);
     expect(subclusterMask(0, 32)).toBe(0xffffffff);
     expect(subclusterMask(31, 32)).toBe(0x80000000);
   });

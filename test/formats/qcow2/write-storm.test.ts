@@ -23,7 +23,8 @@ interface Variant {
   ops?: number;
 }
 
-const create = (opts: string, size: number) => (f: string) => qemuImg(['create', '-q', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), f, String(size)]);
+const create = (opts: string, size: number) => (f: string) =>
+  qemuImg(['create', '-q', '-f', 'qcow2', ...(opts ? ['-o', opts] : []), f, String(size)]);
 
 const variants: Variant[] = [
   { name: 'default', make: create('', 16 * MiB), size: 16 * MiB },
@@ -32,7 +33,13 @@ const variants: Variant[] = [
   { name: 'v2', make: create('compat=0.10', 16 * MiB), size: 16 * MiB },
   { name: 'lazy-refcounts', make: create('lazy_refcounts=on', 16 * MiB), size: 16 * MiB },
   { name: 'extended-l2', make: create('extended_l2=on', 16 * MiB), size: 16 * MiB },
-  ...[1, 2, 4, 8, 32, 64].map((b) => ({ name: `refcount-${b}`, make: create(`refcount_bits=${b},cluster_size=4096`, 8 * MiB), size: 8 * MiB, maxLen: 512 * 1024, ops: 120 })),
+  ...[1, 2, 4, 8, 32, 64].map((b) => ({
+    name: `refcount-${b}`,
+    make: create(`refcount_bits=${b},cluster_size=4096`, 8 * MiB),
+    size: 8 * MiB,
+    maxLen: 512 * 1024,
+    ops: 120,
+  })),
   {
     name: 'refcount-1-512b (refcount table must grow)',
     make: create('refcount_bits=64,cluster_size=512', 4 * MiB),
@@ -109,11 +116,13 @@ describe('qcow2 write storms (oracle: qemu-img check + compare)', () => {
     it(v.name, async () => {
       const f = path.join(dir, `storm-${idx}.qcow2`);
       v.make(f);
-      const snapsBefore = v.name.startsWith('snapshots') ? ['s1', 's2'].map((s) => {
-        const out = `${f}.${s}.before.raw`;
-        qemuImg(['convert', '-O', 'raw', '-l', `snapshot.name=${s}`, f, out]);
-        return out;
-      }) : [];
+      const snapsBefore = v.name.startsWith('snapshots')
+        ? ['s1', 's2'].map((s) => {
+            const out = `${f}.${s}.before.raw`;
+            qemuImg(['convert', '-O', 'raw', '-l', `snapshot.name=${s}`, f, out]);
+            return out;
+          })
+        : [];
       const mirror = fs.readFileSync(qemuRaw(f));
       expect(mirror.length).toBe(v.size);
       const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 256 * 1024 } } });

@@ -12,11 +12,21 @@ import { qemuRaw, sha256File } from '../../helpers/qemu';
 
 /** The real-world corpus: every vmdk row with a hash reads with exactly that SHA-256; qemu-fails rows fail cleanly. */
 const corpus = corpusDir();
-interface Row { file: string; fmt: string; raw: string; notes: string }
-const rows: Row[] = fs.readFileSync(path.join(corpus, 'MANIFEST.tsv'), 'utf8').split('\n').slice(1).filter(Boolean).map((l) => {
-  const c = l.split('\t');
-  return { file: c[0]!, fmt: c[3] ?? '', raw: c[6] ?? '', notes: c[9] ?? '' };
-});
+interface Row {
+  file: string;
+  fmt: string;
+  raw: string;
+  notes: string;
+}
+const rows: Row[] = fs
+  .readFileSync(path.join(corpus, 'MANIFEST.tsv'), 'utf8')
+  .split('\n')
+  .slice(1)
+  .filter(Boolean)
+  .map((l) => {
+    const c = l.split('\t');
+    return { file: c[0]!, fmt: c[3] ?? '', raw: c[6] ?? '', notes: c[9] ?? '' };
+  });
 const vmdkRows = rows.filter((r) => r.file.endsWith('.vmdk'));
 
 describe('vmdk corpus', () => {
@@ -69,13 +79,15 @@ describe('vmdk corpus', () => {
     expect(await vmdkDriver.auxiliaryFiles!(p, await readHead(p))).toEqual([]);
   });
 
-
   it('dissect/sesparse.vmdk (bare seSparse extent) through a hand-written descriptor: read-only, as qemu-img reads it', async () => {
     const ext = path.join(corpus, 'dissect/sesparse.vmdk');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vdiskfs-vmdk-se-'));
     try {
       const f = path.join(dir, 'se.vmdk');
-      fs.writeFileSync(f, `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="seSparse"\n\n# Extent description\nRW 1048576 SESPARSE "${ext}"\n`);
+      fs.writeFileSync(
+        f,
+        `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="seSparse"\n\n# Extent description\nRW 1048576 SESPARSE "${ext}"\n`,
+      );
       const raw = qemuRaw(f, path.join(dir, 'se.raw'));
       const warnings: string[] = [];
       // The descriptor names the corpus file outside its folder: that takes a door (--allow-outside).

@@ -44,7 +44,13 @@ describe('vmdk crash states: any subset of unsynced writes', () => {
       expect(rec.barriers.length).toBeGreaterThan(5);
       expect(rec.writes.filter((w) => w.kind === 'write').length).toBeGreaterThan(30);
       const states = rec.states({ seed: v.seed, perEpoch: 12, allSubsetsUpTo: 6 });
-      const res = await checkCrashStates(rec, states, { file: path.join(dir, `${v.seed}-state.vmdk`), format: 'vmdk', initial, budget: 80, seed: v.seed });
+      const res = await checkCrashStates(rec, states, {
+        file: path.join(dir, `${v.seed}-state.vmdk`),
+        format: 'vmdk',
+        initial,
+        budget: 80,
+        seed: v.seed,
+      });
       expect(res.states).toBeGreaterThan(40);
       expect(res.bad).toEqual([]);
       const final = qemuCheck(f, 'vmdk');
@@ -86,7 +92,13 @@ describe('vmdk crash states: any subset of unsynced writes', () => {
       rec.stop();
     }
     const states = rec.states({ seed: 4, perEpoch: 8, allSubsetsUpTo: 5 });
-    const res = await checkCrashStates(rec, states, { file: path.join(dir, 'flushes-state.vmdk'), format: 'vmdk', initial: Buffer.alloc(4 * MiB), budget: 80, seed: 4 });
+    const res = await checkCrashStates(rec, states, {
+      file: path.join(dir, 'flushes-state.vmdk'),
+      format: 'vmdk',
+      initial: Buffer.alloc(4 * MiB),
+      budget: 80,
+      seed: 4,
+    });
     expect(res.states).toBeGreaterThan(10);
     expect(res.bad).toEqual([]);
   });

@@ -41,7 +41,9 @@ describe('vmdk create', () => {
         expect(data['parent-cid']).toBe(0xffffffff);
         expect(data['create-type']).toBe(sub);
         expect(data['extents'].length).toBe(q['format-specific'].data.extents.length);
-        expect(data['extents'].map((e: any) => e['virtual-size'])).toEqual(q['format-specific'].data.extents.map((e: any) => e['virtual-size']));
+        expect(data['extents'].map((e: any) => e['virtual-size'])).toEqual(
+          q['format-specific'].data.extents.map((e: any) => e['virtual-size']),
+        );
         if (!sub.endsWith('Flat')) expect(info['cluster-size']).toBe(65536);
       } finally {
         await img.close();
@@ -67,7 +69,11 @@ describe('vmdk create', () => {
           try {
             const a = Buffer.alloc(200 * 1024 + 8192);
             await r.read(MiB - 4096, a);
-            expect(a.subarray(0, 4096).every((x) => x === 0) && a.subarray(4096, 4096 + 200 * 1024).every((x) => x === 0x6b) && a.subarray(-4096).every((x) => x === 0)).toBe(true);
+            expect(
+              a.subarray(0, 4096).every((x) => x === 0) &&
+                a.subarray(4096, 4096 + 200 * 1024).every((x) => x === 0x6b) &&
+                a.subarray(-4096).every((x) => x === 0),
+            ).toBe(true);
             const b = Buffer.alloc(65536 + 4096);
             await r.read(size - b.length, b);
             expect(b.subarray(0, 4096).every((x) => x === 0) && b.subarray(4096).every((x) => x === 0x6c)).toBe(true);
@@ -105,7 +111,12 @@ describe('vmdk create', () => {
     const parent = await create('parent.vmdk', 8 * MiB);
     qemuIo(parent, ['write -P 0x12 0 8M'], 'vmdk');
     const child = await create('child.vmdk', 0, {}, { backingFile: 'parent.vmdk' });
-    const d = Descriptor.parse(fs.readFileSync(child).subarray(512, 512 + 10240).toString('latin1'));
+    const d = Descriptor.parse(
+      fs
+        .readFileSync(child)
+        .subarray(512, 512 + 10240)
+        .toString('latin1'),
+    );
     expect(d.parentFileNameHint).toBe('parent.vmdk');
     const p = await openImage(parent, { writable: false });
     expect(d.parentCid).toBe((p as any).cid);
@@ -130,7 +141,10 @@ describe('vmdk create', () => {
   it('auxiliaryFiles lists the extent files a descriptor names; backingFileOf resolves the parent', async () => {
     const split = await create('aux-split.vmdk', 3 * 1024 * MiB, { subformat: 'twoGbMaxExtentSparse' });
     const head = Buffer.alloc(0);
-    expect(await vmdkDriver.auxiliaryFiles!(split, head)).toEqual([path.join(dir, 'aux-split-s001.vmdk'), path.join(dir, 'aux-split-s002.vmdk')]);
+    expect(await vmdkDriver.auxiliaryFiles!(split, head)).toEqual([
+      path.join(dir, 'aux-split-s001.vmdk'),
+      path.join(dir, 'aux-split-s002.vmdk'),
+    ]);
     const flat = await create('aux-flat.vmdk', MiB, { subformat: 'monolithicFlat' });
     expect(await vmdkDriver.auxiliaryFiles!(flat, head)).toEqual([path.join(dir, 'aux-flat-flat.vmdk')]);
     const mono = await create('aux-mono.vmdk', MiB);
@@ -190,13 +204,13 @@ describe('vmdk check', () => {
     const gd = Number(buf.readBigUInt64LE(56));
     const gt = buf.readUInt32LE(gd * 512);
     const e0 = buf.readUInt32LE(gt * 512);
-    buf.writeUInt32LE(e0, gt * 512 + 4);            // grain 1 -> grain 0's data (shared)
-    buf.writeUInt32LE(0x00ffffff, gt * 512 + 8);     // grain 2 -> past EOF
+    buf.writeUInt32LE(e0, gt * 512 + 4); // grain 1 -> grain 0's data (shared)
+    buf.writeUInt32LE(0x00ffffff, gt * 512 + 8); // grain 2 -> past EOF
     fs.writeFileSync(f, buf);
     const r = await vmdkDriver.check!(f, opts);
     expect(r.corruptions).toBeGreaterThanOrEqual(2);
     expect(r.errors).toBeGreaterThanOrEqual(1); // primary and redundant tables now differ
-    expect(r.leaks).toBeGreaterThanOrEqual(1);   // grains 1 and 2's old data is unreferenced
+    expect(r.leaks).toBeGreaterThanOrEqual(1); // grains 1 and 2's old data is unreferenced
     expect(r.messages.join('\n')).toMatch(/past the end/);
   });
 });

@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { Descriptor, formatCid, looksLikeDescriptor } from '../../../src/formats/vmdk/descriptor';
 
 describe('vmdk descriptor', () => {
-  const crlf = '# Disk DescriptorFile\r\nversion=1\r\nCID=0000abcd\r\nparentCID=ffffffff\r\ncreateType="twoGbMaxExtentFlat"\r\n\r\n# Extent description\r\nRW 4194304 FLAT "x-f001.vmdk" 0\r\nRDONLY 100 FLAT x-f002.vmdk 7\r\nNOACCESS 8 ZERO\r\n\r\n#DDB\r\nddb.adapterType = "lsilogic"\r\nddb.uuid = "60 00 C2 9b"\r\n';
+  const crlf =
+    '# Disk DescriptorFile\r\nversion=1\r\nCID=0000abcd\r\nparentCID=ffffffff\r\ncreateType="twoGbMaxExtentFlat"\r\n\r\n# Extent description\r\nRW 4194304 FLAT "x-f001.vmdk" 0\r\nRDONLY 100 FLAT x-f002.vmdk 7\r\nNOACCESS 8 ZERO\r\n\r\n#DDB\r\nddb.adapterType = "lsilogic"\r\nddb.uuid = "60 00 C2 9b"\r\n';
 
   it('parses extent lines (quoted and bare names, offsets, ZERO), header and ddb keys', () => {
     const d = Descriptor.parse(crlf);

@@ -15,9 +15,17 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
 const KiB = 1024;
 
-interface MapRow { start: number; length: number; data: boolean; zero: boolean }
+interface MapRow {
+  start: number;
+  length: number;
+  data: boolean;
+  zero: boolean;
+}
 const qemuMap = (file: string) => JSON.parse(qemuImg(['map', '--output=json', file])) as MapRow[];
-const dataBytes = (file: string) => qemuMap(file).filter((r) => r.data).reduce((n, r) => n + r.length, 0);
+const dataBytes = (file: string) =>
+  qemuMap(file)
+    .filter((r) => r.data)
+    .reduce((n, r) => n + r.length, 0);
 function convertRaw(file: string): Buffer {
   const out = `${file}.out.raw`;
   qemuImg(['convert', '-O', 'raw', file, out]);
@@ -39,7 +47,9 @@ describe('vmdk discard', () => {
     want.fill(0, 1 * MiB, 3 * MiB + 4 * KiB);
     expect(qemuCheck(f, 'vmdk').ok).toBe(true);
     expect(convertRaw(f).equals(want)).toBe(true);
-    const zeroed = qemuMap(f).filter((r) => r.zero && !r.data).reduce((n, r) => n + r.length, 0);
+    const zeroed = qemuMap(f)
+      .filter((r) => r.zero && !r.data)
+      .reduce((n, r) => n + r.length, 0);
     expect(zeroed).toBeGreaterThanOrEqual(2 * MiB);
   });
 

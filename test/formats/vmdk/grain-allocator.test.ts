@@ -142,7 +142,7 @@ describe('grain allocator (seed 1) against a fake extent', () => {
     expect(ext.log.filter((l) => l.startsWith('reserve') || l.startsWith('gte'))).toEqual([]);
   });
 
-  it('without multi-alloc (QEMU\'s way) the same request goes grain by grain, each entry written through', async () => {
+  it("without multi-alloc (QEMU's way) the same request goes grain by grain, each entry written through", async () => {
     const ext = new FakeExtent(true);
     await drive(ext, writeGrains(ext, 0, [Buffer.alloc(3 * G, 7)], 3 * G, null));
     expect(ext.log.filter((l) => l.startsWith('reserve'))).toEqual([`reserve ${G}`, `reserve ${G}`, `reserve ${G}`]);
@@ -166,7 +166,10 @@ describe('grain allocator (seed 1) against a fake extent', () => {
     const ext = new FakeExtent();
     const a = writeGrains(ext, 0, [Buffer.alloc(1024, 1)], 1024, null);
     const b = writeGrains(ext, 2048, [Buffer.alloc(1024, 2)], 1024, null);
-    await drive(ext, Promise.all([a, b]).then(() => undefined));
+    await drive(
+      ext,
+      Promise.all([a, b]).then(() => undefined),
+    );
     expect(ext.log.filter((l) => l.startsWith('reserve'))).toEqual([`reserve ${G}`]);
     expect(ext.stats.grainsAllocated).toBe(1);
     const host = 64 * SECTOR;
@@ -184,9 +187,17 @@ describe('grain allocator (seed 1) against a fake extent', () => {
     const w = writeGrains(ext, 0, [Buffer.alloc(G, 3)], G, null); // grain 0: allocating
     const z = writeZeroGrains(ext, 0, 2 * G, null, true); // grains 0 and 1 whole: zeroed entries
     const after = writeGrains(ext, G, [Buffer.alloc(512, 4)], 512, null); // grain 1: after the zeroing
-    await drive(ext, Promise.all([w, z, after]).then(() => undefined));
+    await drive(
+      ext,
+      Promise.all([w, z, after]).then(() => undefined),
+    );
     const gtes = ext.log.filter((l) => l.startsWith('gte'));
-    expect(gtes).toEqual([`gte 0=${(64 * SECTOR) / SECTOR}`, `gte 0=${GTE_ZEROED}`, `gte 1=${GTE_ZEROED}`, `gte 1=${(64 * SECTOR + G) / SECTOR}`]);
+    expect(gtes).toEqual([
+      `gte 0=${(64 * SECTOR) / SECTOR}`,
+      `gte 0=${GTE_ZEROED}`,
+      `gte 1=${GTE_ZEROED}`,
+      `gte 1=${(64 * SECTOR + G) / SECTOR}`,
+    ]);
     expect(ext.grainLock.count).toBe(0);
   });
 });

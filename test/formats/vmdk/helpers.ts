@@ -24,7 +24,7 @@ export async function hashImage(img: Image): Promise<string> {
     const len = Math.min(chunk, img.virtualSize - off);
     for (const x of await img.map(off, len)) {
       const zero = x.kind === 'zero' || x.kind === 'unallocated';
-      for (let d = 0; d < x.length; ) {
+      for (let d = 0; d < x.length;) {
         const n = Math.min(x.length - d, buf.length);
         if (zero) h.update(ZEROS.subarray(0, n));
         else {
@@ -59,7 +59,10 @@ export function corpusDir(): string {
  * A hosted sparse extent built by hand (qemu-img only makes 64 KiB grains with preallocated
  * tables): any grain size and table size, every GD/RGD entry 0 so tables get allocated on write.
  */
-export function makeHandSparse(file: string, o: { capacitySectors: number; grainSectors: number; gtes: number; zeroGrain?: boolean }): void {
+export function makeHandSparse(
+  file: string,
+  o: { capacitySectors: number; grainSectors: number; gtes: number; zeroGrain?: boolean },
+): void {
   const grains = Math.ceil(o.capacitySectors / o.grainSectors);
   const tables = Math.ceil(grains / o.gtes);
   const gdSectors = Math.ceil((tables * 4) / 512);
@@ -68,11 +71,26 @@ export function makeHandSparse(file: string, o: { capacitySectors: number; grain
   const gdOffset = rgdOffset + gdSectors;
   const overHead = gdOffset + gdSectors;
   const buf = Buffer.alloc(overHead * 512);
-  hdr.serialize({
-    version: o.zeroGrain ? 2 : 1, flags: hdr.FLAG_NL_DETECT | hdr.FLAG_RGD | (o.zeroGrain ? hdr.FLAG_ZERO_GRAIN : 0), capacity: o.capacitySectors,
-    grainSize: o.grainSectors, descriptorOffset: 1, descriptorSize: descSectors, numGTEsPerGT: o.gtes, rgdOffset, gdOffset, overHead,
-    uncleanShutdown: 0, compressAlgorithm: 0,
-  }).copy(buf);
-  buf.write(`# Disk DescriptorFile\nversion=1\nCID=abcdef01\nparentCID=ffffffff\ncreateType="monolithicSparse"\n\n# Extent description\nRW ${o.capacitySectors} SPARSE "${path.basename(file)}"\n\n#DDB\nddb.adapterType = "ide"\n`, 512, 'latin1');
+  hdr
+    .serialize({
+      version: o.zeroGrain ? 2 : 1,
+      flags: hdr.FLAG_NL_DETECT | hdr.FLAG_RGD | (o.zeroGrain ? hdr.FLAG_ZERO_GRAIN : 0),
+      capacity: o.capacitySectors,
+      grainSize: o.grainSectors,
+      descriptorOffset: 1,
+      descriptorSize: descSectors,
+      numGTEsPerGT: o.gtes,
+      rgdOffset,
+      gdOffset,
+      overHead,
+      uncleanShutdown: 0,
+      compressAlgorithm: 0,
+    })
+    .copy(buf);
+  buf.write(
+    `# Disk DescriptorFile\nversion=1\nCID=abcdef01\nparentCID=ffffffff\ncreateType="monolithicSparse"\n\n# Extent description\nRW ${o.capacitySectors} SPARSE "${path.basename(file)}"\n\n#DDB\nddb.adapterType = "ide"\n`,
+    512,
+    'latin1',
+  );
   fs.writeFileSync(file, buf);
 }

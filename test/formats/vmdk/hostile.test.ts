@@ -81,7 +81,10 @@ describe('vmdk hostile images', () => {
 
   it('missing extent file and missing parent are ENOENT', async () => {
     const d = path.join(dir, 'noext.vmdk');
-    fs.writeFileSync(d, '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 8 FLAT "nothere.vmdk" 0\n');
+    fs.writeFileSync(
+      d,
+      '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 8 FLAT "nothere.vmdk" 0\n',
+    );
     await refused(d, 'ENOENT', /nothere/);
     const child = path.join(dir, 'orphan.vmdk');
     qemuImg(['create', '-f', 'vmdk', path.join(dir, 'gone.vmdk'), '1M']);

@@ -72,7 +72,16 @@ async function viaVmdkmount<T>(f: string, fn: (raw: string) => Promise<T>): Prom
 const cases: Array<{ sub: string; size: number; ranges: Array<[number, number]>; type: RegExp }> = [
   { sub: 'monolithicSparse', size: 32 * MiB, ranges: [[0, 32 * MiB]], type: /Monolithic sparse/ },
   { sub: 'streamOptimized', size: 16 * MiB, ranges: [[0, 16 * MiB]], type: /Stream optimized/ },
-  { sub: 'twoGbMaxExtentSparse', size: 2048 * MiB + 16 * MiB, ranges: [[0, 4 * MiB], [2044 * MiB, 8 * MiB], [2060 * MiB, 4 * MiB]], type: /2GB extent sparse/ },
+  {
+    sub: 'twoGbMaxExtentSparse',
+    size: 2048 * MiB + 16 * MiB,
+    ranges: [
+      [0, 4 * MiB],
+      [2044 * MiB, 8 * MiB],
+      [2060 * MiB, 4 * MiB],
+    ],
+    type: /2GB extent sparse/,
+  },
   { sub: 'twoGbMaxExtentFlat', size: 2048 * MiB + 16 * MiB, ranges: [[2044 * MiB, 8 * MiB]], type: /2GB extent flat/ },
 ];
 

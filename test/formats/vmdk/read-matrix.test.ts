@@ -40,7 +40,12 @@ describe('vmdk read matrix (qemu-img is the oracle)', () => {
   });
 
   it('twoGbMaxExtentSparse across the extent boundary', async () => {
-    const f = make('tgs.vmdk', '3G', ['subformat=twoGbMaxExtentSparse'], ['write -P 0x66 2047M 2M', 'write -P 0x77 0 64k', 'write -P 0x78 3071M 1M']);
+    const f = make(
+      'tgs.vmdk',
+      '3G',
+      ['subformat=twoGbMaxExtentSparse'],
+      ['write -P 0x66 2047M 2M', 'write -P 0x77 0 64k', 'write -P 0x78 3071M 1M'],
+    );
     const img = await openImage(f, { writable: false });
     try {
       const b = Buffer.alloc(2 << 20);
@@ -115,8 +120,23 @@ describe('vmdk read matrix (qemu-img is the oracle)', () => {
     for (let i = 0; i < buf.length; i++) buf[i] = (i * 7 + (i >> 12)) & 0xff;
     fs.writeFileSync(data, buf);
     make('multi-s.vmdk', '1M', [], ['write -P 0x31 64k 128k']);
-    const lines = (extra: string[]) => ['# Disk DescriptorFile', 'version=1', 'CID=12345678', 'parentCID=ffffffff', 'createType="twoGbMaxExtentSparse"', '',
-      '# Extent description', 'RW 2048 FLAT "multi-data.bin" 2048', ...extra, 'RW 2048 SPARSE "multi-s.vmdk"', '', '#DDB', 'ddb.adapterType = "ide"', ''].join('\r\n');
+    const lines = (extra: string[]) =>
+      [
+        '# Disk DescriptorFile',
+        'version=1',
+        'CID=12345678',
+        'parentCID=ffffffff',
+        'createType="twoGbMaxExtentSparse"',
+        '',
+        '# Extent description',
+        'RW 2048 FLAT "multi-data.bin" 2048',
+        ...extra,
+        'RW 2048 SPARSE "multi-s.vmdk"',
+        '',
+        '#DDB',
+        'ddb.adapterType = "ide"',
+        '',
+      ].join('\r\n');
     const f = path.join(dir, 'multi.vmdk');
     fs.writeFileSync(f, lines([]));
     await expectSameAsQemu(f);
@@ -145,7 +165,10 @@ describe('vmdk read matrix (qemu-img is the oracle)', () => {
   it('NOACCESS extents are not read', async () => {
     fs.writeFileSync(path.join(dir, 'na-data.bin'), Buffer.alloc(1 << 20, 1));
     const f = path.join(dir, 'na.vmdk');
-    fs.writeFileSync(f, '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nNOACCESS 2048 FLAT "na-data.bin" 0\n');
+    fs.writeFileSync(
+      f,
+      '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nNOACCESS 2048 FLAT "na-data.bin" 0\n',
+    );
     const img = await openImage(f, { writable: false });
     try {
       await expect(img.read(0, Buffer.alloc(512))).rejects.toMatchObject({ code: 'EIO' });
@@ -160,12 +183,26 @@ describe('vmdk read matrix (qemu-img is the oracle)', () => {
     const grainSectors = 16;
     const gtes = 128;
     const h: hdr.SparseHeader = {
-      version: 1, flags: hdr.FLAG_NL_DETECT | hdr.FLAG_RGD, capacity, grainSize: grainSectors, descriptorOffset: 1, descriptorSize: 4,
-      numGTEsPerGT: gtes, rgdOffset: 5, gdOffset: 6, overHead: 16, uncleanShutdown: 0, compressAlgorithm: 0,
+      version: 1,
+      flags: hdr.FLAG_NL_DETECT | hdr.FLAG_RGD,
+      capacity,
+      grainSize: grainSectors,
+      descriptorOffset: 1,
+      descriptorSize: 4,
+      numGTEsPerGT: gtes,
+      rgdOffset: 5,
+      gdOffset: 6,
+      overHead: 16,
+      uncleanShutdown: 0,
+      compressAlgorithm: 0,
     };
     const file = Buffer.alloc(16 * 512 + 3 * 8192);
     hdr.serialize(h).copy(file, 0);
-    file.write('# Disk DescriptorFile\nversion=1\nCID=abcdef01\nparentCID=ffffffff\ncreateType="monolithicSparse"\nRW 4096 SPARSE "hand.vmdk"\n', 512, 'latin1');
+    file.write(
+      '# Disk DescriptorFile\nversion=1\nCID=abcdef01\nparentCID=ffffffff\ncreateType="monolithicSparse"\nRW 4096 SPARSE "hand.vmdk"\n',
+      512,
+      'latin1',
+    );
     // table 0 at sector 7 (primary) and 8 (redundant); table 1 absent (GD entry 0)
     file.writeUInt32LE(8, 5 * 512);
     file.writeUInt32LE(7, 6 * 512);
@@ -183,19 +220,26 @@ describe('vmdk read matrix (qemu-img is the oracle)', () => {
   it('COWD (vmfsSparse) delta extent named by a VMFSSPARSE line: read-only, reads as qemu-img does', async () => {
     const ext = path.join(dir, 'cowd-delta.vmdk');
     const gdSector = 4;
-    const gtSector = 5;                      // one 4096-entry table = 32 sectors
+    const gtSector = 5; // one 4096-entry table = 32 sectors
     const firstGrain = gtSector + 32;
     const buf = Buffer.alloc((firstGrain + 3 * 16) * 512);
     buf.write('COWD', 0, 'latin1');
     [1, 3, 4096, 16, gdSector, 1, buf.length / 512].forEach((v, i) => buf.writeUInt32LE(v, 4 + i * 4));
     buf.writeUInt32LE(gtSector, gdSector * 512);
-    [[2, 0x61], [7, 0x62], [255, 0x63]].forEach(([slot, byte], i) => {
+    [
+      [2, 0x61],
+      [7, 0x62],
+      [255, 0x63],
+    ].forEach(([slot, byte], i) => {
       buf.writeUInt32LE(firstGrain + i * 16, gtSector * 512 + slot! * 4);
       buf.fill(byte!, (firstGrain + i * 16) * 512, (firstGrain + (i + 1) * 16) * 512);
     });
     fs.writeFileSync(ext, buf);
     const f = path.join(dir, 'cowd.vmdk');
-    fs.writeFileSync(f, '# Disk DescriptorFile\nversion=1\nCID=11112222\nparentCID=ffffffff\ncreateType="vmfsSparse"\n\n# Extent description\nRW 4096 VMFSSPARSE "cowd-delta.vmdk"\n');
+    fs.writeFileSync(
+      f,
+      '# Disk DescriptorFile\nversion=1\nCID=11112222\nparentCID=ffffffff\ncreateType="vmfsSparse"\n\n# Extent description\nRW 4096 VMFSSPARSE "cowd-delta.vmdk"\n',
+    );
     await expectSameAsQemu(f);
     const warnings: string[] = [];
     const img = await openImage(f, { writable: true, warn: (m) => warnings.push(m) });

@@ -85,7 +85,7 @@ describe('vmdk multi-grain allocation (the seed)', () => {
     expect(qemuCompare(child, mirror, 'vmdk').equal).toBe(true);
   });
 
-  it('--no-multi-alloc is QEMU\'s way: one write per grain, each entry written through at once', async () => {
+  it("--no-multi-alloc is QEMU's way: one write per grain, each entry written through at once", async () => {
     const f = path.join(dir, 'qemu-way.vmdk');
     qemuImg(['create', '-f', 'vmdk', f, '64M']);
     const img = await openImage(f, { writable: true, tuning: { vmdk: { noMultiAlloc: true } } });

@@ -17,7 +17,7 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 /** File offsets of every grain marker, walking the stream from the header's overHead to the end-of-stream marker. */
 function grainMarkers(buf: Buffer): number[] {
   const out: number[] = [];
-  for (let at = Number(buf.readBigUInt64LE(64)) * 512; at + 512 <= buf.length; ) {
+  for (let at = Number(buf.readBigUInt64LE(64)) * 512; at + 512 <= buf.length;) {
     const size = buf.readUInt32LE(at + 8);
     if (size !== 0) {
       out.push(at);
@@ -39,7 +39,7 @@ describe('streamOptimized grain marker LBA', () => {
     expect(marker.parseGrainMarker(b)).toEqual({ lba: 0xdeadbeefcafebaben, size: 77 });
   });
 
-  it('a garbage LBA (past 2^53) and another grain\'s LBA: read as qemu-img reads them, one warning', async () => {
+  it("a garbage LBA (past 2^53) and another grain's LBA: read as qemu-img reads them, one warning", async () => {
     const src = path.join(dir, 'src.vmdk');
     qemuImg(['create', '-q', '-f', 'vmdk', src, '4M']);
     qemuIo(src, ['write -P 0x21 0 64k', 'write -P 0x22 1M 64k', 'write -P 0x23 3M 128k'], 'vmdk');

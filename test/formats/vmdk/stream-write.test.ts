@@ -43,18 +43,35 @@ describe('vmdk streamOptimized writes', () => {
     qemuIo(src, ['write -P 0x21 0 128k'], 'vmdk');
     const f = path.join(dir, 's.vmdk');
     qemuImg(['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', src, f]);
-    await appendAndCheck(f, [[MiB, 3 * 65536, 0x31], [4 * MiB + 1000, 5000, 0x32], [7 * MiB, MiB, 0x33]]);
+    await appendAndCheck(f, [
+      [MiB, 3 * 65536, 0x31],
+      [4 * MiB + 1000, 5000, 0x32],
+      [7 * MiB, MiB, 0x33],
+    ]);
   });
 
   it('our own streamOptimized create, then writes; qemu-img agrees', async () => {
     const f = path.join(dir, 'ours.vmdk');
-    await vmdkDriver.create!(f, { size: 8 * MiB, options: { subformat: 'streamOptimized' }, openBacking: () => Promise.reject(new Error('none')), reach: reachAnywhere });
-    await appendAndCheck(f, [[0, 300_000, 0x41], [5 * MiB, 65536, 0x42]]);
+    await vmdkDriver.create!(f, {
+      size: 8 * MiB,
+      options: { subformat: 'streamOptimized' },
+      openBacking: () => Promise.reject(new Error('none')),
+      reach: reachAnywhere,
+    });
+    await appendAndCheck(f, [
+      [0, 300_000, 0x41],
+      [5 * MiB, 65536, 0x42],
+    ]);
   });
 
   it('rewriting a written grain is refused with EROFS, and the file stays valid', async () => {
     const f = path.join(dir, 'rw.vmdk');
-    await vmdkDriver.create!(f, { size: 4 * MiB, options: { subformat: 'streamOptimized' }, openBacking: () => Promise.reject(new Error('none')), reach: reachAnywhere });
+    await vmdkDriver.create!(f, {
+      size: 4 * MiB,
+      options: { subformat: 'streamOptimized' },
+      openBacking: () => Promise.reject(new Error('none')),
+      reach: reachAnywhere,
+    });
     const img = await openImage(f, { writable: true });
     try {
       await img.write(0, Buffer.alloc(65536, 1));

@@ -32,15 +32,37 @@ interface Variant {
 const TWO_G = 2048 * MiB;
 const variants: Variant[] = [
   { name: 'monolithicSparse (qemu-img)', size: 16 * MiB, make: (f) => void qemuImg(['create', '-f', 'vmdk', f, '16M']) },
-  { name: 'monolithicSparse (ours)', size: 16 * MiB + 4096, make: (f) => vmdkDriver.create!(f, { size: 16 * MiB + 4096, options: {}, openBacking: () => Promise.reject(new Error('none')), reach: reachAnywhere }) },
-  { name: 'zeroed_grain=on', size: 16 * MiB, make: (f) => void qemuImg(['create', '-f', 'vmdk', '-o', 'zeroed_grain=on', f, '16M']) },
-  { name: 'monolithicFlat', size: 16 * MiB, make: (f) => void qemuImg(['create', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', f, '16M']) },
   {
-    name: 'twoGbMaxExtentSparse', size: TWO_G + 32 * MiB, hot: [[0, 8 * MiB], [TWO_G - 8 * MiB, 16 * MiB], [TWO_G + 24 * MiB, 8 * MiB]],
+    name: 'monolithicSparse (ours)',
+    size: 16 * MiB + 4096,
+    make: (f) =>
+      vmdkDriver.create!(f, {
+        size: 16 * MiB + 4096,
+        options: {},
+        openBacking: () => Promise.reject(new Error('none')),
+        reach: reachAnywhere,
+      }),
+  },
+  { name: 'zeroed_grain=on', size: 16 * MiB, make: (f) => void qemuImg(['create', '-f', 'vmdk', '-o', 'zeroed_grain=on', f, '16M']) },
+  {
+    name: 'monolithicFlat',
+    size: 16 * MiB,
+    make: (f) => void qemuImg(['create', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', f, '16M']),
+  },
+  {
+    name: 'twoGbMaxExtentSparse',
+    size: TWO_G + 32 * MiB,
+    hot: [
+      [0, 8 * MiB],
+      [TWO_G - 8 * MiB, 16 * MiB],
+      [TWO_G + 24 * MiB, 8 * MiB],
+    ],
     make: (f) => void qemuImg(['create', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentSparse', f, String(TWO_G + 32 * MiB)]),
   },
   {
-    name: 'twoGbMaxExtentFlat', size: TWO_G + 32 * MiB, hot: [[TWO_G - 8 * MiB, 16 * MiB]],
+    name: 'twoGbMaxExtentFlat',
+    size: TWO_G + 32 * MiB,
+    hot: [[TWO_G - 8 * MiB, 16 * MiB]],
     make: (f) => void qemuImg(['create', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentFlat', f, String(TWO_G + 32 * MiB)]),
   },
   {
@@ -50,7 +72,8 @@ const variants: Variant[] = [
     make: (f) => makeHandSparse(f, { capacitySectors: (12 * MiB + 1024) / 512, grainSectors: 16, gtes: 64, zeroGrain: true }),
   },
   {
-    name: 'delta disk over a parent with data', size: 16 * MiB,
+    name: 'delta disk over a parent with data',
+    size: 16 * MiB,
     make: (f) => {
       const parent = `${f}.parent.vmdk`;
       qemuImg(['create', '-f', 'vmdk', parent, '16M']);
@@ -67,7 +90,7 @@ function fillRandom(r: () => number, b: Buffer): void {
 async function storm(img: Image, mirrorFd: number, seed: number, ops: number, hot: Array<[number, number]>): Promise<void> {
   const r = rng(seed);
   const pick = (n: number) => Math.floor(r() * n);
-  for (let done = 0; done < ops; ) {
+  for (let done = 0; done < ops;) {
     // A batch of concurrent requests on disjoint byte ranges (they may share grains).
     const batch = 1 + pick(6);
     const taken: Array<[number, number]> = [];
@@ -137,7 +160,10 @@ describe('vmdk write storms (qemu-img check + compare)', () => {
         } finally {
           fs.closeSync(fd);
         }
-        const ours = await vmdkDriver.check!(f, { ...driverOptions(f, { writable: false, warn: () => {}, confinement: await Confinement.create(path.dirname(f)) }), repair: false });
+        const ours = await vmdkDriver.check!(f, {
+          ...driverOptions(f, { writable: false, warn: () => {}, confinement: await Confinement.create(path.dirname(f)) }),
+          repair: false,
+        });
         expect(ours.errors + ours.corruptions, ours.messages.join('\n')).toBe(0);
         const check = qemuCheck(f, 'vmdk');
         expect(check.ok, check.output).toBe(true);

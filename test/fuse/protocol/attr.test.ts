@@ -1,25 +1,67 @@
 import { describe, expect, it } from 'vitest';
-import { ATTR_OUT_SIZE, decodeGetattrIn, decodeName, encodeAttrOut, encodeEntryOut, ENTRY_OUT_SIZE, type Attr } from '../../../src/fuse/protocol';
+import {
+  ATTR_OUT_SIZE,
+  decodeGetattrIn,
+  decodeName,
+  encodeAttrOut,
+  encodeEntryOut,
+  ENTRY_OUT_SIZE,
+  type Attr,
+} from '../../../src/fuse/protocol';
 
 const attr: Attr = {
-  ino: 5, size: 2 ** 40 + 3, blocks: 2048, atimeMs: 1_700_000_000_250, mtimeMs: 1_700_000_001_500, ctimeMs: 1_700_000_002_000,
-  mode: 0o100644, nlink: 1, uid: 1000, gid: 100, blksize: 4096,
+  ino: 5,
+  size: 2 ** 40 + 3,
+  blocks: 2048,
+  atimeMs: 1_700_000_000_250,
+  mtimeMs: 1_700_000_001_500,
+  ctimeMs: 1_700_000_002_000,
+  mode: 0o100644,
+  nlink: 1,
+  uid: 1000,
+  gid: 100,
+  blksize: 4096,
 };
 
 /** fuse_attr at `off`, read back field by field (fuse.h order). */
 function readAttr(b: Buffer, off: number) {
   return {
-    ino: b.readBigUInt64LE(off), size: b.readBigUInt64LE(off + 8), blocks: b.readBigUInt64LE(off + 16),
-    atime: b.readBigUInt64LE(off + 24), mtime: b.readBigUInt64LE(off + 32), ctime: b.readBigUInt64LE(off + 40),
-    atimensec: b.readUInt32LE(off + 48), mtimensec: b.readUInt32LE(off + 52), ctimensec: b.readUInt32LE(off + 56),
-    mode: b.readUInt32LE(off + 60), nlink: b.readUInt32LE(off + 64), uid: b.readUInt32LE(off + 68), gid: b.readUInt32LE(off + 72),
-    rdev: b.readUInt32LE(off + 76), blksize: b.readUInt32LE(off + 80), flags: b.readUInt32LE(off + 84),
+    ino: b.readBigUInt64LE(off),
+    size: b.readBigUInt64LE(off + 8),
+    blocks: b.readBigUInt64LE(off + 16),
+    atime: b.readBigUInt64LE(off + 24),
+    mtime: b.readBigUInt64LE(off + 32),
+    ctime: b.readBigUInt64LE(off + 40),
+    atimensec: b.readUInt32LE(off + 48),
+    mtimensec: b.readUInt32LE(off + 52),
+    ctimensec: b.readUInt32LE(off + 56),
+    mode: b.readUInt32LE(off + 60),
+    nlink: b.readUInt32LE(off + 64),
+    uid: b.readUInt32LE(off + 68),
+    gid: b.readUInt32LE(off + 72),
+    rdev: b.readUInt32LE(off + 76),
+    blksize: b.readUInt32LE(off + 80),
+    flags: b.readUInt32LE(off + 84),
   };
 }
 
 const expected = {
-  ino: 5n, size: 2n ** 40n + 3n, blocks: 2048n, atime: 1_700_000_000n, mtime: 1_700_000_001n, ctime: 1_700_000_002n,
-  atimensec: 250_000_000, mtimensec: 500_000_000, ctimensec: 0, mode: 0o100644, nlink: 1, uid: 1000, gid: 100, rdev: 0, blksize: 4096, flags: 0,
+  ino: 5n,
+  size: 2n ** 40n + 3n,
+  blocks: 2048n,
+  atime: 1_700_000_000n,
+  mtime: 1_700_000_001n,
+  ctime: 1_700_000_002n,
+  atimensec: 250_000_000,
+  mtimensec: 500_000_000,
+  ctimensec: 0,
+  mode: 0o100644,
+  nlink: 1,
+  uid: 1000,
+  gid: 100,
+  rdev: 0,
+  blksize: 4096,
+  flags: 0,
 };
 
 describe('entry and attr replies', () => {

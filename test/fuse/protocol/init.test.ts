@@ -13,12 +13,25 @@ function initIn(minor: number, flags: number, flags2 = 0, size = 64): Buffer {
 }
 
 const KERNEL_6_18 =
-  InitFlag.ASYNC_READ | InitFlag.POSIX_LOCKS | InitFlag.ATOMIC_O_TRUNC | InitFlag.BIG_WRITES | InitFlag.ASYNC_DIO |
-  InitFlag.WRITEBACK_CACHE | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.INIT_EXT;
+  InitFlag.ASYNC_READ |
+  InitFlag.POSIX_LOCKS |
+  InitFlag.ATOMIC_O_TRUNC |
+  InitFlag.BIG_WRITES |
+  InitFlag.ASYNC_DIO |
+  InitFlag.WRITEBACK_CACHE |
+  InitFlag.PARALLEL_DIROPS |
+  InitFlag.MAX_PAGES |
+  InitFlag.INIT_EXT;
 
 describe('INIT', () => {
   it('decodes fuse_init_in, flags2 only with INIT_EXT', () => {
-    expect(decodeInitIn(initIn(45, KERNEL_6_18, 0x20), 0, 64)).toEqual({ major: 7, minor: 45, maxReadahead: 131072, flags: KERNEL_6_18 >>> 0, flags2: 0x20 });
+    expect(decodeInitIn(initIn(45, KERNEL_6_18, 0x20), 0, 64)).toEqual({
+      major: 7,
+      minor: 45,
+      maxReadahead: 131072,
+      flags: KERNEL_6_18 >>> 0,
+      flags2: 0x20,
+    });
     expect(decodeInitIn(initIn(45, InitFlag.ASYNC_READ, 0x20), 0, 64).flags2).toBe(0);
     expect(decodeInitIn(initIn(26, InitFlag.ASYNC_READ, 0, 16), 0, 16).flags2).toBe(0);
   });
@@ -30,7 +43,14 @@ describe('INIT', () => {
     expect(n.reply.minor).toBe(31);
     expect(n.reply.maxWrite).toBe(MAX_WRITE);
     expect(n.reply.maxPages).toBe(256);
-    expect(initFlagNames(n.reply.flags).sort()).toEqual(['ASYNC_DIO', 'ASYNC_READ', 'ATOMIC_O_TRUNC', 'BIG_WRITES', 'MAX_PAGES', 'PARALLEL_DIROPS']);
+    expect(initFlagNames(n.reply.flags).sort()).toEqual([
+      'ASYNC_DIO',
+      'ASYNC_READ',
+      'ATOMIC_O_TRUNC',
+      'BIG_WRITES',
+      'MAX_PAGES',
+      'PARALLEL_DIROPS',
+    ]);
     const wb = negotiate(decodeInitIn(initIn(45, KERNEL_6_18), 0, 64), { writebackCache: true });
     expect(wb.ok && (wb.reply.flags & InitFlag.WRITEBACK_CACHE) !== 0).toBe(true);
     // The kernel would zero its cached size on an atomic O_TRUNC open: O_TRUNC comes as SETATTR instead.
@@ -56,7 +76,17 @@ describe('INIT', () => {
 
   it('encodes fuse_init_out at the kernel offsets: 64 bytes, or 24 before 7.23', () => {
     const b = Buffer.alloc(80, 0xff);
-    const size = encodeInitOut(b, 16, { major: 7, minor: 31, maxReadahead: 131072, flags: InitFlag.ASYNC_READ | InitFlag.MAX_PAGES, maxBackground: 12, congestionThreshold: 9, maxWrite: MAX_WRITE, timeGran: 1, maxPages: 256 });
+    const size = encodeInitOut(b, 16, {
+      major: 7,
+      minor: 31,
+      maxReadahead: 131072,
+      flags: InitFlag.ASYNC_READ | InitFlag.MAX_PAGES,
+      maxBackground: 12,
+      congestionThreshold: 9,
+      maxWrite: MAX_WRITE,
+      timeGran: 1,
+      maxPages: 256,
+    });
     expect(size).toBe(64);
     expect(b.readUInt32LE(16)).toBe(7);
     expect(b.readUInt32LE(20)).toBe(31);
@@ -68,6 +98,18 @@ describe('INIT', () => {
     expect(b.readUInt32LE(40)).toBe(1);
     expect(b.readUInt16LE(44)).toBe(256);
     expect(b.subarray(46, 80).every((x) => x === 0)).toBe(true);
-    expect(encodeInitOut(Buffer.alloc(64), 0, { major: 7, minor: 22, maxReadahead: 0, flags: 0, maxBackground: 0, congestionThreshold: 0, maxWrite: 4096, timeGran: 1, maxPages: 0 })).toBe(24);
+    expect(
+      encodeInitOut(Buffer.alloc(64), 0, {
+        major: 7,
+        minor: 22,
+        maxReadahead: 0,
+        flags: 0,
+        maxBackground: 0,
+        congestionThreshold: 0,
+        maxWrite: 4096,
+        timeGran: 1,
+        maxPages: 0,
+      }),
+    ).toBe(24);
   });
 });

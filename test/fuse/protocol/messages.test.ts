@@ -15,7 +15,15 @@ function struct(fields: Array<[4 | 8, number | bigint]>): Buffer {
 
 describe('open / release / flush / fsync', () => {
   it('decodes fuse_open_in and encodes fuse_open_out', () => {
-    expect(P.decodeOpenIn(struct([[4, 0o1002], [4, 0]]), 0)).toEqual({ flags: 0o1002 });
+    expect(
+      P.decodeOpenIn(
+        struct([
+          [4, 0o1002],
+          [4, 0],
+        ]),
+        0,
+      ),
+    ).toEqual({ flags: 0o1002 });
     const b = Buffer.alloc(16);
     expect(P.encodeOpenOut(b, 0, 42, P.OpenOutFlag.KEEP_CACHE)).toBe(16);
     expect(b.readBigUInt64LE(0)).toBe(42n);
@@ -23,20 +31,79 @@ describe('open / release / flush / fsync', () => {
   });
 
   it('decodes fuse_release_in, fuse_flush_in, fuse_fsync_in', () => {
-    expect(P.decodeReleaseIn(struct([[8, 3], [4, 2], [4, 1], [8, 99]]), 0)).toEqual({ fh: 3, flags: 2 });
-    expect(P.decodeFlushIn(struct([[8, 4], [4, 0], [4, 0], [8, 99]]), 0)).toEqual({ fh: 4 });
-    expect(P.decodeFsyncIn(struct([[8, 5], [4, 1], [4, 0]]), 0)).toEqual({ fh: 5, datasync: true });
-    expect(P.decodeFsyncIn(struct([[8, 5], [4, 0], [4, 0]]), 0)).toEqual({ fh: 5, datasync: false });
+    expect(
+      P.decodeReleaseIn(
+        struct([
+          [8, 3],
+          [4, 2],
+          [4, 1],
+          [8, 99],
+        ]),
+        0,
+      ),
+    ).toEqual({ fh: 3, flags: 2 });
+    expect(
+      P.decodeFlushIn(
+        struct([
+          [8, 4],
+          [4, 0],
+          [4, 0],
+          [8, 99],
+        ]),
+        0,
+      ),
+    ).toEqual({ fh: 4 });
+    expect(
+      P.decodeFsyncIn(
+        struct([
+          [8, 5],
+          [4, 1],
+          [4, 0],
+        ]),
+        0,
+      ),
+    ).toEqual({ fh: 5, datasync: true });
+    expect(
+      P.decodeFsyncIn(
+        struct([
+          [8, 5],
+          [4, 0],
+          [4, 0],
+        ]),
+        0,
+      ),
+    ).toEqual({ fh: 5, datasync: false });
   });
 });
 
 describe('read / write', () => {
   it('decodes fuse_read_in', () => {
-    expect(P.decodeReadIn(struct([[8, 7], [8, 2 ** 33], [4, 1 << 20], [4, 0], [8, 0], [4, 0], [4, 0]]), 0)).toEqual({ fh: 7, offset: 2 ** 33, size: 1 << 20 });
+    expect(
+      P.decodeReadIn(
+        struct([
+          [8, 7],
+          [8, 2 ** 33],
+          [4, 1 << 20],
+          [4, 0],
+          [8, 0],
+          [4, 0],
+          [4, 0],
+        ]),
+        0,
+      ),
+    ).toEqual({ fh: 7, offset: 2 ** 33, size: 1 << 20 });
   });
 
   it('decodes fuse_write_in and finds the payload after its 40 bytes', () => {
-    const head = struct([[8, 7], [8, 4096], [4, 5], [4, 0], [8, 0], [4, 0], [4, 0]]);
+    const head = struct([
+      [8, 7],
+      [8, 4096],
+      [4, 5],
+      [4, 0],
+      [8, 0],
+      [4, 0],
+      [4, 0],
+    ]);
     const req = Buffer.concat([Buffer.alloc(40), head, Buffer.from('hello')]);
     const w = P.decodeWriteIn(req, 40, req.length);
     expect(w).toEqual({ fh: 7, offset: 4096, size: 5, dataOffset: 80 });
@@ -93,15 +160,38 @@ describe('setattr, statfs, fallocate, lseek, forget, interrupt', () => {
 
   it('encodes fuse_kstatfs (80 bytes)', () => {
     const b = Buffer.alloc(80, 0xff);
-    expect(P.encodeStatfsOut(b, 0, { blocks: 100, bfree: 50, bavail: 40, files: 10, ffree: 5, bsize: 4096, namelen: 255, frsize: 4096 })).toBe(80);
+    expect(
+      P.encodeStatfsOut(b, 0, { blocks: 100, bfree: 50, bavail: 40, files: 10, ffree: 5, bsize: 4096, namelen: 255, frsize: 4096 }),
+    ).toBe(80);
     expect([0, 8, 16, 24, 32].map((o) => Number(b.readBigUInt64LE(o)))).toEqual([100, 50, 40, 10, 5]);
     expect([40, 44, 48, 52].map((o) => b.readUInt32LE(o))).toEqual([4096, 255, 4096, 0]);
     expect(b.subarray(56, 80).every((x) => x === 0)).toBe(true);
   });
 
   it('decodes fuse_fallocate_in and fuse_lseek_in; encodes fuse_lseek_out', () => {
-    expect(P.decodeFallocateIn(struct([[8, 3], [8, 4096], [8, 8192], [4, 3], [4, 0]]), 0)).toEqual({ fh: 3, offset: 4096, length: 8192, mode: 3 });
-    expect(P.decodeLseekIn(struct([[8, 3], [8, 12288], [4, 4], [4, 0]]), 0)).toEqual({ fh: 3, offset: 12288, whence: 4 });
+    expect(
+      P.decodeFallocateIn(
+        struct([
+          [8, 3],
+          [8, 4096],
+          [8, 8192],
+          [4, 3],
+          [4, 0],
+        ]),
+        0,
+      ),
+    ).toEqual({ fh: 3, offset: 4096, length: 8192, mode: 3 });
+    expect(
+      P.decodeLseekIn(
+        struct([
+          [8, 3],
+          [8, 12288],
+          [4, 4],
+          [4, 0],
+        ]),
+        0,
+      ),
+    ).toEqual({ fh: 3, offset: 12288, whence: 4 });
     const b = Buffer.alloc(8);
     expect(P.encodeLseekOut(b, 0, 2 ** 40)).toBe(8);
     expect(b.readBigUInt64LE(0)).toBe(2n ** 40n);
@@ -109,8 +199,18 @@ describe('setattr, statfs, fallocate, lseek, forget, interrupt', () => {
 
   it('decodes forget, batch_forget and interrupt; they get no reply', () => {
     expect(P.decodeForgetIn(struct([[8, 3]]), 0)).toEqual({ nlookup: 3 });
-    const batch = struct([[4, 2], [4, 0], [8, 5], [8, 1], [8, 6], [8, 2]]);
-    expect(P.decodeBatchForgetIn(batch, 0, batch.length)).toEqual([{ nodeid: 5, nlookup: 1 }, { nodeid: 6, nlookup: 2 }]);
+    const batch = struct([
+      [4, 2],
+      [4, 0],
+      [8, 5],
+      [8, 1],
+      [8, 6],
+      [8, 2],
+    ]);
+    expect(P.decodeBatchForgetIn(batch, 0, batch.length)).toEqual([
+      { nodeid: 5, nlookup: 1 },
+      { nodeid: 6, nlookup: 2 },
+    ]);
     expect(P.decodeInterruptIn(struct([[8, 1234]]), 0)).toEqual({ unique: 1234 });
     expect([P.Op.FORGET, P.Op.BATCH_FORGET, P.Op.INTERRUPT].map(P.expectsReply)).toEqual([false, false, false]);
     expect(P.expectsReply(P.Op.READ)).toBe(true);
