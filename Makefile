@@ -12,7 +12,7 @@ SHELL := /bin/bash
 APT_PACKAGES := libfuse2 fuse3 qemu-utils qemu-system-common fio libvmdk-utils e2fsprogs util-linux fdisk kmod strace procps passwd python3 systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps system-deps build test test-unit demo bench clean
+.PHONY: deps system-deps build test test-unit lint demo bench clean
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
@@ -37,6 +37,10 @@ build: deps dist/.built
 
 test: build
 	npx vitest run
+
+# Types of src and tests, eslint (typescript-eslint, type-checked) and prettier --check.
+lint: deps
+	npm run lint
 
 test-unit: build
 	npx vitest run test/io test/merge test/image test/formats
