@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import type { ImageStats } from '../image';
+import type { IoCounters } from '../io/counters';
 import type { MergerStats } from '../merge';
 
 /**
@@ -13,22 +14,11 @@ export class SessionStats {
     const t = this.totals.get(key) ?? {};
     const io = Object.values(image.io);
     const add = (k: string, v: number) => (t[k] = (t[k] ?? 0) + v);
-    add(
-      'host reads',
-      io.reduce((n, c) => n + c.reads, 0),
-    );
-    add(
-      'host writes',
-      io.reduce((n, c) => n + c.writes, 0),
-    );
-    add(
-      'host flushes',
-      io.reduce((n, c) => n + c.flushes, 0),
-    );
-    add(
-      'bytes written',
-      io.reduce((n, c) => n + c.bytesWritten, 0),
-    );
+    const hostTotal = (field: keyof IoCounters) => io.reduce((n, c) => n + c[field], 0);
+    add('host reads', hostTotal('reads'));
+    add('host writes', hostTotal('writes'));
+    add('host flushes', hostTotal('flushes'));
+    add('bytes written', hostTotal('bytesWritten'));
     for (const [k, v] of Object.entries(image.driver)) add(k, v);
     add('writes received', merger.mergedWrites);
     add('writes coalesced', merger.coalescedWrites);

@@ -123,10 +123,7 @@ export class HostFile {
     } catch (e) {
       throw fromNodeError(e, `read ${this.path} at ${pos}`);
     }
-    if (done < into.length) into.fill(0, done);
-    this.counters.reads++;
-    this.counters.bytesRead += done;
-    this.emit('read', pos, into.length, tag);
+    this.readDone(into, pos, done, tag);
     return done;
   }
 
@@ -146,11 +143,16 @@ export class HostFile {
     } catch (e) {
       throw fromNodeError(e, `read ${this.path} at ${pos}`);
     }
+    this.readDone(into, pos, done, tag);
+    return true;
+  }
+
+  /** After a read of `done` bytes: zeros past the end of the file, counters, observers. */
+  private readDone(into: Buffer, pos: number, done: number, tag: IoTag | undefined): void {
     if (done < into.length) into.fill(0, done);
     this.counters.reads++;
     this.counters.bytesRead += done;
     this.emit('read', pos, into.length, tag);
-    return true;
   }
 
   /** Writes one buffer or a vector of buffers contiguously at `pos` (one writev syscall when it can). */

@@ -8,8 +8,6 @@
  * reference, so it is never freed while another holds it.
  */
 import type { Extent } from '../types';
-import type { MapContext } from './mapping';
-import type { CacheEntry, MetadataCache } from './metadata-cache';
 import {
   KIND_COMPRESSED,
   KIND_NORMAL,
@@ -24,19 +22,10 @@ import {
   setL2Zero,
   subclusterMask,
 } from './table-entry';
-import type { WritePath } from './write-path';
+import type { L2Access, WritePath } from './write-path';
 
-export interface DiscardAccess {
-  readonly ctx: MapContext;
-  readonly cache: MetadataCache;
+export interface DiscardAccess extends L2Access {
   readonly writer: WritePath;
-  readonly hasBacking: boolean;
-  /** qcow2 v3: zero clusters exist. */
-  readonly zeroClusters: boolean;
-  readonly virtualSize: number;
-  l2Offset(l1i: number): number;
-  /** The L2 table for an L1 index, allocated or copied when shared; pinned. */
-  privateL2(l1i: number): Promise<CacheEntry>;
   writeZeroes(offset: number, length: number): Promise<void>;
   map(offset: number, length: number): Promise<Extent[]>;
 }

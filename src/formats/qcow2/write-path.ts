@@ -52,20 +52,25 @@ export interface WriteCounters {
 }
 
 /** What the write path needs from its image. */
-export interface LayerAccess {
+/** What changing L2 entries needs of the image: the write path's and discard's common part. */
+export interface L2Access {
   readonly ctx: MapContext;
   readonly cache: MetadataCache;
-  readonly refcounts: Refcounts;
-  readonly dataFile: HostFile;
-  readonly counters: WriteCounters;
-  /** Runs `fn` under the image lock (metadata changes, one at a time, FIFO). */
-  locked<T>(fn: () => Promise<T>): Promise<T>;
+  /** qcow2 v3: zero clusters exist. */
   readonly zeroClusters: boolean;
   readonly hasBacking: boolean;
   readonly virtualSize: number;
   l2Offset(l1i: number): number;
   /** The L2 table for an L1 index, allocated or copied when shared; pinned. */
   privateL2(l1i: number): Promise<CacheEntry>;
+}
+
+export interface LayerAccess extends L2Access {
+  readonly refcounts: Refcounts;
+  readonly dataFile: HostFile;
+  readonly counters: WriteCounters;
+  /** Runs `fn` under the image lock (metadata changes, one at a time, FIFO). */
+  locked<T>(fn: () => Promise<T>): Promise<T>;
   /** This layer's current content (data, zeros, backing) for COW; tables must be pinned. */
   readLayer(offset: number, into: Buffer): Promise<void>;
 }
