@@ -28,7 +28,10 @@ node_modules/.package-lock.json: package-lock.json
 
 deps: system-deps node_modules/.package-lock.json
 
+# dist is rebuilt from scratch: a file left from a moved module (syscalls.js beside syscalls/)
+# would otherwise shadow the new one at require time.
 dist/.built: node_modules/.package-lock.json tsconfig.json $(shell find src bench -name '*.ts' 2>/dev/null)
+	rm -rf dist
 	npx tsc -p tsconfig.json
 	@chmod +x dist/src/cli/main.js
 	@touch $@
