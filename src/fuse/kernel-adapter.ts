@@ -1,11 +1,14 @@
 import createDebug from 'debug';
-import { errno, toErrno } from '../fs/errno';
+import { errno } from '../fs/errno';
 import type { FsCore, NodeAttr } from '../fs/operations-core';
 import { asError } from '../io/errors';
 import { BufferPool } from './buffer-pool';
 import { NodeTable, ROOT_ID } from './node-table';
 import * as P from './protocol';
+import { Replies, type ReplySink } from './replies';
 import { TransportStats } from './transport-stats';
+
+export type { ReplySink } from './replies';
 
 const log = createDebug('vdiskfs:fuse');
 
@@ -13,11 +16,6 @@ const log = createDebug('vdiskfs:fuse');
 const ENTRY_VALID = 1;
 const ATTR_VALID = 1;
 const EPROTO = 71;
-
-/** Where replies go: the session loop writes them to /dev/fuse. */
-export interface ReplySink {
-  send(buf: Buffer, len: number): void;
-}
 
 export interface KernelAdapterOptions {
   writebackCache: boolean;
@@ -36,7 +34,8 @@ interface DirHandle {
  * reply. dispatch() takes what it needs from the request buffer synchronously (the loop reuses
  * that buffer for the next request): header fields, and write payloads, which the core copies
  * before its first await. A request whose core call needs no waiting is answered in the same
- * microtask checkpoint, without leaving the main thread.
+ * microtask checkpoint, without leaving the main thread. Encoding and writing replies, and
+ * tracking requests that wait for the core: replies.ts.
  */
 export class KernelAdapter {
   readonly stats = new TransportStats();
@@ -44,20 +43,19 @@ export class KernelAdapter {
   private readonly dirs = new Map<number, DirHandle>();
   private nextDir = 1;
   private readonly pool = new BufferPool();
-  /** Shared by replies that are encoded and written in one synchronous step. */
-  private readonly small = Buffer.alloc(P.OUT_HEADER_SIZE + 8192);
-  /** Requests handed to the core and not answered yet, by unique id (INTERRUPT names them). */
-  private readonly inflight = new Set<number>();
+  private readonly replies: Replies;
 
   constructor(
     private readonly core: FsCore,
-    private readonly sink: ReplySink,
+    sink: ReplySink,
     private readonly opts: KernelAdapterOptions,
-  ) {}
+  ) {
+    this.replies = new Replies(sink, (nodeid) => this.nodes.pathOf(nodeid));
+  }
 
   /** Requests still waiting for the core (thread-pool I/O, a flush): the loop sleeps off-thread meanwhile. */
   get pending(): number {
-    return this.inflight.size;
+    return this.replies.pending;
   }
 
   /** Handles one request of `n` bytes in `buf`. Never throws. */
@@ -74,7 +72,7 @@ export class KernelAdapter {
       this.route(h, buf, n);
     } catch (e) {
       // A decoding error (a request shorter than its struct): answer it, never crash the loop.
-      this.fail(h, e);
+      this.replies.fail(h, e);
     }
   }
 
@@ -92,7 +90,7 @@ export class KernelAdapter {
         this.stats.size('write', w.size);
         // A view into the request buffer: the core copies it before the buffer is read into again.
         const data = buf.subarray(w.dataOffset, w.dataOffset + w.size);
-        return this.run(
+        return this.replies.run(
           h,
           () => core.write(w.fh, w.offset, data),
           (b, o, written) => P.encodeWriteOut(b, o, written),
@@ -100,9 +98,9 @@ export class KernelAdapter {
       }
       case P.Op.LOOKUP: {
         const parent = this.nodes.pathOf(h.nodeid);
-        if (parent === undefined) return this.error(h, errno('ENOENT'));
+        if (parent === undefined) return this.replies.error(h, errno('ENOENT'));
         const path = this.nodes.childPath(parent, P.decodeName(buf, off, n));
-        return this.run(
+        return this.replies.run(
           h,
           () => core.getattr(path),
           (b, o, a) => {
@@ -113,8 +111,8 @@ export class KernelAdapter {
       }
       case P.Op.GETATTR: {
         const path = this.pathOf(h);
-        if (path === undefined) return this.error(h, errno('ENOENT'));
-        return this.run(
+        if (path === undefined) return this.replies.error(h, errno('ENOENT'));
+        return this.replies.run(
           h,
           () => core.getattr(path),
           (b, o, a) => P.encodeAttrOut(b, o, ATTR_VALID, this.attr(path, a)),
@@ -122,11 +120,11 @@ export class KernelAdapter {
       }
       case P.Op.SETATTR: {
         const path = this.pathOf(h);
-        if (path === undefined) return this.error(h, errno('ENOENT'));
+        if (path === undefined) return this.replies.error(h, errno('ENOENT'));
         const s = P.decodeSetattrIn(buf, off);
         // Modes and owners of a view come from its image file; times are harmless (`touch`) and ignored.
-        if (s.valid & (P.SetattrValid.MODE | P.SetattrValid.UID | P.SetattrValid.GID)) return this.error(h, errno('EPERM'));
-        return this.run(
+        if (s.valid & (P.SetattrValid.MODE | P.SetattrValid.UID | P.SetattrValid.GID)) return this.replies.error(h, errno('EPERM'));
+        return this.replies.run(
           h,
           async () => {
             // Writeback cache: O_TRUNC arrives as SETATTR size=0 without a handle (no ATOMIC_O_TRUNC; see negotiate.ts).
@@ -140,9 +138,9 @@ export class KernelAdapter {
       }
       case P.Op.OPEN: {
         const path = this.pathOf(h);
-        if (path === undefined) return this.error(h, errno('ENOENT'));
+        if (path === undefined) return this.replies.error(h, errno('ENOENT'));
         const { flags } = P.decodeOpenIn(buf, off);
-        return this.run(
+        return this.replies.run(
           h,
           () => core.open(path, flags),
           (b, o, fh) => P.encodeOpenOut(b, o, fh, 0),
@@ -150,7 +148,7 @@ export class KernelAdapter {
       }
       case P.Op.FLUSH: {
         const { fh } = P.decodeFlushIn(buf, off);
-        return this.run(
+        return this.replies.run(
           h,
           () => core.flush(fh),
           () => 0,
@@ -158,7 +156,7 @@ export class KernelAdapter {
       }
       case P.Op.FSYNC: {
         const { fh, datasync } = P.decodeFsyncIn(buf, off);
-        return this.run(
+        return this.replies.run(
           h,
           () => core.fsync(fh, datasync),
           () => 0,
@@ -166,7 +164,7 @@ export class KernelAdapter {
       }
       case P.Op.RELEASE: {
         const { fh } = P.decodeReleaseIn(buf, off);
-        return this.run(
+        return this.replies.run(
           h,
           () => core.release(fh),
           () => 0,
@@ -174,20 +172,20 @@ export class KernelAdapter {
       }
       case P.Op.OPENDIR: {
         const path = this.pathOf(h);
-        if (path === undefined) return this.error(h, errno('ENOENT'));
+        if (path === undefined) return this.replies.error(h, errno('ENOENT'));
         const fh = this.nextDir++;
         this.dirs.set(fh, { path, entries: undefined });
-        return this.reply(h, (b, o) => P.encodeOpenOut(b, o, fh, 0));
+        return this.replies.reply(h, (b, o) => P.encodeOpenOut(b, o, fh, 0));
       }
       case P.Op.READDIR:
         return this.readdir(h, P.decodeReadIn(buf, off));
       case P.Op.RELEASEDIR:
         this.dirs.delete(P.decodeReleaseIn(buf, off).fh);
-        return this.reply(h, () => 0);
+        return this.replies.reply(h, () => 0);
       case P.Op.FSYNCDIR:
-        return this.reply(h, () => 0);
+        return this.replies.reply(h, () => 0);
       case P.Op.STATFS:
-        return this.run(
+        return this.replies.run(
           h,
           () => core.statfs(),
           (b, o, s) =>
@@ -204,7 +202,7 @@ export class KernelAdapter {
         );
       case P.Op.FALLOCATE: {
         const f = P.decodeFallocateIn(buf, off);
-        return this.run(
+        return this.replies.run(
           h,
           () => core.fallocate(f.fh, f.offset, f.length, f.mode),
           () => 0,
@@ -212,7 +210,7 @@ export class KernelAdapter {
       }
       case P.Op.LSEEK: {
         const l = P.decodeLseekIn(buf, off);
-        return this.run(
+        return this.replies.run(
           h,
           () => core.lseek(l.fh, l.offset, l.whence),
           (b, o, pos) => P.encodeLseekOut(b, o, pos),
@@ -228,13 +226,13 @@ export class KernelAdapter {
         // The core cannot abandon a request half done (a driver write, a flush): it finishes and
         // is answered; the kernel drops the answer if the caller is gone. Counted for --stats.
         const { unique } = P.decodeInterruptIn(buf, off);
-        if (this.inflight.has(unique)) this.stats.interrupts++;
+        if (this.replies.waiting(unique)) this.stats.interrupts++;
         return;
       }
       case P.Op.INIT:
         return this.init(h, P.decodeInitIn(buf, off, n));
       case P.Op.DESTROY:
-        this.reply(h, () => 0);
+        this.replies.reply(h, () => 0);
         this.opts.onDestroy();
         return;
       case P.Op.CREATE:
@@ -247,9 +245,9 @@ export class KernelAdapter {
       case P.Op.LINK:
       case P.Op.SYMLINK:
         // The namespace mirrors the images folder: it changes there, never through the mount.
-        return this.error(h, errno('EPERM'));
+        return this.replies.error(h, errno('EPERM'));
       default:
-        if (P.expectsReply(h.opcode)) this.error(h, errno('ENOSYS')); // xattrs, locks, ioctl...: the kernel stops asking
+        if (P.expectsReply(h.opcode)) this.replies.error(h, errno('ENOSYS')); // xattrs, locks, ioctl...: the kernel stops asking
     }
   }
 
@@ -259,7 +257,7 @@ export class KernelAdapter {
     if (!n.ok) {
       if (n.retryWithMajor !== undefined) {
         // A newer major: tell the kernel ours; it sends INIT again with 7.x.
-        return this.reply(h, (b, o) =>
+        return this.replies.reply(h, (b, o) =>
           P.encodeInitOut(b, o, {
             major: 7,
             minor: P.OUR_MINOR,
@@ -274,7 +272,7 @@ export class KernelAdapter {
         );
       }
       this.opts.warn(`cannot serve this kernel: ${n.reason}`);
-      return this.error(h, -EPROTO);
+      return this.replies.error(h, -EPROTO);
     }
     this.stats.negotiated = n.reply;
     log(
@@ -285,7 +283,7 @@ export class KernelAdapter {
       n.reply.maxWrite,
       P.initFlagNames(n.reply.flags).join(','),
     );
-    this.reply(h, (b, o) => P.encodeInitOut(b, o, n.reply));
+    this.replies.reply(h, (b, o) => P.encodeInitOut(b, o, n.reply));
   }
 
   private read(h: P.RequestHeader, r: P.ReadIn): void {
@@ -297,11 +295,11 @@ export class KernelAdapter {
       now = this.core.readSync(r.fh, r.offset, into);
     } catch (e) {
       this.pool.give(out);
-      return this.fail(h, e);
+      return this.replies.fail(h, e);
     }
     if (now !== undefined) {
       P.encodeOutHeader(out, P.OUT_HEADER_SIZE + now, 0, h.unique);
-      this.sink.send(out, P.OUT_HEADER_SIZE + now);
+      this.replies.send(out, P.OUT_HEADER_SIZE + now);
       this.pool.give(out);
       return;
     }
@@ -311,34 +309,34 @@ export class KernelAdapter {
     } catch (e) {
       p = Promise.reject(asError(e));
     }
-    this.inflight.add(h.unique);
+    this.replies.begin(h.unique);
     p.then(
       (got) => {
-        this.inflight.delete(h.unique);
+        this.replies.end(h.unique);
         P.encodeOutHeader(out, P.OUT_HEADER_SIZE + got, 0, h.unique);
-        this.sink.send(out, P.OUT_HEADER_SIZE + got);
+        this.replies.send(out, P.OUT_HEADER_SIZE + got);
         this.pool.give(out);
       },
       (e) => {
-        this.inflight.delete(h.unique);
+        this.replies.end(h.unique);
         this.pool.give(out);
-        this.fail(h, e);
+        this.replies.fail(h, e);
       },
     );
   }
 
   private readdir(h: P.RequestHeader, r: P.ReadIn): void {
     const dir = this.dirs.get(r.fh);
-    if (!dir) return this.error(h, errno('EBADF'));
+    if (!dir) return this.replies.error(h, errno('EBADF'));
     const answer = (entries: P.DirEntry[]) => {
-      const b = P.OUT_HEADER_SIZE + r.size <= this.small.length ? this.small : Buffer.alloc(P.OUT_HEADER_SIZE + r.size);
+      const b = P.OUT_HEADER_SIZE + r.size <= this.replies.small.length ? this.replies.small : Buffer.alloc(P.OUT_HEADER_SIZE + r.size);
       const len = P.encodeDirents(b, P.OUT_HEADER_SIZE, r.size, entries, r.offset);
       P.encodeOutHeader(b, P.OUT_HEADER_SIZE + len, 0, h.unique);
-      this.sink.send(b, P.OUT_HEADER_SIZE + len);
+      this.replies.send(b, P.OUT_HEADER_SIZE + len);
     };
     // The folder is listed afresh when a reader starts at 0 (images come and go), then served from that listing.
     if (dir.entries && r.offset > 0) return answer(dir.entries);
-    this.run(
+    this.replies.run(
       h,
       () => this.core.readdir(dir.path),
       () => 0,
@@ -356,56 +354,6 @@ export class KernelAdapter {
         answer(dir.entries);
       },
     );
-  }
-
-  /**
-   * Runs a core call and answers with `encode`d value (into the shared reply buffer, written at
-   * once), or with the error. `custom` replaces the standard reply when the answer is built elsewhere.
-   */
-  private run<T>(
-    h: P.RequestHeader,
-    fn: () => Promise<T>,
-    encode: (b: Buffer, off: number, v: T) => number,
-    custom?: (v: T) => void,
-  ): void {
-    let p: Promise<T>;
-    try {
-      p = fn();
-    } catch (e) {
-      p = Promise.reject(asError(e));
-    }
-    this.inflight.add(h.unique);
-    p.then(
-      (v) => {
-        this.inflight.delete(h.unique);
-        if (custom) custom(v);
-        else this.reply(h, (b, o) => encode(b, o, v));
-      },
-      (e) => {
-        this.inflight.delete(h.unique);
-        this.fail(h, e);
-      },
-    );
-  }
-
-  /** Encodes a body into the shared buffer after the header and writes the reply. */
-  private reply(h: P.RequestHeader, body: (b: Buffer, off: number) => number): void {
-    const len = P.OUT_HEADER_SIZE + body(this.small, P.OUT_HEADER_SIZE);
-    P.encodeOutHeader(this.small, len, 0, h.unique);
-    this.sink.send(this.small, len);
-  }
-
-  private error(h: P.RequestHeader, negErrno: number): void {
-    P.encodeOutHeader(this.small, P.OUT_HEADER_SIZE, negErrno, h.unique);
-    this.sink.send(this.small, P.OUT_HEADER_SIZE);
-  }
-
-  private fail(h: P.RequestHeader, e: unknown): void {
-    const code = e instanceof RangeError ? errno('EINVAL') : toErrno(e);
-    const what = `${P.opName(h.opcode)} node ${h.nodeid} (${this.nodes.pathOf(h.nodeid) ?? '?'})`;
-    if (code === errno('EIO')) log('%s failed: %s', what, (e as Error)?.stack ?? e);
-    else log('%s: %s', what, (e as Error)?.message ?? e);
-    if (P.expectsReply(h.opcode)) this.error(h, code);
   }
 
   private pathOf(h: P.RequestHeader): string | undefined {

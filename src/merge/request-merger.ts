@@ -14,16 +14,17 @@
  * than overlaying pending bytes: the driver stays the single source of truth for reads, partial
  * pages need no byte masks, and a read registered in the lock sees exactly the writes issued
  * before it. The cost (a small early write) only hits read-after-unflushed-write patterns.
+ *
+ * This file decides what goes to the driver and when (pending extents, idle timer, back-pressure,
+ * flush/close); driver-requests.ts issues it (range lock, write slots, in-flight set).
  */
 import type { Image } from '../formats/types';
 import { VdiskError, fromNodeError } from '../io/errors';
-import { MergerOptions, ResolvedMergerOptions, resolveMergerOptions } from './options';
-import { pageDown, pageSpan, pageUp, PAGE_SIZE } from './pages';
-import { PendingExtent, PendingExtents, slabBytesFor } from './pending-extents';
-import { OrderedRangeLock } from '../io/range-lock';
-import { Slots } from './slots';
-import { writeExtentAligned } from './extent-writer';
+import { DriverRequests, type DriverWrite } from './driver-requests';
 import { FailedWrites } from './failed-writes';
+import { MergerOptions, ResolvedMergerOptions, resolveMergerOptions } from './options';
+import { pageDown, pageUp, PAGE_SIZE } from './pages';
+import { PendingExtent, PendingExtents, slabBytesFor } from './pending-extents';
 
 export interface WriteOptions {
   /** O_DIRECT / O_SYNC / O_DSYNC handle: the bytes reach the driver before write() returns. */
@@ -58,22 +59,11 @@ export interface MergerStats {
   failed: boolean;
 }
 
-interface DriverWrite {
-  start: number; // page-aligned range the driver request covers
-  end: number;
-  bytes: number;
-  acked: boolean;
-  error: VdiskError | undefined;
-  done: Promise<void>; // settles when the driver write finished; never rejects
-}
-
 export class RequestMerger {
   readonly options: ResolvedMergerOptions;
   private readonly pending: PendingExtents;
-  private readonly lock = new OrderedRangeLock();
-  private readonly slots: Slots;
-  private readonly inflight = new Set<DriverWrite>();
-  private inflightBytes = 0;
+  /** Everything handed to the driver: range lock, write slots, in-flight set (driver-requests.ts). */
+  private readonly driver: DriverRequests;
   private readonly counters = {
     mergedWrites: 0,
     coalescedWrites: 0,
@@ -100,8 +90,9 @@ export class RequestMerger {
     this.options = resolveMergerOptions(opts);
     this.slabBytes = slabBytesFor(this.options.maxBytes);
     this.pending = new PendingExtents(this.slabBytes);
-    this.slots = new Slots(this.options.maxInflight);
     this.failures = new FailedWrites(image.path, this.options.warn);
+    const recycle = (buf: Buffer) => this.pending.recycle(buf);
+    this.driver = new DriverRequests(image, this.options.maxBytes, this.options.maxInflight, this.counters, this.failures, recycle);
   }
 
   get virtualSize(): number {
@@ -125,24 +116,7 @@ export class RequestMerger {
     if (this.pending.size > 0) {
       for (const x of this.pending.overlapping(offset, end)) this.send(x);
     }
-    const span = pageSpan(offset, end, diskSize);
-    const lease = this.lock.acquire(span.start, span.end, true);
-    try {
-      if (lease.ready) await lease.ready;
-      this.failures.throwIfRangeFailed(offset, end);
-      this.counters.driverReads++;
-      if (span.start === offset && span.end === end) {
-        await this.image.read(offset, len === into.length ? into : into.subarray(0, len));
-      } else {
-        const bounce = Buffer.allocUnsafe(span.end - span.start);
-        await this.image.read(span.start, bounce);
-        bounce.copy(into, 0, offset - span.start, end - span.start);
-      }
-    } catch (e) {
-      throw fromNodeError(e, `read ${this.image.path} at ${offset}+${len}`);
-    } finally {
-      lease.release();
-    }
+    await this.driver.read(offset, len, into);
     return len;
   }
 
@@ -156,25 +130,10 @@ export class RequestMerger {
   readSync(offset: number, into: Buffer): number | undefined {
     const image = this.image;
     if (image.readSync === undefined || this.closed || !Number.isSafeInteger(offset) || offset < 0) return undefined;
-    const diskSize = image.virtualSize;
-    const len = Math.max(0, Math.min(into.length, diskSize - offset));
+    const len = Math.max(0, Math.min(into.length, image.virtualSize - offset));
     if (len === 0) return undefined;
-    const end = offset + len;
-    if (this.pending.size > 0 && this.pending.overlapping(offset, end).length > 0) return undefined;
-    const span = pageSpan(offset, end, diskSize);
-    if (this.lock.wouldWait(span.start, span.end, true)) return undefined;
-    this.failures.throwIfRangeFailed(offset, end);
-    const aligned = span.start === offset && span.end === end;
-    const target = aligned ? (len === into.length ? into : into.subarray(0, len)) : Buffer.allocUnsafe(span.end - span.start);
-    let done: boolean;
-    try {
-      done = image.readSync(span.start, target);
-    } catch (e) {
-      throw fromNodeError(e, `read ${image.path} at ${offset}+${len}`);
-    }
-    if (!done) return undefined;
-    this.counters.driverReads++;
-    if (!aligned) target.copy(into, 0, offset - span.start, end - span.start);
+    if (this.pending.size > 0 && this.pending.overlapping(offset, offset + len).length > 0) return undefined;
+    if (!this.driver.readSync(offset, len, into)) return undefined;
     if (len < into.length) into.fill(0, len);
     return len;
   }
@@ -206,7 +165,7 @@ export class RequestMerger {
       this.armedSeq = this.writeSeq;
       this.timer = setTimeout(this.onIdleTimer, this.options.delayMs);
     }
-    if (this.pending.bytes + this.inflightBytes > this.options.memCapBytes) {
+    if (this.pending.bytes + this.driver.inflightBytes > this.options.memCapBytes) {
       // Back-pressure: the writer waits for the backlog, and learns if it failed.
       await this.drainWaiting();
     }
@@ -266,7 +225,7 @@ export class RequestMerger {
     return {
       pendingBytes: this.pending.bytes,
       pendingExtents: this.pending.size,
-      inflightBytes: this.inflightBytes,
+      inflightBytes: this.driver.inflightBytes,
       ...this.counters,
       failed: this.failures.failed,
     };
@@ -302,59 +261,7 @@ export class RequestMerger {
       ext.end = cut;
     }
     if (keepTail) this.streamEnd = ext.end;
-    // Driver requests stay near maxBytes (overlapping merges or a huge write can make an extent
-    // bigger): cut at page boundaries, so the pieces lock disjoint pages and run in parallel.
-    const limit = Math.max(PAGE_SIZE, pageDown(this.options.maxBytes));
-    // One piece: its slab goes back to the pending set once the driver is done with it.
-    if (ext.end - ext.start <= limit) return this.sendPiece(ext.start, ext.end, ext.buf, ext.acked, true);
-    const parts: DriverWrite[] = [];
-    for (let at = ext.start; at < ext.end;) {
-      const cut = Math.min(ext.end, pageDown(at + limit)); // limit >= one page, so cut > at
-      parts.push(this.sendPiece(at, cut, ext.buf.subarray(at - ext.start), ext.acked));
-      at = cut;
-    }
-    const whole: DriverWrite = {
-      start: ext.start,
-      end: ext.end,
-      bytes: ext.end - ext.start,
-      acked: ext.acked,
-      error: undefined,
-      done: Promise.resolve(),
-    };
-    whole.done = Promise.all(parts.map((p) => p.done)).then(() => {
-      whole.error = parts.find((p) => p.error !== undefined)?.error;
-    });
-    return whole;
-  }
-
-  /** One driver write of bytes [start, end), which sit at buf[0 .. end-start). `recycle`: buf is the extent's own slab, free once written. */
-  private sendPiece(start: number, end: number, buf: Buffer, acked: boolean, recycle = false): DriverWrite {
-    const span = pageSpan(start, end, this.image.virtualSize);
-    const lease = this.lock.acquire(span.start, span.end, false);
-    const bytes = end - start;
-    const op: DriverWrite = { start, end, bytes, acked, error: undefined, done: Promise.resolve() };
-    this.inflight.add(op);
-    this.inflightBytes += bytes;
-    op.done = (async () => {
-      let slot = false;
-      try {
-        if (lease.ready) await lease.ready;
-        const wait = this.slots.acquire();
-        slot = true;
-        if (wait) await wait;
-        await writeExtentAligned(this.image, start, end, buf.subarray(0, bytes), this.counters);
-      } catch (e) {
-        op.error = fromNodeError(e, `write ${this.image.path} at ${start}+${bytes}`);
-        this.recordFailure(op, op.error);
-      } finally {
-        if (slot) this.slots.release();
-        lease.release();
-        this.inflight.delete(op);
-        this.inflightBytes -= bytes;
-        if (recycle) this.pending.recycle(buf);
-      }
-    })();
-    return op;
+    return this.driver.write(ext.start, ext.end, ext.buf, ext.acked, true);
   }
 
   private async clearRange(offset: number, length: number, how: 'discard' | 'zero'): Promise<void> {
@@ -371,40 +278,15 @@ export class RequestMerger {
     const inner1 = end === this.image.virtualSize ? end : pageDown(end);
     const ops: DriverWrite[] = [];
     if (inner0 >= inner1) {
-      ops.push(this.sendPiece(offset, end, Buffer.alloc(length), false));
+      ops.push(this.driver.writePiece(offset, end, Buffer.alloc(length), false));
     } else {
-      if (offset < inner0) ops.push(this.sendPiece(offset, inner0, Buffer.alloc(inner0 - offset), false));
-      ops.push(this.sendClear(inner0, inner1, how));
-      if (inner1 < end) ops.push(this.sendPiece(inner1, end, Buffer.alloc(end - inner1), false));
+      if (offset < inner0) ops.push(this.driver.writePiece(offset, inner0, Buffer.alloc(inner0 - offset), false));
+      ops.push(this.driver.clear(inner0, inner1, how));
+      if (inner1 < end) ops.push(this.driver.writePiece(inner1, end, Buffer.alloc(end - inner1), false));
     }
     await Promise.all(ops.map((o) => o.done));
     const failed = ops.find((o) => o.error !== undefined);
     if (failed) throw failed.error as Error;
-  }
-
-  /** One page-aligned Image.discard / Image.writeZeroes, in the range lock like a write. */
-  private sendClear(start: number, end: number, how: 'discard' | 'zero'): DriverWrite {
-    const lease = this.lock.acquire(start, end, false);
-    const op: DriverWrite = { start, end, bytes: 0, acked: false, error: undefined, done: Promise.resolve() };
-    this.inflight.add(op);
-    op.done = (async () => {
-      try {
-        if (lease.ready) await lease.ready;
-        if (how === 'discard') {
-          this.counters.discards++;
-          await this.image.discard(start, end - start);
-        } else {
-          this.counters.zeroWrites++;
-          await this.image.writeZeroes(start, end - start);
-        }
-      } catch (e) {
-        op.error = fromNodeError(e, `${how} ${this.image.path} at ${start}+${end - start}`);
-      } finally {
-        lease.release();
-        this.inflight.delete(op);
-      }
-    })();
-    return op;
   }
 
   private sendAllPending(): void {
@@ -414,10 +296,8 @@ export class RequestMerger {
 
   private async drainWaiting(): Promise<void> {
     this.sendAllPending();
-    if (this.inflight.size > 0) {
-      const ops = [...this.inflight];
-      await Promise.all(ops.map((o) => o.done));
-    }
+    const settled = this.driver.settled();
+    if (settled) await settled;
     this.failures.throwIfFailed();
   }
 
@@ -444,10 +324,5 @@ export class RequestMerger {
   private stopTimer(): void {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
-  }
-
-  private recordFailure(op: DriverWrite, error: VdiskError): void {
-    if (!op.acked) return; // nobody was told "done": the waiting write-through caller gets the error itself
-    this.failures.record(op.start, op.end, op.bytes, error);
   }
 }

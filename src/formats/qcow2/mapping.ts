@@ -49,6 +49,19 @@ export interface MapContext {
   cache: MetadataCache;
 }
 
+/** The map context of an open image: `extended` L2 entries (16 bytes, subclusters) or standard (8). */
+export function newMapContext(clusterBits: number, extended: boolean, dataFile: boolean, l1: Buffer, cache: MetadataCache): MapContext {
+  const entrySize = extended ? 16 : 8;
+  return {
+    clusterBits,
+    layout: { clusterBits, extended, entrySize, dataFile },
+    l2Entries: 2 ** clusterBits / entrySize,
+    l1,
+    l1Size: l1.length / 8,
+    cache,
+  };
+}
+
 export function l2TableOffset(ctx: MapContext, l1i: number): number {
   if (l1i >= ctx.l1Size) return 0;
   const off = l1Offset(ctx.l1, l1i);

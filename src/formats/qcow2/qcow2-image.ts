@@ -6,13 +6,13 @@
  * discard.ts and preallocate.ts do one entry point each.
  *
  * Concurrency: reads whose tables are cached run without the lock (synchronous lookups, then
- * host I/O); loading tables and every metadata change run under the image lock (`locked`: one
- * range over everything in an OrderedRangeLock, a FIFO mutex). Writes: write-path.ts.
+ * host I/O); loading tables and every metadata change run under the image lock (image-lock.ts:
+ * one range over everything in an OrderedRangeLock, a FIFO mutex). Writes: write-path.ts. Freed
+ * clusters wait for the lock-free I/O that may still see them (freed-clusters.ts).
  */
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
-import { EVERYTHING, OrderedRangeLock } from '../../io/range-lock';
 import { checkRange, readThrough, readThroughSync } from '../data-path';
 import type { Extent, Image, ImageInfo, ImageStats } from '../types';
 import { CompressedClusters } from './compression';
@@ -20,10 +20,12 @@ import { discardRange } from './discard';
 import { toExtents } from './extents';
 import { Header, INCOMPAT_EXTL2 } from './header';
 import { qcow2Info } from './image-info';
+import { FreedClusters } from './freed-clusters';
+import { ImageLock } from './image-lock';
 import { L1Table } from './l1-table';
-import { MapContext, mapSync, tablesFor } from './mapping';
+import { MapContext, mapSync, newMapContext } from './mapping';
 import type { ImageMeta } from './meta';
-import { CacheEntry, MetadataCache } from './metadata-cache';
+import type { MetadataCache } from './metadata-cache';
 import { preallocateMetadata } from './preallocate';
 import { Qcow2Access } from './read-access';
 import type { Refcounts } from './refcounts';
@@ -76,7 +78,7 @@ export class Qcow2Image implements Image {
   private readonly backing?: Image;
   private readonly backingPath?: string;
   private readonly snapshots: () => Promise<Snapshot[]>;
-  private readonly imageLock = new OrderedRangeLock();
+  private readonly imageLock: ImageLock;
   private readonly writer: WritePath;
   private readonly l1: L1Table;
   private closed = false;
@@ -84,7 +86,7 @@ export class Qcow2Image implements Image {
   private readonly reads: Qcow2Access;
   /** COW reads of this layer during a write, whose tables the write has pinned. */
   private readonly cowReads: Qcow2Access;
-  private readonly lockFree = new Set<Promise<void>>();
+  private readonly freed: FreedClusters;
 
   constructor(p: Qcow2Parts) {
     this.path = p.path;
@@ -102,15 +104,16 @@ export class Qcow2Image implements Image {
     this.backingPath = p.backingPath;
     this.snapshots = p.snapshots;
     const extended = (this.header.incompatible & INCOMPAT_EXTL2) !== 0n;
-    const entrySize = extended ? 16 : 8;
-    this.ctx = {
-      clusterBits: this.header.clusterBits,
-      layout: { clusterBits: this.header.clusterBits, extended, entrySize, dataFile: this.dataFile !== this.file },
-      l2Entries: this.cs / entrySize,
-      l1: p.l1,
-      l1Size: p.l1.length / 8,
-      cache: this.cache,
-    };
+    this.ctx = newMapContext(this.header.clusterBits, extended, this.dataFile !== this.file, p.l1, this.cache);
+    this.imageLock = new ImageLock(this.ctx, this.cache);
+    this.freed = new FreedClusters(
+      this.file,
+      this.dataFile,
+      this.cs,
+      this.cache,
+      () => this.refcounts!,
+      () => this.closed,
+    );
     const access = {
       ctx: this.ctx,
       file: this.file,
@@ -118,8 +121,8 @@ export class Qcow2Image implements Image {
       backing: this.backing,
       inflater: new CompressedClusters(this.file, this.cs, this.header.compressionType),
     };
-    this.reads = new Qcow2Access({ ...access, withTables: (o, n, fn) => this.withTablesLocked(o, n, fn) });
-    this.cowReads = new Qcow2Access({ ...access, withTables: (o, n, fn) => this.withTablesPinned(o, n, fn) });
+    this.reads = new Qcow2Access({ ...access, withTables: (o, n, fn) => this.imageLock.withTablesLocked(o, n, fn) });
+    this.cowReads = new Qcow2Access({ ...access, withTables: (o, n, fn) => this.imageLock.withTablesPinned(o, n, fn) });
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const self = this;
     this.l1 = new L1Table({
@@ -138,7 +141,7 @@ export class Qcow2Image implements Image {
       },
       dataFile: this.dataFile,
       counters: this.counters,
-      locked: (fn) => this.locked(fn),
+      locked: (fn) => this.imageLock.run(fn),
       zeroClusters: this.header.version === 3,
       hasBacking: !!this.backing,
       get virtualSize() {
@@ -157,47 +160,18 @@ export class Qcow2Image implements Image {
     });
   }
 
-  /** Metadata changes and table loads, one at a time, in call order. */
-  private locked<T>(fn: () => Promise<T>): Promise<T> {
-    return this.imageLock.run(0, EVERYTHING, false, fn);
-  }
-
   // ---- reads ----
 
   async read(offset: number, into: Buffer): Promise<void> {
     checkRange(this, offset, into.length);
     if (into.length === 0) return;
-    await this.lockFreeIo(readThrough(this.reads, offset, into));
+    await this.freed.lockFreeIo(readThrough(this.reads, offset, into));
   }
 
   /** read() without waiting: L2 tables cached, small data/zero pieces only (data-path.ts readThroughSync); false: nothing done. */
   readSync(offset: number, into: Buffer): boolean {
     checkRange(this, offset, into.length);
     return readThroughSync(this.reads, offset, into);
-  }
-
-  /** Runs `fn` under the lock with the L2 tables of the range loaded and pinned. */
-  private async withTablesLocked<T>(offset: number, length: number, fn: () => T): Promise<T> {
-    return this.locked(async () => {
-      const pinned = await this.pinTables(offset, length);
-      try {
-        return fn();
-      } finally {
-        for (const e of pinned) this.cache.unpin(e);
-        await this.cache.evict();
-      }
-    });
-  }
-
-  private async pinTables(offset: number, length: number): Promise<CacheEntry[]> {
-    const out: CacheEntry[] = [];
-    try {
-      for (const t of tablesFor(this.ctx, offset, length)) out.push(await this.cache.get('l2', t));
-    } catch (e) {
-      for (const x of out) this.cache.unpin(x);
-      throw e;
-    }
-    return out;
   }
 
   // ---- writes ----
@@ -207,7 +181,7 @@ export class Qcow2Image implements Image {
     this.checkWritable();
     checkRange(this, offset, buf.length);
     if (buf.length === 0) return;
-    if (await this.lockFreeIo(this.writer.tryDirect(offset, buf))) return;
+    if (await this.freed.lockFreeIo(this.writer.tryDirect(offset, buf))) return;
     await this.writer.write(offset, buf, 'unallocated');
   }
 
@@ -258,52 +232,10 @@ export class Qcow2Image implements Image {
     return this.backing;
   }
 
-  /**
-   * Clusters whose refcount reached 0: punched (reads as zeros, space back to the host) and
-   * handed to the allocator, once every lock-free read or write that may have looked up their
-   * old mapping has finished. Without punching, they stay unused (new clusters must read as zeros).
-   */
-  private recycle(runs: { host: number; length: number }[]): void {
-    if (runs.length === 0 || this.dataFile !== this.file) return;
-    void Promise.allSettled([...this.lockFree]).then(() => {
-      if (this.closed) return;
-      for (const r of runs) {
-        try {
-          if (!this.file.punchHole(r.host, r.length, 'discard')) continue;
-        } catch (e) {
-          log('punching freed clusters at %d (+%d) failed: %s', r.host, r.length, (e as Error).message);
-          continue;
-        }
-        this.refcounts!.addReusable(r.host / this.cs, r.length / this.cs);
-      }
-    });
-  }
-
-  /** Tracks I/O that runs without the image lock (see recycle). */
-  private lockFreeIo<T>(p: Promise<T>): Promise<T> {
-    const settled = p.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.lockFree.add(settled);
-    void settled.then(() => this.lockFree.delete(settled));
-    return p;
-  }
-
-  /** Without the lock (a write's COW read: its tables are pinned, this is a safety net). */
-  private async withTablesPinned<T>(offset: number, length: number, fn: () => T): Promise<T> {
-    const pinned = await this.pinTables(offset, length);
-    try {
-      return fn();
-    } finally {
-      for (const e of pinned) this.cache.unpin(e);
-    }
-  }
-
   /** preallocation=metadata: every L2 table and data cluster allocated (data left sparse). */
   async preallocateMetadata(): Promise<void> {
     this.checkWritable();
-    await this.locked(async () => {
+    await this.imageLock.run(async () => {
       const parts = {
         file: this.file,
         ctx: this.ctx,
@@ -322,18 +254,13 @@ export class Qcow2Image implements Image {
 
   async flush(): Promise<void> {
     if (this.readOnly || this.closed) return;
-    await this.locked(() => this.flushLocked());
+    await this.imageLock.run(() => this.flushLocked());
   }
 
   /** Every dirty table and root in the cache's write order (metadata-cache.ts), then queued frees. */
   private async flushLocked(): Promise<void> {
-    const rc = this.refcounts!;
     await this.cache.flush();
-    if (rc.hasPendingFrees) {
-      const zeroed = await rc.applyFrees();
-      await this.cache.flush();
-      this.recycle(zeroed);
-    }
+    await this.freed.applyFrees();
     log(
       'flush %s: metadataWrites=%d dataWrites=%d hostFlushes=%d',
       this.path,
@@ -355,7 +282,7 @@ export class Qcow2Image implements Image {
     try {
       if (!this.readOnly) {
         await this.flush();
-        if (this.refcounts?.lazyRefcounts?.marked) await this.locked(() => this.refcounts!.setDirtyBit(false));
+        if (this.refcounts?.lazyRefcounts?.marked) await this.imageLock.run(() => this.refcounts!.setDirtyBit(false));
       }
       const st = this.stats().driver;
       log(
@@ -382,7 +309,8 @@ export class Qcow2Image implements Image {
     checkRange(this, offset, length);
     if (length === 0) return [];
     const pieces =
-      mapSync(this.ctx, offset, length) ?? (await this.withTablesLocked(offset, length, () => mapSync(this.ctx, offset, length)!));
+      mapSync(this.ctx, offset, length) ??
+      (await this.imageLock.withTablesLocked(offset, length, () => mapSync(this.ctx, offset, length)!));
     return toExtents(pieces, { image: this.file.path, data: this.dataFile.path }, this.backing?.virtualSize);
   }
 
@@ -392,7 +320,7 @@ export class Qcow2Image implements Image {
       throw VdiskError.invalid(`${this.path}: shrinking a qcow2 image is not supported (${this.virtualSize} -> ${newSize})`);
     if (newSize === this.virtualSize) return;
     if (newSize % 512 !== 0) throw VdiskError.invalid(`${this.path}: the new size must be a multiple of 512 (${newSize})`);
-    await this.locked(async () => {
+    await this.imageLock.run(async () => {
       await this.flushLocked();
       const rc = this.refcounts!;
       await growImage(
@@ -409,11 +337,7 @@ export class Qcow2Image implements Image {
         newSize,
       );
       this.virtualSize = newSize;
-      if (rc.hasPendingFrees) {
-        const zeroed = await rc.applyFrees();
-        await this.cache.flush();
-        this.recycle(zeroed);
-      }
+      await this.freed.applyFrees();
     });
   }
 

@@ -1,15 +1,16 @@
 import createDebug from 'debug';
 import type { HostFile } from '../../io/host-file';
 import { VdiskError } from '../../io/errors';
-import { EVERYTHING, OrderedRangeLock } from '../../io/range-lock';
+import { OrderedRangeLock } from '../../io/range-lock';
 import { alignUp } from '../../io/safe-int';
 import type { Access } from './descriptor';
 import { CompressedGrains } from './compressed-grain';
 import type { CowSource, ExtentMapping, VmdkExtent } from './extent';
 import { mapGrains } from './grain-map';
 import { GrainTableCache } from './grain-table-cache';
-import { checkDirectorySize, encodeDirectory, readDirectory } from './grain-directory';
+import { checkDirectorySize, readDirectory } from './grain-directory';
 import * as hdr from './sparse-header';
+import { TableWriteback } from './table-writeback';
 import { GTE_ZEROED, SECTOR, type SparseHeader } from './sparse-header';
 import * as marker from './stream-marker';
 import * as cowd from './cowd-header';
@@ -32,7 +33,8 @@ export interface SparseOpenOptions {
  * directory kept in step; also the streamOptimized variant (compressed grains with markers).
  * Table bookkeeping lives here, the mapping answer in grain-map.ts (reads: ../data-path.ts via
  * extent-chain.ts); the write path (the seed) is in grain-allocator.ts,
- * compressed grains in compressed-grain.ts, the directory's on-disk form in grain-directory.ts.
+ * compressed grains in compressed-grain.ts, the directory's on-disk form in grain-directory.ts,
+ * the write-back of tables, directories and footer in table-writeback.ts.
  */
 export class SparseExtent implements VmdkExtent, GrainSpace {
   readonly type = 'SPARSE';
@@ -52,11 +54,9 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
   /** Tables allocated here and not yet on disk (their GD entries are written after them). */
   readonly newTables = new Set<number>();
   gdDirty = false;
-  /** streamOptimized with the GD in the footer: where the footer must be rewritten on flush. */
-  private footerAt = -1;
-  private footerDirty = false;
   private readonly grains: CompressedGrains;
-  private readonly tableWrites = new OrderedRangeLock(); // flush and write-through, one at a time (see serial)
+  /** Tables, directories and the footer to disk (also where a streamOptimized footer is). */
+  private readonly writeback = new TableWriteback(this);
   readonly stats = {
     grainsAllocated: 0,
     dataWrites: 0,
@@ -146,7 +146,7 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
       ext.readOnly = true;
     }
     if (footerAt >= 0) {
-      ext.footerAt = footerAt;
+      ext.writeback.footerAt = footerAt;
       ext.nextFree = footerAt; // new grains overwrite the old footer; flush writes a new one after them
     }
     log(
@@ -242,7 +242,7 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
   reserve(bytes: number): number {
     const at = this.nextFree;
     this.nextFree += bytes;
-    this.footerDirty = this.footerAt >= 0;
+    this.writeback.footerDirty = this.writeback.footerAt >= 0;
     return at;
   }
 
@@ -285,7 +285,7 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
    * header's capacity, written and made durable. The caller updates the descriptor after it.
    */
   async growCapacity(newSize: number): Promise<void> {
-    if (this.readOnly || this.compressed || this.footerAt >= 0) throw VdiskError.readOnly(`extent ${this.fileName} cannot grow`);
+    if (this.readOnly || this.compressed || this.writeback.footerAt >= 0) throw VdiskError.readOnly(`extent ${this.fileName} cannot grow`);
     if (newSize % SECTOR !== 0 || newSize > this.room)
       throw VdiskError.noSpace(`extent ${this.fileName} has room for ${this.room} bytes, not ${newSize}`);
     this.header.capacity = newSize / SECTOR;
@@ -301,112 +301,12 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
 
   /** Writes grain `g`'s table entry through at once and flushes (QEMU's way: --no-multi-alloc), both copies. */
   writeEntryThrough(g: number): Promise<void> {
-    return this.serial(() => this.writeEntryNow(g));
+    return this.writeback.writeEntryThrough(g);
   }
 
-  private async writeEntryNow(g: number): Promise<void> {
-    const t = Math.floor(g / this.gtEntries);
-    const table = this.cache.peek(t);
-    if (!table) throw VdiskError.io(`grain table ${t} not resident`);
-    if (this.newTables.has(t)) {
-      await this.writeTable(t, table.buf);
-      table.writtenVersion = table.version;
-      this.newTables.delete(t);
-      await this.writeDirectories();
-      await this.file.datasync('gt');
-      return;
-    }
-    const at = (g % this.gtEntries) * 4;
-    const entry = table.buf.subarray(at, at + 4);
-    const writes = [this.file.write(entry, this.gd[t]! * SECTOR + at, 'gt')];
-    if (this.rgd && this.rgd[t]) writes.push(this.file.write(entry, this.rgd[t] * SECTOR + at, 'gt'));
-    this.stats.gtWrites += writes.length;
-    await Promise.all(writes);
-    table.writtenVersion = table.version;
-    // QEMU's vmdk_L2update flushes once after the primary and redundant entries: so do we,
-    // or --no-multi-alloc would not measure QEMU's way.
-    await this.file.datasync('gt');
-  }
-
-  private async writeTable(t: number, buf: Buffer): Promise<void> {
-    const writes: Promise<void>[] = [];
-    if (this.hasMarkers && this.newTables.has(t)) {
-      // A new table in a stream carries its GT marker (numSectors of the table) in front.
-      const m = marker.serializeMetaMarker(alignUp(this.gtBytes, SECTOR) / SECTOR, marker.TYPE_GT);
-      writes.push(this.file.write([m, buf], this.gd[t]! * SECTOR - SECTOR, 'gt'));
-      if (this.rgd && this.rgd[t]) writes.push(this.file.write([m, buf], this.rgd[t] * SECTOR - SECTOR, 'gt'));
-    } else {
-      writes.push(this.file.write(buf, this.gd[t]! * SECTOR, 'gt'));
-      if (this.rgd && this.rgd[t]) writes.push(this.file.write(buf, this.rgd[t] * SECTOR, 'gt'));
-    }
-    this.stats.gtWrites += writes.length;
-    await Promise.all(writes);
-  }
-
-  private async writeDirectories(): Promise<void> {
-    if (!this.gdDirty) return;
-    // A table made after this flush took its snapshot is not on disk yet: its entry stays 0
-    // until a later flush has written it (the GD never points at an unwritten table).
-    const pending = this.newTables;
-    this.gdDirty = pending.size > 0;
-    const writes = [this.file.write(encodeDirectory(this.gd, pending), this.header.gdOffset * SECTOR, 'gd')];
-    if (this.rgd) writes.push(this.file.write(encodeDirectory(this.rgd, pending), this.header.rgdOffset * SECTOR, 'gd'));
-    this.stats.gdWrites += writes.length;
-    await Promise.all(writes);
-  }
-
+  /** Write-back of tables, directories and footer (table-writeback.ts). */
   flush(): Promise<void> {
-    return this.serial(() => this.flushOnce());
-  }
-
-  /**
-   * Table write-backs one at a time: a flush writes the snapshot it took before its data barrier,
-   * so an overlapping flush or write-through could otherwise land a newer table first and have it
-   * overwritten by the older snapshot, losing an acknowledged write (found by the crash-state test).
-   */
-  private serial(fn: () => Promise<void>): Promise<void> {
-    return this.tableWrites.run(0, EVERYTHING, false, fn);
-  }
-
-  /** Write-back in the spec's order: data durable → grain tables → grain directory → footer. */
-  private async flushOnce(): Promise<void> {
-    if (this.readOnly) return;
-    const dirty = this.cache.dirtyIndexes();
-    if (dirty.length > 0 || this.gdDirty || this.footerDirty) {
-      const snaps = dirty.map((t) => {
-        const table = this.cache.peek(t)!;
-        return { t, table, version: table.version, buf: Buffer.from(table.buf) };
-      });
-      await this.file.datasync('data');
-      await Promise.all(snaps.map((s) => this.writeTable(s.t, s.buf)));
-      for (const s of snaps) {
-        s.table.writtenVersion = Math.max(s.table.writtenVersion, s.version);
-        this.newTables.delete(s.t);
-      }
-      if (this.gdDirty) {
-        await this.file.datasync('gt');
-        await this.writeDirectories();
-      }
-      if (this.footerDirty) await this.writeFooter();
-      this.cache.trim();
-    }
-    await this.file.datasync();
-  }
-
-  /** streamOptimized with the GD at the end: footer marker + header copy + end-of-stream after the last grain. */
-  private async writeFooter(): Promise<void> {
-    this.footerDirty = false;
-    const at = this.nextFree;
-    const footerHeader = hdr.serialize(this.header);
-    await this.file.write(
-      [marker.serializeMetaMarker(1, marker.TYPE_FOOTER), footerHeader, marker.serializeMetaMarker(0, marker.TYPE_EOS)],
-      at,
-      'header',
-    );
-    await this.file.truncate(at + 3 * SECTOR);
-    this.footerAt = at;
-    // Keep appending over the footer next time, as on open.
-    this.nextFree = at;
+    return this.writeback.flush();
   }
 
   async close(): Promise<void> {
