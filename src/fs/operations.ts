@@ -2,18 +2,13 @@ import createDebug from 'debug';
 import type { Operations, Stat } from 'fuse-native';
 import { errno, toErrno } from './errno';
 import type { FsCore, NodeAttr } from './operations-core';
-import { asError } from '../io/errors';
+import { settle } from '../io/errors';
 
 const log = createDebug('vdiskfs:fs');
 
 /** Runs a core call and answers fuse-native with the value or a negative errno; never throws. */
 function answer<T>(what: string, fn: () => Promise<T>, cb: (err: number, v?: T) => void): void {
-  let p: Promise<T>;
-  try {
-    p = fn();
-  } catch (e) {
-    p = Promise.reject(asError(e));
-  }
+  const p = settle(fn);
   p.then(
     (v) => cb(0, v),
     (e) => {

@@ -1,7 +1,7 @@
 import createDebug from 'debug';
 import { errno } from '../fs/errno';
 import type { FsCore, NodeAttr } from '../fs/operations-core';
-import { asError } from '../io/errors';
+import { settle } from '../io/errors';
 import { BufferPool } from './buffer-pool';
 import { NodeTable, ROOT_ID } from './node-table';
 import * as P from './protocol';
@@ -303,12 +303,7 @@ export class KernelAdapter {
       this.pool.give(out);
       return;
     }
-    let p: Promise<number>;
-    try {
-      p = this.core.read(r.fh, r.offset, into);
-    } catch (e) {
-      p = Promise.reject(asError(e));
-    }
+    const p = settle(() => this.core.read(r.fh, r.offset, into));
     this.replies.begin(h.unique);
     p.then(
       (got) => {

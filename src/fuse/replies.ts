@@ -7,7 +7,7 @@
  */
 import createDebug from 'debug';
 import { errno, toErrno } from '../fs/errno';
-import { asError } from '../io/errors';
+import { settle } from '../io/errors';
 import * as P from './protocol';
 
 const log = createDebug('vdiskfs:fuse');
@@ -58,12 +58,7 @@ export class Replies {
    * once), or with the error. `custom` replaces the standard reply when the answer is built elsewhere.
    */
   run<T>(h: P.RequestHeader, fn: () => Promise<T>, encode: (b: Buffer, off: number, v: T) => number, custom?: (v: T) => void): void {
-    let p: Promise<T>;
-    try {
-      p = fn();
-    } catch (e) {
-      p = Promise.reject(asError(e));
-    }
+    const p = settle(fn);
     this.inflight.add(h.unique);
     p.then(
       (v) => {

@@ -70,3 +70,15 @@ export function fromNodeError(e: unknown, what: string, context: Record<string, 
 export function asError(e: unknown): Error {
   return e instanceof Error ? e : new Error(inspect(e));
 }
+
+/**
+ * Calls `fn` and returns its promise; a synchronous throw becomes a rejection. The transports
+ * answer every request from one promise, whether the core failed at once or later.
+ */
+export function settle<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return fn();
+  } catch (e) {
+    return Promise.reject(asError(e));
+  }
+}

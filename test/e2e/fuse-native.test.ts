@@ -2,12 +2,12 @@
  * The fuse-native transport (libfuse 2.9), kept as the measured baseline: always covered here,
  * whatever transport the rest of the suite runs on (VDISKFS_TEST_TRANSPORT).
  */
-import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { expect, it } from 'vitest';
 import { isMounted, mountFixture } from '../helpers/mount';
+import { fioWriteVerify } from '../helpers/fio';
 
 const fx = mountFixture();
 
@@ -36,27 +36,9 @@ it('--transport fuse-native: reads, writes, passes fio verify, unmounts with the
       .equals(data),
   ).toBe(true);
 
-  const r = spawnSync(
-    'fio',
-    [
-      '--name=verify',
-      `--filename=${view}`,
-      '--rw=randwrite',
-      '--bs=4k',
-      '--bsrange=512-64k',
-      '--size=32M',
-      '--verify=crc32c',
-      '--do_verify=1',
-      '--verify_fatal=1',
-      '--verify_state_save=0',
-      '--ioengine=psync',
-      '--randseed=7',
-      '--output-format=json',
-    ],
-    { encoding: 'utf8' },
-  );
+  const r = fioWriteVerify(view, 7);
   expect(r.status, r.stderr).toBe(0);
-  expect(JSON.parse(r.stdout).jobs[0].error).toBe(0);
+  expect(r.job?.error).toBe(0);
 
   expect(await m.unmount()).toBe(0);
   expect(isMounted(fx.mnt)).toBe(false);

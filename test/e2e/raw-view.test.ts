@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { attachFirstPartition, detach } from '../helpers/loop';
 import { mountFixture, type Mounted } from '../helpers/mount';
+import { fioWriteVerify } from '../helpers/fio';
 
 const fx = mountFixture();
 let images: string;
@@ -39,27 +40,9 @@ describe('raw views through a real mount', () => {
   it('passes fio write+verify (crc32c) and the bytes land in the image file', async () => {
     const img = makeRaw('disk.img', 64 << 20);
     await mountIt();
-    const r = spawnSync(
-      'fio',
-      [
-        '--name=verify',
-        `--filename=${mnt}/disk.img.raw`,
-        '--rw=randwrite',
-        '--bs=4k',
-        '--bsrange=512-64k',
-        '--size=32M',
-        '--verify=crc32c',
-        '--do_verify=1',
-        '--verify_fatal=1',
-        '--verify_state_save=0',
-        '--ioengine=psync',
-        '--randseed=42',
-        '--output-format=json',
-      ],
-      { encoding: 'utf8' },
-    );
+    const r = fioWriteVerify(`${mnt}/disk.img.raw`, 42);
     expect(r.status, r.stderr).toBe(0);
-    const job = JSON.parse(r.stdout).jobs[0];
+    const job = r.job!;
     expect(job.error).toBe(0);
     expect(job.write.io_bytes).toBeGreaterThan(0);
     // Read back through the mount equals the file on disk once flushed.

@@ -113,10 +113,16 @@ async function runMount(argv: MountArgs): Promise<number> {
       process.disconnect?.();
     }
   };
-  // Ctrl-C or SIGTERM while mounting: finish mounting, then take it down again at once.
-  let early: NodeJS.Signals | undefined;
-  const onEarly = (sig: NodeJS.Signals) => (early = sig);
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onEarly);
+  // One handler for the whole life of the process: Ctrl-C or SIGTERM while mounting is noted
+  // (the mount is finished, then taken down again at once); afterwards it shuts the mount down.
+  // Never removed and re-added: Node drops a signal that is queued but not yet dispatched when
+  // the last listener goes, so swapping handlers lost a Ctrl-C that came during mount(2).
+  const state: { early?: NodeJS.Signals; serving?: { shutdown(why: string): Promise<void> } } = {};
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (state.serving) void state.serving.shutdown(sig);
+    else state.early ??= sig;
+  };
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSignal);
   let mounted;
   try {
     mounted = await mountImages({
@@ -147,7 +153,7 @@ async function runMount(argv: MountArgs): Promise<number> {
     ready({ ok: false, message: (err as Error).message });
     return reportFatal(err);
   }
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, onEarly);
+  const early = state.early;
   if (early) {
     await mounted.shutdown(early);
     await mounted.finished;
@@ -156,7 +162,7 @@ async function runMount(argv: MountArgs): Promise<number> {
   }
   const pidFile = pidFileFor(argv.mountpoint);
   fs.writeFileSync(pidFile, `${process.pid}\n`);
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => void mounted.shutdown(sig));
+  state.serving = mounted;
   ready({ ok: true });
   const { errors } = await mounted.finished;
   fs.rmSync(pidFile, { force: true });
@@ -205,7 +211,12 @@ async function startDaemon(argv: MountArgs): Promise<number> {
     );
   }
   if (interrupted && !childExited) await childGone; // the child unmounts and exits on the forwarded signal
-  for (const sig of signals) process.off(sig, forward);
+  // From here the mount is this command's result: a Ctrl-C in its last moments is ignored rather
+  // than killing it half-way (the handlers stay: removing them could drop a signal, see runMount).
+  for (const sig of signals) {
+    process.off(sig, forward);
+    process.on(sig, () => undefined);
+  }
   child.unref();
   child.channel?.unref?.();
   if (interrupted) {
