@@ -40,6 +40,8 @@ export interface MountOptions {
   partitions?: boolean;
   /** Kernel transport: the kernel caches writes (WRITEBACK_CACHE). */
   writebackCache?: boolean;
+  /** Kernel transport: the longest busy-poll of /dev/fuse before sleeping, µs (--poll-max-us). */
+  pollMaxUs?: number;
   warn: (message: string) => void;
 }
 
@@ -196,6 +198,7 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
     readOnly: opts.readOnly,
     debug: opts.debug,
     writebackCache: opts.writebackCache ?? false,
+    ...(opts.pollMaxUs !== undefined ? { pollMaxUs: opts.pollMaxUs } : {}),
     warn: opts.warn,
   });
   const imageTable = table;

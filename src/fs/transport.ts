@@ -11,6 +11,8 @@ export interface TransportOptions {
   debug: boolean;
   /** Kernel transport: let the kernel cache writes (WRITEBACK_CACHE). */
   writebackCache: boolean;
+  /** Kernel transport: the longest busy-poll of /dev/fuse before sleeping, µs (0: never poll). */
+  pollMaxUs?: number;
   warn: (message: string) => void;
 }
 

@@ -15,9 +15,12 @@
  *   goes on right there, without an event-loop turn, for at most BATCH requests or TURN_MS;
  *   then a setImmediate turn lets timers (the merger's --merge-delay flush), thread-pool
  *   completions (fdatasync, large host I/O) and signal handlers run.
- * - When the queue is empty it waits with a SHORT blocking poll() on the main thread
- *   (SHORT_POLL_MS): a synchronous client's next request usually comes within tens of µs, so
- *   this catches it without a hop, and bounds how late a timer can be.
+ * - When the queue is empty and nothing is pending it first busy-polls /dev/fuse for an adaptive
+ *   window (adaptive-poll.ts, QEMU's poll-max-ns idea, --poll-max-us): a synchronous client's
+ *   next request usually comes within tens of µs, and catching it awake saves the kernel's
+ *   wake-up of a sleeping thread, most of a 4 KiB round trip on a VM.
+ * - Nothing yet: a SHORT blocking poll() on the main thread (SHORT_POLL_MS) still catches it
+ *   without a thread hop, and bounds how late a timer can be.
  * - Idle longer (IDLE_MS), or some request waiting on the thread pool: it waits in poll() on a
  *   koffi worker thread instead, so the process sleeps and completions run.
  * - An eventfd in the poll set lets stop() wake that wait.
@@ -41,6 +44,7 @@ import {
   fcntlSetFlags,
   readOrErrno,
 } from '../io/syscalls';
+import { AdaptivePoll, DEFAULT_POLL_MAX_US } from './adaptive-poll';
 import { IN_HEADER_SIZE, WRITE_IN_SIZE, MAX_WRITE } from './protocol';
 
 const log = createDebug('vdiskfs:fuse');
@@ -82,10 +86,15 @@ export class SessionLoop {
   private stopping = false;
   private finished = false;
   /** How the loop waited, for --stats and tests. */
-  readonly counts = { requests: 0, batches: 0, chained: 0, turns: 0, shortPolls: 0, offThreadWaits: 0 };
+  readonly counts = { requests: 0, batches: 0, chained: 0, turns: 0, spinsCaught: 0, spinsMissed: 0, shortPolls: 0, offThreadWaits: 0 };
+  /** When the queue ran empty after a poll that caught nothing (the next request ends the wait). */
+  private emptySince: number | undefined;
   onAbandonedReply: (() => void) | undefined;
 
-  constructor(private readonly fd: number) {
+  constructor(
+    private readonly fd: number,
+    private readonly poll = new AdaptivePoll(DEFAULT_POLL_MAX_US),
+  ) {
     this.ended = new Promise((res) => (this.end = res));
     fcntlSetFlags(fd, fcntlGetFlags(fd) | O_NONBLOCK);
     this.wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -152,7 +161,8 @@ export class SessionLoop {
     this.pumping = true;
     try {
       for (;;) {
-        const got = this.drain();
+        let got = this.drain();
+        if (got === 0 && this.handler!.pending === 0) got = this.spin();
         if (got < 0) return this.finish('unmounted');
         if (this.stopping) return this.finish('stopped');
         if (got > 0) {
@@ -175,6 +185,26 @@ export class SessionLoop {
     }
   }
 
+  /**
+   * The queue is empty and nothing is pending: busy-poll for the adaptive window (adaptive-poll.ts)
+   * before sleeping. Once it missed, the wait ends with the next request, which sizes the window.
+   */
+  private spin(): number {
+    if (this.emptySince !== undefined) return 0;
+    const start = performance.now();
+    const until = start + this.poll.begin();
+    let got = 0;
+    while (got === 0 && performance.now() < until) got = this.drain();
+    if (got !== 0) {
+      this.poll.adjust(performance.now() - start);
+      this.counts.spinsCaught++;
+      return got;
+    }
+    this.counts.spinsMissed++;
+    this.emptySince = start;
+    return 0;
+  }
+
   /** Reads and dispatches queued requests, up to BATCH. Returns how many, or -1 when the session is over. */
   private drain(): number {
     let got = 0;
@@ -193,6 +223,10 @@ export class SessionLoop {
     }
     if (got > 0) {
       this.lastRequest = performance.now();
+      if (this.emptySince !== undefined) {
+        this.poll.adjust(this.lastRequest - this.emptySince);
+        this.emptySince = undefined;
+      }
       this.counts.batches++;
       this.counts.requests += got;
     }

@@ -11,6 +11,7 @@ import { enableDebug, reportFatal, warn } from '../output';
 import { defaultLogFile, pidFileFor } from '../pidfile';
 import { reportBackgroundMount, servedAlready, writeMountRecord } from '../mount-report';
 import { isOurMount } from '../../fs/fuse-session';
+import { DEFAULT_POLL_MAX_US } from '../../fuse/adaptive-poll';
 
 interface MountArgs {
   images: string;
@@ -32,6 +33,7 @@ interface MountArgs {
   'if-not-mounted': boolean;
   transport: 'kernel' | 'fuse-native';
   'writeback-cache': boolean;
+  'poll-max-us': number;
   partitions: boolean;
   'allow-outside': string[];
 }
@@ -86,6 +88,12 @@ export const mountCommand: CommandModule<object, MountArgs> = {
         default: false,
         describe:
           'kernel transport: the kernel caches small buffered writes and sends them merged (3-8x faster 4k psync writes), but then owns file sizes: a partition file whose table changed keeps its old size',
+      })
+      .option('poll-max-us', {
+        type: 'number',
+        default: DEFAULT_POLL_MAX_US,
+        describe:
+          "kernel transport: busy-poll /dev/fuse up to this many µs after a reply before sleeping, adapted to the client (like QEMU's poll-max-ns); 0: never",
       })
       .option('null-driver', { type: 'boolean', default: false, hidden: true })
       .option('daemon-child', { type: 'boolean', default: false, hidden: true })
@@ -142,6 +150,7 @@ async function runMount(argv: MountArgs): Promise<number> {
       stats: argv.stats,
       transport: argv.transport,
       writebackCache: argv['writeback-cache'],
+      pollMaxUs: argv['poll-max-us'],
       partitions: argv.partitions,
       warn,
     });
