@@ -10,10 +10,11 @@
  *
  * - the next request came within the window: right size, keep it;
  * - it came later, but within the maximum: grow the window (double it) so polling catches it;
- * - it came later than the maximum FAR_STREAK times in a row: the client is slow-paced or idle and
- *   polling only burns CPU, so halve the window (to 0 below the smallest step). One late request
- *   alone is a writer's hiccup (a GC pause, a thread-pool write on the other core) and changes
- *   nothing: shrinking on it cost a third of the 4 KiB write speed here.
+ * - it came later than the maximum: a point against polling; one that came in time takes a point
+ *   back. From FAR_POINTS on the client is slow-paced or idle and polling only burns CPU: each
+ *   further late request halves the window (to 0 below the smallest step). So a busy client's occasional hiccup (a GC pause, a
+ *   thread-pool write on the other core) changes nothing (shrinking on each one cost a third of
+ *   the 4 KiB write speed here), while a client that is mostly late closes the window quickly.
  * - the window is 0: every PROBE_EVERY-th empty queue polls for the maximum once anyway, since a
  *   sleeping loop cannot tell a fast client from a slow one (it adds its own wake-up to every gap);
  *   a probe that catches the next request reopens the window.
@@ -22,17 +23,21 @@
  */
 import { VdiskError } from '../io/errors';
 
-export const DEFAULT_POLL_MAX_US = 100;
+/**
+ * 300 µs: the gap after a 128 KiB psync write's reply is 100-300 µs here (fio copies the next
+ * 128 KiB into the request), a 4 KiB one's 10-40 µs; a poll that catches the request ends early.
+ */
+export const DEFAULT_POLL_MAX_US = 300;
 /** The first window after it shrank to 0 (QEMU starts at 4 µs too). */
 const FIRST_STEP_US = 4;
-const FAR_STREAK = 4;
+const FAR_POINTS = 4;
 const PROBE_EVERY = 32;
 
 export class AdaptivePoll {
   private windowUs: number;
   /** The window of the poll in progress (a probe polls longer than windowUs). */
   private usedUs = 0;
-  private farStreak = 0;
+  private farPoints = 0;
   private sinceProbe = 0;
 
   constructor(readonly maxUs: number) {
@@ -54,12 +59,12 @@ export class AdaptivePoll {
   adjust(waitedMs: number): void {
     const waitedUs = waitedMs * 1000;
     if (waitedUs <= this.usedUs) {
-      this.farStreak = 0;
+      this.farPoints = Math.max(0, this.farPoints - 1);
       if (this.usedUs > this.windowUs) this.windowUs = this.usedUs; // a probe caught it
     } else if (waitedUs <= this.maxUs) {
-      this.farStreak = 0;
+      this.farPoints = Math.max(0, this.farPoints - 1);
       this.windowUs = Math.min(this.maxUs, this.windowUs === 0 ? FIRST_STEP_US : this.windowUs * 2);
-    } else if (++this.farStreak >= FAR_STREAK) {
+    } else if (++this.farPoints >= FAR_POINTS) {
       this.windowUs = this.windowUs / 2 < FIRST_STEP_US ? 0 : this.windowUs / 2;
     }
   }
