@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
@@ -185,29 +185,33 @@ async function startDaemon(argv: MountArgs): Promise<number> {
   const log = fs.openSync(logFile, 'a');
   const logStart = fs.fstatSync(log).size;
   const args = process.argv.slice(1).filter((a) => a !== '--daemon-child');
+  // Ctrl-C before this command returns (while the child starts, and while we print what it
+  // shows): the child (its own session, so the terminal's signal misses it) is told too, takes
+  // down what it mounted and exits; nothing stays mounted. The handlers come before the spawn:
+  // a signal during fork/exec (milliseconds on a loaded machine) would otherwise kill this
+  // process with its default action and orphan a child that goes on to mount.
+  let interrupted = false;
+  let childExited = false;
+  const started: { child?: ChildProcess } = {};
+  const forward = (sig: NodeJS.Signals) => {
+    interrupted = true;
+    started.child?.kill(sig); // dispatched from the event loop, so after spawn() returned
+  };
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  for (const sig of signals) process.on(sig, forward);
   const child = spawn(process.execPath, [...process.execArgv, ...args, '--daemon-child'], {
     detached: true,
     stdio: ['ignore', log, log, 'ipc'],
     env: process.env,
   });
+  started.child = child;
   fs.closeSync(log);
-  // Ctrl-C before this command returns (while the child starts, and while we print what it
-  // shows): the child (its own session, so the terminal's signal misses it) is told too, takes
-  // down what it mounted and exits; nothing stays mounted.
-  let interrupted = false;
-  let childExited = false;
   const childGone = new Promise<void>((res) =>
     child.once('exit', () => {
       childExited = true;
       res();
     }),
   );
-  const forward = (sig: NodeJS.Signals) => {
-    interrupted = true;
-    child.kill(sig);
-  };
-  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
-  for (const sig of signals) process.on(sig, forward);
   const result = await new Promise<{ ok: boolean; message?: string }>((resolve) => {
     child.once('message', (m) => resolve(m as { ok: boolean; message?: string }));
     child.once('exit', (code) => resolve({ ok: false, message: `mount process exited (code ${code}); see ${logFile}` }));
