@@ -19,10 +19,17 @@ export interface PendingExtent {
 
 /** Full slabs kept for reuse: a fresh 1 MiB buffer costs 256 page faults (zeroed pages) on its first fill. */
 const SPARE_SLABS = 4;
+/**
+ * One-page buffers kept for reuse (1 MiB of them): a random 4 KiB write's extent is one page, and
+ * Buffer.allocUnsafe(4096) is not served from Node's pool (only sizes below 4 KiB are), so each
+ * write made a fresh ArrayBuffer for the garbage collector.
+ */
+const SPARE_PAGES = 256;
 
 export class PendingExtents {
   private readonly list: PendingExtent[] = [];
   private readonly spare: Buffer[] = [];
+  private readonly sparePages: Buffer[] = [];
   /** Sum of (end - start) over all extents. */
   bytes = 0;
   /** Whether the last put() joined (overlapped or abutted) an extent already pending. */
@@ -94,13 +101,18 @@ export class PendingExtents {
    * the list whose driver write has finished.
    */
   recycle(buf: Buffer): void {
-    if (buf.length === this.slabBytes && buf.byteOffset === 0 && buf.buffer.byteLength === buf.length && this.spare.length < SPARE_SLABS) {
-      this.spare.push(buf);
+    if (buf.byteOffset !== 0 || buf.buffer.byteLength !== buf.length) return; // a view into something else
+    if (buf.length === this.slabBytes) {
+      if (this.spare.length < SPARE_SLABS) this.spare.push(buf);
+    } else if (buf.length === PAGE_SIZE && this.sparePages.length < SPARE_PAGES) {
+      this.sparePages.push(buf);
     }
   }
 
+  /** A buffer of its own (never a view into Node's shared pool), so recycle() can take it back. */
   private alloc(bytes: number): Buffer {
     if (bytes === this.slabBytes) return this.spare.pop() ?? Buffer.allocUnsafeSlow(bytes);
+    if (bytes === PAGE_SIZE) return this.sparePages.pop() ?? Buffer.allocUnsafeSlow(bytes);
     return Buffer.allocUnsafe(bytes);
   }
 

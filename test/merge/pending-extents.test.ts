@@ -53,4 +53,20 @@ describe('PendingExtents', () => {
     expect(rest.length).toBe(before);
     expect([p.size, p.bytes]).toEqual([0, 0]);
   });
+
+  it('reuses one-page buffers given back, and never a view into a shared buffer', () => {
+    const p = new PendingExtents(1 << 20);
+    const a = p.put(0, Buffer.alloc(4096, 1), true);
+    p.remove(a);
+    p.recycle(a.buf); // its driver write is done
+    const b = p.put(1 << 20, Buffer.alloc(4096, 2), true);
+    expect(b.buf).toBe(a.buf); // the same memory, refilled
+    expect(b.buf[0]).toBe(2);
+    // A view (a tail cut from a bigger buffer, Node's pool) is not taken back.
+    const shared = Buffer.alloc(8192);
+    p.recycle(shared.subarray(4096));
+    const c = p.put(2 << 20, Buffer.alloc(4096, 3), true);
+    expect(c.buf.buffer).not.toBe(shared.buffer);
+    expect(c.buf.byteOffset).toBe(0);
+  });
 });
