@@ -13,6 +13,8 @@
  *   with refresh(), no per-write timer churn).
  * - memCapBytes 64 MiB: 64 full extents; past it every pending extent is sent and the writer
  *   waits for the driver (back-pressure), so a slow image cannot make the process grow unbounded.
+ *   Past 1 MiB of pending bytes, each write also sends one long-idle extent (the trickle in
+ *   request-merger.ts), so scattered writes reach the driver steadily rather than in one burst.
  * - maxInflight 8 driver writes at once per image: enough to keep libuv's 4 I/O threads and a
  *   disk queue busy, few enough that a flush of a big random backlog does not flood the driver.
  */

@@ -15,6 +15,14 @@ export interface PendingExtent {
   buf: Buffer; // bytes [start, end) at buf[0 .. end-start); capacity may be larger
   /** Holds bytes of a write already acknowledged to its caller: losing them must be reported (rule 5). */
   acked: boolean;
+  /** The put() count at its last write: how long it has been left alone (oldestIdle). */
+  touched: number;
+  /** Its place in the age queue; emptied when the extent leaves the set, so the queue holds no buffer. */
+  slot: AgeSlot;
+}
+
+interface AgeSlot {
+  x: PendingExtent | undefined;
 }
 
 /** Full slabs kept for reuse: a fresh 1 MiB buffer costs 256 page faults (zeroed pages) on its first fill. */
@@ -30,6 +38,10 @@ export class PendingExtents {
   private readonly list: PendingExtent[] = [];
   private readonly spare: Buffer[] = [];
   private readonly sparePages: Buffer[] = [];
+  /** Extents in the order they were made (stale entries skipped lazily): oldestIdle's queue. */
+  private ageQueue: AgeSlot[] = [];
+  private ageHead = 0;
+  private puts = 0;
   /** Sum of (end - start) over all extents. */
   bytes = 0;
   /** Whether the last put() joined (overlapped or abutted) an extent already pending. */
@@ -48,6 +60,7 @@ export class PendingExtents {
   put(start: number, data: Buffer, acked: boolean, reserve = 0): PendingExtent {
     const end = start + data.length;
     const list = this.list;
+    const now = ++this.puts;
     const i = this.firstEndingAtOrAfter(start);
     let j = i;
     while (j < list.length && list[j]!.start <= end) j++;
@@ -56,7 +69,7 @@ export class PendingExtents {
     if (i === j) {
       const buf = this.alloc(Math.max(data.length, reserve));
       data.copy(buf);
-      const x: PendingExtent = { start, end, buf, acked };
+      const x = this.made({ start, end, buf, acked, touched: now, slot: { x: undefined } });
       list.splice(i, 0, x);
       this.bytes += data.length;
       return x;
@@ -71,6 +84,7 @@ export class PendingExtents {
         first.end = end;
       }
       first.acked ||= acked;
+      first.touched = now;
       return first;
     }
 
@@ -87,10 +101,11 @@ export class PendingExtents {
       x.buf.copy(buf, x.start - newStart, 0, x.end - x.start);
       this.bytes -= x.end - x.start;
       wasAcked ||= x.acked;
+      x.slot.x = undefined;
       if (x.buf.buffer !== data.buffer) this.recycle(x.buf); // copied out, and no longer in the list
     }
     data.copy(buf, start - newStart);
-    const merged: PendingExtent = { start: newStart, end: newEnd, buf, acked: wasAcked };
+    const merged = this.made({ start: newStart, end: newEnd, buf, acked: wasAcked, touched: now, slot: { x: undefined } });
     list.splice(i, j - i, merged);
     this.bytes += needed;
     return merged;
@@ -129,13 +144,47 @@ export class PendingExtents {
     if (this.list[k] !== x) throw new Error('merger: removing an extent that is not pending');
     this.list.splice(k, 1);
     this.bytes -= x.end - x.start;
+    x.slot.x = undefined;
   }
 
   /** Takes every extent out (in offset order). */
   takeAll(): PendingExtent[] {
     const all = this.list.splice(0, this.list.length);
     this.bytes = 0;
+    for (const x of all) x.slot.x = undefined;
+    this.ageQueue = [];
+    this.ageHead = 0;
     return all;
+  }
+
+  /**
+   * The oldest-made extent not written to in the last `minAge` put()s, or undefined. Extents
+   * written more recently (a stream still growing) go to the back of the queue, a few per call,
+   * so the cost stays O(1) amortized.
+   */
+  oldestIdle(minAge: number): PendingExtent | undefined {
+    const q = this.ageQueue;
+    for (let looked = 0; looked < 4 && this.ageHead < q.length;) {
+      const slot = q[this.ageHead++]!;
+      const x = slot.x;
+      if (x === undefined) continue;
+      looked++;
+      if (this.puts - x.touched >= minAge) return x;
+      q.push(slot);
+    }
+    return undefined;
+  }
+
+  /** Registers a new extent in the age queue; drops the queue's empty slots once they dominate. */
+  private made(x: PendingExtent): PendingExtent {
+    x.slot.x = x;
+    const q = this.ageQueue;
+    q.push(x.slot);
+    if (q.length - this.ageHead > 2 * this.list.length + 1024) {
+      this.ageQueue = q.slice(this.ageHead).filter((slot) => slot.x !== undefined);
+      this.ageHead = 0;
+    }
+    return x;
   }
 
   /** Index of the first extent with end >= at (ends are sorted because extents are disjoint). */
