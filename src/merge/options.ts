@@ -31,6 +31,10 @@ export interface MergerOptions {
   memCapBytes?: number;
   /** Concurrent driver writes per image. */
   maxInflight?: number;
+  /** Pending bytes past which each write also sends one long-idle extent (the trickle; tests set it small). */
+  trickleBytes?: number;
+  /** Writes an extent must have been left alone for the trickle to send it. */
+  trickleMinAge?: number;
   /** One-line log for deferred-write failures (default: stderr); debug 'vdiskfs:merge' logs them too. */
   warn?: (message: string) => void;
 }
@@ -41,6 +45,8 @@ export const MERGE_DEFAULTS = {
   delayMs: 5,
   memCapBytes: 64 << 20,
   maxInflight: 8,
+  trickleBytes: 1 << 20,
+  trickleMinAge: 64,
 } as const;
 
 export interface ResolvedMergerOptions {
@@ -49,6 +55,8 @@ export interface ResolvedMergerOptions {
   delayMs: number;
   memCapBytes: number;
   maxInflight: number;
+  trickleBytes: number;
+  trickleMinAge: number;
   warn: ((message: string) => void) | undefined;
 }
 
@@ -59,6 +67,8 @@ export function resolveMergerOptions(o: MergerOptions = {}): ResolvedMergerOptio
     delayMs: o.delayMs ?? MERGE_DEFAULTS.delayMs,
     memCapBytes: o.memCapBytes ?? MERGE_DEFAULTS.memCapBytes,
     maxInflight: o.maxInflight ?? MERGE_DEFAULTS.maxInflight,
+    trickleBytes: o.trickleBytes ?? MERGE_DEFAULTS.trickleBytes,
+    trickleMinAge: o.trickleMinAge ?? MERGE_DEFAULTS.trickleMinAge,
     warn: o.warn,
   };
   const positive = (v: number): boolean => Number.isSafeInteger(v) && v > 0;
@@ -66,5 +76,7 @@ export function resolveMergerOptions(o: MergerOptions = {}): ResolvedMergerOptio
   if (!Number.isFinite(r.delayMs) || r.delayMs < 0) throw VdiskError.invalid(`merge delay must be >= 0 ms, got ${r.delayMs}`);
   if (!positive(r.memCapBytes)) throw VdiskError.invalid(`merge memory cap must be a positive integer, got ${r.memCapBytes}`);
   if (!positive(r.maxInflight)) throw VdiskError.invalid(`maxInflight must be a positive integer, got ${r.maxInflight}`);
+  if (!positive(r.trickleMinAge)) throw VdiskError.invalid(`trickleMinAge must be a positive integer, got ${r.trickleMinAge}`);
+  if (!positive(r.trickleBytes)) throw VdiskError.invalid(`trickleBytes must be a positive integer, got ${r.trickleBytes}`);
   return r;
 }

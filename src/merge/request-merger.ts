@@ -26,18 +26,6 @@ import { MergerOptions, ResolvedMergerOptions, resolveMergerOptions } from './op
 import { pageDown, pageUp, PAGE_SIZE } from './pages';
 import { PendingExtent, PendingExtents, slabBytesFor } from './pending-extents';
 
-/**
- * Past TRICKLE_BYTES pending, each deferred write also sends the oldest pending extent not
- * written in its last TRICKLE_MIN_AGE writes. Random 4 KiB writes then go to the driver one per
- * incoming write and the writer never stalls for a 64 MiB burst at the memory cap; a stream still
- * being written is younger than that and keeps growing. 1 MiB (256 scattered pages) rather than
- * more: the pending set is a sorted array, and with thousands of one-page extents its inserts and
- * removals (array splices) cost more than the driver writes (qcow2 psync 4 KiB random writes:
- * 100 → 72 µs of user CPU per request against a threshold of 8 MiB, same run).
- */
-const TRICKLE_BYTES = 1 << 20;
-const TRICKLE_MIN_AGE = 64;
-
 export interface WriteOptions {
   /** O_DIRECT / O_SYNC / O_DSYNC handle: the bytes reach the driver before write() returns. */
   writeThrough?: boolean;
@@ -172,10 +160,15 @@ export class RequestMerger {
     }
 
     if (ext.end - ext.start >= this.options.maxBytes) this.send(ext, true);
-    else if (this.pending.bytes > TRICKLE_BYTES) {
-      // A backlog of scattered writes: send one that has sat idle, so the driver keeps pace
-      // with the writer instead of taking the whole backlog in one burst at the memory cap.
-      const idle = this.pending.oldestIdle(TRICKLE_MIN_AGE);
+    else if (this.pending.bytes > this.options.trickleBytes) {
+      // The trickle (options.trickleBytes, 1 MiB; options.trickleMinAge, 64 writes): a backlog
+      // of scattered writes sends the oldest extent left alone that long with each new write, so
+      // random 4 KiB writes reach the driver one per incoming write and the writer never stalls
+      // for a 64 MiB burst at the memory cap; a stream still being written is younger and keeps
+      // growing. 1 MiB (256 scattered pages) rather than more: the pending set is a sorted array,
+      // and over thousands of one-page extents its splices cost more than the driver writes
+      // (qcow2 psync 4 KiB random writes: 100 -> 72 µs of user CPU per request against 8 MiB).
+      const idle = this.pending.oldestIdle(this.options.trickleMinAge);
       if (idle !== undefined) this.send(idle);
     }
     this.writeSeq++;

@@ -48,6 +48,23 @@ const scenarios: Scenario[] = [
     merger: { delayMs: 3, maxBytes: 32 * 1024, memCapBytes: 40 * 1024 },
     driverDelay: 0,
   },
+  // The trickle: extents sent early (any left alone for a few writes), among streams and overlapping writes.
+  {
+    seed: 13,
+    diskSize: 384 * 1024 + 77,
+    callers: 6,
+    opsPerCaller: 600,
+    merger: { delayMs: 20, trickleBytes: 8192, trickleMinAge: 4 },
+    driverDelay: 1,
+  },
+  {
+    seed: 14,
+    diskSize: 128 * 1024,
+    callers: 3,
+    opsPerCaller: 800,
+    merger: { delayMs: 50, maxBytes: 16384, trickleBytes: 4096, trickleMinAge: 1 },
+    driverDelay: 0,
+  },
 ];
 
 // More seeds with configurations drawn from the seed itself (still reproducible).
