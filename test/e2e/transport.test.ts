@@ -78,6 +78,25 @@ describe('the request loop keeps the event loop alive', () => {
   });
 });
 
+describe('waiting for requests: busy-poll, then sleep', () => {
+  it('a psync client is caught by the poll (--stats counts it); --poll-max-us 0 never polls and serves the same bytes', async () => {
+    const data = randomBytes(2 << 20);
+    fs.writeFileSync(path.join(fx.dir, 'src'), data);
+    for (const poll of ['5000', '0']) {
+      const m = await fx.mount(['--include-raw', '--stats', '--poll-max-us', poll]);
+      // 512 synchronous 4 KiB writes, then read back: one request in flight at a time.
+      execFileSync('dd', [`if=${path.join(fx.dir, 'src')}`, `of=${view}`, 'bs=4k', 'conv=notrunc,fsync', 'status=none']);
+      execFileSync('dd', [`if=${view}`, `of=${path.join(fx.dir, 'back')}`, 'bs=4k', 'count=512', 'status=none']);
+      expect(fs.readFileSync(path.join(fx.dir, 'back')).equals(data)).toBe(true);
+      expect(await m.unmount()).toBe(0);
+      const caught = Number(/spinsCaught=(\d+)/.exec(m.stderr())?.[1]);
+      // 5 ms is generous (the default is 300 µs): dd's next request comes long before, even on a loaded machine.
+      if (poll === '0') expect(caught).toBe(0);
+      else expect(caught).toBeGreaterThan(0);
+    }
+  });
+});
+
 describe('stopping', () => {
   it('SIGTERM: detaches, keeps serving a loop device until it is detached, then exits 0', async () => {
     const m = await fx.mount(['--include-raw']);
@@ -194,6 +213,11 @@ describe('mount mistakes are one line and leave nothing mounted', () => {
     expect(fs.readdirSync(fx.mnt)).toEqual(['d.img.raw']);
     expect(await m.unmount()).toBe(0);
     expect(fs.readdirSync(fx.mnt)).toEqual(['stray']);
+  });
+
+  it('a bad --poll-max-us', () => {
+    oneLine(cli(['mount', '-f', '--poll-max-us=-5', fx.images, fx.mnt]), /^vdiskfs: --poll-max-us must be a number ≥ 0, got -5\n?$/);
+    oneLine(cli(['mount', '--poll-max-us=soon', fx.images, fx.mnt]), /--poll-max-us must be a number ≥ 0, got NaN/);
   });
 
   it('an unknown -o option', () => {

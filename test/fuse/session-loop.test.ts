@@ -114,7 +114,7 @@ for (let i = 0; i < Number(process.argv[1]); i++) {
 it('busy-polls for a synchronous client (its next request is caught awake), and stops polling for a slow one', async () => {
   const [ours, kernel] = socketpair({ cloexec: false });
   fds.push(ours, kernel);
-  const poll = new AdaptivePoll(200);
+  const poll = new AdaptivePoll(5000);
   const loop = new SessionLoop(ours, poll);
   const h = echo(loop, () => 0);
   loop.start(h);
@@ -122,13 +122,14 @@ it('busy-polls for a synchronous client (its next request is caught awake), and 
   const code = await new Promise((res) => client.on('exit', res));
   expect(code).toBe(0);
   expect(h.seen).toBe(2000);
-  // Most next requests come within 200 µs of a reply; a loaded machine can miss some.
+  // A generous 5 ms maximum: even on a loaded machine (the suite runs files in parallel on 2 cores)
+  // the child answers within it most of the time; the default of 300 µs is for speed, not for tests.
   expect(loop.counts.spinsCaught).toBeGreaterThan(0);
   expect(loop.counts.spinsCaught + loop.counts.spinsMissed).toBeLessThanOrEqual(2000);
-  // A client pausing 5 ms between requests: polling is pointless and the window closes.
-  for (let i = 0; i < 12; i++) {
+  // A client pausing 20 ms between requests (past the maximum): polling is pointless, the window closes.
+  for (let i = 0; i < 24; i++) {
     await roundTrip(kernel, Buffer.alloc(8));
-    await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 20));
   }
   expect(poll.currentUs).toBe(0);
   loop.stop();
