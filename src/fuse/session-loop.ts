@@ -15,7 +15,10 @@
  *   goes on right there, without an event-loop turn, for at most BATCH requests or TURN_MS;
  *   then a setImmediate turn lets timers (the merger's --merge-delay flush), thread-pool
  *   completions (fdatasync, large host I/O) and signal handlers run.
- * - When the queue is empty and nothing is pending it first busy-polls /dev/fuse for an adaptive
+ * - When the queue is empty and nothing is pending it first runs work that waited for such a
+ *   moment (io/idle-work.ts: the merger's trickle of scattered writes to the driver), one step
+ *   at a time, looking for requests between steps: a synchronous client is thinking meanwhile.
+ * - Then it busy-polls /dev/fuse for an adaptive
  *   window (adaptive-poll.ts, QEMU's poll-max-ns idea, --poll-max-us): a synchronous client's
  *   next request usually comes within tens of µs, and catching it awake saves the kernel's
  *   wake-up of a sleeping thread, most of a 4 KiB round trip on a VM.
@@ -44,6 +47,7 @@ import {
   fcntlSetFlags,
   readOrErrno,
 } from '../io/syscalls';
+import { hasIdleWork, runIdleStep } from '../io/idle-work';
 import { AdaptivePoll, DEFAULT_POLL_MAX_US } from './adaptive-poll';
 import { IN_HEADER_SIZE, WRITE_IN_SIZE, MAX_WRITE } from './protocol';
 
@@ -86,7 +90,17 @@ export class SessionLoop {
   private stopping = false;
   private finished = false;
   /** How the loop waited, for --stats and tests. */
-  readonly counts = { requests: 0, batches: 0, chained: 0, turns: 0, spinsCaught: 0, spinsMissed: 0, shortPolls: 0, offThreadWaits: 0 };
+  readonly counts = {
+    requests: 0,
+    batches: 0,
+    chained: 0,
+    turns: 0,
+    idleSteps: 0,
+    spinsCaught: 0,
+    spinsMissed: 0,
+    shortPolls: 0,
+    offThreadWaits: 0,
+  };
   /** When the queue ran empty after a poll that caught nothing (the next request ends the wait). */
   private emptySince: number | undefined;
   onAbandonedReply: (() => void) | undefined;
@@ -162,6 +176,16 @@ export class SessionLoop {
     try {
       for (;;) {
         let got = this.drain();
+        if (got === 0 && this.handler!.pending === 0 && hasIdleWork()) {
+          // Nothing to answer: do work that waits for such a moment (io/idle-work.ts), let its
+          // microtasks (synchronous host I/O) finish, then look for requests again.
+          runIdleStep();
+          this.counts.idleSteps++;
+          this.awaitingAnswers = true;
+          this.scheduleTurn();
+          queueMicrotask(this.resume);
+          return;
+        }
         if (got === 0 && this.handler!.pending === 0) got = this.spin();
         if (got < 0) return this.finish('unmounted');
         if (this.stopping) return this.finish('stopped');

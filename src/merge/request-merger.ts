@@ -20,6 +20,7 @@
  */
 import type { Image } from '../formats/types';
 import { VdiskError, fromNodeError } from '../io/errors';
+import { postIdleWork, type IdleWorker } from '../io/idle-work';
 import { DriverRequests, type DriverWrite } from './driver-requests';
 import { FailedWrites } from './failed-writes';
 import { MergerOptions, ResolvedMergerOptions, resolveMergerOptions } from './options';
@@ -82,6 +83,16 @@ export class RequestMerger {
   /** End of the last extent sent because it reached maxBytes: where a sequential stream goes on. */
   private streamEnd = -1;
   private readonly slabBytes: number;
+  /** One trickle step per idle moment: the oldest long-idle extent to the driver (see write()). */
+  private readonly trickle: IdleWorker = {
+    idleStep: () => {
+      if (this.closed || this.pending.bytes <= this.options.trickleBytes) return false;
+      const idle = this.pending.oldestIdle(this.options.trickleMinAge);
+      if (idle === undefined) return false;
+      this.send(idle);
+      return this.pending.bytes > this.options.trickleBytes;
+    },
+  };
 
   constructor(
     readonly image: Image,
@@ -161,15 +172,15 @@ export class RequestMerger {
 
     if (ext.end - ext.start >= this.options.maxBytes) this.send(ext, true);
     else if (this.pending.bytes > this.options.trickleBytes) {
-      // The trickle (options.trickleBytes, 1 MiB; options.trickleMinAge, 64 writes): a backlog
-      // of scattered writes sends the oldest extent left alone that long with each new write, so
-      // random 4 KiB writes reach the driver one per incoming write and the writer never stalls
-      // for a 64 MiB burst at the memory cap; a stream still being written is younger and keeps
+      // The trickle (options.trickleBytes, 1 MiB; options.trickleMinAge, 64 writes): a backlog of
+      // scattered writes goes to the driver oldest first, each extent once it was left alone
+      // that long, while the request loop waits for the next request (src/io/idle-work.ts): the
+      // driver work then costs a synchronous writer nothing, and the writer never stalls for a
+      // 64 MiB burst at the memory cap. A stream still being written is younger and keeps
       // growing. 1 MiB (256 scattered pages) rather than more: the pending set is a sorted array,
       // and over thousands of one-page extents its splices cost more than the driver writes
       // (qcow2 psync 4 KiB random writes: 100 -> 72 µs of user CPU per request against 8 MiB).
-      const idle = this.pending.oldestIdle(this.options.trickleMinAge);
-      if (idle !== undefined) this.send(idle);
+      postIdleWork(this.trickle);
     }
     this.writeSeq++;
     if (this.timer === undefined) {

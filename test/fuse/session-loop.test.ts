@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { afterEach, expect, it } from 'vitest';
 import { AdaptivePoll } from '../../src/fuse/adaptive-poll';
+import { hasIdleWork, postIdleWork } from '../../src/io/idle-work';
 import { SessionLoop, type RequestHandler } from '../../src/fuse/session-loop';
 import { socketpair, poll, POLLIN } from '../../src/io/syscalls';
 
@@ -132,6 +133,21 @@ it('busy-polls for a synchronous client (its next request is caught awake), and 
     await new Promise((r) => setTimeout(r, 20));
   }
   expect(poll.currentUs).toBe(0);
+  loop.stop();
+  expect(await loop.ended).toBe('stopped');
+});
+
+it('runs idle work (io/idle-work.ts) when its queue is empty, between requests, and still answers them', async () => {
+  const [ours, kernel] = socketpair();
+  fds.push(ours, kernel);
+  const loop = new SessionLoop(ours);
+  loop.start(echo(loop, () => 0));
+  let steps = 0;
+  postIdleWork({ idleStep: () => ++steps < 100_000 });
+  for (let i = 0; i < 20; i++) expect((await roundTrip(kernel, Buffer.from([i, 0, 0, 0, 0, 0, 0, 0])))[0]).toBe(i);
+  expect(loop.counts.idleSteps).toBeGreaterThan(0);
+  while (hasIdleWork()) await new Promise((r) => setImmediate(r));
+  expect(steps).toBe(100_000);
   loop.stop();
   expect(await loop.ended).toBe('stopped');
 });
