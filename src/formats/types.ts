@@ -33,6 +33,13 @@ export interface Image {
   readSync?(offset: number, into: Buffer): boolean;
   /** `data` is owned by the driver once called (the caller does not reuse it). */
   write(offset: number, data: Buffer | Buffer[]): Promise<void>;
+  /**
+   * Optional fast path: the same write done synchronously when it needs no waiting (every
+   * cluster written in place, mapping cached, small); false when it cannot, having done nothing.
+   * Unlike write(), `data` stays the caller's: it is used only during the call. A FUSE write
+   * answered this way takes no promise turns and no copy (src/merge/request-merger.ts writeSync).
+   */
+  writeSync?(offset: number, data: Buffer): boolean;
   /** Zero clusters/grains where the format can; otherwise writes zeros. */
   writeZeroes(offset: number, length: number): Promise<void>;
   /**

@@ -166,6 +166,20 @@ export class FsCore {
       .then(() => n);
   }
 
+  /** write() when it can be done without waiting (RequestMerger.writeSync): the bytes written, or undefined (nothing done): use write(). */
+  writeSync(fh: number, offset: number, data: Buffer): number | undefined {
+    const h = this.handle(fh);
+    if (!h.writable) throw new VdiskError('EBADF', 'handle is not open for writing');
+    const size = sizeOf(h);
+    if (offset >= size) return undefined; // write() says why
+    const n = Math.min(data.length, size - offset);
+    const at = diskOffset(h, offset);
+    const opts = { writeThrough: h.writeThrough, sync: h.sync };
+    if (!h.entry.merger.writeSync(at, data.length === n ? data : data.subarray(0, n), opts)) return undefined;
+    if (this.ctx.partitions?.noteWrite(h.entry.view, at, n)) this.ctx.tree.forgetListings();
+    return n;
+  }
+
   /** close(2) of a descriptor: a writer's data is drained and made durable, so errors reach the closing program. */
   async flush(fh: number): Promise<void> {
     const h = this.handles.get(fh);

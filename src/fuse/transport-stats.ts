@@ -8,6 +8,9 @@ export class TransportStats {
   readonly ops = new Map<number, number>();
   readonly readSizes = new Map<number, number>();
   readonly writeSizes = new Map<number, number>();
+  /** READ and WRITE requests answered inside dispatch, with no promise turn (Image.readSync / writeSync). */
+  readsAtOnce = 0;
+  writesAtOnce = 0;
   interrupts = 0;
   /** Replies the kernel refused with ENOENT: the request was interrupted or its caller died. */
   abandonedReplies = 0;
@@ -44,6 +47,7 @@ export class TransportStats {
     );
     lines.push(`    read request sizes: ${sizes(this.readSizes)}`);
     lines.push(`    write request sizes: ${sizes(this.writeSizes)}`);
+    lines.push(`    answered at once: reads ${this.readsAtOnce} writes ${this.writesAtOnce}`);
     lines.push(`    interrupts: ${this.interrupts}`);
     lines.push(`    abandoned replies: ${this.abandonedReplies}`);
     return lines.join('\n');

@@ -176,6 +176,23 @@ export class HostFile {
     this.emit('write', pos, total, tag);
   }
 
+  /**
+   * write() of one buffer done synchronously, for a request small enough for the main thread
+   * (SYNC_IO_MAX); false (nothing done) for a larger one. The caller may reuse `data` at once.
+   */
+  writeSync(data: Buffer, pos: number, tag?: IoTag): boolean {
+    if (data.length > SYNC_IO_MAX) return false;
+    try {
+      for (let done = 0; done < data.length;) done += fs.writeSync(this.fd, data, done, data.length - done, pos + done);
+    } catch (e) {
+      throw fromNodeError(e, `write ${this.path} at ${pos}`);
+    }
+    this.counters.writes++;
+    this.counters.bytesWritten += data.length;
+    this.emit('write', pos, data.length, tag);
+    return true;
+  }
+
   /** Makes every completed write durable (fdatasync). */
   async datasync(tag?: IoTag): Promise<void> {
     await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(fromNodeError(e, `fdatasync ${this.path}`)) : res())));

@@ -5,6 +5,7 @@
  * maxInflight driver writes at once. Owns the range lock, the write slots and the in-flight set;
  * reads take the same lock, so a read sees exactly the driver writes issued before it.
  */
+import { isAllZero } from '../formats/all-zero';
 import type { Image } from '../formats/types';
 import { VdiskError, fromNodeError } from '../io/errors';
 import { OrderedRangeLock } from '../io/range-lock';
@@ -96,6 +97,27 @@ export class DriverRequests {
     this.counters.driverReads++;
     if (!aligned) target.copy(into, 0, offset - span.start, end - span.start);
     return true;
+  }
+
+  /**
+   * A write-through write of whole pages in one synchronous step, when no earlier driver request
+   * holds the pages and the driver can write at once (Image.writeSync). False: nothing done, and
+   * the caller takes the ordinary path: partial pages (read-modify-write), all-zero data
+   * (Image.writeZeroes), pages held, or a driver that must wait. `buf` is used only during the call.
+   */
+  writeSync(start: number, end: number, buf: Buffer): boolean {
+    const image = this.image;
+    if (image.writeSync === undefined) return false;
+    if (start % PAGE_SIZE !== 0 || (end % PAGE_SIZE !== 0 && end !== image.virtualSize)) return false;
+    if (this.lock.wouldWait(start, end, false) || isAllZero(buf)) return false;
+    let done: boolean;
+    try {
+      done = image.writeSync(start, buf);
+    } catch (e) {
+      throw fromNodeError(e, `write ${image.path} at ${start}+${end - start}`);
+    }
+    if (done) this.counters.driverWrites++;
+    return done;
   }
 
   /**

@@ -194,6 +194,25 @@ export class RequestMerger {
   }
 
   /**
+   * write() answered synchronously, for a write-through (O_DIRECT) write that needs no waiting:
+   * whole pages, no pending extent or earlier driver request overlapping them, and a driver that
+   * writes them at once (Image.writeSync). True: done, durable as write() would have made it;
+   * false: nothing done, use write(). `data` is not copied: it is written before this returns.
+   * Ordering is write()'s: with nothing earlier overlapping, put-send-write in one synchronous
+   * step is what write() would have done.
+   */
+  writeSync(offset: number, data: Buffer, opts?: WriteOptions): boolean {
+    if (this.options.merge && opts?.writeThrough !== true) return false; // deferred writes are cheap already
+    if (opts?.sync === true || this.image.writeSync === undefined || data.length === 0) return false;
+    this.checkWritable(offset, data.length);
+    const end = offset + data.length;
+    if (this.pending.size > 0 && this.pending.overlapping(offset, end).length > 0) return false;
+    if (!this.driver.writeSync(offset, end, data)) return false;
+    this.counters.mergedWrites++;
+    return true;
+  }
+
+  /**
    * Discard (fstrim, punch-hole): [offset, offset+length) reads as zeros afterwards and its space
    * goes back to the image. Ordered like a write (rule 4): pending bytes inside the range are
    * dropped, earlier driver writes to it finish first, later reads and writes wait for it. Whole

@@ -41,6 +41,29 @@ describe('HostFile', () => {
     await f.close();
   });
 
+  it('writes synchronously up to SYNC_IO_MAX, and declines (writing nothing) beyond', async () => {
+    const p = path.join(dir, 'sync');
+    const f = await HostFile.create(p);
+    const events: IoEvent[] = [];
+    const stop = addIoObserver((e) => events.push(e));
+    try {
+      expect(f.writeSync(Buffer.from('hello'), 4090, 'data')).toBe(true);
+      expect(f.writeSync(Buffer.alloc(SYNC_IO_MAX + 1, 1), 0, 'data')).toBe(false);
+    } finally {
+      stop();
+    }
+    const st = fs.readFileSync(p);
+    expect(st.length).toBe(4095);
+    expect(st.toString('latin1', 4090)).toBe('hello');
+    expect(st.subarray(0, 4090).every((b) => b === 0)).toBe(true);
+    expect(f.counters).toMatchObject({ writes: 1, bytesWritten: 5 });
+    expect(events.map((e) => [e.kind, e.offset, e.length, e.tag])).toEqual([['write', 4090, 5, 'data']]);
+    await f.close();
+    const ro = await HostFile.open(p, false);
+    expect(() => ro.writeSync(Buffer.from('x'), 0)).toThrow(VdiskError);
+    await ro.close();
+  });
+
   it('tells observers every read, write and flush with its tag, in order', async () => {
     const events: IoEvent[] = [];
     const off = addIoObserver((e) => events.push(e));

@@ -22,6 +22,11 @@ export interface ModelImageOptions {
   /** Return an error to make this request fail (after its delay, before touching data). */
   fail?: (req: Request) => Error | undefined;
   readOnly?: boolean;
+  /**
+   * Gives the image a writeSync (Image's synchronous fast path): a write it accepts (true from
+   * this predicate) is checked and applied at once; the others are declined (false, nothing done).
+   */
+  syncWrites?: (offset: number, length: number) => boolean;
 }
 
 const PAGE = 4096;
@@ -35,12 +40,26 @@ export class ModelImage implements Image {
   private readonly active = new Set<Request>();
   private seq = 0;
   closed = false;
+  /** Writes done by writeSync. */
+  syncWriteCount = 0;
+  writeSync?: (offset: number, data: Buffer) => boolean;
 
   constructor(
     public virtualSize: number,
     private readonly opts: ModelImageOptions = {},
   ) {
     this.data = Buffer.alloc(virtualSize);
+    const accepts = opts.syncWrites;
+    if (accepts) {
+      this.writeSync = (offset, data) => {
+        if (!accepts(offset, data.length)) return false;
+        const req = this.begin('write', offset, data.length); // the contract's checks, as for write()
+        data.copy(this.data, offset);
+        this.active.delete(req);
+        this.syncWriteCount++;
+        return true;
+      };
+    }
   }
 
   get readOnly(): boolean {

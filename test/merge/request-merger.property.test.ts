@@ -18,6 +18,10 @@ interface Scenario {
   merger: MergerOptions;
   /** Max driver delay in ms (0 = next macrotask). */
   driverDelay: number;
+  /** Share of writes that are write-through (O_DIRECT); default 5%. */
+  throughRate?: number;
+  /** The image writes synchronously when it can (70% of the time) and every write tries RequestMerger.writeSync first. */
+  syncWrites?: boolean;
 }
 
 const scenarios: Scenario[] = [
@@ -65,6 +69,26 @@ const scenarios: Scenario[] = [
     merger: { delayMs: 50, maxBytes: 16384, trickleBytes: 4096, trickleMinAge: 1 },
     driverDelay: 0,
   },
+  // The synchronous write path (O_DIRECT writes answered at once) among deferred writes, reads and discards.
+  {
+    seed: 15,
+    diskSize: 256 * 1024 + 300,
+    callers: 6,
+    opsPerCaller: 600,
+    merger: { delayMs: 2, maxBytes: 16 * 1024 },
+    driverDelay: 2,
+    throughRate: 0.4,
+    syncWrites: true,
+  },
+  {
+    seed: 16,
+    diskSize: 96 * 1024,
+    callers: 5,
+    opsPerCaller: 600,
+    merger: { merge: false, maxInflight: 2 },
+    driverDelay: 1,
+    syncWrites: true,
+  },
 ];
 
 // More seeds with configurations drawn from the seed itself (still reproducible).
@@ -87,10 +111,13 @@ for (let seed = 7; seed <= 12; seed++) {
   });
 }
 
-async function run(s: Scenario): Promise<{ ops: number; reads: number; stats: ReturnType<RequestMerger['stats']> }> {
+async function run(s: Scenario): Promise<{ ops: number; reads: number; syncWrites: number; stats: ReturnType<RequestMerger['stats']> }> {
   const rand = rng(s.seed);
   const int = (n: number) => Math.floor(rand() * n);
-  const img = new ModelImage(s.diskSize, { delay: () => (s.driverDelay > 0 && rand() < 0.3 ? int(s.driverDelay + 1) : 0) });
+  const img = new ModelImage(s.diskSize, {
+    delay: () => (s.driverDelay > 0 && rand() < 0.3 ? int(s.driverDelay + 1) : 0),
+    ...(s.syncWrites ? { syncWrites: () => rand() < 0.7 } : {}),
+  });
   // Start from non-zero content so RMW mistakes and zero-writes show.
   for (let i = 0; i < s.diskSize; i++) img.data[i] = (i * 13 + 7) & 0xff;
   const model = Buffer.from(img.data);
@@ -117,13 +144,23 @@ async function run(s: Scenario): Promise<{ ops: number; reads: number; stats: Re
       const op = rand();
       ops++;
       if (op < 0.55) {
-        const [off, len] = range();
+        let [off, len] = range();
+        if (s.syncWrites && rand() < 0.5) {
+          // Whole pages, as O_DIRECT writes are (the only ones the synchronous path takes).
+          off -= off % 4096;
+          len = Math.min(Math.max(4096, len - (len % 4096)), s.diskSize - off);
+        }
         const zero = rand() < 0.15;
         const data = zero ? Buffer.alloc(len) : Buffer.allocUnsafe(len).fill((id * 50 + k) & 0xff || 1);
         if (!zero) data[int(len)] = int(256);
-        const through = rand() < 0.05;
+        const through = rand() < (s.throughRate ?? 0.05);
         data.copy(model, off); // issue order
-        const p = m.write(off, data, through ? { writeThrough: true, sync: rand() < 0.5 } : undefined);
+        const opts = through ? { writeThrough: true, sync: rand() < 0.5 } : undefined;
+        if (s.syncWrites && m.writeSync(off, data, opts)) {
+          data.fill(0xcd); // written before writeSync returned
+          continue;
+        }
+        const p = m.write(off, data, opts);
         data.fill(0xcd); // the caller's buffer is borrowed: reuse it at once (rule 7)
         await p;
       } else if (op < 0.95) {
@@ -164,7 +201,7 @@ async function run(s: Scenario): Promise<{ ops: number; reads: number; stats: Re
     throw new Error(`seed ${s.seed}: final image differs from the model at byte ${first}`);
   }
   await m.close();
-  return { ops, reads, stats: m.stats() };
+  return { ops, reads, syncWrites: img.syncWriteCount, stats: m.stats() };
 }
 
 describe('merger property: concurrent random ops equal a plain-buffer model', () => {
@@ -173,6 +210,7 @@ describe('merger property: concurrent random ops equal a plain-buffer model', ()
       const r = await run(s);
       expect(r.reads).toBeGreaterThan(s.callers * s.opsPerCaller * 0.3);
       if (s.merger.merge !== false && s.seed <= 6) expect(r.stats.coalescedWrites).toBeGreaterThan(0);
+      if (s.syncWrites) expect(r.syncWrites).toBeGreaterThan(20);
       expect(r.stats.zeroWrites + r.stats.driverWrites).toBeGreaterThan(0);
     });
   }

@@ -518,3 +518,66 @@ describe('readSync: the synchronous read path answers only when read() would not
     expect(img.violations).toEqual([]);
   });
 });
+
+describe('writeSync: the synchronous write path answers only when write() would not wait', () => {
+  const through = { writeThrough: true };
+
+  it('writes whole pages of a write-through write at once, and the caller may reuse its buffer', async () => {
+    const size = 16 * 4096 + 1000;
+    const img = new ModelImage(size, { syncWrites: () => true });
+    const m = new RequestMerger(img, { delayMs: 1000 });
+    const data = pattern(8192, 4);
+    expect(m.writeSync(4096, data, through)).toBe(true);
+    data.fill(0); // borrowed: written before writeSync returned
+    expect(img.data.subarray(4096, 12288).equals(pattern(8192, 4))).toBe(true);
+    // The last page may end at the disk end.
+    expect(m.writeSync(16 * 4096, pattern(1000, 5), through)).toBe(true);
+    expect(img.data.subarray(16 * 4096).equals(pattern(1000, 5))).toBe(true);
+    expect(m.stats()).toMatchObject({ mergedWrites: 2, driverWrites: 2, pendingBytes: 0 });
+    expect(img.syncWriteCount).toBe(2);
+    expect(img.violations).toEqual([]);
+  });
+
+  it('declines what write() must handle: deferred, O_SYNC, partial pages, all zeros, a driver that cannot', async () => {
+    let accept = true;
+    const img = new ModelImage(MiB, { syncWrites: () => accept });
+    const m = new RequestMerger(img, { delayMs: 1000 });
+    expect(m.writeSync(0, pattern(4096, 1))).toBe(false); // deferred: merged, acknowledged without the driver
+    expect(m.writeSync(0, pattern(4096, 1), { writeThrough: true, sync: true })).toBe(false); // needs the image flush
+    expect(m.writeSync(100, pattern(4096, 1), through)).toBe(false); // read-modify-write of two pages
+    expect(m.writeSync(0, pattern(4000, 1), through)).toBe(false);
+    expect(m.writeSync(0, Buffer.alloc(4096), through)).toBe(false); // zeros become Image.writeZeroes
+    accept = false;
+    expect(m.writeSync(0, pattern(4096, 1), through)).toBe(false);
+    expect(img.syncWriteCount).toBe(0);
+    expect(m.stats()).toMatchObject({ mergedWrites: 0, driverWrites: 0 });
+    // Without merging every write goes through: the synchronous path takes plain writes too.
+    const plain = new RequestMerger(new ModelImage(MiB, { syncWrites: () => true }), { merge: false });
+    expect(plain.writeSync(8192, pattern(4096, 2))).toBe(true);
+  });
+
+  it('declines while a pending write or a driver request overlaps, and answers beside them', async () => {
+    const img = new ModelImage(MiB, { syncWrites: () => true, delay: (r) => (r.kind === 'write' ? 20 : 0) });
+    const m = new RequestMerger(img, { delayMs: 1000 });
+    await m.write(8192 + 10, pattern(100, 1)); // pending, deferred
+    expect(m.writeSync(8192, pattern(4096, 2), through)).toBe(false); // write() would merge over it, in order
+    expect(m.writeSync(65536, pattern(4096, 3), through)).toBe(true);
+    const drained = m.drain(); // the driver write of page 2 is in flight for 20 ms
+    expect(m.writeSync(8192, pattern(4096, 2), through)).toBe(false);
+    const reading = m.read(131072, Buffer.alloc(4096)); // a read holds its pages too
+    expect(m.writeSync(131072, pattern(4096, 4), through)).toBe(false);
+    await Promise.all([drained, reading]);
+    expect(m.writeSync(8192, pattern(4096, 2), through)).toBe(true);
+    expect(img.data.subarray(8192, 12288).equals(pattern(4096, 2))).toBe(true);
+    expect(img.violations).toEqual([]);
+  });
+
+  it('refuses like write(): read-only, past the end, after close', async () => {
+    const ro = new RequestMerger(new ModelImage(MiB, { readOnly: true, syncWrites: () => true }), { merge: false });
+    expect(() => ro.writeSync(0, pattern(4096, 1))).toThrow(VdiskError);
+    const m = new RequestMerger(new ModelImage(MiB, { syncWrites: () => true }), { merge: false });
+    expect(() => m.writeSync(MiB, pattern(4096, 1))).toThrow(VdiskError);
+    await m.close();
+    expect(() => m.writeSync(0, pattern(4096, 1))).toThrow(VdiskError);
+  });
+});

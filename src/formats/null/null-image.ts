@@ -21,6 +21,9 @@ export class NullImage implements Image {
     return true;
   }
   async write(): Promise<void> {}
+  writeSync(): boolean {
+    return true;
+  }
   async writeZeroes(): Promise<void> {}
   async discard(): Promise<void> {}
   async flush(): Promise<void> {}

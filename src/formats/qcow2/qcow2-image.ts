@@ -185,6 +185,13 @@ export class Qcow2Image implements Image {
     await this.writer.write(offset, buf, 'unallocated');
   }
 
+  /** write() without waiting: clusters all written in place, tables cached, a small write (WritePath.tryDirectSync); false: nothing done. */
+  writeSync(offset: number, data: Buffer): boolean {
+    this.checkWritable();
+    checkRange(this, offset, data.length);
+    return this.writer.tryDirectSync(offset, data);
+  }
+
   async writeZeroes(offset: number, length: number): Promise<void> {
     this.checkWritable();
     checkRange(this, offset, length);

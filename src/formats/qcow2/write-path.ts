@@ -18,7 +18,7 @@
  * Write order: each changed L2 table declares what it waits for (the refcounts of new clusters,
  * the data written to them); the metadata cache writes it back only after those are durable.
  */
-import type { HostFile } from '../../io/host-file';
+import { SYNC_IO_MAX, type HostFile } from '../../io/host-file';
 import { OrderedRangeLock } from '../../io/range-lock';
 import { isAllZero } from '../all-zero';
 import { mapSync, MapContext } from './mapping';
@@ -75,6 +75,13 @@ export interface LayerAccess extends L2Access {
   readLayer(offset: number, into: Buffer): Promise<void>;
 }
 
+/** One host write of an in-place write: buf[from, to) at host. */
+interface DirectRun {
+  host: number;
+  from: number;
+  to: number;
+}
+
 export class WritePath {
   private readonly cs: number;
   /** Guest clusters (indexes) a write or discard has in flight, from its plan to its commit. */
@@ -92,12 +99,15 @@ export class WritePath {
     return l2HostOffset(t, l2i, l);
   }
 
-  /** Lock-free fast path; false when some cluster needs the slow path. */
-  async tryDirect(offset: number, buf: Buffer): Promise<boolean> {
+  /**
+   * Where an in-place write of `buf` at `offset` goes: host-contiguous runs, or undefined when
+   * some cluster needs the slow path (not allocated, shared, partly allocated, table not cached).
+   */
+  private directRuns(offset: number, length: number): DirectRun[] | undefined {
     const { ctx, cache } = this.a;
     const cs = this.cs;
-    const runs: { host: number; from: number; to: number }[] = [];
-    const end = offset + buf.length;
+    const runs: DirectRun[] = [];
+    const end = offset + length;
     let pos = offset;
     let t: Buffer | undefined;
     let tl1 = -1;
@@ -105,14 +115,14 @@ export class WritePath {
       const gc = Math.floor(pos / cs);
       const l1i = Math.floor(gc / ctx.l2Entries);
       if (l1i !== tl1) {
-        if (l1i >= ctx.l1Size || !l1Copied(ctx.l1, l1i)) return false;
+        if (l1i >= ctx.l1Size || !l1Copied(ctx.l1, l1i)) return undefined;
         const off = this.a.l2Offset(l1i);
         t = off ? cache.peek(off) : undefined;
-        if (!t) return false;
+        if (!t) return undefined;
         tl1 = l1i;
       }
       const host = this.directHost(t!, gc % ctx.l2Entries);
-      if (host < 0) return false;
+      if (host < 0) return undefined;
       const cEnd = Math.min(end, (gc + 1) * cs);
       const h = host + (pos - gc * cs);
       const last = runs[runs.length - 1];
@@ -120,7 +130,29 @@ export class WritePath {
       else runs.push({ host: h, from: pos - offset, to: cEnd - offset });
       pos = cEnd;
     }
+    return runs;
+  }
+
+  /** Lock-free fast path; false when some cluster needs the slow path. */
+  async tryDirect(offset: number, buf: Buffer): Promise<boolean> {
+    const runs = this.directRuns(offset, buf.length);
+    if (!runs) return false;
     await Promise.all(runs.map((r) => this.a.dataFile.write(buf.subarray(r.from, r.to), r.host, 'data')));
+    this.a.counters.dataWrites += runs.length;
+    return true;
+  }
+
+  /**
+   * tryDirect() in one synchronous step, for a small write (SYNC_IO_MAX) whose clusters are all
+   * written in place: no promise, no copy of `buf`. Nothing is awaited between the lookup and the
+   * host write, so no L2 change can come between them (the lock-free I/O that freed-clusters.ts
+   * waits for is already over when this returns). False: nothing done.
+   */
+  tryDirectSync(offset: number, buf: Buffer): boolean {
+    if (buf.length > SYNC_IO_MAX) return false;
+    const runs = this.directRuns(offset, buf.length);
+    if (!runs) return false;
+    for (const r of runs) this.a.dataFile.writeSync(buf.subarray(r.from, r.to), r.host, 'data');
     this.a.counters.dataWrites += runs.length;
     return true;
   }

@@ -42,6 +42,12 @@ export class RawImage implements Image {
     await this.file.write(data, offset, 'data');
   }
 
+  writeSync(offset: number, data: Buffer): boolean {
+    if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
+    checkRange(this, offset, data.length);
+    return this.file.writeSync(data, offset, 'data');
+  }
+
   async writeZeroes(offset: number, length: number): Promise<void> {
     checkRange(this, offset, length);
     // A raw file has no zero marker; write real zeros in bounded chunks.

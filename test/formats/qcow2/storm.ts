@@ -8,13 +8,20 @@ export interface StormOptions {
   maxLen?: number; // default 2 MiB
   writers?: number; // concurrent writers on disjoint ranges per round
   zeroFraction?: number;
+  /** Half the writes try Image.writeSync first (the O_DIRECT fast path), among the asynchronous ones. */
+  trySync?: boolean;
+}
+
+export interface StormResult {
+  /** Writes done by Image.writeSync. */
+  syncWrites: number;
 }
 
 /**
  * Rounds of: several concurrent writes on non-overlapping ranges, then a few sequential
  * overlapping ones. Lengths 1 byte .. maxLen, unaligned, some all-zero buffers, some writeZeroes.
  */
-export async function storm(img: Image, mirror: Buffer, o: StormOptions): Promise<void> {
+export async function storm(img: Image, mirror: Buffer, o: StormOptions): Promise<StormResult> {
   const r = rng(o.seed);
   const size = img.virtualSize;
   const maxLen = Math.min(o.maxLen ?? 2 << 20, size);
@@ -33,6 +40,16 @@ export async function storm(img: Image, mirror: Buffer, o: StormOptions): Promis
     for (let i = 0; i < len; i += 509) b.fill((v + i) & 0xff, i, Math.min(len, i + 509));
     return b;
   };
+  const result: StormResult = { syncWrites: 0 };
+  /** A write: synchronous when asked and the driver can (the buffer is then reused at once, as FUSE does), else write(). */
+  const write = (off: number, d: Buffer): Promise<void> => {
+    if (o.trySync && img.writeSync && r() < 0.5 && img.writeSync(off, d)) {
+      result.syncWrites++;
+      d.fill(0xee); // the caller's buffer: free again once writeSync returns
+      return Promise.resolve();
+    }
+    return img.write(off, Buffer.from(d));
+  };
   let done = 0;
   while (done < o.ops) {
     // Concurrent phase: disjoint slots.
@@ -47,7 +64,7 @@ export async function storm(img: Image, mirror: Buffer, o: StormOptions): Promis
       } else {
         const d = makeData(len);
         d.copy(mirror, off);
-        tasks.push(img.write(off, Buffer.from(d)));
+        tasks.push(write(off, d));
       }
     }
     await Promise.all(tasks);
@@ -57,8 +74,9 @@ export async function storm(img: Image, mirror: Buffer, o: StormOptions): Promis
       const off = Math.floor(r() * (size - len + 1));
       const d = makeData(len);
       d.copy(mirror, off);
-      await img.write(off, Buffer.from(d));
+      await write(off, d);
     }
     if (r() < 0.05) await img.flush();
   }
+  return result;
 }
