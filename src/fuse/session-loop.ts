@@ -9,7 +9,8 @@
  *   needs from the buffer synchronously (the merger copies write payloads at once). A request
  *   whose work is synchronous host I/O (SYNC_IO_MAX in io/host-file.ts) resolves within
  *   microtasks and is answered by writeSync to /dev/fuse: no thread hop. A small read whose
- *   mapping is cached is answered inside dispatch() (Image.readSync); the pump then goes on
+ *   mapping is cached (Image.readSync), and an O_DIRECT write in place (Image.writeSync), are
+ *   answered inside dispatch(); the pump then goes on
  *   from a queued microtask, as it would from the reply of an asynchronous request.
  * - Once every dispatched request is answered (the adapter's reply calls answered()), the pump
  *   goes on right there, without an event-loop turn, for at most BATCH requests or TURN_MS;

@@ -31,6 +31,13 @@ export class FlatExtent implements VmdkExtent {
     await this.file.write(data, this.offsetSectors * SECTOR + offset, 'data');
   }
 
+  writeSync(offset: number, data: Buffer): boolean {
+    if (this.access !== 'RW') throw VdiskError.readOnly(`extent ${this.fileName} is ${this.access}`);
+    if (!this.file.writeSync(data, this.offsetSectors * SECTOR + offset, 'data')) return false;
+    this.dataWrites++;
+    return true;
+  }
+
   async writeZeroes(offset: number, length: number): Promise<void> {
     const chunk = Buffer.alloc(Math.min(length, 1 << 20));
     for (let done = 0; done < length; done += chunk.length) {

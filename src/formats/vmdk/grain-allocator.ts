@@ -2,7 +2,7 @@ import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 import { VdiskError } from '../../io/errors';
 import { alignUp } from '../../io/safe-int';
-import type { HostFile } from '../../io/host-file';
+import { SYNC_IO_MAX, type HostFile } from '../../io/host-file';
 import type { OrderedRangeLock, RangeLease } from '../../io/range-lock';
 import { sliceVector, type CowSource } from './extent';
 import { GTE_ZEROED, SECTOR } from './sparse-header';
@@ -35,7 +35,7 @@ export interface GrainSpace {
   readonly zeroGrainAllowed: boolean;
   /** QEMU's way: grain by grain, every entry written through (to measure the seed's gain). */
   readonly noMultiAlloc: boolean;
-  readonly file: Pick<HostFile, 'write'>;
+  readonly file: Pick<HostFile, 'write' | 'writeSync'>;
   readonly stats: { grainsAllocated: number; dataWrites: number; cowReads: number; zeroGrains: number };
   /**
    * Grains being allocated or zeroed, as exclusive holders of grain ranges: a second writer
@@ -130,6 +130,28 @@ async function writePinned(
   } finally {
     lease?.release();
   }
+}
+
+/**
+ * A write whose grains are all allocated, done synchronously (Image.writeSync, an O_DIRECT
+ * write through the mount): tables resident, no grain to allocate, small enough for the main
+ * thread. Classification and the host writes happen in one synchronous step, so no allocation
+ * or zeroing of these grains can come between them. False: nothing done, use writeGrains.
+ */
+export function writeInPlaceSync(ext: GrainSpace, offset: number, data: Buffer): boolean {
+  if (ext.compressed || data.length === 0 || data.length > SYNC_IO_MAX) return false;
+  const G = ext.grainBytes;
+  const end = offset + data.length;
+  const g0 = Math.floor(offset / G);
+  const g1 = Math.ceil(end / G);
+  if (!ext.tablesResident(g0, g1)) return false;
+  const c = classify(ext, offset, end, g0, g1);
+  if (c.missing.length > 0) return false;
+  for (const [s, host, n] of c.inPlace) {
+    ext.stats.dataWrites++;
+    ext.file.writeSync(data.subarray(s - offset, s - offset + n), host, 'data');
+  }
+  return true;
 }
 
 interface Classified {

@@ -31,6 +31,8 @@ export class VmdkImage implements Image {
   readOnly: boolean;
   private readonly chain: ExtentChain;
   private cidUpdate: Promise<void> | undefined;
+  /** The first write's new CID is written: later writes need not wait for it (writeSync). */
+  private cidWritten = false;
   private closed = false;
 
   private constructor(
@@ -189,6 +191,20 @@ export class VmdkImage implements Image {
     );
   }
 
+  /**
+   * write() without waiting: the new CID already written, one extent, every grain allocated with
+   * its table cached (grain-allocator.ts writeInPlaceSync), or a flat extent; false: nothing done.
+   */
+  writeSync(offset: number, data: Buffer): boolean {
+    if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
+    checkRange(this, offset, data.length);
+    if (!this.cidWritten || data.length === 0) return false;
+    const pieces = this.chain.pieces(offset, data.length);
+    if (pieces.length !== 1) return false;
+    const p = pieces[0]!;
+    return p.ext.writeSync?.(p.eo, data) ?? false;
+  }
+
   async writeZeroes(offset: number, length: number): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
     checkRange(this, offset, length);
@@ -231,7 +247,9 @@ export class VmdkImage implements Image {
 
   /** The first write after open gives the image a new CID (as QEMU does), so children see it changed. */
   private touchCid(): Promise<void> {
-    return (this.cidUpdate ??= this.writeNewCid());
+    return (this.cidUpdate ??= this.writeNewCid().then(() => {
+      this.cidWritten = true;
+    }));
   }
 
   private async writeNewCid(): Promise<void> {

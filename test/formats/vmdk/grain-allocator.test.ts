@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { OrderedRangeLock } from '../../../src/io/range-lock';
-import { type GrainSpace, writeGrains, writeZeroGrains } from '../../../src/formats/vmdk/grain-allocator';
+import { type GrainSpace, writeGrains, writeInPlaceSync, writeZeroGrains } from '../../../src/formats/vmdk/grain-allocator';
 import { GTE_ZEROED, SECTOR } from '../../../src/formats/vmdk/sparse-header';
 
 /**
@@ -39,6 +39,11 @@ class FakeExtent implements GrainSpace {
       this.log.push(`write ${at}+${bytes.length}`);
       await new Promise<void>((r) => this.releaseWrites.push(r));
       this.log.push(`written ${at}`);
+    },
+    writeSync: (data: Buffer, at: number): boolean => {
+      this.writes.push({ at, bytes: Buffer.from(data) });
+      this.log.push(`write ${at}+${data.length} sync`);
+      return true;
     },
   };
 
@@ -199,5 +204,24 @@ describe('grain allocator (seed 1) against a fake extent', () => {
       `gte 1=${(64 * SECTOR + G) / SECTOR}`,
     ]);
     expect(ext.grainLock.count).toBe(0);
+  });
+});
+
+describe('writeInPlaceSync: the synchronous path of allocated grains', () => {
+  it('writes host-contiguous runs at once and leaves the tables alone; declines, doing nothing, when a grain needs allocating', async () => {
+    const ext = new FakeExtent();
+    ext.ensureTable(0);
+    // Grains 0 and 1 contiguous on the host, grain 2 elsewhere, grain 3 zeroed, grain 4 missing.
+    ext.tables.get(0)!.set([100, 100 + G / SECTOR, 500, GTE_ZEROED, 0]);
+    const data = Buffer.alloc(3 * G - 200, 0x5e);
+    expect(writeInPlaceSync(ext, 100, data)).toBe(true);
+    expect(ext.log).toEqual([`write ${100 * SECTOR + 100}+${2 * G - 100} sync`, `write ${500 * SECTOR}+${G - 100} sync`]);
+    expect(ext.writes.every((w) => w.bytes.every((b) => b === 0x5e))).toBe(true);
+    expect(ext.stats.dataWrites).toBe(2);
+    ext.log.length = 0;
+    expect(writeInPlaceSync(ext, 2 * G, Buffer.alloc(2 * G, 1))).toBe(false); // grain 3 is zeroed: it needs a grain
+    expect(writeInPlaceSync(ext, 4 * G, Buffer.alloc(10, 1))).toBe(false); // grain 4 has none
+    expect(ext.log).toEqual([]);
+    expect([...ext.tables.get(0)!.subarray(0, 5)]).toEqual([100, 100 + G / SECTOR, 500, GTE_ZEROED, 0]);
   });
 });
