@@ -16,6 +16,8 @@ const log = createDebug('vdiskfs:fuse');
 const ENTRY_VALID = 1;
 const ATTR_VALID = 1;
 const EPROTO = 71;
+const O_ACCMODE = 3;
+const O_RDONLY = 0;
 
 export interface KernelAdapterOptions {
   writebackCache: boolean;
@@ -44,6 +46,8 @@ export class KernelAdapter {
   private nextDir = 1;
   private readonly pool = new BufferPool();
   private readonly replies: Replies;
+  /** Negotiated at INIT: writable handles bypass the kernel's page cache (openReplyFlags). */
+  private uncachedWriters = false;
 
   constructor(
     private readonly core: FsCore,
@@ -149,7 +153,7 @@ export class KernelAdapter {
         return this.replies.run(
           h,
           () => core.open(path, flags),
-          (b, o, fh) => P.encodeOpenOut(b, o, fh, 0),
+          (b, o, fh) => P.encodeOpenOut(b, o, fh, this.openReplyFlags(flags)),
         );
       }
       case P.Op.FLUSH: {
@@ -281,15 +285,30 @@ export class KernelAdapter {
       return this.replies.error(h, -EPROTO);
     }
     this.stats.negotiated = n.reply;
+    this.uncachedWriters = n.uncachedWriters;
     log(
       'INIT kernel 7.%d flags %s -> 7.%d max_write %d flags %s',
       k.minor,
-      P.initFlagNames(k.flags).join(','),
+      P.initFlagNames(k.flags, k.flags2).join(','),
       n.reply.minor,
       n.reply.maxWrite,
-      P.initFlagNames(n.reply.flags).join(','),
+      P.initFlagNames(n.reply.flags, n.reply.flags2).join(','),
     );
     this.replies.reply(h, (b, o) => P.encodeInitOut(b, o, n.reply));
+  }
+
+  /**
+   * FOPEN_* flags of an open view. A handle open for writing bypasses the kernel's page cache
+   * (FOPEN_DIRECT_IO), as qemu-storage-daemon's export does for every handle: a writer's pages
+   * were only ever written through, so caching them cost the client a page-cache copy per write
+   * and the machine a second cached copy of what the host file's cache already holds. Read-only
+   * handles keep the page cache and the kernel's readahead, which a small-block `dd` or `cp`
+   * of a view needs. Only when the kernel promised coherence (INIT's uncachedWriters): shared
+   * mmap stays possible and a direct write drops the range from every handle's cached pages.
+   */
+  private openReplyFlags(openFlags: number): number {
+    const writable = (openFlags & O_ACCMODE) !== O_RDONLY;
+    return this.uncachedWriters && writable ? P.OpenOutFlag.DIRECT_IO : 0;
   }
 
   private read(h: P.RequestHeader, r: P.ReadIn): void {

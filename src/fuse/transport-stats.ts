@@ -37,7 +37,7 @@ export class TransportStats {
     if (this.kernel && this.negotiated) {
       lines.push(`    kernel protocol: 7.${this.kernel.minor}, answered 7.${this.negotiated.minor}`);
       lines.push(`    max_write: ${this.negotiated.maxWrite}`);
-      lines.push(`    flags: ${initFlagNames(this.negotiated.flags).join(' ')}`);
+      lines.push(`    flags: ${initFlagNames(this.negotiated.flags, this.negotiated.flags2).join(' ')}`);
     }
     lines.push(
       `    requests: ${[...this.ops.entries()]

@@ -59,6 +59,45 @@ describe('requests the kernel transport receives', () => {
     expect(statsLine(m.stderr(), 'read request sizes')).toMatch(/(^| )1M:8( |$)/);
     expect(statsLine(m.stderr(), 'flags')).toMatch(/ASYNC_DIO/);
   });
+
+  it('writable handles bypass the page cache (DIRECT_IO_ALLOW_MMAP); read-only ones keep readahead', async () => {
+    const m = await fx.mount(['--include-raw', '--stats']);
+    fs.writeFileSync(path.join(fx.dir, 'src'), randomBytes(1 << 20));
+    // 4 KiB buffered reads: through a writable handle each is a 4K READ; a read-only handle's
+    // readahead asks for more at once. Then a shared writable mapping, which FOPEN_DIRECT_IO
+    // allows only with DIRECT_IO_ALLOW_MMAP: its store must reach the image.
+    const r = py(
+      [
+        'import mmap, os',
+        `v = ${JSON.stringify(view)}`,
+        'rw = os.open(v, os.O_RDWR)',
+        'for i in range(64): os.pread(rw, 4096, (4 << 20) + i * 4096)',
+        'ro = os.open(v, os.O_RDONLY)',
+        'for i in range(64): os.pread(ro, 4096, (8 << 20) + i * 4096)',
+        'm = mmap.mmap(rw, 1 << 20, mmap.MAP_SHARED)',
+        "m[8192:8197] = b'mmap!'",
+        'm.flush(); m.close(); os.close(rw)',
+        'print(os.pread(ro, 5, 8192))',
+      ].join('\n'),
+    );
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toBe("b'mmap!'");
+    expect(await m.unmount()).toBe(0);
+    const kernelMinor = Number(/kernel protocol: 7\.(\d+)/.exec(m.stderr())?.[1]);
+    const flags = statsLine(m.stderr(), 'flags');
+    const reads = statsLine(m.stderr(), 'read request sizes');
+    const fourK = Number(/(?:^| )4K:(\d+)/.exec(reads)?.[1] ?? 0);
+    if (kernelMinor >= 39) {
+      // Every 7.39 kernel (Linux 6.6+, this machine's too) offers it: writers go uncached.
+      expect(flags).toMatch(/DIRECT_IO_ALLOW_MMAP/);
+      expect(fourK).toBeGreaterThanOrEqual(64);
+    } else {
+      expect(flags).not.toMatch(/DIRECT_IO_ALLOW_MMAP/);
+    }
+    // Whatever the kernel, the read-only handle's 64 reads came as fewer, larger requests.
+    expect(reads).toMatch(/(^| )(128K|256K|512K|1M):\d+/);
+    expect(fs.readFileSync(path.join(fx.images, 'd.img')).subarray(8192, 8197).toString()).toBe('mmap!');
+  });
 });
 
 describe('the request loop keeps the event loop alive', () => {

@@ -36,11 +36,22 @@ export const InitFlag = {
   INIT_RESERVED: 1 << 31,
 } as const;
 
-const INIT_FLAG_NAMES = Object.entries<number>(InitFlag);
+/** fuse_init_in/out.flags2: bits 32..63 of the init flags, bit 32 as 1 << 0 (valid with INIT_EXT). */
+export const InitFlag2 = {
+  // FOPEN_DIRECT_IO files may be mmap'ed shared; the kernel flushes and drops their cached pages
+  // around each direct read and write (7.39, Linux 6.6 as DIRECT_IO_RELAX)
+  DIRECT_IO_ALLOW_MMAP: 1 << (36 - 32),
+} as const;
 
-/** Names of the bits set in an init flags word, for logs and --stats. */
-export function initFlagNames(flags: number): string[] {
-  return INIT_FLAG_NAMES.filter(([, bit]) => (flags & bit) !== 0).map(([name]) => name);
+const INIT_FLAG_NAMES = Object.entries<number>(InitFlag);
+const INIT_FLAG2_NAMES = Object.entries<number>(InitFlag2);
+
+/** Names of the bits set in an init flags word (and flags2), for logs and --stats. */
+export function initFlagNames(flags: number, flags2 = 0): string[] {
+  return [
+    ...INIT_FLAG_NAMES.filter(([, bit]) => (flags & bit) !== 0).map(([name]) => name),
+    ...INIT_FLAG2_NAMES.filter(([, bit]) => (flags2 & bit) !== 0).map(([name]) => name),
+  ];
 }
 
 /** fuse_open_out.open_flags. */

@@ -35,6 +35,8 @@ export interface InitOut {
   timeGran: number;
   /** Largest request in pages; honoured with MAX_PAGES only. */
   maxPages: number;
+  /** Bits 32..63 of the flags (InitFlag2); read by the kernel only when flags has INIT_EXT. */
+  flags2?: number;
 }
 
 /** Size of fuse_init_out for a negotiated minor: 24 bytes before 7.23, 64 bytes since. */
@@ -56,7 +58,9 @@ export function encodeInitOut(buf: Buffer, off: number, o: InitOut): number {
   if (size >= 64) {
     buf.writeUInt32LE(o.timeGran, off + 24);
     buf.writeUInt16LE(o.maxPages, off + 28);
-    // map_alignment, flags2, max_stack_depth, request_timeout: 0
+    // map_alignment (off + 30): 0
+    buf.writeUInt32LE((o.flags2 ?? 0) >>> 0, off + 32);
+    // max_stack_depth, request_timeout: 0
   }
   return size;
 }

@@ -1,11 +1,15 @@
-import { InitFlag } from './flags';
+import { InitFlag, InitFlag2 } from './flags';
 import type { InitIn, InitOut } from './init';
 
 /**
- * The newest protocol minor whose semantics this server implements. Everything we use exists by
- * 7.31 (MAX_PAGES came in 7.28); answering a newer minor would promise behaviour we never checked.
+ * The newest protocol minor whose semantics this server implements: 7.39, for
+ * DIRECT_IO_ALLOW_MMAP. What 7.32-7.39 added is either a flag that stays off unless we ask
+ * (SUBMOUNTS, HANDLE_KILLPRIV_V2, SETXATTR_EXT, SECURITY_CTX, EXPIRE_ONLY...), a field that
+ * was padding and that we leave zero (fuse_attr.flags, fuse_open_in.open_flags), or a request
+ * the kernel tries once and stops sending when answered ENOSYS (SYNCFS, TMPFILE, STATX, which
+ * falls back to GETATTR). The kernel itself branches on the minor only below 7.23.
  */
-export const OUR_MINOR = 31;
+export const OUR_MINOR = 39;
 /** Oldest kernel protocol we speak: 7.12 (Linux 2.6.29) has the struct sizes used here. */
 export const MIN_MINOR = 12;
 const PAGE = 4096;
@@ -20,7 +24,16 @@ export interface TransportWishes {
 }
 
 export type Negotiation =
-  | { ok: true; reply: InitOut; wanted: number }
+  | {
+      ok: true;
+      reply: InitOut;
+      wanted: number;
+      /**
+       * Writable handles are opened FOPEN_DIRECT_IO (see writersBypassPageCache): only when the
+       * kernel keeps shared mmap working on them and its page cache coherent with them.
+       */
+      uncachedWriters: boolean;
+    }
   | { ok: false; reason: string; /** A newer major: answer with ours and wait for a new INIT. */ retryWithMajor?: number };
 
 /**
@@ -43,11 +56,17 @@ export function negotiate(k: InitIn, wishes: TransportWishes): Negotiation {
     InitFlag.PARALLEL_DIROPS |
     InitFlag.MAX_PAGES |
     (wishes.writebackCache ? InitFlag.WRITEBACK_CACHE : 0);
-  const flags = (wanted & k.flags) >>> 0;
+  // Bypassing the page cache for writers needs the kernel to keep shared mmap and the cached
+  // pages of read-only handles coherent with direct I/O (DIRECT_IO_ALLOW_MMAP, 7.39); the
+  // writeback cache, which lives in that page cache, rules it out.
+  const uncachedWriters =
+    !wishes.writebackCache && minor >= 39 && (k.flags & InitFlag.INIT_EXT) !== 0 && (k.flags2 & InitFlag2.DIRECT_IO_ALLOW_MMAP) !== 0;
+  const flags = ((wanted & k.flags) | (uncachedWriters ? InitFlag.INIT_EXT : 0)) >>> 0;
   const bigRequests = (flags & InitFlag.MAX_PAGES) !== 0 && minor >= 28;
   return {
     ok: true,
     wanted,
+    uncachedWriters,
     reply: {
       major: 7,
       minor,
@@ -58,6 +77,7 @@ export function negotiate(k: InitIn, wishes: TransportWishes): Negotiation {
       maxWrite: bigRequests ? MAX_WRITE : LEGACY_MAX_WRITE,
       timeGran: 1,
       maxPages: bigRequests ? MAX_PAGES : 0,
+      flags2: uncachedWriters ? InitFlag2.DIRECT_IO_ALLOW_MMAP : 0,
     },
   };
 }

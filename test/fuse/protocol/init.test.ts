@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decodeInitIn, encodeInitOut, InitFlag, initFlagNames, negotiate, MAX_WRITE } from '../../../src/fuse/protocol';
+import { decodeInitIn, encodeInitOut, InitFlag, InitFlag2, initFlagNames, negotiate, MAX_WRITE } from '../../../src/fuse/protocol';
 
 /** fuse_init_in as kernel 6.x sends it (64 bytes, flags2 valid with INIT_EXT). */
 function initIn(minor: number, flags: number, flags2 = 0, size = 64): Buffer {
@@ -40,7 +40,7 @@ describe('INIT', () => {
     const n = negotiate(decodeInitIn(initIn(45, KERNEL_6_18), 0, 64), { writebackCache: false });
     expect(n.ok).toBe(true);
     if (!n.ok) return;
-    expect(n.reply.minor).toBe(31);
+    expect(n.reply.minor).toBe(39);
     expect(n.reply.maxWrite).toBe(MAX_WRITE);
     expect(n.reply.maxPages).toBe(256);
     expect(initFlagNames(n.reply.flags).sort()).toEqual([
@@ -55,6 +55,31 @@ describe('INIT', () => {
     expect(wb.ok && (wb.reply.flags & InitFlag.WRITEBACK_CACHE) !== 0).toBe(true);
     // The kernel would zero its cached size on an atomic O_TRUNC open: O_TRUNC comes as SETATTR instead.
     expect(wb.ok && (wb.reply.flags & InitFlag.ATOMIC_O_TRUNC) === 0).toBe(true);
+  });
+
+  it('lets writers bypass the page cache only where the kernel keeps mmap and caches coherent (7.39 flags2)', () => {
+    const offered = decodeInitIn(initIn(45, KERNEL_6_18, InitFlag2.DIRECT_IO_ALLOW_MMAP | 0x8), 0, 64);
+    const n = negotiate(offered, { writebackCache: false });
+    expect(n.ok && n.uncachedWriters).toBe(true);
+    if (!n.ok) return;
+    // flags2 is read by the kernel only with INIT_EXT in flags; nothing it did not offer is set.
+    expect(n.reply.flags & InitFlag.INIT_EXT).toBe(InitFlag.INIT_EXT);
+    expect(n.reply.flags2).toBe(InitFlag2.DIRECT_IO_ALLOW_MMAP);
+    expect(initFlagNames(n.reply.flags, n.reply.flags2)).toContain('DIRECT_IO_ALLOW_MMAP');
+    const b = Buffer.alloc(64);
+    encodeInitOut(b, 0, n.reply);
+    expect(b.readUInt32LE(32)).toBe(InitFlag2.DIRECT_IO_ALLOW_MMAP);
+
+    // The writeback cache lives in the page cache: then every handle keeps it.
+    const wb = negotiate(offered, { writebackCache: true });
+    expect(wb.ok && !wb.uncachedWriters && wb.reply.flags2 === 0 && (wb.reply.flags & InitFlag.INIT_EXT) === 0).toBe(true);
+    // A kernel before 6.6 (no flag offered; or no INIT_EXT, so no flags2 at all): cached as before.
+    const old = negotiate(decodeInitIn(initIn(38, KERNEL_6_18), 0, 64), { writebackCache: false });
+    expect(old.ok && !old.uncachedWriters && old.reply.flags2 === 0 && (old.reply.flags & InitFlag.INIT_EXT) === 0).toBe(true);
+    const noExt = negotiate(decodeInitIn(initIn(45, KERNEL_6_18 & ~InitFlag.INIT_EXT, InitFlag2.DIRECT_IO_ALLOW_MMAP), 0, 64), {
+      writebackCache: false,
+    });
+    expect(noExt.ok && !noExt.uncachedWriters).toBe(true);
   });
 
   it('degrades on an older kernel: no MAX_PAGES means 128 KiB requests', () => {
