@@ -87,7 +87,7 @@ export const mountCommand: CommandModule<object, MountArgs> = {
         type: 'boolean',
         default: false,
         describe:
-          'kernel transport: the kernel caches small buffered writes and sends them merged (3-8x faster 4k psync writes), but then owns file sizes: a partition file whose table changed keeps its old size',
+          'kernel transport: the kernel caches small buffered writes and sends them merged (3-8x faster 4k psync writes), but then owns file sizes (a partition file whose table changed keeps its old size), and every handle, writers too, goes through the page cache',
       })
       .option('poll-max-us', {
         type: 'number',
