@@ -8,7 +8,7 @@
  *
  * Allocation stays in the drivers (qcow2/write-path.ts, vmdk/grain-allocator.ts).
  */
-import { SYNC_IO_MAX, type HostFile } from '../io/host-file';
+import { SYNC_CACHED_READ_MAX, type HostFile } from '../io/host-file';
 import { VdiskError } from '../io/errors';
 import type { Image } from './types';
 
@@ -147,9 +147,11 @@ export async function readThrough(a: FormatAccess, offset: number, into: Buffer)
 /**
  * readThrough done synchronously, for the transport's fast path (a FUSE read answered inside its
  * dispatch, no promise turns): only when every piece is mapped without I/O, is data, zeros or
- * unallocated without a backing image, and the data pieces together are small (SYNC_IO_MAX).
- * Otherwise false, having read nothing: the caller uses readThrough. Two passes over the
- * (cached) mapping, so declining costs no host I/O.
+ * unallocated without a backing image, and the host file can read the data pieces at once
+ * (HostFile.readSync: small ones always, up to SYNC_CACHED_READ_MAX from the page cache).
+ * Otherwise false: the caller uses readThrough, which fills all of `into` again. Two passes over
+ * the (cached) mapping, so declining for the mapping costs no host I/O; declining because a
+ * large read is not all cached may follow a copy of the cached part.
  */
 export function readThroughSync(a: FormatAccess, offset: number, into: Buffer): boolean {
   const total = into.length;
@@ -161,12 +163,12 @@ export function readThroughSync(a: FormatAccess, offset: number, into: Buffer): 
     else if (m.kind === COMPRESSED || (m.kind === UNALLOCATED && a.backing !== undefined)) return false;
     else if (m.kind !== ZERO && m.kind !== UNALLOCATED) return false;
   }
-  if (bytes > SYNC_IO_MAX) return false;
+  if (bytes > SYNC_CACHED_READ_MAX) return false;
   for (let pos = 0; pos < total; pos += m.length) {
     a.mapSync(offset + pos, total - pos, m);
     const dst = m.length === total ? into : into.subarray(pos, pos + m.length);
-    if (m.kind === DATA) m.file!.readSync(dst, m.host, 'data');
-    else dst.fill(0);
+    if (m.kind !== DATA) dst.fill(0);
+    else if (!m.file!.readSync(dst, m.host, 'data')) return false;
   }
   return true;
 }

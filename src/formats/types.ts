@@ -27,7 +27,8 @@ export interface Image {
   read(offset: number, into: Buffer): Promise<void>;
   /**
    * Optional fast path: the same read done synchronously when it needs no waiting (mapping
-   * cached, small host reads only); false when it cannot, having done nothing. A FUSE read
+   * cached, host reads small or all in the page cache); false when it cannot, having changed
+   * nothing but perhaps part of `into`, which read() then fills again. A FUSE read
    * answered this way takes no promise turns (src/merge/request-merger.ts readSync).
    */
   readSync?(offset: number, into: Buffer): boolean;

@@ -76,7 +76,8 @@ export class DriverRequests {
 
   /**
    * read() in one synchronous step, when no earlier driver request holds the pages and the
-   * driver can read at once (Image.readSync). False: nothing done (and `into` untouched).
+   * driver can read at once (Image.readSync). False: nothing done, though `into` may hold part
+   * of the bytes (a large read found not all cached); read() fills it again.
    */
   readSync(offset: number, len: number, into: Buffer): boolean {
     const image = this.image;

@@ -14,6 +14,7 @@ import {
 } from '../../src/formats/data-path';
 import type { Image } from '../../src/formats/types';
 import { VdiskError } from '../../src/io/errors';
+import { SYNC_CACHED_READ_MAX } from '../../src/io/host-file';
 
 /**
  * The shared data path against a hand-built FormatAccess: a list of guest segments with their
@@ -26,6 +27,8 @@ class FakeFile {
   readonly reads: Array<{ pos: number; length: number }> = [];
   private held: Array<() => void> | undefined;
   failAt: number | undefined;
+  /** readSync declines, as HostFile's does for a large read the page cache does not hold. */
+  notCached = false;
 
   constructor(readonly bytes: Buffer) {}
 
@@ -40,6 +43,7 @@ class FakeFile {
   }
 
   readSync(into: Buffer, pos: number): boolean {
+    if (this.notCached) return false;
     this.reads.push({ pos, length: into.length });
     into.fill(0);
     this.bytes.copy(into, 0, pos, pos + Math.max(0, Math.min(into.length, this.bytes.length - pos)));
@@ -324,11 +328,21 @@ describe('readThroughSync', () => {
     }
   });
 
-  it('declines data larger than the synchronous I/O limit', () => {
-    const file = new FakeFile(host);
-    const a = new FakeAccess([{ start: 0, length: 1 << 20, kind: DATA, host: 0 }], file, undefined);
-    expect(readThroughSync(a, 0, Buffer.alloc(1 << 20))).toBe(false);
+  it('reads up to one FUSE request of data when the host file can at once, and declines beyond or when it cannot', () => {
+    const big = Buffer.alloc(SYNC_CACHED_READ_MAX + 4096);
+    for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE(i + 7, i);
+    const file = new FakeFile(big);
+    const a = new FakeAccess([{ start: 0, length: big.length, kind: DATA, host: 0 }], file, undefined);
+    const into = Buffer.alloc(SYNC_CACHED_READ_MAX);
+    expect(readThroughSync(a, 0, into)).toBe(true);
+    expect(into.equals(big.subarray(0, into.length))).toBe(true);
+    // More than the largest request: declined before any read.
+    file.reads.length = 0;
+    expect(readThroughSync(a, 0, Buffer.alloc(big.length))).toBe(false);
     expect(file.reads).toEqual([]);
+    // The host file declines (not in its page cache): so does the data path; readThrough serves it.
+    file.notCached = true;
+    expect(readThroughSync(a, 0, into)).toBe(false);
   });
 });
 

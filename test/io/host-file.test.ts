@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { addIoObserver, HostFile, SYNC_IO_MAX } from '../../src/io/host-file';
+import { addIoObserver, HostFile, SYNC_CACHED_READ_MAX, SYNC_IO_MAX } from '../../src/io/host-file';
 import type { IoEvent } from '../../src/io/counters';
 import { readU64, toSafeNumber, writeU64 } from '../../src/io/safe-int';
 import { VdiskError } from '../../src/io/errors';
@@ -62,6 +62,31 @@ describe('HostFile', () => {
     const ro = await HostFile.open(p, false);
     expect(() => ro.writeSync(Buffer.from('x'), 0)).toThrow(VdiskError);
     await ro.close();
+  });
+
+  it('reads synchronously above SYNC_IO_MAX only what the page cache holds, counting nothing when it declines', async () => {
+    const p = path.join(dir, 'cached');
+    const data = Buffer.alloc(SYNC_CACHED_READ_MAX + 4096);
+    for (let i = 0; i < data.length; i += 512) data.writeUInt32LE(i + 1, i);
+    fs.writeFileSync(p, data);
+    const f = await HostFile.open(p, false);
+    const big = Buffer.alloc(SYNC_CACHED_READ_MAX);
+    expect(f.readSync(big, 4096)).toBe(true);
+    expect(big.equals(data.subarray(4096))).toBe(true);
+    expect(f.counters.reads).toBe(1);
+    // Past the largest FUSE request: the thread pool's.
+    expect(f.readSync(Buffer.alloc(SYNC_CACHED_READ_MAX + 4096), 0)).toBe(false);
+    // Not cached: declined without waiting for the disk, nothing counted; read() still serves it.
+    execFileSync('sync');
+    execFileSync('dd', [`if=${p}`, 'iflag=nocache', 'count=0', 'status=none']);
+    const cold = Buffer.alloc(SYNC_IO_MAX + 4096);
+    expect(f.readSync(cold, 0)).toBe(false);
+    expect(f.counters.reads).toBe(1);
+    await f.read(cold, 0);
+    expect(cold.equals(data.subarray(0, cold.length))).toBe(true);
+    // A small read stays synchronous whatever the cache holds.
+    expect(f.readSync(Buffer.alloc(4096), 8192)).toBe(true);
+    await f.close();
   });
 
   it('tells observers every read, write and flush with its tag, in order', async () => {

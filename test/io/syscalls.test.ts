@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -88,6 +89,29 @@ describe('fallocate', () => {
     expect(fs.fstatSync(fd).size).toBe(65536);
     expect(() => sys.fallocate(fd, 0, 0, 0)).toThrow(expect.objectContaining({ errno: 'EINVAL', code: 'EINVAL' }));
     expect(() => sys.fallocate(-1, 0, 0, 1)).toThrow(expect.objectContaining({ errno: 'EBADF' }));
+  });
+});
+
+/** Drops a file's clean pages from the page cache (dd's iflag=nocache is posix_fadvise DONTNEED). */
+function dropCache(p: string): void {
+  execFileSync('dd', [`if=${p}`, 'iflag=nocache', 'count=0', 'status=none']);
+}
+
+describe('preadCached (preadv2 RWF_NOWAIT)', () => {
+  it('reads what the page cache holds, 0 at the end, and -1 for bytes only the disk has', () => {
+    const p = path.join(dir, 'c');
+    const data = Buffer.alloc(1 << 20);
+    for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE(i, i);
+    fs.writeFileSync(p, data);
+    const fd = open(p);
+    fs.fsyncSync(fd); // clean pages, which DONTNEED can drop
+    const buf = Buffer.alloc(1 << 20);
+    expect(sys.preadCached(fd, buf, 0)).toBe(1 << 20);
+    expect(buf.equals(data)).toBe(true);
+    expect(sys.preadCached(fd, buf.subarray(0, 4096), 1 << 20)).toBe(0);
+    dropCache(p);
+    expect(sys.preadCached(fd, buf, 0)).toBe(-1);
+    expect(() => sys.preadCached(-1, buf, 0)).toThrow(expect.objectContaining({ errno: 'EBADF' }));
   });
 });
 

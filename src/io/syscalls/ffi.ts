@@ -59,6 +59,7 @@ export interface Ffi {
   fallocate: KoffiFunction;
   poll: KoffiFunction;
   read: (fd: number, buf: Buffer, count: number) => number;
+  preadv2: (fd: number, iov: { iov_base: Buffer; iov_len: number }[], iovcnt: number, offset: number, flags: number) => number;
   lseek: (fd: number, offset: number, whence: number) => number | bigint;
   syncfs: KoffiFunction;
   eventfd: (initval: number, flags: number) => number;
@@ -122,6 +123,7 @@ export function ffi(): Ffi {
     poll: libc.func('int poll(void *fds, unsigned long nfds, int timeout)'),
     read: libc.func('intptr_t read(int fd, void *buf, size_t count)'),
     lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)'),
+    preadv2: libc.func('preadv2', 'intptr_t', ['int', koffi.pointer(iovec), 'int', 'int64_t', 'int']),
     syncfs: libc.func('int syncfs(int fd)'),
     eventfd: libc.func('int eventfd(unsigned int initval, int flags)'),
     socketpair: libc.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),

@@ -91,6 +91,25 @@ export function readOrErrno(fd: number, buf: Buffer, count = buf.length): number
   return n >= 0 ? n : -f.koffi.errno();
 }
 
+// ---- preadv2(RWF_NOWAIT) ----
+
+const RWF_NOWAIT = 0x8;
+
+/**
+ * Reads into `buf` at `pos` only what the host page cache already holds: preadv2(RWF_NOWAIT)
+ * never waits for a disk. The byte count (short where the cached part ends, 0 at the end of the
+ * file), or -1 when nothing at `pos` is cached (EAGAIN) or the filesystem cannot say
+ * (EOPNOTSUPP). Other errors throw.
+ */
+export function preadCached(fd: number, buf: Buffer, pos: number): number {
+  const f = ffi();
+  const n = f.preadv2(fd, [{ iov_base: buf, iov_len: buf.length }], 1, pos, RWF_NOWAIT);
+  if (n >= 0) return n;
+  const name = errnoName(f);
+  if (name === 'EAGAIN' || name === 'EOPNOTSUPP' || name === 'ENOTSUP') return -1;
+  fail(f, 'preadv2', `at ${pos}`, { fd, pos });
+}
+
 // ---- syncfs ----
 
 /**
