@@ -8,8 +8,9 @@
  * - A pump drains the queued requests (up to BATCH) and dispatches each. Dispatch takes what it
  *   needs from the buffer synchronously (the merger copies write payloads at once). A request
  *   whose work is synchronous host I/O (SYNC_IO_MAX in io/host-file.ts) resolves within
- *   microtasks and is answered by writeSync to /dev/fuse: no thread hop. A small read whose
- *   mapping is cached (Image.readSync), and an O_DIRECT write in place (Image.writeSync), are
+ *   microtasks and is answered by writeSync to /dev/fuse: no thread hop. A read whose mapping
+ *   is cached and whose bytes are small or all in the host page cache (Image.readSync, up to
+ *   1 MiB), and an O_DIRECT write in place (Image.writeSync), are
  *   answered inside dispatch(); the pump then goes on
  *   from a queued microtask, as it would from the reply of an asynchronous request.
  * - Once every dispatched request is answered (the adapter's reply calls answered()), the pump
