@@ -27,6 +27,9 @@ export type IoTag =
   | 'gd' // VMDK grain directory
   | 'gt' // VMDK grain tables
   | 'descriptor' // VMDK text descriptor
+  | 'bat' // VHD/VHDX block allocation table, VDI block map
+  | 'bitmap' // VHD sector bitmaps
+  | 'footer' // VHD footer (and its copy at offset 0)
   | 'check' // reads of `check`
   | 'probe' // format probing
   | 'discard' // space given back (punch)
