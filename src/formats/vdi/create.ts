@@ -30,7 +30,7 @@ export async function createVdi(file: string, opts: CreateOptions): Promise<void
       const ph = parseHeader(head, parentPath);
       uuidLinkage = ph.uuidCreate;
       uuidParentModify = ph.uuidModify;
-      if (size !== ph.diskSize && opts.size !== ph.diskSize)
+      if (opts.size !== 0 && opts.size !== ph.diskSize)
         throw VdiskError.invalid(`vdi: a child has its parent's size (${ph.diskSize}), not ${opts.size}`);
       size = ph.diskSize;
     } finally {
