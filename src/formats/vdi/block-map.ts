@@ -22,7 +22,10 @@ const ONE_WRITE_MAX = 4 << 20;
 export class VdiBlockMap implements BlockTable {
   readonly blockSize: number;
   readonly virtualSize: number;
-  /** Next free slot: past every slot in use, whatever the header's count says (a crash may leave it behind). */
+  /**
+   * Next free slot: past every slot in use. The header's count is not trusted for this: a crash
+   * may leave it behind the map (a slot would be handed out twice) or a hostile image far ahead.
+   */
   private nextSlot: number;
   private readonly dirtySectors = new Set<number>();
   private headerDirty = false;
@@ -42,7 +45,7 @@ export class VdiBlockMap implements BlockTable {
       const e = map.readUInt32LE(b * 4);
       if (e < header.blocks && e + 1 > next) next = e + 1;
     }
-    this.nextSlot = Math.max(next, Math.min(header.blocksAllocated, header.blocks));
+    this.nextSlot = next;
     this.allocated = this.allocatedCount();
   }
 
