@@ -14,8 +14,7 @@ import { tmpDir } from '../vmdk/helpers';
 
 const dir = tmpDir('vdi-crash');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-const MiB = 1 << 20;
-const UNIT = 1 << 20;
+const UNIT = 1 << 20; // the block size
 
 describe('vdi crash states: any subset of unsynced writes', () => {
   for (const seed of [1, 2]) {
