@@ -24,7 +24,7 @@ export async function driverAvailable(format: DiskFormat, dir: string, size: num
   const file = path.join(dir, `probe.${extensionFor(format)}`);
   try {
     await createEmpty(file, format, size);
-    const img = await openImage(file, { writable: true });
+    const img = await openImage(file, { writable: true, checkExtension: true }); // as the mount would: by content, the name agreeing
     try {
       const data = Buffer.alloc(65536, 0x5a);
       await img.write(1 << 20, Buffer.from(data));

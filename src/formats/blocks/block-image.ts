@@ -27,7 +27,7 @@ import {
   type Mapping,
 } from '../data-path';
 import type { Extent, Image, ImageInfo, ImageStats } from '../types';
-import { BLOCK_ABSENT, BLOCK_ZERO, type BlockTable } from './block-table';
+import { BLOCK_ABSENT, BLOCK_ZERO, type BlockContent, type BlockTable } from './block-table';
 
 /** Blocks built per allocation round: bounds the memory of a huge zero write over a parent. */
 const BLOCKS_PER_ROUND = 16;
@@ -193,14 +193,12 @@ export class BlockImage implements Image {
     const bs = this.table.blockSize;
     const end = offset + buf.length;
     const inPlace: Promise<void>[] = [];
-    let blocks: number[] = [];
-    let contents: Buffer[] = [];
+    let round: BlockContent[] = [];
     const storeRound = async (): Promise<void> => {
-      if (blocks.length === 0) return;
-      await this.table.storeBlocks(blocks, contents);
-      this.counters.blocksStored += blocks.length;
-      blocks = [];
-      contents = [];
+      if (round.length === 0) return;
+      await this.table.storeBlocks(round);
+      this.counters.blocksStored += round.length;
+      round = [];
     };
     for (let b = first; b <= last; b++) {
       const start = b * bs;
@@ -211,17 +209,20 @@ export class BlockImage implements Image {
         inPlace.push(this.writeInPlace(from, slice));
         continue;
       }
-      const content = Buffer.alloc(bs);
+      const e = this.table.entry(b);
       const span = Math.min(bs, this.virtualSize - start);
-      // The block's current view, unless the write covers all of it (zeros need no read).
       const covered = from === start && to === start + span;
-      if (!covered && this.table.entry(b) !== BLOCK_ZERO && (this.table.entry(b) >= 0 || this.backing)) {
+      if (covered || e === BLOCK_ZERO || (e === BLOCK_ABSENT && !this.backing)) {
+        // The rest of the block reads as zeros: the write's own bytes are the content.
+        round.push({ block: b, at: from - start, data: slice });
+      } else {
+        // The block's current view (the parent's bytes, sectors already here) with the write over it.
+        const content = Buffer.alloc(bs);
         await readThrough(this.access, start, content.subarray(0, span));
+        slice.copy(content, from - start);
+        round.push({ block: b, at: 0, data: content });
       }
-      slice.copy(content, from - start);
-      blocks.push(b);
-      contents.push(content);
-      if (blocks.length >= BLOCKS_PER_ROUND) await storeRound();
+      if (round.length >= BLOCKS_PER_ROUND) await storeRound();
     }
     await storeRound();
     await Promise.all(inPlace);

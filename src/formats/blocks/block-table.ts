@@ -14,6 +14,13 @@ export const BLOCK_ABSENT = -1;
 /** The block reads as zeros, whatever the parent holds (VDI's "zero" marker). */
 export const BLOCK_ZERO = -2;
 
+/** What a block to be stored holds: `data` from byte `at` of the block, zeros everywhere else. */
+export interface BlockContent {
+  block: number;
+  at: number;
+  data: Buffer;
+}
+
 export interface BlockTable {
   /** The image's host file (data and metadata live in one file for these formats). */
   readonly file: HostFile;
@@ -28,12 +35,13 @@ export interface BlockTable {
    */
   presence?(block: number, inBlock: number, max: number): number;
   /**
-   * Stores the complete content of blocks that are absent, zero or only partly present, each
-   * buffer `blockSize` bytes, blocks in ascending order. The data is written now; the table
-   * entries change in memory (and are written by writeTables, after a barrier). Called under the
-   * engine's table lock: one call at a time, never during writeTables.
+   * Stores the complete content of blocks that are absent, zero or only partly present, blocks
+   * in ascending order. The data is written now (zeros too, unless the block lands past the end
+   * of the file, where the host reads zeros anyway); the table entries change in memory (and
+   * are written by writeTables, after a barrier). Called under the engine's table lock: one
+   * call at a time, never during writeTables.
    */
-  storeBlocks(blocks: number[], contents: Buffer[]): Promise<void>;
+  storeBlocks(blocks: BlockContent[]): Promise<void>;
   /**
    * Makes an absent block read as zeros without storing data, where the format can (VDI); false
    * when it cannot. In memory, like storeBlocks.

@@ -13,7 +13,8 @@
  */
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
-import { BLOCK_ABSENT, BLOCK_ZERO, type BlockTable } from '../blocks/block-table';
+import { BLOCK_ABSENT, BLOCK_ZERO, type BlockContent, type BlockTable } from '../blocks/block-table';
+import { blockBytes, Segments } from '../blocks/segments';
 import { ENTRY_FREE, ENTRY_ZERO, SECTOR, setBlocksAllocated, type VdiHeader } from './header';
 
 /** Header and map are written as one when the bytes up to the last dirty map sector are at most this. */
@@ -37,6 +38,8 @@ export class VdiBlockMap implements BlockTable {
     private readonly headerRegion: Buffer,
     /** The map as stored (little-endian u32 per block). */
     readonly map: Buffer,
+    /** The file's size: slots past it read as zeros without being written. */
+    private fileEnd: number,
   ) {
     this.blockSize = header.blockSize;
     this.virtualSize = header.diskSize;
@@ -81,29 +84,33 @@ export class VdiBlockMap implements BlockTable {
     return this.headerDirty || this.dirtySectors.size > 0;
   }
 
-  async storeBlocks(blocks: number[], contents: Buffer[]): Promise<void> {
+  async storeBlocks(blocks: BlockContent[]): Promise<void> {
     const h = this.header;
-    // Blocks that already have a slot (none today: VDI blocks are always whole) keep it.
-    const fresh: number[] = [];
-    for (const b of blocks) if (this.rawEntry(b) >= h.blocks) fresh.push(b);
-    if (fresh.length === 0) return;
-    const first = this.nextSlot;
-    if (first + fresh.length > h.blocks)
-      throw VdiskError.noSpace(
-        `${this.file.path}: no VDI slot left (${first}+${fresh.length} of ${h.blocks}); the block map is inconsistent`,
-      );
-    // Consecutive slots: one vectored write (the extra bytes before each block are zeros).
-    const vec: Buffer[] = [];
-    const extra = h.blockExtra > 0 ? Buffer.alloc(h.blockExtra) : undefined;
-    for (let i = 0; i < blocks.length; i++) {
-      if (this.rawEntry(blocks[i]!) < h.blocks) continue;
-      if (extra) vec.push(extra);
-      vec.push(contents[i]!);
+    const segs = new Segments();
+    const stored: Array<[number, number]> = [];
+    for (const c of blocks) {
+      // VDI blocks are whole once stored: only absent and zero blocks come here.
+      if (this.rawEntry(c.block) < h.blocks) continue;
+      if (this.nextSlot >= h.blocks)
+        throw VdiskError.noSpace(`${this.file.path}: no VDI slot left (${this.nextSlot} of ${h.blocks}); the block map is inconsistent`);
+      const slot = this.nextSlot++;
+      const host = this.slotOffset(slot);
+      const fresh = host - h.blockExtra >= this.fileEnd;
+      if (h.blockExtra && !fresh) segs.add(host - h.blockExtra, Buffer.alloc(h.blockExtra));
+      const bytes = blockBytes(c, h.blockSize, fresh);
+      segs.add(host + bytes.at, bytes.data);
+      stored.push([c.block, slot]);
     }
-    this.nextSlot += fresh.length;
-    await this.file.write(vec, this.slotOffset(first) - h.blockExtra, 'data');
-    fresh.forEach((b, i) => this.setEntry(b, first + i));
-    this.allocated += fresh.length;
+    if (stored.length === 0) return;
+    await segs.write(this.file, 'data');
+    // A slot written only in part still spans its whole block in the file, as QEMU's do.
+    const end = this.slotOffset(stored[stored.length - 1]![1]) + h.blockSize;
+    if (end > this.fileEnd) {
+      await this.file.truncate(end);
+      this.fileEnd = end;
+    }
+    for (const [b, slot] of stored) this.setEntry(b, slot);
+    this.allocated += stored.length;
     this.headerDirty = true;
   }
 

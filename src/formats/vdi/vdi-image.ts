@@ -25,7 +25,9 @@ export interface VdiFile {
 }
 
 /** Reads and checks header and block map; duplicate slots or entries past the map are refused. */
-export async function readVdi(f: HostFile): Promise<{ header: VdiHeader; region: Buffer; map: Buffer; problems: string[] }> {
+export async function readVdi(
+  f: HostFile,
+): Promise<{ header: VdiHeader; region: Buffer; map: Buffer; problems: string[]; fileSize: number }> {
   const head = Buffer.alloc(HEADER_BYTES);
   await f.read(head, 0, 'header');
   const header = parseHeader(head, f.path);
@@ -37,7 +39,7 @@ export async function readVdi(f: HostFile): Promise<{ header: VdiHeader; region:
   if (region !== head) await f.read(region, 0, 'header');
   const map = Buffer.alloc(mapBytes);
   await f.read(map, header.offsetBmap, 'bat');
-  return { header, region, map, problems: mapProblems(header, map) };
+  return { header, region, map, problems: mapProblems(header, map), fileSize: size };
 }
 
 /** What is wrong with a block map: entries past the map, slots used twice (qemu-img check's words). */
@@ -59,10 +61,10 @@ export async function openVdi(file: string, opts: OpenOptions): Promise<Image> {
   const f = await HostFile.open(file, opts.writable);
   let parent: Image | undefined;
   try {
-    const { header, region, map, problems } = await readVdi(f);
+    const { header, region, map, problems, fileSize } = await readVdi(f);
     if (problems.length) throw VdiskError.corrupt(`${file}: VDI block map is inconsistent: ${problems[0]}`);
     if (header.type === 3) throw VdiskError.unsupported(`${file}: VDI 'undo' images are not supported`);
-    const table = new VdiBlockMap(f, header, region, map);
+    const table = new VdiBlockMap(f, header, region, map, fileSize);
     let parentFile: string | undefined;
     if (header.type === 4) {
       parentFile = await findParent(file, header, opts);

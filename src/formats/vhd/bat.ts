@@ -4,7 +4,8 @@
  * the bitmap), or all ones for a block not stored.
  *
  * Write order (DESIGN.md "VHD"): new blocks go where the footer was, bitmap and data and then the
- * footer at the new end, in ONE write; only after a barrier does the BAT point at them. A power
+ * footer at the new end (one write when the blocks are written whole); only after a barrier does
+ * the BAT point at them. A power
  * cut before the BAT write leaves the old BAT (the new bytes are a leak QEMU and vdiskfs reuse,
  * since both place the next block after the last one the BAT names) and a footer at the end or,
  * if the write tore, the copy at offset 0 that dynamic disks are opened by.
@@ -14,7 +15,8 @@
  */
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
-import { BLOCK_ABSENT, type BlockTable } from '../blocks/block-table';
+import { BLOCK_ABSENT, type BlockContent, type BlockTable } from '../blocks/block-table';
+import { blockBytes, Segments } from '../blocks/segments';
 import { BAT_UNUSED, SECTOR, type DynamicHeader } from './dynamic-header';
 
 export class VhdBat implements BlockTable {
@@ -38,6 +40,8 @@ export class VhdBat implements BlockTable {
     freeOffset: number,
     /** Differencing disks: each stored block's sector bitmap; undefined for other disks. */
     private readonly bitmaps: Map<number, Buffer> | undefined,
+    /** The file's size: block bytes past it read as zeros without being written. */
+    private fileEnd: number,
   ) {
     this.blockSize = header.blockSize;
     this.bitmapBytes = bitmapBytesFor(header.blockSize);
@@ -86,38 +90,40 @@ export class VhdBat implements BlockTable {
     return this.dirtySectors.size > 0 || this.dirtyBitmaps.size > 0;
   }
 
-  async storeBlocks(blocks: number[], contents: Buffer[]): Promise<void> {
-    const vec: Buffer[] = [];
-    const fresh: number[] = [];
+  async storeBlocks(blocks: BlockContent[]): Promise<void> {
+    const segs = new Segments();
+    const fresh: Array<[number, number]> = [];
     const inPlace: Promise<void>[] = [];
-    for (let i = 0; i < blocks.length; i++) {
-      const b = blocks[i]!;
-      const e = this.rawEntry(b);
+    let at = this.freeOffset;
+    for (const c of blocks) {
+      const e = this.rawEntry(c.block);
       if (e === BAT_UNUSED) {
-        fresh.push(b);
-        vec.push(this.full, contents[i]!);
+        // Bitmap, then data: past the old footer the host reads zeros, so only the data is written.
+        const bytes = blockBytes(c, this.blockSize, at + this.bitmapBytes >= this.fileEnd);
+        segs.add(at, this.full);
+        segs.add(at + this.bitmapBytes + bytes.at, bytes.data);
+        fresh.push([c.block, at]);
+        at += this.bitmapBytes + this.blockSize;
       } else {
         // A differencing block only partly here: its missing sectors now come from the parent.
-        inPlace.push(this.file.write(contents[i]!, e * SECTOR + this.bitmapBytes, 'data'));
-        this.bitmaps?.set(b, Buffer.from(this.full));
-        this.dirtyBitmaps.add(b);
+        inPlace.push(this.file.write(c.data, e * SECTOR + this.bitmapBytes + c.at, 'data'));
+        this.bitmaps?.set(c.block, Buffer.from(this.full));
+        this.dirtyBitmaps.add(c.block);
       }
     }
-    const at = this.freeOffset;
     if (fresh.length) {
-      const end = at + fresh.length * (this.bitmapBytes + this.blockSize);
-      if (end / SECTOR >= BAT_UNUSED) throw VdiskError.noSpace(`${this.file.path}: a VHD cannot grow past 2 TiB of file`);
-      vec.push(this.footer);
-      this.freeOffset = end;
-      inPlace.push(this.file.write(vec, at, 'data'));
+      if (at / SECTOR >= BAT_UNUSED) throw VdiskError.noSpace(`${this.file.path}: a VHD cannot grow past 2 TiB of file`);
+      segs.add(at, this.footer); // the footer moves to the new end
+      this.freeOffset = at;
+      inPlace.push(segs.write(this.file, 'data').then(() => undefined));
     }
     await Promise.all(inPlace);
-    fresh.forEach((b, i) => {
-      const sector = (at + i * (this.bitmapBytes + this.blockSize)) / SECTOR;
-      this.bat.writeUInt32BE(sector, b * 4);
+    this.fileEnd = Math.max(this.fileEnd, at + this.footer.length);
+    for (const [b, host] of fresh) {
+      this.bat.writeUInt32BE(host / SECTOR, b * 4);
       this.dirtySectors.add(Math.floor((b * 4) / SECTOR));
       this.bitmaps?.set(b, Buffer.from(this.full));
-    });
+    }
   }
 
   async writeTables(): Promise<void> {

@@ -104,7 +104,7 @@ export async function openVhd(file: string, opts: OpenOptions): Promise<Image> {
         parent = await opts.openBacking(found.file, 'vpc');
         bitmaps = await readBitmaps(f, header, layout.bat!);
       }
-      table = new VhdBat(f, header, layout.virtualSize, layout.bat!, footer.raw, layout.freeOffset, bitmaps);
+      table = new VhdBat(f, header, layout.virtualSize, layout.bat!, footer.raw, layout.freeOffset, bitmaps, layout.fileSize);
     }
     log('open %s: %s, %d bytes, parent %s', file, TYPE_NAMES[footer.diskType], layout.virtualSize, parentFile ?? '-');
     return new BlockImage({
