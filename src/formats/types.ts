@@ -130,6 +130,11 @@ export interface OpenOptions {
    * image, the field and the name.
    */
   reach: (name: string, field: string) => Promise<string>;
+  /**
+   * Whether a folder lies inside what this image may reach, before it is listed (a VDI looks
+   * for its parent by UUID among the files beside it). Absent: only the image's own folder.
+   */
+  mayList?: (dir: string) => boolean;
   /** Per-driver knobs (cache sizes, the VMDK allocation mode), passed down untouched. */
   tuning?: DriverTuning;
   /** qcow2: open this internal snapshot read-only instead of the active layer. */

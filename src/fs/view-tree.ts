@@ -146,11 +146,13 @@ export class ViewTree {
 
   /** Is this image the backing file or VMDK parent of another image anywhere in the tree? */
   async isBackingOfAnother(hostPath: string): Promise<boolean> {
-    const target = path.resolve(hostPath);
+    const real = (p: string) => fs.realpath(p).catch(() => path.resolve(p));
+    const target = await real(hostPath);
     for await (const file of this.walk(this.root)) {
-      if (file === target) continue;
+      if (file === path.resolve(hostPath)) continue;
       const p = await this.probe(file);
-      if (p?.backing && path.resolve(p.backing) === target) return true;
+      // Real paths on both sides: a parent found through the confinement is named by its real path.
+      if (p?.backing && (path.resolve(p.backing) === target || (await real(p.backing)) === target)) return true;
     }
     return false;
   }
@@ -210,6 +212,9 @@ export class ViewTree {
         try {
           probed.sizes.set(snap, img.virtualSize);
           if (snap === '') probed.hostFiles = img.hostFiles();
+          // The parent the open found, under the mount's confinement (VHD locators, a VDI's
+          // parent by UUID): drivers that can name it without opening anything say so above.
+          if (snap === '' && !probed.backing) probed.backing = img.backingImage?.()?.path;
         } finally {
           await img.close();
         }

@@ -65,6 +65,7 @@ export function driverOptions(file: string, opts: OpenImageOptions & { confineme
     snapshot: opts.snapshot,
     warn,
     reach: (name, field) => opts.confinement.reach(file, name, field),
+    mayList: (dir) => opts.confinement.contains(dir),
     openBacking: (p, format) => openImage(p, { writable: false, format, warn, tuning: opts.tuning, confinement: opts.confinement }, chain),
   };
 }

@@ -9,6 +9,8 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MAX_CHAIN_DEPTH } from '../../src/image/open';
+import { serializeDynamicHeader } from '../../src/formats/vhd/dynamic-header';
+import { DISK_DIFFERENCING, serializeFooter } from '../../src/formats/vhd/footer';
 
 /** 16 bytes repeated through every outside file an image could leak (canary.raw, canary.vmdk's data). */
 export const CANARY_MARKER = Buffer.from('VDISKFS-CANARY!\n');
@@ -207,6 +209,32 @@ function vmdkChild(template: Buffer, hint: string, parentCid: string): Buffer {
   );
 }
 
+/**
+ * A differencing VHD (1 MiB, nothing stored) whose relative parent locator (W2ru) and parent name
+ * are `name`, written the Windows way (backslashes), expecting a parent with Unique Id `parentId`.
+ */
+function vhdChild(name: string, parentId: Buffer): Buffer {
+  const locator = Buffer.from(name.split('/').join('\\'), 'utf16le');
+  const space = Math.ceil(locator.length / 512) * 512;
+  const footer = serializeFooter({
+    diskType: DISK_DIFFERENCING,
+    dataOffset: 512n,
+    size: MIB,
+    cylinders: 65535,
+    heads: 16,
+    sectors: 255,
+    creatorApp: 'win ',
+    uniqueId: Buffer.alloc(16, 0x77),
+  });
+  const header = serializeDynamicHeader({
+    tableOffset: 1536,
+    maxTableEntries: 1,
+    blockSize: 2 * MIB,
+    parent: { uniqueId: parentId, timestamp: 0, name, locators: [{ code: 'W2ru', space, length: locator.length, offset: 2048 }] },
+  });
+  return Buffer.concat([footer, header, Buffer.alloc(512, 0xff), locator, Buffer.alloc(space - locator.length), footer]);
+}
+
 // ---------------------------------------------------------------- the set
 
 /**
@@ -224,6 +252,11 @@ export function makeHostileImages(root: string): HostileSet {
   fs.writeFileSync(canaryRaw, Buffer.alloc(MIB, CANARY_MARKER));
   qemuImg(outside, 'convert', '-f', 'raw', '-O', 'vmdk', 'canary.raw', 'canary.vmdk');
   const canaryCid = cidOf(fs.readFileSync(path.join(outside, 'canary.vmdk')));
+  // A VHD and a VDI holding the canary, for the parent fields of differencing VHDs and VDIs.
+  qemuImg(outside, 'convert', '-f', 'raw', '-O', 'vpc', 'canary.raw', 'canary.vhd');
+  qemuImg(outside, 'convert', '-f', 'raw', '-O', 'vdi', 'canary.raw', 'canary.vdi');
+  const canaryVhdId = Buffer.from(fs.readFileSync(path.join(outside, 'canary.vhd')).subarray(68, 84));
+  const canaryVdiUuid = Buffer.from(fs.readFileSync(path.join(outside, 'canary.vdi')).subarray(0x188, 0x198));
   fs.writeFileSync(path.join(outside, 'huge.raw'), '');
   fs.truncateSync(path.join(outside, 'huge.raw'), 2 ** 40);
 
@@ -271,7 +304,19 @@ export function makeHostileImages(root: string): HostileSet {
       refused(`sparse-extent-${e.tag}.vmdk`, 'extent', e.tag, e.vmdk),
       descriptorText('twoGbMaxExtentSparse', [`RW 2048 SPARSE "${e.vmdk}"`]),
     );
+    // A VHD locator is a Windows path: absolute ones are looked up by their file name beside the
+    // child, relative ones as they go; neither may leave the folder.
+    const vhdName = e.vmdk.replace(/canary\.vmdk/, 'canary.vhd');
+    put(refused(`vhd-parent-${e.tag}.vhd`, 'parent', e.tag, vhdName), vhdChild(vhdName, canaryVhdId));
   }
+  // A VDI finds its parent by UUID among the .vdi files beside it: a symlink there that leads to
+  // the outside disk with that UUID is not followed out.
+  fs.symlinkSync(path.join(outside, 'canary.vdi'), path.join(images, 'link-canary.vdi'));
+  const vdiChild = Buffer.from(fs.readFileSync(path.join(outside, 'canary.vdi')));
+  vdiChild.writeUInt32LE(4, 0x4c); // type diff
+  Buffer.alloc(16, 0x66).copy(vdiChild, 0x188); // its own UUID
+  canaryVdiUuid.copy(vdiChild, 0x1a8); // the parent's: the canary's
+  put(refused('vdi-parent-symlink.vdi', 'parent', 'symlink', 'link-canary.vdi'), vdiChild);
   // Without a backing format the name is probed: reading the head of a FIFO would block.
   for (const [tag, target] of [
     ['fifo', 'pipe.raw'],

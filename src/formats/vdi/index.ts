@@ -1,9 +1,8 @@
-import { dirname, resolve } from 'node:path';
 import type { FormatDriver } from '../types';
 import { checkVdi } from './check';
 import { createVdi } from './create';
-import { HEADER_BYTES, looksLikeVdi, parseHeader } from './header';
-import { findParent, openVdi } from './vdi-image';
+import { looksLikeVdi } from './header';
+import { openVdi } from './vdi-image';
 
 /*
  * The VDI driver (VirtualBox), one job per file:
@@ -20,11 +19,6 @@ export const vdiDriver: FormatDriver = {
   open: openVdi,
   create: createVdi,
   check: checkVdi,
-  async backingFileOf(path, head) {
-    if (head.length < HEADER_BYTES) return undefined;
-    const h = parseHeader(head, path);
-    if (h.type !== 4) return undefined;
-    // The mount asks which images are parents (to show them read-only); opening them confines.
-    return findParent(path, h, { reach: (name) => Promise.resolve(resolve(dirname(path), name)) }).catch(() => undefined);
-  },
+  // No backingFileOf: the parent is found by UUID, which takes opening files; the mount learns
+  // it from the opened image (backingImage), under its confinement.
 };

@@ -108,10 +108,12 @@ async function uuidsOf(p: string): Promise<VdiHeader | undefined> {
  * child's folder or its parent folder (VirtualBox: `Snapshots/{uuid}.vdi` beside the base disk).
  * Every candidate is reached through the confinement rule before it is opened.
  */
-export async function findParent(file: string, header: VdiHeader, opts: Pick<OpenOptions, 'reach'>): Promise<string> {
+export async function findParent(file: string, header: VdiHeader, opts: Pick<OpenOptions, 'reach' | 'mayList'>): Promise<string> {
   const want = header.uuidLinkage;
   const dir = path.dirname(file);
   for (const rel of ['.', '..']) {
+    // Never list a folder the image may not reach (the one above the mounted folder).
+    if (rel === '..' && !opts.mayList?.(path.dirname(dir))) continue;
     const names = await fs.readdir(path.join(dir, rel)).catch(() => [] as string[]);
     for (const name of names.sort()) {
       if (!name.toLowerCase().endsWith('.vdi')) continue;

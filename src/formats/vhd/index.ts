@@ -1,12 +1,9 @@
 import * as fs from 'node:fs';
-import { dirname, join } from 'node:path';
-import { HostFile } from '../../io/host-file';
 import type { FormatDriver } from '../types';
 import { checkVhd } from './check';
 import { createVhd } from './create';
-import { DISK_DIFFERENCING, FOOTER_BYTES, hasCookie } from './footer';
-import { findParent } from './locate';
-import { openVhd, readLayout } from './vhd-image';
+import { FOOTER_BYTES, hasCookie } from './footer';
+import { openVhd } from './vhd-image';
 
 /*
  * The VHD driver (QEMU calls the format "vpc"), one job per file:
@@ -27,18 +24,8 @@ export const vhdDriver: FormatDriver = {
   open: openVhd,
   create: createVhd,
   check: checkVhd,
-  async backingFileOf(path) {
-    const f = await HostFile.open(path, false);
-    try {
-      const l = await readLayout(f);
-      if (l.footer.diskType !== DISK_DIFFERENCING || !l.header) return undefined;
-      // The mount asks which images are parents (to show them read-only); opening them confines.
-      const found = await findParent(path, f, l.header, (name) => Promise.resolve(join(dirname(path), name))).catch(() => undefined);
-      return found?.file;
-    } finally {
-      await f.close();
-    }
-  },
+  // No backingFileOf: the parent is checked by Unique Id, which takes opening it; the mount
+  // learns it from the opened image (backingImage), under its confinement.
 };
 
 /**
