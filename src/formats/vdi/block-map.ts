@@ -103,6 +103,7 @@ export class VdiBlockMap implements BlockTable {
     }
     if (stored.length === 0) return;
     await segs.write(this.file, 'data');
+    this.fileEnd = Math.max(this.fileEnd, segs.end);
     // A slot written only in part still spans its whole block in the file, as QEMU's do.
     const end = this.slotOffset(stored[stored.length - 1]![1]) + h.blockSize;
     if (end > this.fileEnd) {
