@@ -61,6 +61,13 @@ async function main(): Promise<void> {
     .parseAsync();
 }
 
+// A reader that went away (`vdiskfs map ... | head`) ends the command quietly, with what it
+// printed: exit 0, as qemu-img's, and never a stack trace for a pipe the user closed.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  process.exitCode = reportFatal(e);
+});
+
 main().catch((e) => {
   process.exitCode = reportFatal(e);
 });
