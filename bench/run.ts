@@ -117,7 +117,9 @@ async function main(): Promise<number> {
   ].join('\n');
   process.stdout.write('\n' + report);
   fs.mkdirSync(RESULTS_DIR, { recursive: true });
-  const name = cfg.quick ? 'quick' : 'latest';
+  // A run of some sections (BENCH_ONLY) keeps the full run's latest.md: latest-<sections>.md.
+  const partial = sections.some(([n]) => !cfg.sections.has(n));
+  const name = cfg.quick ? 'quick' : partial ? `latest-${[...cfg.sections].join('-')}` : 'latest';
   fs.writeFileSync(path.join(RESULTS_DIR, `${name}.md`), report);
   fs.writeFileSync(
     path.join(RESULTS_DIR, `${name}.json`),
