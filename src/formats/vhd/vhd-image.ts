@@ -30,6 +30,8 @@ export interface VhdLayout {
   bat?: Buffer;
   /** Where the next block goes. */
   freeOffset: number;
+  /** Blocks whose bytes lie past the end of the file (a truncated copy; they read as zeros). */
+  pastEnd: number;
 }
 
 /** Footer, size, dynamic header and BAT, checked: no block may overlap the metadata or another block. */
@@ -41,7 +43,7 @@ export async function readLayout(f: HostFile): Promise<VhdLayout> {
   if (footer.diskType === DISK_FIXED) {
     if (virtualSize > fileSize - FOOTER_BYTES)
       throw VdiskError.corrupt(`${f.path}: fixed VHD of ${virtualSize} bytes holds only ${fileSize - FOOTER_BYTES} bytes of data`);
-    return { footer, fileSize, virtualSize, freeOffset: fileSize };
+    return { footer, fileSize, virtualSize, freeOffset: fileSize, pastEnd: 0 };
   }
   if (footer.dataOffset > BigInt(fileSize - HEADER_BYTES))
     throw VdiskError.corrupt(`${f.path}: VHD dynamic header offset ${footer.dataOffset} is past the end of the file`);
@@ -70,6 +72,7 @@ export async function readLayout(f: HostFile): Promise<VhdLayout> {
   let freeOffset = Math.max(...meta.map((m) => m[1]));
   const span = bitmapBytesFor(header.blockSize) + header.blockSize;
   const blocks: Array<[number, number]> = [];
+  let pastEnd = 0;
   for (let b = 0; b < header.maxTableEntries; b++) {
     const e = bat.readUInt32BE(b * 4);
     if (e === BAT_UNUSED) continue;
@@ -77,13 +80,14 @@ export async function readLayout(f: HostFile): Promise<VhdLayout> {
     for (const [s, t, what] of meta)
       if (start < t && s < start + span) throw VdiskError.corrupt(`${f.path}: VHD block ${b} at ${start} overlaps ${what}`);
     blocks.push([start, b]);
+    if (start + span > fileSize - FOOTER_BYTES) pastEnd++;
     freeOffset = Math.max(freeOffset, start + span);
   }
   blocks.sort((x, y) => x[0] - y[0]);
   for (let i = 1; i < blocks.length; i++)
     if (blocks[i]![0] < blocks[i - 1]![0] + span)
       throw VdiskError.corrupt(`${f.path}: VHD blocks ${blocks[i - 1]![1]} and ${blocks[i]![1]} overlap`);
-  return { footer, fileSize, virtualSize, header, bat, freeOffset };
+  return { footer, fileSize, virtualSize, header, bat, freeOffset, pastEnd };
 }
 
 export async function openVhd(file: string, opts: OpenOptions): Promise<Image> {
@@ -107,12 +111,19 @@ export async function openVhd(file: string, opts: OpenOptions): Promise<Image> {
       table = new VhdBat(f, header, layout.virtualSize, layout.bat!, footer.raw, layout.freeOffset, bitmaps, layout.fileSize);
     }
     log('open %s: %s, %d bytes, parent %s', file, TYPE_NAMES[footer.diskType], layout.virtualSize, parentFile ?? '-');
+    // A block the BAT places past the end of the file (a truncated copy, or a hostile BAT) reads
+    // as zeros; writing it would stretch the file to wherever the BAT points.
+    let readOnly = !opts.writable;
+    if (!readOnly && layout.pastEnd > 0) {
+      opts.warn(`${file}: ${layout.pastEnd} VHD block(s) lie past the end of the file (truncated?); opened read-only`);
+      readOnly = true;
+    }
     return new BlockImage({
       format: 'vpc',
       path: file,
       table,
       parent,
-      readOnly: !opts.writable,
+      readOnly,
       info: (img) => vhdInfo(img, layout, parentFile, parent),
       close: () => f.close(),
     });
