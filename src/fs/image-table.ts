@@ -10,6 +10,11 @@ import { RequestMerger, type MergerOptions } from '../merge';
 import { SessionStats } from './session-stats';
 import type { ImageView } from './view-tree';
 
+/** How long a lock test of an image not open here is trusted: the kernel's attribute timeout. */
+const LOCK_TEST_TTL_MS = 1000;
+/** Past this many kept tests, the stale ones are dropped. */
+const LOCK_TESTS_KEPT = 4096;
+
 const log = createDebug('vdiskfs:fs');
 
 export interface ImageTableOptions {
@@ -85,14 +90,31 @@ export class ImageTable {
     return undefined; // someone else's image lock is found by acquire(), which takes ours at the same time
   }
 
-  /** Does someone else write this view's image (QEMU's lock test)? Then getattr shows it 0444. */
+  /**
+   * Does someone else write this view's image (QEMU's lock test)? Then getattr shows it 0444.
+   * For an image nobody here has open, the test opens its host files: its answer is kept for as
+   * long as the kernel keeps attributes (LOCK_TEST_TTL_MS), so `ls -l` of a folder of thousands
+   * of images costs one test per image, not one per getattr. Only the mode shown can be that
+   * old: an open for writing takes the locks itself (acquire) and is refused at once.
+   */
   async lockedByOthers(view: ImageView): Promise<boolean> {
     if (this.opts.readOnly || this.opts.nullDriver) return false;
     const entry = this.get(view);
     if (entry && !entry.image.readOnly) return false;
     if (entry?.lock) return entry.lock.test('write') !== undefined;
-    return (await writerElsewhere(view.hostFiles).catch(() => undefined)) !== undefined;
+    const key = view.hostFiles.join('\0');
+    const now = Date.now();
+    const known = this.lockTests.get(key);
+    if (known && now - known.at < LOCK_TEST_TTL_MS) return known.locked;
+    const locked = (await writerElsewhere(view.hostFiles).catch(() => undefined)) !== undefined;
+    if (this.lockTests.size >= LOCK_TESTS_KEPT)
+      for (const [k, v] of this.lockTests) if (now - v.at >= LOCK_TEST_TTL_MS) this.lockTests.delete(k);
+    this.lockTests.set(key, { at: now, locked });
+    return locked;
   }
+
+  /** Recent lock tests of images not open here (lockedByOthers). */
+  private readonly lockTests = new Map<string, { at: number; locked: boolean }>();
 
   async acquire(view: ImageView, wantWrite: boolean): Promise<OpenImage> {
     const key = ImageTable.keyOf(view);
