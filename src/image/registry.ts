@@ -1,10 +1,11 @@
 import type { FormatDriver } from '../formats/types';
 import { qcow2Driver } from '../formats/qcow2';
 import { vmdkDriver } from '../formats/vmdk';
+import { vhdxDriver } from '../formats/vhdx';
 import { rawDriver } from '../formats/raw';
 
 /** Every format vdiskfs knows, most specific signature first; raw (no signature) last. */
-export const drivers: readonly FormatDriver[] = [qcow2Driver, vmdkDriver, rawDriver];
+export const drivers: readonly FormatDriver[] = [qcow2Driver, vmdkDriver, vhdxDriver, rawDriver];
 
 export function driverByName(name: string): FormatDriver | undefined {
   return drivers.find((d) => d.name === name);

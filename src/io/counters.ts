@@ -27,6 +27,9 @@ export type IoTag =
   | 'gd' // VMDK grain directory
   | 'gt' // VMDK grain tables
   | 'descriptor' // VMDK text descriptor
+  | 'bat' // VHDX block allocation table (and sector bitmaps)
+  | 'log' // VHDX metadata log (entries, and their replay)
+  | 'metadata' // VHDX region table and metadata region
   | 'check' // reads of `check`
   | 'probe' // format probing
   | 'discard' // space given back (punch)
