@@ -37,6 +37,11 @@ export class BatTable implements DirtySectors {
     return bat.entryOffsetMB(this.buf, i) * bat.MiB;
   }
 
+  /** Chunk `chunk`'s sector bitmap block is now at `host` (PRESENT). */
+  setBitmap(chunk: number, host: number): void {
+    this.setEntry(bat.bitmapIndex(this.g, chunk), bat.SB_PRESENT, host);
+  }
+
   private setEntry(i: number, state: number, host: number): void {
     bat.setEntry(this.buf, i, state, host / bat.MiB);
     this.dirty.set(Math.floor((i * 8) / bat.BAT_SECTOR), ++this.version);

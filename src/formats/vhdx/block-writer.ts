@@ -14,6 +14,7 @@ import { readBacking } from '../data-path';
 import type { Image } from '../types';
 import * as bat from './bat';
 import type { BatTable } from './bat-table';
+import { SectorBitmaps } from './sector-bitmaps';
 
 export interface BlockOwner {
   readonly path: string;
@@ -35,6 +36,8 @@ export class BlockWriter {
   /** The file's size as grown by allocations (what a log entry's LastFileOffset says). */
   fileSize: number;
   allocations = 0;
+  /** Differencing disks: the sector bitmaps kept in step with FULLY_PRESENT blocks. */
+  readonly bitmaps: SectorBitmaps | undefined;
 
   constructor(
     private readonly o: BlockOwner,
@@ -47,7 +50,20 @@ export class BlockWriter {
       const s = o.table.state(b);
       if (s === bat.FULLY_PRESENT || s === bat.PARTIALLY_PRESENT) end = Math.max(end, o.table.host(b) + g.blockSize);
     }
+    for (let c = 0; c * g.chunkRatio < g.payloadBlocks; c++) {
+      const h = o.table.bitmapHost(c);
+      if (h !== undefined) end = Math.max(end, h + bat.MiB);
+    }
     this.allocEnd = Math.ceil(end / bat.MiB) * bat.MiB;
+    this.bitmaps = o.hasParent ? new SectorBitmaps(o.f, o.table, () => this.reserve(bat.MiB)) : undefined;
+  }
+
+  /** `bytes` (whole MiB) at the end of the file, the file grown over them (so they read as zeros). */
+  private async reserve(bytes: number): Promise<number> {
+    const host = this.allocEnd;
+    this.allocEnd += bytes;
+    await this.extendTo(host + bytes);
+    return host;
   }
 
   private get bs(): number {
@@ -111,12 +127,11 @@ export class BlockWriter {
       await this.o.readOwn(start, whole.subarray(0, Math.min(this.bs, this.o.virtualSize - start)));
       data.copy(whole, inBlock);
       await this.o.f.write(whole, t.host(block), 'data');
+      await this.bitmaps!.markBlock(block);
       t.set(block, bat.FULLY_PRESENT, t.host(block));
       return;
     }
-    const host = this.allocEnd;
-    this.allocEnd += this.bs;
-    await this.extendTo(host + this.bs);
+    const host = await this.reserve(this.bs);
     if (this.o.hasParent && s === bat.NOT_PRESENT) {
       const whole = Buffer.alloc(this.bs);
       await readBacking(this.o.parent, start, whole.subarray(0, Math.max(0, Math.min(this.bs, this.o.virtualSize - start))));
@@ -126,6 +141,7 @@ export class BlockWriter {
       // Fresh space past the old end of the file reads as zeros: only the new bytes are written.
       await this.o.f.write(data, host + inBlock, 'data');
     }
+    await this.bitmaps?.markBlock(block);
     t.set(block, bat.FULLY_PRESENT, host);
     this.allocations++;
   }

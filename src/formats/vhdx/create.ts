@@ -67,6 +67,8 @@ export async function createVhdx(file: string, opts: CreateOptions): Promise<voi
       locator = serializeParentLocator([
         ['parent_linkage', `{${linkage}}`],
         ['relative_path', `.\\${rel}`],
+        // libvhdi finds a parent only by this entry's file name; the host path, Windows-separated.
+        ['absolute_win32_path', parentPath.split(path.sep).join('\\')],
       ]);
     } finally {
       await parent.close();
@@ -95,6 +97,10 @@ export async function createVhdx(file: string, opts: CreateOptions): Promise<voi
     if (fixed) bat.setEntry(table, i, bat.FULLY_PRESENT, dataOffset / MiB + (b * blockSize) / MiB);
     else if (zeroBlocks && !hasParent) bat.setEntry(table, i, bat.ZERO, 0);
   }
+  // A differencing disk gets its sector bitmap blocks now (zeroed: every sector from the parent):
+  // libvhdi reads them for any block of a differencing disk.
+  const chunks = hasParent ? Math.ceil(g.payloadBlocks / g.chunkRatio) : 0;
+  for (let c = 0; c < chunks; c++) bat.setEntry(table, bat.bitmapIndex(g, c), bat.SB_PRESENT, dataOffset / MiB + c);
   const fileWriteGuid = newGuid();
   const dataWriteGuid = newGuid();
   const header = (seq: bigint) =>
@@ -128,7 +134,7 @@ export async function createVhdx(file: string, opts: CreateOptions): Promise<voi
     await f.write(regions, REGION_TABLE_OFFSETS[1], 'metadata');
     await f.write(table, batOffset, 'bat');
     await f.write(meta, metaOffset, 'metadata');
-    await f.truncate(fixed ? dataOffset + g.payloadBlocks * blockSize : dataOffset);
+    await f.truncate(fixed ? dataOffset + g.payloadBlocks * blockSize : dataOffset + chunks * MiB);
     await f.write(header(0n), HEADER_OFFSETS[0], 'header');
     await f.write(header(1n), HEADER_OFFSETS[1], 'header');
     await f.datasync('header');

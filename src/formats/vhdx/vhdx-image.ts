@@ -209,9 +209,21 @@ export class VhdxImage implements Image {
   async flush(): Promise<void> {
     if (this.readOnly || !this.session) return;
     await this.session;
-    if (this.table.dirtyCount > 0) {
+    const bitmaps = this.writer!.bitmaps;
+    if (this.table.dirtyCount > 0 || (bitmaps?.dirtyCount ?? 0) > 0) {
       this.unsynced = false;
-      await this.metaLog!.commit(this.table);
+      const table = this.table;
+      await this.metaLog!.commit(
+        bitmaps
+          ? {
+              snapshot: () => [...table.snapshot(), ...bitmaps.snapshot()],
+              committed: (off, v) => {
+                table.committed(off, v);
+                bitmaps.committed(off, v);
+              },
+            }
+          : table,
+      );
     } else if (this.unsynced) {
       this.unsynced = false;
       await this.f.datasync('flush');
