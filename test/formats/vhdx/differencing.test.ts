@@ -11,8 +11,7 @@ import { vhdxDriver } from '../../../src/formats/vhdx';
 import { isVdiskError } from '../../../src/io/errors';
 import { openImage } from '../../../src/image/open';
 import { qemuImg, qemuIo, rng, sha256File } from '../../helpers/qemu';
-import { reachAnywhere } from '../../helpers/reach';
-import { readAll, rmrf, tmpDir } from './helpers';
+import { createChild, readAll, rmrf, tmpDir } from './helpers';
 
 const dir = tmpDir('diff');
 const mnt = path.join(dir, 'mnt');
@@ -21,16 +20,6 @@ afterAll(() => {
   rmrf(dir);
 });
 const M = 1 << 20;
-
-export async function createChild(child: string, parent: string, options: Record<string, string> = {}): Promise<void> {
-  await vhdxDriver.create!(child, {
-    size: 0,
-    options,
-    backingFile: parent,
-    reach: reachAnywhere,
-    openBacking: (p) => openImage(p, { writable: false }),
-  });
-}
 
 /** The child's raw view as vhdimount (libvhdi) shows it: the highest-numbered layer file. */
 function vhdimountView(child: string): Buffer {

@@ -3,7 +3,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Image } from '../../../src/formats/types';
+import { vhdxDriver } from '../../../src/formats/vhdx';
 import { openImage } from '../../../src/image/open';
+import { reachAnywhere } from '../../helpers/reach';
 
 export function tmpDir(tag: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `vdiskfs-vhdx-${tag}-`));
@@ -51,4 +53,15 @@ export async function readAll(file: string): Promise<Buffer> {
 
 export function rmrf(dir: string): void {
   fs.rmSync(dir, { recursive: true, force: true });
+}
+
+/** A differencing child of `parent` made by our create (qemu-img cannot make one). */
+export async function createChild(child: string, parent: string, options: Record<string, string> = {}): Promise<void> {
+  await vhdxDriver.create!(child, {
+    size: 0,
+    options,
+    backingFile: parent,
+    reach: reachAnywhere,
+    openBacking: (p) => openImage(p, { writable: false }),
+  });
 }
