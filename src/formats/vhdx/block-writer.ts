@@ -25,8 +25,6 @@ export interface BlockOwner {
   readonly hasParent: boolean;
   /** This image's view of [guest, guest+into.length) (the COW source of a PARTIALLY_PRESENT block). */
   readOwn(guest: number, into: Buffer): Promise<void>;
-  /** Data written that no flush has made durable yet. */
-  unsynced: boolean;
 }
 
 export class BlockWriter {
@@ -92,26 +90,30 @@ export class BlockWriter {
   writeSync(offset: number, data: Buffer): boolean {
     const block = Math.floor(offset / this.bs);
     const inBlock = offset - block * this.bs;
-    if (inBlock + data.length > this.bs || this.o.table.state(block) !== bat.FULLY_PRESENT) return false;
+    if (inBlock + data.length > this.bs || !this.inPlace(block)) return false;
     if (!this.o.f.writeSync(data, this.o.table.host(block) + inBlock, 'data')) return false;
-    this.o.unsynced = true;
     return true;
   }
 
   private async writePiece(block: number, inBlock: number, data: Buffer): Promise<void> {
-    if (this.o.table.state(block) === bat.FULLY_PRESENT) return this.inPlace(block, inBlock, data);
+    if (this.inPlace(block)) return this.writeInPlace(block, inBlock, data);
     const lease = this.lock.acquire(block, block + 1, false);
     try {
       if (lease.ready) await lease.ready;
-      if (this.o.table.state(block) === bat.FULLY_PRESENT) return await this.inPlace(block, inBlock, data);
+      if (this.inPlace(block)) return await this.writeInPlace(block, inBlock, data);
       await this.allocate(block, inBlock, data);
     } finally {
       lease.release();
     }
   }
 
-  private async inPlace(block: number, inBlock: number, data: Buffer): Promise<void> {
-    this.o.unsynced = true;
+  /** Written where it is: FULLY_PRESENT (or PARTIALLY_PRESENT without a parent, which reads as present). */
+  private inPlace(block: number): boolean {
+    const s = this.o.table.state(block);
+    return s === bat.FULLY_PRESENT || (s === bat.PARTIALLY_PRESENT && !this.o.hasParent);
+  }
+
+  private async writeInPlace(block: number, inBlock: number, data: Buffer): Promise<void> {
     await this.o.f.write(data, this.o.table.host(block) + inBlock, 'data');
   }
 
@@ -119,7 +121,6 @@ export class BlockWriter {
     const t = this.o.table;
     const s = t.state(block);
     const start = block * this.bs;
-    this.o.unsynced = true;
     if (s === bat.PARTIALLY_PRESENT && this.o.hasParent) {
       // The block's own place already holds the sectors its bitmap marks; the others take the
       // parent's bytes there (invisible until the entry says FULLY_PRESENT).

@@ -44,7 +44,10 @@ export class MetadataLog {
 
   private async commitNow(dirty: DirtySectors): Promise<void> {
     const all = dirty.snapshot();
-    if (all.length === 0) return;
+    if (all.length === 0) {
+      await this.f.datasync('flush'); // in-place writes only
+      return;
+    }
     const per = sectorsPerEntry(this.log.length);
     for (let i = 0; i < all.length; i += per) {
       const batch = all.slice(i, i + per);

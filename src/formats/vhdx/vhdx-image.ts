@@ -27,7 +27,9 @@ export class VhdxImage implements Image {
   readonly readOnly: boolean;
   readonly table: BatTable;
   readonly hasParent: boolean;
-  unsynced = false;
+  /** Writes, zeroes and discards completed (counted when done); and how many of them a flush made durable. */
+  private changes = 0;
+  private durableChanges = 0;
   private readonly bs: number;
   private readonly lss: number;
   private readonly bitmaps = new Map<number, Buffer>();
@@ -165,13 +167,16 @@ export class VhdxImage implements Image {
     if (buf.length === 0) return;
     await this.startSession();
     await this.writer!.write(offset, buf);
+    this.changes++;
   }
 
   writeSync(offset: number, data: Buffer): boolean {
     if (this.readOnly) refuseReadOnly(this.path);
     checkRange(this, offset, data.length);
     if (!this.sessionOpen || data.length === 0) return false;
-    return this.writer!.writeSync(offset, data);
+    if (!this.writer!.writeSync(offset, data)) return false;
+    this.changes++;
+    return true;
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
@@ -180,6 +185,7 @@ export class VhdxImage implements Image {
     if (length === 0) return;
     await this.startSession();
     await this.writer!.zero(offset, length, false);
+    this.changes++;
   }
 
   async discard(offset: number, length: number): Promise<void> {
@@ -188,6 +194,7 @@ export class VhdxImage implements Image {
     if (length === 0) return;
     await this.startSession();
     await this.writer!.zero(offset, length, true);
+    this.changes++;
   }
 
   /**
@@ -206,28 +213,30 @@ export class VhdxImage implements Image {
     }));
   }
 
+  /**
+   * Every change completed before the call made durable: the dirty BAT and bitmap sectors through
+   * the log (metadata-log.ts), which starts with a flush of the data; with nothing dirty, a flush.
+   * Commits queue one behind the other, so a flush also waits for one already running.
+   */
   async flush(): Promise<void> {
     if (this.readOnly || !this.session) return;
     await this.session;
+    const target = this.changes;
+    if (target === this.durableChanges) return;
     const bitmaps = this.writer!.bitmaps;
-    if (this.table.dirtyCount > 0 || (bitmaps?.dirtyCount ?? 0) > 0) {
-      this.unsynced = false;
-      const table = this.table;
-      await this.metaLog!.commit(
-        bitmaps
-          ? {
-              snapshot: () => [...table.snapshot(), ...bitmaps.snapshot()],
-              committed: (off, v) => {
-                table.committed(off, v);
-                bitmaps.committed(off, v);
-              },
-            }
-          : table,
-      );
-    } else if (this.unsynced) {
-      this.unsynced = false;
-      await this.f.datasync('flush');
-    }
+    const table = this.table;
+    await this.metaLog!.commit(
+      bitmaps
+        ? {
+            snapshot: () => [...table.snapshot(), ...bitmaps.snapshot()],
+            committed: (off, v) => {
+              table.committed(off, v);
+              bitmaps.committed(off, v);
+            },
+          }
+        : table,
+    );
+    this.durableChanges = Math.max(this.durableChanges, target);
   }
 
   async close(): Promise<void> {
