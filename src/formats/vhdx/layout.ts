@@ -12,8 +12,11 @@ import { isNullGuid } from './guid';
 import { checkHeader, currentHeader, HEADER_OFFSETS, HEADER_SIZE, type VhdxHeader } from './header';
 import { HeaderSlots } from './header-slots';
 import { findActiveSequence, replayPlan, ReplayOverlay, type ReplayPlan } from './log-replay';
-import { parseMetadata, type VhdxMetadata } from './metadata';
+import { METADATA_TABLE_SIZE, metadataEntries, parseMetadata, type VhdxMetadata } from './metadata';
 import { parseRegionTable, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, type RegionTable } from './region-table';
+
+/** The largest log read into memory for replay (QEMU and Hyper-V make 1 MiB logs by default). */
+const MAX_LOG = 256 * 1024 * 1024;
 
 export interface VhdxLayout {
   fileSize: number;
@@ -34,6 +37,8 @@ export interface VhdxLayout {
 /** The log's active sequence, if the current header says there is a log (non-null LogGuid). */
 export async function readReplayPlan(file: string, f: HostFile, h: VhdxHeader, fileSize: number): Promise<ReplayPlan | undefined> {
   if (isNullGuid(h.logGuid) || h.logLength === 0) return undefined;
+  if (h.logLength > MAX_LOG)
+    throw VdiskError.unsupported(`${file}: a log of ${h.logLength} bytes to replay (at most ${MAX_LOG} supported)`);
   const log = Buffer.alloc(h.logLength);
   await f.read(log, h.logOffset, 'log');
   const entries = findActiveSequence(file, log, h.logGuid);
@@ -102,7 +107,12 @@ export async function readLayout(file: string, f: HostFile, writable: boolean, l
   for (const r of [regions.bat, regions.metadata])
     if (r.offset < header.logOffset + header.logLength && header.logOffset < r.offset + r.length)
       throw VdiskError.corrupt(`${file}: region at ${r.offset}+${r.length} overlaps the log`);
-  const meta = parseMetadata(file, await readMeta(regions.metadata.length, regions.metadata.offset));
+  // The table, then each known item (at most 1 MiB each): never the whole region a header claims.
+  const mt = await readMeta(METADATA_TABLE_SIZE, regions.metadata.offset);
+  const fetched = new Map<string, Buffer>();
+  for (const e of metadataEntries(file, mt, regions.metadata.length))
+    if (e.known) fetched.set(`${e.offset}+${e.length}`, await readMeta(e.length, regions.metadata.offset + e.offset));
+  const meta = parseMetadata(file, mt, regions.metadata.length, (o, l) => fetched.get(`${o}+${l}`)!);
   const geometry = bat.batGeometry(meta.virtualSize, meta.blockSize, meta.logicalSectorSize, meta.hasParent);
   const batBytes = geometry.entries * 8;
   if (batBytes > regions.bat.length)

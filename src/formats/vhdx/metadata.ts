@@ -45,26 +45,52 @@ export interface VhdxMetadata {
   parentLocator: ParentLocator | undefined;
 }
 
-/** Parses the table and items from the whole metadata region `buf`. */
-export function parseMetadata(file: string, buf: Buffer): VhdxMetadata {
-  if (buf.toString('latin1', 0, 8) !== MAGIC) throw VdiskError.corrupt(`${file}: metadata region lacks its "metadata" signature`);
-  const count = buf.readUInt16LE(10);
+const KNOWN = [FILE_PARAMETERS, VIRTUAL_DISK_SIZE, VIRTUAL_DISK_ID, LOGICAL_SECTOR_SIZE, PHYSICAL_SECTOR_SIZE, PARENT_LOCATOR];
+
+export interface MetadataEntry {
+  id: Buffer;
+  /** Offset from the start of the region, at least 64 KiB (past the table) when Length > 0. */
+  offset: number;
+  /** At most 1 MiB. */
+  length: number;
+  known: boolean;
+}
+
+/** The table's entries (from its 64 KiB), checked against the region's length; unknown required items refused. */
+export function metadataEntries(file: string, table: Buffer, regionLength: number): MetadataEntry[] {
+  if (table.toString('latin1', 0, 8) !== MAGIC) throw VdiskError.corrupt(`${file}: metadata region lacks its "metadata" signature`);
+  const count = table.readUInt16LE(10);
   if (count > MAX_ENTRIES) throw VdiskError.corrupt(`${file}: metadata table lists ${count} entries (at most ${MAX_ENTRIES})`);
-  const items = new Map<string, Buffer>();
+  const out: MetadataEntry[] = [];
   for (let i = 0; i < count; i++) {
     const at = 32 + i * 32;
-    const id = buf.subarray(at, at + 16);
-    const offset = buf.readUInt32LE(at + 16);
-    const length = buf.readUInt32LE(at + 20);
-    const flags = buf.readUInt32LE(at + 24);
-    if (length > 0 && (offset < METADATA_TABLE_SIZE || offset + length > buf.length || length > MiB))
+    const id = Buffer.from(table.subarray(at, at + 16));
+    const offset = table.readUInt32LE(at + 16);
+    const length = table.readUInt32LE(at + 20);
+    const flags = table.readUInt32LE(at + 24);
+    if (length > 0 && (offset < METADATA_TABLE_SIZE || offset + length > regionLength || length > MiB))
       throw VdiskError.corrupt(`${file}: metadata item ${guidText(id)} at ${offset}+${length} lies outside its region`);
-    const known = [FILE_PARAMETERS, VIRTUAL_DISK_SIZE, VIRTUAL_DISK_ID, LOGICAL_SECTOR_SIZE, PHYSICAL_SECTOR_SIZE, PARENT_LOCATOR].some(
-      (g) => g.equals(id),
-    );
+    const known = KNOWN.some((g) => g.equals(id));
     if (!known && flags & IS_REQUIRED) throw VdiskError.unsupported(`${file}: required metadata item ${guidText(id)} is unknown`);
-    if (known) items.set(id.toString('hex'), buf.subarray(offset, offset + length));
+    out.push({ id, offset, length, known });
   }
+  return out;
+}
+
+/** Parses the metadata of a whole region held in memory. */
+export function parseMetadataRegion(file: string, region: Buffer): VhdxMetadata {
+  return parseMetadata(file, region.subarray(0, METADATA_TABLE_SIZE), region.length, (o, l) => region.subarray(o, o + l));
+}
+
+/** Parses the table and its known items; `item(offset, length)` gives an item's bytes (read beforehand). */
+export function parseMetadata(
+  file: string,
+  table: Buffer,
+  regionLength: number,
+  item0: (offset: number, length: number) => Buffer,
+): VhdxMetadata {
+  const items = new Map<string, Buffer>();
+  for (const e of metadataEntries(file, table, regionLength)) if (e.known) items.set(e.id.toString('hex'), item0(e.offset, e.length));
   const item = (g: Buffer, name: string, min: number): Buffer => {
     const b = items.get(g.toString('hex'));
     if (!b) throw VdiskError.corrupt(`${file}: metadata lacks the ${name} item`);

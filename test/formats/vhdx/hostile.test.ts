@@ -7,7 +7,7 @@ import { sealChecksum } from '../../../src/formats/vhdx/crc32c';
 import { newGuid } from '../../../src/formats/vhdx/guid';
 import { HEADER_OFFSETS, parseHeader, serializeHeader, type VhdxHeader } from '../../../src/formats/vhdx/header';
 import { buildLogEntry } from '../../../src/formats/vhdx/log-entry';
-import { parseMetadata, serializeMetadata } from '../../../src/formats/vhdx/metadata';
+import { parseMetadataRegion, serializeMetadata } from '../../../src/formats/vhdx/metadata';
 import { serializeParentLocator } from '../../../src/formats/vhdx/parent-locator';
 import { parseRegionTable, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE } from '../../../src/formats/vhdx/region-table';
 import { openImage } from '../../../src/image/open';
@@ -236,7 +236,7 @@ describe('vhdx hostile images', () => {
   function setLocator(file: string, entries: Array<[string, string]>): void {
     const buf = fs.readFileSync(file);
     const r = regions(buf);
-    const meta = parseMetadata(file, buf.subarray(r.metadata.offset, r.metadata.offset + r.metadata.length));
+    const meta = parseMetadataRegion(file, buf.subarray(r.metadata.offset, r.metadata.offset + r.metadata.length));
     serializeMetadata(meta, serializeParentLocator(entries)).copy(buf, r.metadata.offset);
     fs.writeFileSync(file, buf);
   }
@@ -291,6 +291,28 @@ describe('vhdx hostile images', () => {
       ['relative_path', '.\\loop-a.avhdx'],
     ]);
     await refused(a, 'ECORRUPT', /loops back/);
+  });
+
+  it('regions and a log of gigabytes in a sparse file: opened or refused without reading them whole', async () => {
+    const file = base('huge.vhdx', []);
+    const buf = fs.readFileSync(file);
+    for (const at of REGION_TABLE_OFFSETS) {
+      const t = buf.subarray(at, at + REGION_TABLE_SIZE);
+      t.writeUInt32LE(4095 * M, 16 + 32 + 24); // the metadata region (second entry) claims 4095 MiB
+      sealChecksum(t, 4);
+    }
+    fs.writeFileSync(file, buf);
+    fs.truncateSync(file, 4200 * M);
+    const before = process.memoryUsage().rss;
+    const img = await openImage(file, { writable: false });
+    await img.close();
+    expect(process.memoryUsage().rss - before).toBeLessThan(256 << 20);
+    const { h } = header(buf);
+    setHeader(buf, { logGuid: newGuid(), logLength: 4000 * M, logOffset: h.logOffset });
+    const fd = fs.openSync(file, 'r+');
+    fs.writeSync(fd, buf.subarray(0, M), 0, M, 0);
+    fs.closeSync(fd);
+    await refused(file, 'ENOTSUP', /log of \d+ bytes/);
   });
 
   it('an unknown required region is refused; the file is not a VHDX', async () => {
