@@ -23,6 +23,8 @@ export interface BlockOwner {
   readonly table: BatTable;
   readonly parent: Image | undefined;
   readonly hasParent: boolean;
+  /** A fixed disk: blocks stay allocated (zeroes are written, not block states). */
+  readonly leaveAllocated: boolean;
   /** This image's view of [guest, guest+into.length) (the COW source of a PARTIALLY_PRESENT block). */
   readOwn(guest: number, into: Buffer): Promise<void>;
 }
@@ -34,6 +36,7 @@ export class BlockWriter {
   /** The file's size as grown by allocations (what a log entry's LastFileOffset says). */
   fileSize: number;
   allocations = 0;
+  private readonly freed: number[] = [];
   /** Differencing disks: the sector bitmaps kept in step with FULLY_PRESENT blocks. */
   readonly bitmaps: SectorBitmaps | undefined;
 
@@ -167,13 +170,16 @@ export class BlockWriter {
 
   /**
    * Whole blocks take the ZERO state (UNMAPPED for a discard without a parent: NOT_PRESENT would
-   * show a parent's bytes); partial ones are written with zeros unless they already read as zeros.
+   * show a parent's bytes); their old space is punched once the change is committed (takeFreed).
+   * A fixed disk (LeaveBlockAllocated) keeps its blocks: zeros in place. Partial blocks: zeros in
+   * place where the block is present, nothing where it already reads as zeros, else an allocation.
    */
   async zero(offset: number, length: number, discard: boolean): Promise<void> {
     await Promise.all(
       this.pieces(offset, length).map(async (p) => {
         const start = p.block * this.bs;
         const whole = p.inBlock === 0 && (p.n === this.bs || start + p.n >= this.o.virtualSize);
+        if (this.inPlace(p.block) && (!whole || this.o.leaveAllocated)) return this.zeroInPlace(p.block, p.inBlock, p.n);
         if (!whole) {
           if (this.readsZero(p.block)) return;
           await this.writePiece(p.block, p.inBlock, Buffer.alloc(p.n));
@@ -182,14 +188,30 @@ export class BlockWriter {
         const lease = this.lock.acquire(p.block, p.block + 1, false);
         try {
           if (lease.ready) await lease.ready;
+          if (this.inPlace(p.block) && this.o.leaveAllocated) return await this.zeroInPlace(p.block, p.inBlock, p.n);
           const state = discard && !this.o.hasParent ? bat.UNMAPPED : bat.ZERO;
           if (this.readsZero(p.block) && (this.o.table.state(p.block) === state || !this.o.hasParent)) return;
+          if (this.o.table.state(p.block) === bat.FULLY_PRESENT) this.freed.push(this.o.table.host(p.block));
           this.o.table.set(p.block, state, 0);
         } finally {
           lease.release();
         }
       }),
     );
+  }
+
+  /** Zeros over a present block's bytes: a punched hole where the host can, else written zeros. */
+  private async zeroInPlace(block: number, inBlock: number, n: number): Promise<void> {
+    const host = this.o.table.host(block) + inBlock;
+    if (this.o.f.punchHole(host, n, 'data')) return;
+    const zeros = Buffer.alloc(Math.min(n, bat.MiB));
+    for (let done = 0; done < n; done += zeros.length)
+      await this.o.f.write(zeros.subarray(0, Math.min(zeros.length, n - done)), host + done, 'data');
+  }
+
+  /** Host offsets of whole blocks zeroed since the last call (punch them once the BAT change is durable). */
+  takeFreed(): number[] {
+    return this.freed.splice(0);
   }
 }
 

@@ -27,6 +27,7 @@ export class VhdxImage implements Image {
   readonly readOnly: boolean;
   readonly table: BatTable;
   readonly hasParent: boolean;
+  readonly leaveAllocated: boolean;
   /** Writes, zeroes and discards completed (counted when done); and how many of them a flush made durable. */
   private changes = 0;
   private durableChanges = 0;
@@ -51,6 +52,7 @@ export class VhdxImage implements Image {
     this.virtualSize = layout.meta.virtualSize;
     this.readOnly = readOnly;
     this.hasParent = layout.meta.hasParent;
+    this.leaveAllocated = layout.meta.leaveBlockAllocated;
     this.bs = layout.meta.blockSize;
     this.lss = layout.meta.logicalSectorSize;
     this.table = new BatTable(layout.bat, layout.geometry, layout.regions.bat.offset);
@@ -225,6 +227,7 @@ export class VhdxImage implements Image {
     if (target === this.durableChanges) return;
     const bitmaps = this.writer!.bitmaps;
     const table = this.table;
+    const freed = this.writer!.takeFreed();
     await this.metaLog!.commit(
       bitmaps
         ? {
@@ -237,6 +240,9 @@ export class VhdxImage implements Image {
         : table,
     );
     this.durableChanges = Math.max(this.durableChanges, target);
+    // The BAT no longer points at them, durably: their space goes back to the host (never reused
+    // in this session, so a write still in flight to one lands in abandoned space).
+    for (const host of freed) this.f.punchHole(host, this.bs, 'discard');
   }
 
   async close(): Promise<void> {

@@ -121,4 +121,32 @@ describe('vhdx writes through the driver', () => {
     expect(qemuCheck(file, 'vhdx').ok).toBe(true);
     expect(qemuCompare(file, `${file}.mirror`, 'vhdx').equal).toBe(true);
   });
+
+  it('whole-block zeroes: a dynamic disk takes the ZERO state and gives the space back; a fixed disk keeps its blocks', async () => {
+    for (const sub of ['dynamic', 'fixed']) {
+      const file = path.join(dir, `zero-${sub}.vhdx`);
+      qemuImg(['create', '-f', 'vhdx', '-o', `block_size=1M,subformat=${sub}`, file, String(8 * M)]);
+      qemuIo(file, ['write -P 0x66 0 8M'], 'vhdx');
+      const usedBefore = fs.statSync(file).blocks;
+      const img = await openImage(file, { writable: true });
+      try {
+        await img.writeZeroes(2 * M, 3 * M);
+        await img.discard(6 * M + 4096, 8192);
+        await img.flush();
+        const ext = await img.map(0, 8 * M);
+        const kindAt = (o: number) => ext.find((e) => e.offset <= o && o < e.offset + e.length)!.kind;
+        expect(kindAt(3 * M)).toBe(sub === 'fixed' ? 'data' : 'zero');
+        expect(kindAt(6 * M + 4096)).toBe('data');
+      } finally {
+        await img.close();
+      }
+      const mirror = Buffer.alloc(8 * M, 0x66);
+      mirror.fill(0, 2 * M, 5 * M);
+      mirror.fill(0, 6 * M + 4096, 6 * M + 4096 + 8192);
+      fs.writeFileSync(`${file}.mirror`, mirror);
+      expect(qemuCheck(file, 'vhdx').ok).toBe(true);
+      expect(qemuCompare(file, `${file}.mirror`, 'vhdx').equal).toBe(true);
+      expect(fs.statSync(file).blocks).toBeLessThan(usedBefore - 2 * 2048); // >= 2 MiB given back (punched)
+    }
+  });
 });
