@@ -34,6 +34,8 @@ export class VhdxImage implements Image {
   private readonly bs: number;
   private readonly lss: number;
   private readonly bitmaps = new Map<number, Buffer>();
+  /** Where data is read: the file, or (read-only open of a dirty log) the file under the replayed sectors. */
+  private readonly dataFile: Pick<HostFile, 'read' | 'readSync' | 'path'>;
   private readonly writer: BlockWriter | undefined;
   private readonly slots: HeaderSlots;
   private readonly metaLog: MetadataLog | undefined;
@@ -55,6 +57,22 @@ export class VhdxImage implements Image {
     this.leaveAllocated = layout.meta.leaveBlockAllocated;
     this.bs = layout.meta.blockSize;
     this.lss = layout.meta.logicalSectorSize;
+    const overlay = layout.overlay;
+    this.dataFile = overlay
+      ? {
+          path: f.path,
+          read: async (into, pos, tag) => {
+            const n = await f.read(into, pos, tag);
+            overlay.apply(into, pos);
+            return n;
+          },
+          readSync: (into, pos, tag) => {
+            if (!f.readSync(into, pos, tag)) return false;
+            overlay.apply(into, pos);
+            return true;
+          },
+        }
+      : f;
     this.table = new BatTable(layout.bat, layout.geometry, layout.regions.bat.offset);
     this.slots = new HeaderSlots(f, layout.header, layout.slot);
     (this.access as { backing: Image | undefined }).backing = parent;
@@ -108,7 +126,7 @@ export class VhdxImage implements Image {
     const inBlock = offset - block * this.bs;
     let n = Math.min(length, this.bs - inBlock);
     const s = this.table.state(block);
-    out.file = this.f;
+    out.file = this.dataFile;
     if (s === bat.FULLY_PRESENT || (s === bat.PARTIALLY_PRESENT && !this.hasParent)) {
       out.kind = DATA;
       out.host = this.table.host(block) + inBlock;
@@ -140,7 +158,7 @@ export class VhdxImage implements Image {
     const chunk = Math.floor(Math.floor(offset / this.bs) / this.table.g.chunkRatio);
     const bm = Buffer.alloc(bat.MiB);
     const host = this.table.bitmapHost(chunk);
-    if (host !== undefined) await this.f.read(bm, host, 'bat');
+    if (host !== undefined) await this.dataFile.read(bm, host, 'bat');
     if (this.bitmaps.size >= BITMAP_CACHE) this.bitmaps.delete(this.bitmaps.keys().next().value!);
     this.bitmaps.set(chunk, bm);
     if (!this.mapSync(offset, length, out)) throw VdiskError.io(`${this.path}: sector bitmap of chunk ${chunk} did not load`);

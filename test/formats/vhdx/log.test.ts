@@ -65,6 +65,35 @@ describe('vhdx log', () => {
     });
   }
 
+  it('a logged write over payload data shows in a read-only open (overlay) and after QEMU replays it', async () => {
+    const file = path.join(dir, 'payload.vhdx');
+    qemuImg(['create', '-f', 'vhdx', '-o', 'block_size=1M', file, String(4 * M)]);
+    qemuIo(file, ['write -P 0x41 0 1M'], 'vhdx');
+    const buf = fs.readFileSync(file);
+    const f = await HostFile.open(file, false);
+    const l = await readLayout(file, f, false);
+    await f.close();
+    const host = bat.entryOffsetMB(l.bat, 0) * M;
+    const logGuid = newGuid();
+    const entry = buildLogEntry({
+      sequence: 1n,
+      tail: 0,
+      logGuid,
+      flushedFileOffset: buf.length,
+      lastFileOffset: buf.length,
+      sectors: [[host + 8192, Buffer.alloc(4096, 0x5e)]],
+    });
+    entry.copy(buf, l.header.logOffset);
+    const { h, slot } = current(buf);
+    serializeHeader({ ...h, logGuid }).copy(buf, HEADER_OFFSETS[slot]);
+    fs.writeFileSync(file, buf);
+    const ours = await readAll(file);
+    expect(ours.subarray(8192, 12288).every((x) => x === 0x5e)).toBe(true);
+    expect(ours.subarray(0, 8192).every((x) => x === 0x41)).toBe(true);
+    qemuImg(['check', '-r', 'all', '-f', 'vhdx', file]);
+    expect(fs.readFileSync(qemuRaw(file, `${file}.raw`, 'vhdx')).equals(ours)).toBe(true);
+  });
+
   it('a commit writes in the spec order: data, header (LogGuid), log, BAT in place, header (null LogGuid), each flushed', async () => {
     const file = path.join(dir, 'order.vhdx');
     qemuImg(['create', '-f', 'vhdx', '-o', 'block_size=1M', file, String(8 * M)]);
