@@ -57,6 +57,11 @@ export class VhdxImage implements Image {
     this.leaveAllocated = layout.meta.leaveBlockAllocated;
     this.bs = layout.meta.blockSize;
     this.lss = layout.meta.logicalSectorSize;
+    this.access = {
+      backing: parent,
+      mapSync: (offset, length, out) => this.mapSync(offset, length, out),
+      map: (offset, length, out) => this.mapInto(offset, length, out),
+    };
     const overlay = layout.overlay;
     this.dataFile = overlay
       ? {
@@ -75,7 +80,6 @@ export class VhdxImage implements Image {
       : f;
     this.table = new BatTable(layout.bat, layout.geometry, layout.regions.bat.offset);
     this.slots = new HeaderSlots(f, layout.header, layout.slot);
-    (this.access as { backing: Image | undefined }).backing = parent;
     if (!readOnly) {
       this.writer = new BlockWriter(this, layout.fileSize);
       const w = this.writer;
@@ -84,11 +88,7 @@ export class VhdxImage implements Image {
   }
 
   /** What the shared read loop asks (data-path.ts). */
-  private readonly access: FormatAccess = {
-    backing: undefined,
-    mapSync: (offset, length, out) => this.mapSync(offset, length, out),
-    map: (offset, length, out) => this.mapInto(offset, length, out),
-  };
+  private readonly access: FormatAccess;
 
   /** The current header's DataWriteGuid: what a child's parent_linkage must name. */
   get dataWriteGuid(): string {
