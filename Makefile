@@ -9,7 +9,7 @@ SHELL := /bin/bash
 # libvmdk-utils: an independent VMDK reader. e2fsprogs/util-linux/fdisk: mkfs.ext4, losetup, sfdisk.
 # strace: the hostile-image test traces every open(2) of the daemon. procps (pgrep), passwd
 # (useradd for the unprivileged-mount test), python3 (SEEK_DATA probes), systemd (systemd-analyze).
-APT_PACKAGES := libfuse2 fuse3 qemu-utils qemu-system-common fio libvmdk-utils e2fsprogs util-linux fdisk kmod strace procps passwd python3 systemd
+APT_PACKAGES := libfuse2 fuse3 qemu-utils qemu-system-common fio libvmdk-utils libvhdi-utils bzip2 e2fsprogs util-linux fdisk kmod strace procps passwd python3 systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps system-deps build test test-unit lint demo bench clean

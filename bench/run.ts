@@ -18,6 +18,7 @@ import type { SectionContext } from './sections/context';
 import { foundationSection } from './sections/foundation';
 import { qcow2Section } from './sections/qcow2';
 import { vmdkSection } from './sections/vmdk';
+import { formatsSection } from './sections/formats';
 import { checkSection } from './sections/check';
 import { sparseCopySection } from './sections/sparse-copy';
 
@@ -81,6 +82,7 @@ async function main(): Promise<number> {
     ['foundation', foundationSection],
     ['qcow2', qcow2Section],
     ['vmdk', vmdkSection],
+    ['formats', formatsSection],
     ['check', checkSection],
     ['sparse-copy', sparseCopySection],
   ];

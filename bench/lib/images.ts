@@ -25,8 +25,16 @@ export async function copySparse(from: string, to: string): Promise<void> {
   await runOk('cp', ['--sparse=always', from, to]);
 }
 
+/** The formats the benchmarks make images of, in qemu-img's names. */
+export type ImageFormat = 'raw' | 'qcow2' | 'vmdk' | 'vpc' | 'vdi' | 'vhdx';
+
+/** The file name extension a format's images carry (vpc: .vhd). */
+export function extensionFor(format: ImageFormat): string {
+  return format === 'vpc' ? 'vhd' : format;
+}
+
 /** A fresh empty image, exactly `qemu-img create -f <fmt> <file> <size>` (raw: a sparse file). */
-export async function createEmpty(file: string, format: 'raw' | 'qcow2' | 'vmdk', size: number): Promise<void> {
+export async function createEmpty(file: string, format: ImageFormat, size: number): Promise<void> {
   if (format === 'raw') {
     fs.writeFileSync(file, '');
     fs.truncateSync(file, size);
@@ -39,7 +47,7 @@ export interface Templates {
   /** Raw, data in the first `size` bytes. */
   raw: string;
   /** The same content, converted by qemu-img (so both servers read the very same file). */
-  filled(format: 'qcow2' | 'vmdk'): Promise<string>;
+  filled(format: Exclude<ImageFormat, 'raw'>): Promise<string>;
 }
 
 export function makeTemplates(dir: string, dataSize: number, imageSize: number): Templates {
@@ -52,7 +60,7 @@ export function makeTemplates(dir: string, dataSize: number, imageSize: number):
     filled(format) {
       let p = made.get(format);
       if (!p) {
-        const out = path.join(dir, `filled.${format}`);
+        const out = path.join(dir, `filled.${extensionFor(format)}`);
         p = runOk('qemu-img', ['convert', '-f', 'raw', '-O', format, raw, out]).then(() => out);
         made.set(format, p);
       }
@@ -62,13 +70,7 @@ export function makeTemplates(dir: string, dataSize: number, imageSize: number):
 }
 
 /** The image a job starts from: a copy of the filled template for read jobs, a fresh empty one otherwise. */
-export async function imageForJob(
-  file: string,
-  format: 'raw' | 'qcow2' | 'vmdk',
-  needsFilled: boolean,
-  t: Templates,
-  size: number,
-): Promise<void> {
+export async function imageForJob(file: string, format: ImageFormat, needsFilled: boolean, t: Templates, size: number): Promise<void> {
   if (!needsFilled) return createEmpty(file, format, size);
   return copySparse(format === 'raw' ? t.raw : await t.filled(format), file);
 }

@@ -10,6 +10,7 @@ import { onCleanup } from './cleanup';
 import { startDaemon, lastLine } from './procs';
 import type { Daemon } from './procs';
 import { VDISKFS_MAIN } from './paths';
+import type { ImageFormat } from './images';
 
 /** /proc/mounts escapes blanks and backslashes in octal. */
 function unescapeMountPath(s: string): string {
@@ -122,7 +123,7 @@ export async function mountOurs(o: OurMountOptions): Promise<Mount> {
 
 export interface PeerMountOptions {
   image: string;
-  format: 'qcow2' | 'vmdk' | 'raw';
+  format: ImageFormat;
   /** A regular file: qemu-storage-daemon mounts the export over it. */
   mountFile: string;
 }

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { openImage } from '../../src/image';
-import { createEmpty, imageForJob } from '../lib/images';
+import { createEmpty, extensionFor, imageForJob, type ImageFormat } from '../lib/images';
 import type { FioJob } from '../lib/fio';
 import { runFioMatrix } from '../lib/matrix';
 import type { MatrixResult, Target } from '../lib/matrix';
@@ -14,17 +14,17 @@ import { mountOurs, mountPeer, transportRequestSizes } from '../lib/mounts';
 import { cpuTable, peerTable } from '../lib/report';
 import type { SectionContext } from './context';
 
-export type DiskFormat = 'qcow2' | 'vmdk';
+export type DiskFormat = Exclude<ImageFormat, 'raw'>;
 
 /**
  * Whether our driver can serve the format at all: open a fresh image writable, write, read it
  * back. A placeholder driver throws ENOTSUP here; its message becomes the "not available" reason.
  */
 export async function driverAvailable(format: DiskFormat, dir: string, size: number): Promise<string | undefined> {
-  const file = path.join(dir, `probe.${format}`);
+  const file = path.join(dir, `probe.${extensionFor(format)}`);
   try {
     await createEmpty(file, format, size);
-    const img = await openImage(file, { writable: true });
+    const img = await openImage(file, { writable: true, checkExtension: true }); // as the mount would: by content, the name agreeing
     try {
       const data = Buffer.alloc(65536, 0x5a);
       await img.write(1 << 20, Buffer.from(data));
@@ -44,7 +44,7 @@ export async function driverAvailable(format: DiskFormat, dir: string, size: num
 }
 
 export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, Target, Target, Target] {
-  const name = `x.${format}`;
+  const name = `x.${extensionFor(format)}`;
   const ours: Target = {
     id: 'ours',
     title: 'vdiskfs',
@@ -103,9 +103,12 @@ export async function peerFio(
   ctx: SectionContext,
   format: DiskFormat,
   goal: (job: FioJob) => number,
+  opts: { withFuseNative?: boolean } = {},
 ): Promise<{ table: string; result: MatrixResult }> {
   const [ours, peer, ceiling, native] = peerTargets(ctx, format);
-  const targets = [ours, peer, ceiling, native];
+  // The fuse-native baseline measures the transport, not a format: the qcow2 and VMDK sections carry it.
+  const withNative = opts.withFuseNative ?? true;
+  const targets = withNative ? [ours, peer, ceiling, native] : [ours, peer, ceiling];
   const result = await runFioMatrix({
     name: format,
     jobs: ctx.jobs,
@@ -123,7 +126,7 @@ export async function peerFio(
     failed: Object.fromEntries(result.failed),
   });
   const table = [
-    peerTable(result, ctx.jobs, ours, peer, goal, ceiling, [native]),
+    peerTable(result, ctx.jobs, ours, peer, goal, ceiling, withNative ? [native] : []),
     '',
     `Server CPU per request and the request sizes our transport saw (${format}):`,
     '',

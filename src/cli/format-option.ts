@@ -1,5 +1,5 @@
 import type { Argv } from 'yargs';
-import { detectFormat, driverByName, readHead, type FormatDriver } from '../image';
+import { detectFormat, driverByName, drivers, readHead, type FormatDriver } from '../image';
 import { VdiskError } from '../io/errors';
 
 /** `-f FMT` as qemu-img's: name the format instead of probing it. */
@@ -8,7 +8,7 @@ export function withFormat<T>(y: Argv<T>): Argv<T & { format?: string }> {
     alias: 'f',
     type: 'string',
     requiresArg: true,
-    choices: ['qcow2', 'vmdk', 'raw'],
+    choices: drivers.map((d) => d.name),
     describe: 'the image format (default: found from the content)',
   });
 }
@@ -21,7 +21,12 @@ export async function driverFor(file: string, format: string | undefined): Promi
   const head = await readHead(file);
   if (!format) return detectFormat(head, file);
   const driver = driverByName(format);
-  if (!driver) throw VdiskError.invalid(`unknown format '${format}' (qcow2, vmdk, raw)`);
+  if (!driver) throw VdiskError.invalid(`unknown format '${format}' (${formatNames()})`);
   if (!driver.probe(head, file)) throw VdiskError.invalid(`${file}: image is not in ${format} format`);
   return driver;
+}
+
+/** The formats vdiskfs knows, in qemu-img's names: 'qcow2, vmdk, vdi, vpc, raw'. */
+export function formatNames(): string {
+  return drivers.map((d) => d.name).join(', ');
 }

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { pidFileFor } from './pidfile';
 
 /** A shown disk view: `<image>.raw` (snapshot views carry `@`, partition views `.pN.raw`). */
-const DISK_VIEW = /\.(qcow2|vmdk|img|raw)\.raw$/i;
+const DISK_VIEW = /\.(qcow2|vmdk|vhdx|avhdx|vhd|avhd|vdi|img|raw)\.raw$/i;
 /** How a left-out image is logged (src/fs/view-tree.ts). */
 const LEFT_OUT = /^vdiskfs: left out /;
 

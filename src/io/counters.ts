@@ -27,7 +27,9 @@ export type IoTag =
   | 'gd' // VMDK grain directory
   | 'gt' // VMDK grain tables
   | 'descriptor' // VMDK text descriptor
-  | 'bat' // VHDX block allocation table (and sector bitmaps)
+  | 'bat' // VHD/VHDX block allocation table, VDI block map
+  | 'bitmap' // VHD/VHDX sector bitmaps
+  | 'footer' // VHD footer (and its copy at offset 0)
   | 'log' // VHDX metadata log (entries, and their replay)
   | 'metadata' // VHDX region table and metadata region
   | 'check' // reads of `check`

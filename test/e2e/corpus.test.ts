@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { corpusDir, corpusRows, isHash, type CorpusRow } from '../helpers/corpus';
+import { corpusDir, corpusRows, isHash, unpackCompressed, type CorpusRow } from '../helpers/corpus';
 import { mount, tempDir, type Mounted } from '../helpers/mount';
 
 const corpus = corpusDir();
@@ -49,6 +49,7 @@ beforeAll(async () => {
   const images = path.join(dir.path, 'corpus');
   execFileSync('cp', ['-a', '--sparse=always', corpus + '/.', images]);
   execFileSync('chmod', ['-R', 'u+w', images]);
+  unpackCompressed(images, rows);
   // The external data file of dissect/data-file.qcow2 ships gzipped.
   execFileSync('sh', [
     '-c',

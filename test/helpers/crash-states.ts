@@ -248,7 +248,7 @@ export interface CheckResult {
 export async function checkCrashStates(
   rec: CrashRecorder,
   states: CrashState[],
-  o: { file: string; format: 'qcow2' | 'vmdk' | 'vhdx'; initial: Buffer; budget: number; seed: number },
+  o: { file: string; format: CrashFormat; initial: Buffer; budget: number; seed: number },
 ): Promise<CheckResult> {
   const r = rng(o.seed);
   const seen = new Set<string>();
@@ -269,7 +269,7 @@ export async function checkCrashStates(
     // read back below sees the crash state itself (our driver replays it in memory).
     const qfile = o.format === 'vhdx' ? `${o.file}.qemu` : o.file;
     if (qfile !== o.file) fs.writeFileSync(qfile, bytes);
-    const problem = qemuCheckProblem(qfile, o.format);
+    const problem = o.format === 'vpc' ? qemuReadProblem(o.file, o.initial, s) : qemuCheckProblem(qfile, o.format);
     if (problem) {
       bad.push(`${what}: ${problem}`);
       continue;
@@ -281,6 +281,29 @@ export async function checkCrashStates(
   fs.rmSync(`${o.file}.qemu`, { force: true });
   if (bad.length && process.env['CRASH_STATES_TIMELINE']) fs.writeFileSync(process.env['CRASH_STATES_TIMELINE'], rec.timeline());
   return { states: checked, bad };
+}
+
+/** Formats the crash states cover; `qemu-img check` judges all but vpc, which QEMU has no check for. */
+export type CrashFormat = 'qcow2' | 'vmdk' | 'vdi' | 'vpc' | 'vhdx';
+
+/**
+ * vpc has no `qemu-img check`: QEMU must open the state and read every acknowledged byte, as
+ * vdiskfs must (a footer lost in a torn append, a BAT pointing at unwritten data, would show).
+ */
+function qemuReadProblem(file: string, initial: Buffer, s: CrashState): string | null {
+  const out = `${file}.qemu.raw`;
+  try {
+    execFileSync('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', file, out], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const got = fs.readFileSync(out);
+    return sameAsExpected(got.subarray(0, initial.length), initial, s, 'QEMU');
+  } catch (e) {
+    const err = e as { stderr?: Buffer };
+    return `qemu-img convert fails: ${String(err.stderr ?? e)
+      .trim()
+      .slice(0, 300)}`;
+  } finally {
+    fs.rmSync(out, { force: true });
+  }
 }
 
 /** qcow2 incompatible feature bit 0: refcounts may be stale (lazy refcounts) and are rebuilt. */
@@ -318,7 +341,7 @@ function vhdxDirty(file: string): boolean {
  * may have stale refcounts by design: it must come out of `-r all` (what QEMU runs on open) whole;
  * so must a VHDX whose header names a log (QEMU refuses it read-only until the log is replayed).
  */
-function qemuCheckProblem(file: string, format: 'qcow2' | 'vmdk' | 'vhdx'): string | null {
+function qemuCheckProblem(file: string, format: CrashFormat): string | null {
   const repair = (format === 'qcow2' && qcow2Dirty(file)) || (format === 'vhdx' && vhdxDirty(file));
   const args = ['check', '--output=json', '-f', format, ...(repair ? ['-r', 'all'] : []), file];
   let out: string;
@@ -357,7 +380,6 @@ function humanCheck(file: string, format: string): string {
 }
 
 async function readBackProblem(file: string, initial: Buffer, s: CrashState): Promise<string | null> {
-  const { expected, unchecked } = expectedGuest(initial, s);
   const img = await openImage(file, { writable: false });
   const got = Buffer.alloc(img.virtualSize);
   try {
@@ -365,6 +387,12 @@ async function readBackProblem(file: string, initial: Buffer, s: CrashState): Pr
   } finally {
     await img.close();
   }
+  return sameAsExpected(got, initial, s, 'vdiskfs');
+}
+
+/** Null when `got` shows what the state must (unchecked ranges aside); else the first difference. */
+function sameAsExpected(got: Buffer, initial: Buffer, s: CrashState, reader: string): string | null {
+  const { expected, unchecked } = expectedGuest(initial, s);
   for (const [a, b] of unchecked) expected.copy(got, a, a, b);
   if (got.equals(expected)) return null;
   let i = 0;
@@ -373,7 +401,7 @@ async function readBackProblem(file: string, initial: Buffer, s: CrashState): Pr
   const near = s.guest
     .filter((w) => i >= w.offset && i < w.offset + w.data.length)
     .map((w) => `${w.what} ${w.offset}+${w.data.length} t${w.start}-${w.end}${s.acked.has(w) ? ' acked' : ''}`);
-  return `guest byte ${i} reads ${got[i]} instead of ${expected[i]} (${acked ? 'acknowledged by a flush' : 'old content no write touched'}; ${near.join(', ')})`;
+  return `${reader}: guest byte ${i} reads ${got[i]} instead of ${expected[i]} (${acked ? 'acknowledged by a flush' : 'old content no write touched'}; ${near.join(', ')})`;
 }
 
 /** Writers running at once: writes (often overlapping), zero writes, discards and flushes, seeded. */

@@ -12,6 +12,7 @@ import { openImage, driverByName } from '../../image';
 import type { Image } from '../../image';
 import { VdiskError, isVdiskError } from '../../io/errors';
 import { tuningFromOptions } from '../tuning';
+import { formatNames } from '../format-option';
 
 /** What -t means here. Node has no O_DIRECT with aligned buffers, so no mode bypasses the host page cache. */
 export type CacheMode = 'none' | 'writeback' | 'writethrough' | 'directsync' | 'unsafe';
@@ -173,7 +174,7 @@ function issueRequests(image: Image, o: BenchOptions): Promise<number> {
 /** Opens the image, runs the benchmark, prints qemu-img's lines through `out`. */
 export async function runBench(o: BenchOptions, out: (line: string) => void): Promise<BenchResult> {
   if (!fs.existsSync(o.file)) throw new VdiskError('ENOENT', `${o.file}: no such file`);
-  if (o.format !== undefined && !driverByName(o.format)) throw VdiskError.invalid(`unknown format '${o.format}' (qcow2, vmdk or raw)`);
+  if (o.format !== undefined && !driverByName(o.format)) throw VdiskError.invalid(`unknown format '${o.format}' (${formatNames()})`);
   if (!o.write && o.flushInterval) throw VdiskError.invalid('--flush-interval is only available in write tests');
   if (o.flushInterval && o.flushInterval < o.depth) throw VdiskError.invalid("flush interval can't be smaller than depth");
   if (o.depth < 1) throw VdiskError.invalid('queue depth must be at least 1');
@@ -261,7 +262,7 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
       .positional('filename', { type: 'string', demandOption: true, describe: 'image file' })
       .option('c', { type: 'string', default: '75000', describe: 'number of requests (count)' })
       .option('d', { type: 'string', default: '64', describe: 'requests in flight at once (depth)' })
-      .option('f', { type: 'string', describe: 'image format (qcow2, vmdk, raw); probed from the content when omitted' })
+      .option('f', { type: 'string', describe: 'image format (qcow2, vmdk, vhdx, vpc, vdi, raw); probed from the content when omitted' })
       .option('o', { type: 'string', default: '0', describe: 'offset of the first request (K/M/G suffixes)' })
       .option('s', { type: 'string', default: '4096', describe: 'buffer size of each request (K/M/G suffixes)' })
       .option('S', { type: 'string', describe: 'step between request offsets (default: the buffer size); offsets wrap at the image size' })

@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import { Confinement, detectFormat, driverByName, extensionOf, openImage, readHead } from '../../image';
+import { Confinement, detectFormat, driverByName, drivers, extensionOf, openImage, readHead } from '../../image';
+import { formatNames } from '../format-option';
 import { withAllowOutside } from '../allow-outside';
 import { VdiskError } from '../../io/errors';
 import { parseOptionList, parseSize } from '../size';
@@ -26,25 +27,27 @@ export const createCommand: CommandModule<object, CreateArgs> = {
       .option('format', {
         alias: 'f',
         type: 'string',
-        describe: 'qcow2, vmdk or raw (default: from the extension: .qcow2, .vmdk, .img/.raw)',
+        describe: 'qcow2, vmdk, vhdx, vpc (VHD), vdi or raw (default: from the extension: .qcow2, .vmdk, .vhdx, .vhd, .vdi, .img/.raw)',
       })
       .option('o', {
         type: 'string',
         requiresArg: true,
         describe:
-          'format options (repeatable): cluster_size=,compat=,refcount_bits=,lazy_refcounts=,extended_l2=,preallocation= (qcow2); subformat=,zeroed_grain=,adapter_type=,hwversion= (vmdk)',
+          'format options (repeatable): cluster_size=,compat=,refcount_bits=,lazy_refcounts=,extended_l2=,preallocation= (qcow2); subformat=,zeroed_grain=,adapter_type=,hwversion= (vmdk); subformat=,block_size=,log_size=,block_state_zero= (vhdx); subformat=,force_size= (vpc); static= (vdi)',
       })
-      .option('b', { type: 'string', describe: 'backing file (qcow2) / parent (vmdk)' })
+      .option('b', { type: 'string', describe: 'backing file (qcow2) / parent (vmdk; a differencing vhdx, vpc or vdi)' })
       .option('F', { type: 'string', describe: 'backing file format (needed with -b, as in qemu-img)' })
       .example('$0 create -f qcow2 disk.qcow2 10G', 'empty 10 GiB qcow2')
       .example('$0 create -f qcow2 -o cluster_size=2M,extended_l2=on big.qcow2 100G', 'with qemu-img option names')
       .example('$0 create -f vmdk -o subformat=streamOptimized disk.vmdk 1G', 'a streamOptimized VMDK')
-      .example('$0 create -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2', 'an overlay on a backing file'),
+      .example('$0 create -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2', 'an overlay on a backing file')
+      .example('$0 create -f vpc -o subformat=fixed disk.vhd 10G', 'a fixed VHD (Azure, Virtual PC)')
+      .example('$0 create -f vpc -b base.vhd -F vpc child.vhd', 'a differencing VHD (qemu-img cannot make one)'),
   handler: async (argv) => {
     // Without -f the name decides (qemu-img would make a raw file named .qcow2, which no mount shows).
     const format = argv.format ?? formatOfName(argv.file);
     const driver = driverByName(format);
-    if (!driver?.create) throw VdiskError.invalid(`unknown or unsupported format '${format}' (qcow2, vmdk, raw)`);
+    if (!driver?.create) throw VdiskError.invalid(`unknown or unsupported format '${format}' (${formatNames()})`);
     if (fs.existsSync(argv.file)) throw VdiskError.invalid(`${argv.file} already exists`);
     let size = argv.size !== undefined ? parseSize(argv.size) : undefined;
     const folder = await fs.promises.realpath(path.dirname(path.resolve(argv.file))).catch(() => {
@@ -92,11 +95,10 @@ export const createCommand: CommandModule<object, CreateArgs> = {
   },
 };
 
-/** The format a new image's name asks for: .qcow2, .vmdk, .img/.raw. */
+/** The format a new image's name asks for: .qcow2, .vmdk, .vhdx, .vhd, .vdi, .img/.raw. */
 function formatOfName(file: string): string {
   const ext = extensionOf(file);
-  const byExt: Record<string, string> = { qcow2: 'qcow2', vmdk: 'vmdk', img: 'raw', raw: 'raw' };
-  const format = byExt[ext];
-  if (!format) throw VdiskError.invalid(`${file}: cannot tell the format from the name; add -f qcow2, -f vmdk or -f raw`);
+  const format = drivers.find((d) => d.extensions.includes(ext))?.name;
+  if (!format) throw VdiskError.invalid(`${file}: cannot tell the format from the name; add -f with one of ${formatNames()}`);
   return format;
 }

@@ -40,7 +40,7 @@ interface MountArgs {
 
 export const mountCommand: CommandModule<object, MountArgs> = {
   command: 'mount <images> <mountpoint>',
-  describe: 'show every .qcow2/.vmdk under <images> as a raw file under <mountpoint>',
+  describe: 'show every .qcow2/.vmdk/.vhdx/.vhd/.vdi under <images> as a raw file under <mountpoint>',
   builder: (y: Argv) =>
     withAllowOutside(y)
       .positional('images', { type: 'string', demandOption: true, describe: 'folder holding the images' })

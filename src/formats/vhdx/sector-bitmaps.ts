@@ -29,7 +29,7 @@ export class SectorBitmaps implements DirtySectors {
       p = (async () => {
         const b = Buffer.alloc(bat.MiB);
         const host = this.table.bitmapHost(chunk);
-        if (host !== undefined) await this.f.read(b, host, 'bat');
+        if (host !== undefined) await this.f.read(b, host, 'bitmap');
         else this.table.setBitmap(chunk, await this.reserve()); // fresh space: all zeros, as the buffer
         this.bufs.set(chunk, b);
         return b;

@@ -158,7 +158,7 @@ export class VhdxImage implements Image {
     const chunk = Math.floor(Math.floor(offset / this.bs) / this.table.g.chunkRatio);
     const bm = Buffer.alloc(bat.MiB);
     const host = this.table.bitmapHost(chunk);
-    if (host !== undefined) await this.dataFile.read(bm, host, 'bat');
+    if (host !== undefined) await this.dataFile.read(bm, host, 'bitmap');
     if (this.bitmaps.size >= BITMAP_CACHE) this.bitmaps.delete(this.bitmaps.keys().next().value!);
     this.bitmaps.set(chunk, bm);
     if (!this.mapSync(offset, length, out)) throw VdiskError.io(`${this.path}: sector bitmap of chunk ${chunk} did not load`);
