@@ -4,7 +4,8 @@
  *   1. flush: the data blocks the new entries point at are durable first;
  *   2. a header with a fresh LogGuid (the log holds nothing else of that GUID), flush;
  *   3. one log entry at the start of the log carrying the 4 KiB sectors (FlushedFileOffset =
- *      LastFileOffset = the file size, which already covers the new blocks), flush;
+ *      LastFileOffset = the file size taken before step 1, which already covers the new
+ *      blocks and which that flush made durable), flush;
  *   4. the same sectors at their places, flush;
  *   5. a header with a null LogGuid (the log is empty again), flush.
  * A power cut before 3 is durable leaves the old metadata (no valid entry of that GUID); after
@@ -51,11 +52,14 @@ export class MetadataLog {
     const per = sectorsPerEntry(this.log.length);
     for (let i = 0; i < all.length; i += per) {
       const batch = all.slice(i, i + per);
+      // The size now covers every block the batch points at (grown before its data was written);
+      // taken before the flush, so it never names a growth that flush did not make durable
+      // (QEMU refuses to replay an entry whose FlushedFileOffset is past the end of the file).
+      const size = this.fileSize();
       await this.f.datasync('data');
       const logGuid = newGuid();
       await this.slots.update({ logGuid });
       await this.f.datasync('header');
-      const size = this.fileSize();
       const entry = buildLogEntry({
         sequence: this.sequence++,
         tail: 0,

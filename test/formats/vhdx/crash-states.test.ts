@@ -20,6 +20,7 @@ const MiB = 1 << 20;
 const variants = [
   { name: 'dynamic, block 1M, ZERO blocks', opts: 'block_size=1M', seed: 1 },
   { name: 'dynamic, block 1M, NOT_PRESENT blocks', opts: 'block_size=1M,block_state_zero=off', seed: 2 },
+  { name: 'dynamic, block 2M, ZERO blocks, other seed', opts: 'block_size=2M', seed: 3 },
 ];
 
 describe('vhdx crash states: any subset of unsynced writes', () => {
