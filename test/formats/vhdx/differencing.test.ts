@@ -8,6 +8,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { vhdxDriver } from '../../../src/formats/vhdx';
+import * as bat from '../../../src/formats/vhdx/bat';
+import { parseRegionTable, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE } from '../../../src/formats/vhdx/region-table';
 import { isVdiskError } from '../../../src/io/errors';
 import { openImage } from '../../../src/image/open';
 import { qemuImg, qemuIo, rng, sha256File } from '../../helpers/qemu';
@@ -84,6 +86,43 @@ describe('vhdx differencing chain', () => {
       expect(await vhdxDriver.backingFileOf!(child, Buffer.alloc(0))).toBe(parent);
     });
   }
+
+  it('PARTIALLY_PRESENT blocks: sectors from the bitmap (set: the child, clear: the parent); a write makes the block whole', async () => {
+    const parent = path.join(dir, 'pp-parent.vhdx');
+    const child = path.join(dir, 'pp-child.avhdx');
+    qemuImg(['create', '-f', 'vhdx', '-o', 'block_size=1M', parent, String(8 * M)]);
+    qemuIo(parent, ['write -P 0x61 0 8M'], 'vhdx');
+    await createChild(child, parent, { block_size: '1M' });
+    // Block 1 of the child: 1 MiB of 0x77 appended, sectors 10-19 and 100-355 marked present.
+    const buf = fs.readFileSync(child);
+    const r = parseRegionTable('x', buf.subarray(REGION_TABLE_OFFSETS[0], REGION_TABLE_OFFSETS[0] + REGION_TABLE_SIZE), buf.length);
+    if (typeof r === 'string') throw new Error(r);
+    const table = buf.subarray(r.bat.offset, r.bat.offset + r.bat.length);
+    const g = bat.batGeometry(8 * M, M, 512, true);
+    const bmHost = bat.entryOffsetMB(table, bat.bitmapIndex(g, 0)) * M;
+    const host = Math.ceil(buf.length / M) * M;
+    bat.setEntry(table, bat.payloadIndex(g, 1), bat.PARTIALLY_PRESENT, host / M);
+    const setBit = (sector: number) => (buf[bmHost + (sector >> 3)] = buf[bmHost + (sector >> 3)]! | (1 << (sector & 7)));
+    const present = [...Array.from({ length: 10 }, (_, i) => 10 + i), ...Array.from({ length: 256 }, (_, i) => 100 + i)];
+    for (const sct of present) setBit(2048 + sct); // block 1's sectors start at bit 2048 of chunk 0
+    fs.writeFileSync(child, Buffer.concat([buf, Buffer.alloc(host - buf.length), Buffer.alloc(M, 0x77)]));
+    const mirror = Buffer.alloc(8 * M, 0x61);
+    for (const sct of present) mirror.fill(0x77, M + sct * 512, M + (sct + 1) * 512);
+    expect((await readAll(child)).equals(mirror)).toBe(true);
+    expect(vhdimountView(child).equals(mirror)).toBe(true);
+    const img = await openImage(child, { writable: true });
+    try {
+      const ext = await img.map(M, M);
+      expect(ext.map((e) => e.kind)).toEqual(['backing', 'data', 'backing', 'data', 'backing']);
+      await img.write(M + 50 * 512, Buffer.alloc(4096, 0x88));
+      mirror.fill(0x88, M + 50 * 512, M + 50 * 512 + 4096);
+      expect((await img.map(M, M)).map((e) => e.kind)).toEqual(['data']);
+    } finally {
+      await img.close();
+    }
+    expect((await readAll(child)).equals(mirror)).toBe(true);
+    expect(vhdimountView(child).equals(mirror)).toBe(true);
+  });
 
   it('a parent written after the child was made is refused (DataWriteGuid no longer matches)', async () => {
     const parent = path.join(dir, 'moved-on.vhdx');
