@@ -232,6 +232,44 @@ describe('vhdx hostile images', () => {
     await refused(truncated, 'ECORRUPT', /truncated/, true);
   });
 
+  it('a zero descriptor of 2^50 bytes is refused; a descriptor count of 2^32-1 makes the entry invalid (not replayed)', async () => {
+    const huge = dirtyLog('zero-huge.vhdx', (buf, logGuid) => {
+      const entry = buildLogEntry({
+        sequence: 1n,
+        tail: 0,
+        logGuid,
+        flushedFileOffset: buf.length,
+        lastFileOffset: buf.length,
+        sectors: [],
+      });
+      // Turn the entry into one zero descriptor of 2^50 bytes at 4 MiB (the descriptor area is zeros).
+      entry.writeUInt32LE(1, 24);
+      const d = entry.subarray(64, 96);
+      d.write('zero', 0, 'latin1');
+      d.writeBigUInt64LE(2n ** 50n, 8);
+      d.writeBigUInt64LE(BigInt(4 * M), 16);
+      d.writeBigUInt64LE(1n, 24);
+      sealChecksum(entry, 4);
+      return { entry, at: 0 };
+    });
+    await refused(huge, 'ECORRUPT', /past the end of the file/);
+    const many = dirtyLog('desc-count.vhdx', (buf, logGuid) => {
+      const entry = buildLogEntry({
+        sequence: 1n,
+        tail: 0,
+        logGuid,
+        flushedFileOffset: buf.length,
+        lastFileOffset: buf.length,
+        sectors: [],
+      });
+      entry.writeUInt32LE(0xffffffff, 24);
+      sealChecksum(entry, 4);
+      return { entry, at: 0 };
+    });
+    const view = await readAll(many);
+    expect(view.subarray(2 * M, 3 * M).every((b) => b === 0x42)).toBe(true);
+  });
+
   /** Rewrites a child's parent locator. */
   function setLocator(file: string, entries: Array<[string, string]>): void {
     const buf = fs.readFileSync(file);
