@@ -28,8 +28,10 @@ export type IoTag =
   | 'gt' // VMDK grain tables
   | 'descriptor' // VMDK text descriptor
   | 'bat' // VHD/VHDX block allocation table, VDI block map
-  | 'bitmap' // VHD sector bitmaps
+  | 'bitmap' // VHD/VHDX sector bitmaps
   | 'footer' // VHD footer (and its copy at offset 0)
+  | 'log' // VHDX metadata log (entries, and their replay)
+  | 'metadata' // VHDX region table and metadata region
   | 'check' // reads of `check`
   | 'probe' // format probing
   | 'discard' // space given back (punch)

@@ -39,6 +39,8 @@ const FORMATS = [
   { file: 'f.vhd', fmt: 'vpc', create: ['-f', 'vpc', '-o', 'subformat=fixed'], checks: false },
   { file: 'd.vdi', fmt: 'vdi', create: ['-f', 'vdi'], checks: true },
   { file: 's.vdi', fmt: 'vdi', create: ['-f', 'vdi', '-o', 'static=on'], checks: true },
+  { file: 'd.vhdx', fmt: 'vhdx', create: ['-f', 'vhdx', '-o', 'block_size=1M'], checks: true },
+  { file: 'f.vhdx', fmt: 'vhdx', create: ['-f', 'vhdx', '-o', 'subformat=fixed,block_size=8M'], checks: true },
 ];
 
 describe('VHD and VDI through a real mount', () => {
@@ -94,6 +96,30 @@ describe('VHD and VDI through a real mount', () => {
     const info = JSON.parse(cli('info', '--output=json', 'child.vhd').stdout) as Record<string, unknown>;
     expect(info['format']).toBe('vpc');
     expect(info['backing-filename']).toBe('base.vhd');
+  });
+
+  it('a differencing VHDX made by `vdiskfs create -b`: the parent read-only, the child written, the parent untouched', async () => {
+    qemuImg('create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', 'base.vhdx', '32M');
+    execFileSync('qemu-io', ['-f', 'vhdx', '-c', 'write -P 0x41 0 32M', 'base.vhdx'], { cwd: images, stdio: 'pipe' });
+    const made = cli('create', '-f', 'vhdx', '-o', 'block_size=2M', '-b', 'base.vhdx', '-F', 'vhdx', 'child.avhdx');
+    expect(made.status, made.stderr).toBe(0);
+    const before = fs.readFileSync(path.join(images, 'base.vhdx'));
+    const m = await fx.mount();
+    expect(() => fs.openSync(path.join(m.mnt, 'base.vhdx.raw'), 'r+')).toThrow(/EROFS/);
+    const fd = fs.openSync(path.join(m.mnt, 'child.avhdx.raw'), 'r+');
+    fs.writeSync(fd, Buffer.alloc(4096, 0x42), 0, 4096, 5 * MiB);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    const child = fs.readFileSync(path.join(m.mnt, 'child.avhdx.raw'));
+    expect(child[5 * MiB]).toBe(0x42);
+    expect(child[5 * MiB - 1]).toBe(0x41);
+    expect(child[5 * MiB + 4096]).toBe(0x41);
+    expect(await m.unmount()).toBe(0);
+    expect(fs.readFileSync(path.join(images, 'base.vhdx')).equals(before)).toBe(true);
+    const info = JSON.parse(cli('info', '--output=json', 'child.avhdx').stdout) as Record<string, unknown>;
+    expect(info['format']).toBe('vhdx');
+    expect(info['backing-filename']).toBe('base.vhdx');
+    expect(cli('check', 'child.avhdx').status).toBe(0);
   });
 
   it('create, info, check and map speak qemu-img: sizes and formats as qemu-img info gives them', () => {

@@ -14,6 +14,8 @@ import { HostFile } from '../../src/io/host-file';
 import type { IoTag } from '../../src/io/counters';
 import type { Image } from '../../src/formats/types';
 import { openImage } from '../../src/image/open';
+import { currentHeader, HEADER_OFFSETS, HEADER_SIZE } from '../../src/formats/vhdx/header';
+import { isNullGuid } from '../../src/formats/vhdx/guid';
 import { rng } from './qemu';
 
 interface HostWrite {
@@ -263,7 +265,11 @@ export async function checkCrashStates(
     checked++;
     fs.writeFileSync(o.file, bytes);
     const what = `epoch ${s.epoch}, ${s.durable.length} durable writes + ${s.pick.filter((x) => x).length} of ${s.maybe.length} unsynced`;
-    const problem = o.format === 'vpc' ? qemuReadProblem(o.file, o.initial, s) : qemuCheckProblem(o.file, o.format);
+    // VHDX: `qemu-img check -r all` replays a dirty log into the file; QEMU checks a copy, so the
+    // read back below sees the crash state itself (our driver replays it in memory).
+    const qfile = o.format === 'vhdx' ? `${o.file}.qemu` : o.file;
+    if (qfile !== o.file) fs.writeFileSync(qfile, bytes);
+    const problem = o.format === 'vpc' ? qemuReadProblem(o.file, o.initial, s) : qemuCheckProblem(qfile, o.format);
     if (problem) {
       bad.push(`${what}: ${problem}`);
       continue;
@@ -272,6 +278,7 @@ export async function checkCrashStates(
     if (mismatch) bad.push(`${what}: ${mismatch}`);
   }
   fs.rmSync(o.file, { force: true });
+  fs.rmSync(`${o.file}.qemu`, { force: true });
   if (bad.length && process.env['CRASH_STATES_TIMELINE']) fs.writeFileSync(process.env['CRASH_STATES_TIMELINE'], rec.timeline());
   return { states: checked, bad };
 }
@@ -312,12 +319,30 @@ function qcow2Dirty(file: string): boolean {
   return version >= 3 && (b[7]! & 1) === 1;
 }
 
+/** VHDX: the current header names a log (non-null LogGuid): QEMU replays it on a writable open only. */
+function vhdxDirty(file: string): boolean {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const bufs = HEADER_OFFSETS.map((at) => {
+      const b = Buffer.alloc(HEADER_SIZE);
+      fs.readSync(fd, b, 0, HEADER_SIZE, at);
+      return b;
+    }) as [Buffer, Buffer];
+    return !isNullGuid(currentHeader(file, bufs).header.logGuid);
+  } catch {
+    return false; // no valid header: plain check reports it
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /**
  * Null when `qemu-img check` finds no corruption (leaks allowed). A dirty lazy-refcounts image
- * may have stale refcounts by design: it must come out of `-r all` (what QEMU runs on open) whole.
+ * may have stale refcounts by design: it must come out of `-r all` (what QEMU runs on open) whole;
+ * so must a VHDX whose header names a log (QEMU refuses it read-only until the log is replayed).
  */
 function qemuCheckProblem(file: string, format: CrashFormat): string | null {
-  const repair = format === 'qcow2' && qcow2Dirty(file);
+  const repair = (format === 'qcow2' && qcow2Dirty(file)) || (format === 'vhdx' && vhdxDirty(file));
   const args = ['check', '--output=json', '-f', format, ...(repair ? ['-r', 'all'] : []), file];
   let out: string;
   try {
