@@ -99,6 +99,11 @@ export const createCommand: CommandModule<object, CreateArgs> = {
 function formatOfName(file: string): string {
   const ext = extensionOf(file);
   const format = drivers.find((d) => d.extensions.includes(ext))?.name;
-  if (!format) throw VdiskError.invalid(`${file}: cannot tell the format from the name; add -f with one of ${formatNames()}`);
+  if (!format) {
+    const flags = drivers.map((d) => `-f ${d.name}`);
+    throw VdiskError.invalid(
+      `${file}: cannot tell the format from the name; add ${flags.slice(0, -1).join(', ')} or ${flags[flags.length - 1]}`,
+    );
+  }
   return format;
 }
