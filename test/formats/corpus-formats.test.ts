@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isVdiskError } from '../../src/io/errors';
 import { openImage } from '../../src/image/open';
 import { corpusDir, corpusRows, isHash, unpackCompressed } from '../helpers/corpus';
-import { hashImage, tmpDir } from './vmdk/helpers';
+import { hashImage, tmpDir } from '../helpers/image-io';
 
 const corpus = corpusDir()!;
 const rows = corpusRows(corpus).filter((r) => /^(vpc|vdi|vhdx)\//.test(r.format));

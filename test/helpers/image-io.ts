@@ -1,7 +1,72 @@
-/** Driving an opened Image in driver tests: seeded writes mirrored into a buffer, whole-view reads. */
+/**
+ * Driving an opened Image in driver tests: scratch folders, whole-view reads and hashes, seeded
+ * writes mirrored into a buffer, and the verdict on a hostile image.
+ */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { expect } from 'vitest';
 import type { Image } from '../../src/formats/types';
+import { isVdiskError } from '../../src/io/errors';
+import { openImage } from '../../src/image/open';
 import { rng } from './qemu';
+
+/** A scratch folder `vdiskfs-<tag>-XXXXXX` under the system's temp folder. */
+export function tmpDir(tag: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `vdiskfs-${tag}-`));
+}
+
+const ZEROS = Buffer.alloc(4 << 20);
+
+/**
+ * SHA-256 of an image's whole raw view, read in 4 MiB pieces; ranges map() calls zero or
+ * unallocated are hashed from a zero buffer, so a sparse 16 GiB disk costs no reads there.
+ */
+export async function hashImage(img: Image): Promise<string> {
+  const h = createHash('sha256');
+  const chunk = 256 << 20;
+  const buf = Buffer.alloc(4 << 20);
+  for (let off = 0; off < img.virtualSize; off += chunk) {
+    const len = Math.min(chunk, img.virtualSize - off);
+    for (const x of await img.map(off, len)) {
+      const zero = x.kind === 'zero' || x.kind === 'unallocated';
+      for (let d = 0; d < x.length;) {
+        const n = Math.min(x.length - d, buf.length);
+        if (zero) h.update(ZEROS.subarray(0, n));
+        else {
+          const b = buf.subarray(0, n);
+          await img.read(x.offset + d, b);
+          h.update(b);
+        }
+        d += n;
+      }
+    }
+  }
+  return h.digest('hex');
+}
+
+/**
+ * What a possibly hostile image does when the mount opens it writable: 'opened' when it opens,
+ * reads whole and takes a 4 KiB write at `writeAt`; else its error, which must be one VdiskError
+ * line (never a crash, a hang or a stack).
+ */
+export async function openVerdict(file: string, writeAt: number): Promise<string> {
+  try {
+    const img = await openImage(file, { writable: true, checkExtension: true }); // as the mount opens it
+    try {
+      await readAll(img);
+      await img.write(writeAt, Buffer.alloc(4096, 1)); // writing must stay inside the file's own blocks
+    } finally {
+      await img.close();
+    }
+    return 'opened';
+  } catch (e) {
+    expect(isVdiskError(e), String(e)).toBe(true);
+    expect((e as Error).message.split('\n')).toHaveLength(1);
+    return (e as Error).message;
+  }
+}
 
 export async function readAll(img: Image): Promise<Buffer> {
   const out = Buffer.alloc(img.virtualSize);

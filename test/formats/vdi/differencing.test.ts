@@ -10,9 +10,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Confinement } from '../../../src/image/confine';
 import { openImage } from '../../../src/image/open';
 import { vdiDriver } from '../../../src/formats/vdi';
-import { readAll } from '../../helpers/image-io';
+import { readAll, tmpDir } from '../../helpers/image-io';
 import { qemuImg, qemuIo, sha256File } from '../../helpers/qemu';
-import { tmpDir } from '../vmdk/helpers';
 
 const dir = tmpDir('vdi-diff');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -6,33 +6,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { isVdiskError } from '../../../src/io/errors';
 import { openImage } from '../../../src/image/open';
-import { readAll } from '../../helpers/image-io';
+import { openVerdict, readAll, tmpDir } from '../../helpers/image-io';
 import { qemuImg, qemuIo } from '../../helpers/qemu';
-import { tmpDir } from '../vmdk/helpers';
 
 const dir = tmpDir('vdi-hostile');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
 const MAP = 0x200;
 
-async function verdict(file: string): Promise<string> {
-  try {
-    const img = await openImage(file, { writable: true, checkExtension: true });
-    try {
-      await readAll(img);
-      await img.write(3 * MiB, Buffer.alloc(4096, 1));
-    } finally {
-      await img.close();
-    }
-    return 'opened';
-  } catch (e) {
-    expect(isVdiskError(e), String(e)).toBe(true);
-    expect((e as Error).message.split('\n')).toHaveLength(1);
-    return (e as Error).message;
-  }
-}
+const verdict = (file: string): Promise<string> => openVerdict(file, 3 * MiB);
 
 const cases: Array<[string, (b: Buffer) => void, RegExp | 'opened']> = [
   ['version 0.0', (b) => b.writeUInt32LE(0, 0x44), /version 0\.0 is not supported/],

@@ -10,10 +10,9 @@ import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../../src/image/open';
 import { vhdDriver } from '../../../src/formats/vhd';
-import { readAll } from '../../helpers/image-io';
+import { readAll, tmpDir } from '../../helpers/image-io';
 import { qemuImg, qemuIo, sha256File } from '../../helpers/qemu';
 import { vhdiRead } from '../../helpers/vhdimount';
-import { tmpDir } from '../vmdk/helpers';
 
 const dir = tmpDir('vhd-diff');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -9,9 +9,8 @@ import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../../src/image/open';
 import { vhdDriver } from '../../../src/formats/vhd';
-import { mirroredStorm, readAll } from '../../helpers/image-io';
+import { mirroredStorm, readAll, tmpDir } from '../../helpers/image-io';
 import { qemuCompare, qemuImg, qemuIo, qemuRaw, sha256, sha256File } from '../../helpers/qemu';
-import { tmpDir } from '../vmdk/helpers';
 
 const dir = tmpDir('vhd');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
