@@ -8,7 +8,14 @@ import type { CheckResult } from '../types';
 import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY, incompatiblePatch } from './header';
 import { readMeta, readSnapshotTable } from './meta';
 import { MIN_V3_EXTRA_DATA } from './snapshot-table';
-import { countRefcountStructures, readStoredRefcounts, walkReferences, writeFreshRefcounts } from './refcount-walk';
+import {
+  copiedProblems,
+  countRefcountStructures,
+  readStoredRefcounts,
+  walkReferences,
+  writeFreshRefcounts,
+  type CopiedProblem,
+} from './refcount-walk';
 import { withCopied } from './table-entry';
 
 export async function checkQcow2(path: string, repair: boolean): Promise<CheckResult> {
@@ -29,16 +36,18 @@ async function checkOnce(path: string, repair: boolean): Promise<CheckResult> {
   try {
     const meta = await readMeta(file);
     const h = meta.header;
+    const cs = 2 ** h.clusterBits;
     const l1 = Buffer.alloc(h.l1Size * 8);
     await file.read(l1, h.l1TableOffset, 'check');
     const snaps = await readSnapshotTable(file, meta);
+    // Counted references; the refcount structures are added last (and taken out for a repair).
     const walk = await walkReferences(file, meta, l1, snaps);
-    const refs = Uint32Array.from(walk.counts);
-    const sharedRefblocks = await countRefcountStructures(file, meta, refs);
+    const refs = walk.counts;
+    const structures = await countRefcountStructures(file, meta, refs);
     const stored = await readStoredRefcounts(file, meta, refs.length);
-    const messages = [...walk.messages, ...sharedRefblocks.slice(0, 100)];
+    const messages = [...walk.messages, ...structures.shared.slice(0, 100)];
     let leaks = 0;
-    let corruptions = walk.corruptions + sharedRefblocks.length;
+    let corruptions = walk.corruptions + structures.shared.length;
     if (h.version >= 3) {
       snaps.snapshots.forEach((s, i) => {
         if (s.extraDataSize >= MIN_V3_EXTRA_DATA) return;
@@ -46,29 +55,40 @@ async function checkOnce(path: string, repair: boolean): Promise<CheckResult> {
         if (messages.length < 100) messages.push(`ERROR snapshot table entry ${i} is incomplete`);
       });
     }
+    let highest = 0; // as QEMU: the last cluster with a stored or a counted reference
     for (let c = 0; c < refs.length; c++) {
-      const s = stored[c]!;
-      const r = refs[c]!;
+      const s = stored.get(c);
+      const r = refs.get(c);
+      if (s || r) highest = c;
       if (s === r) continue;
       if (s < r) corruptions++;
       else leaks++;
       if (messages.length < 100) messages.push(`${s < r ? 'ERROR' : 'Leaked'} cluster ${c} refcount=${s} reference=${r}`);
     }
-    const wrongCopied: typeof walk.copiedChecks = [];
-    for (const x of walk.copiedChecks) {
-      const c = Math.floor(x.host / 2 ** h.clusterBits);
-      const want = stored[c] === 1;
-      if (want !== x.copied) {
+    await copiedProblems(
+      file,
+      meta,
+      l1,
+      (c) => stored.get(c),
+      (p, c) => {
         corruptions++;
-        if (messages.length < 100) messages.push(`ERROR OFLAG_COPIED ${x.what}: refcount=${stored[c]}`);
-      }
-      if ((walk.counts[c] === 1) !== x.copied) wrongCopied.push(x);
-    }
+        if (messages.length < 100) messages.push(`ERROR OFLAG_COPIED ${p.what}: refcount=${stored.get(c)}`);
+      },
+    );
     if (repair && leaks + corruptions > 0) {
-      await writeFreshRefcounts(file, meta, walk.counts);
+      for (const c of structures.added) refs.add(c, -1); // the old refcount structures become free space
+      await writeFreshRefcounts(file, meta, refs);
       // COPIED must say "refcount is exactly 1" under the rebuilt refcounts.
       const word = Buffer.alloc(4);
-      for (const x of wrongCopied) {
+      const fixes: CopiedProblem[] = [];
+      await copiedProblems(
+        file,
+        meta,
+        l1,
+        (c) => refs.get(c),
+        (p) => fixes.push(p),
+      );
+      for (const x of fixes) {
         await file.read(word, x.at, 'check');
         word.writeUInt32BE(withCopied(word.readUInt32BE(0), !x.copied));
         await file.write(word, x.at, x.what.startsWith('L1') ? 'l1' : 'l2');
@@ -77,18 +97,12 @@ async function checkOnce(path: string, repair: boolean): Promise<CheckResult> {
       if (h.version === 3) await file.write(b.bytes, b.at, 'header');
       await file.datasync('header');
     }
-    let highest = 0; // as QEMU: the last cluster with a stored or a counted reference
-    for (let c = Math.max(refs.length, stored.length) - 1; c > 0; c--)
-      if (refs[c] || stored[c]) {
-        highest = c;
-        break;
-      }
     const stats = {
       totalClusters: Math.ceil(h.size / 2 ** h.clusterBits),
       allocatedClusters: walk.frag.allocated,
       fragmentedClusters: walk.frag.fragmented,
       compressedClusters: walk.frag.compressed,
-      imageEndOffset: (highest + 1) * 2 ** h.clusterBits,
+      imageEndOffset: (highest + 1) * cs,
     };
     return { errors: 0, leaks, corruptions, messages, stats };
   } finally {

@@ -12,30 +12,67 @@ import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, refcountTablePatch } from './header
 import type { ImageMeta } from './meta';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
 import { Snapshot, validateSnapshot } from './snapshot-table';
-import {
-  KIND_COMPRESSED,
-  KIND_UNALLOCATED,
-  L2Layout,
-  l1Copied,
-  l1Offset,
-  l2Compressed,
-  l2Copied,
-  l2HostOffset,
-  l2Kind,
-} from './table-entry';
+import { ClusterCounts } from './cluster-counts';
+import { COMPRESSED_HI, COPIED_HI, hostOf, L2Layout, l1Copied, l1Offset, l2Compressed, tableWords } from './table-entry';
 
 const log = createDebug('vdiskfs:qcow2');
-const MAX_WALK_CLUSTERS = 16 * 1024 * 1024; // 1 TiB of 64 KiB clusters; 64 MiB per counter array
+/** 16 TiB of file in 64 KiB clusters: 512 MiB per count array (check holds two). */
+const MAX_WALK_CLUSTERS = 256 * 1024 * 1024;
 const MAX_SNAPSHOT_L1_BYTES = 256 << 20; // all snapshots' L1 tables together
+/** Tables that lie side by side (a preallocated image's do) are read together, this much at a time. */
+const RUN_BYTES = 4 << 20;
 
 export interface Walk {
-  counts: Uint32Array; // expected refcount per host cluster
+  counts: ClusterCounts; // expected refcount per host cluster
   messages: string[];
   corruptions: number;
-  /** Active-layer COPIED flags to verify once counts are known; `at` = file offset of the entry. */
-  copiedChecks: { host: number; copied: boolean; what: string; at: number }[];
   /** Active layer only, counted as qemu-img check does (its allocation / fragmentation line). */
   frag: { allocated: number; fragmented: number; compressed: number };
+}
+
+function layoutOf(meta: ImageMeta): L2Layout {
+  const h = meta.header;
+  const extended = (h.incompatible & INCOMPAT_EXTL2) !== 0n;
+  return { clusterBits: h.clusterBits, extended, entrySize: extended ? 16 : 8 };
+}
+
+/**
+ * Reads every table in `tables` (cluster-aligned offsets inside the file) once, neighbours in one
+ * read of up to RUN_BYTES, and hands each to `fn` in offset order.
+ */
+async function forEachTable(
+  file: HostFile,
+  tables: Iterable<number>,
+  cs: number,
+  fn: (offset: number, table: Buffer) => void,
+): Promise<void> {
+  const sorted = [...new Set(tables)].sort((a, b) => a - b);
+  const run = Buffer.alloc(Math.max(cs, Math.floor(RUN_BYTES / cs) * cs));
+  for (let i = 0; i < sorted.length;) {
+    let j = i;
+    while (j + 1 < sorted.length && sorted[j + 1] === sorted[j]! + cs && (j + 2 - i) * cs <= run.length) j++;
+    const first = sorted[i]!;
+    const bytes = run.subarray(0, (j - i + 1) * cs);
+    await file.read(bytes, first, 'check');
+    for (let k = i; k <= j; k++) fn(sorted[k]!, bytes.subarray((k - i) * cs, (k - i + 1) * cs));
+    i = j + 1;
+  }
+}
+
+/** The active L1 table's L2 tables: offset → how many L1 entries name it (bad entries reported). */
+function activeL2Tables(l1: Buffer, cs: number, fileSize: number, bad?: (msg: string) => void): Map<number, number> {
+  const out = new Map<number, number>();
+  for (let i = 0; i < l1.length / 8; i++) {
+    const l2off = l1Offset(l1, i);
+    if (l2off === 0) continue;
+    if (l2off % cs !== 0) {
+      bad?.(`active L2 table ${i} offset ${l2off} not cluster aligned`);
+      continue;
+    }
+    if (l2off >= fileSize) continue; // counted (and reported) as a reference past the end
+    out.set(l2off, (out.get(l2off) ?? 0) + 1);
+  }
+  return out;
 }
 
 export async function walkReferences(
@@ -48,11 +85,11 @@ export async function walkReferences(
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
   const clusters = Math.ceil(meta.fileSize / cs);
-  if (clusters > MAX_WALK_CLUSTERS) throw VdiskError.unsupported('qcow2 image too large for a refcount walk');
-  const counts = new Uint32Array(clusters);
-  const w: Walk = { counts, messages: [], corruptions: 0, copiedChecks: [], frag: { allocated: 0, fragmented: 0, compressed: 0 } };
-  const extended = (h.incompatible & INCOMPAT_EXTL2) !== 0n;
-  const layout: L2Layout = { clusterBits: h.clusterBits, extended, entrySize: extended ? 16 : 8 };
+  if (clusters > MAX_WALK_CLUSTERS)
+    throw VdiskError.unsupported(`qcow2 file of ${clusters} clusters is larger than a refcount walk holds (${MAX_WALK_CLUSTERS})`);
+  const counts = new ClusterCounts(clusters);
+  const w: Walk = { counts, messages: [], corruptions: 0, frag: { allocated: 0, fragmented: 0, compressed: 0 } };
+  const layout = layoutOf(meta);
   const externalData = (h.incompatible & INCOMPAT_DATA_FILE) !== 0n;
   // `times`: how often the structure is referenced (snapshots share tables; see below).
   const bad = (msg: string, times = 1): void => {
@@ -64,51 +101,58 @@ export async function walkReferences(
     const first = Math.floor(host / cs);
     const last = Math.floor((host + length - 1) / cs);
     if (last >= clusters) return bad(`${what} at ${host} beyond the end of the image`, times);
-    for (let c = first; c <= last; c++) counts[c] = Math.min(counts[c]! + times, 0xffffffff);
+    for (let c = first; c <= last; c++) counts.add(c, times);
   };
-  inc(0, cs, 'header');
-  const l2 = Buffer.alloc(cs); // one buffer for every L2 table of the walk
-
-  // The active layer: every entry counted, COPIED flags and fragmentation noted.
-  if (l1.length) inc(h.l1TableOffset, l1.length, 'active L1 table');
-  for (let i = 0; i < l1.length / 8; i++) {
-    const l2off = l1Offset(l1, i);
-    if (l2off === 0) continue;
-    if (l2off % cs !== 0) {
-      bad(`active L2 table ${i} offset ${l2off} not cluster aligned`);
-      continue;
-    }
-    inc(l2off, cs, 'active L2 table');
-    w.copiedChecks.push({ host: l2off, copied: l1Copied(l1, i), what: `L1 entry ${i}`, at: h.l1TableOffset + i * 8 });
-    if (l2off >= meta.fileSize) continue;
-    await file.read(l2, l2off, 'check');
+  /** Every entry of one L2 table, counted `times` (`active`: the allocation and fragmentation line too). */
+  const scratch = Buffer.alloc(cs); // a table's words in host order (tableWords), reused
+  const stride = layout.entrySize / 4;
+  const countL2 = (l2off: number, l2: Buffer, times: number, active: boolean): void => {
+    const who = active ? 'active' : 'snapshot';
+    const n = cs / layout.entrySize;
+    const words = tableWords(l2, scratch);
     let nextContiguous = 0; // per L2 table, as QEMU counts fragmentation
-    for (let j = 0; j < cs / layout.entrySize; j++) {
-      const kind = l2Kind(l2, j, layout);
-      if (kind === KIND_COMPRESSED) {
+    for (let j = 0; j < n; j++) {
+      const hi = words[j * stride]!;
+      const lo = words[j * stride + 1]!;
+      if (hi & COMPRESSED_HI) {
         const c = l2Compressed(l2, j, layout);
-        inc(c.host, c.size, 'compressed');
-        // QEMU counts every compressed cluster as fragmented too.
-        w.frag.allocated++;
-        w.frag.compressed++;
-        w.frag.fragmented++;
+        inc(c.host, c.size, 'compressed', times);
+        if (active) {
+          // QEMU counts every compressed cluster as fragmented too.
+          w.frag.allocated += times;
+          w.frag.compressed += times;
+          w.frag.fragmented += times;
+        }
         continue;
       }
-      if (kind === KIND_UNALLOCATED) continue;
-      const host = l2HostOffset(l2, j, layout);
-      if (host === 0) continue;
-      w.frag.allocated++;
-      if (nextContiguous && host !== nextContiguous) w.frag.fragmented++;
-      nextContiguous = host + cs;
+      const host = hostOf(hi, lo);
+      if (host === 0) continue; // unallocated (or a zero cluster without a host cluster)
+      if (active) {
+        w.frag.allocated += times;
+        if (nextContiguous && host !== nextContiguous) w.frag.fragmented += times;
+        nextContiguous = host + cs;
+      }
       if (host % cs !== 0) {
-        bad(`active data cluster ${host} (L2 ${l2off} entry ${j}) not cluster aligned`);
+        bad(`${who} data cluster ${host} (L2 ${l2off} entry ${j}) not cluster aligned`, times);
         continue;
       }
       if (externalData) continue;
-      inc(host, cs, 'active data cluster');
-      w.copiedChecks.push({ host, copied: l2Copied(l2, j, layout), what: `L2 ${l2off} entry ${j}`, at: l2off + j * layout.entrySize });
+      // The hot path (every data cluster of a preallocated image): one add, no range loop.
+      const c = host / cs;
+      if (c >= clusters) bad(`${who} data cluster at ${host} beyond the end of the image`, times);
+      else counts.add(c, times);
     }
+  };
+  inc(0, cs, 'header');
+
+  // The active layer: every entry counted, fragmentation noted (COPIED flags: copiedProblems).
+  if (l1.length) inc(h.l1TableOffset, l1.length, 'active L1 table');
+  for (let i = 0; i < l1.length / 8; i++) {
+    const l2off = l1Offset(l1, i);
+    if (l2off !== 0 && l2off % cs === 0) inc(l2off, cs, 'active L2 table');
   }
+  const active = activeL2Tables(l1, cs, meta.fileSize, (m) => bad(m));
+  await forEachTable(file, active.keys(), cs, (off, t) => countL2(off, t, active.get(off)!, true));
 
   // Snapshots share L1 and L2 tables (those of an unchanged disk are all the same): each distinct
   // table is read once and what it references counted as often as it is referenced. So 65,536
@@ -131,7 +175,7 @@ export async function walkReferences(
     let total = 0;
     for (const { s } of l1Tables.values()) total += s.l1Size * 8;
     if (total > MAX_SNAPSHOT_L1_BYTES) throw VdiskError.corrupt(`qcow2 snapshot L1 tables total ${total} bytes: refusing to walk`);
-    const l2Times = new Uint32Array(clusters); // references to each L2 table from snapshot L1 tables
+    const l2Times = new Map<number, number>(); // references to each L2 table from snapshot L1 tables
     for (const { s, times } of l1Tables.values()) {
       if (s.l1Size === 0) continue;
       const name = `snapshot '${s.name}'`;
@@ -146,92 +190,139 @@ export async function walkReferences(
           continue;
         }
         inc(l2off, cs, `${name} L2 table`, times);
-        if (l2off < meta.fileSize) l2Times[l2off / cs] = Math.min(l2Times[l2off / cs]! + times, 0xffffffff);
+        if (l2off < meta.fileSize) l2Times.set(l2off, Math.min((l2Times.get(l2off) ?? 0) + times, 0xffffffff));
       }
     }
-    for (let t = 0; t < clusters; t++) {
-      const times = l2Times[t]!;
-      if (times === 0) continue;
-      const l2off = t * cs;
-      await file.read(l2, l2off, 'check');
-      for (let j = 0; j < cs / layout.entrySize; j++) {
-        const kind = l2Kind(l2, j, layout);
-        if (kind === KIND_COMPRESSED) {
-          const c = l2Compressed(l2, j, layout);
-          inc(c.host, c.size, 'compressed', times);
-          continue;
-        }
-        if (kind === KIND_UNALLOCATED) continue;
-        const host = l2HostOffset(l2, j, layout);
-        if (host === 0) continue;
-        if (host % cs !== 0) {
-          bad(`snapshot data cluster ${host} (L2 ${l2off} entry ${j}) not cluster aligned`, times);
-          continue;
-        }
-        if (!externalData) inc(host, cs, 'snapshot data cluster', times);
-      }
-    }
+    await forEachTable(file, l2Times.keys(), cs, (off, t) => countL2(off, t, l2Times.get(off)!, false));
   }
   return w;
 }
 
-/** Stored refcount of every cluster (0 where no block), up to `clusters`. */
-export async function readStoredRefcounts(file: HostFile, meta: ImageMeta, clusters: number): Promise<Uint32Array> {
+/** One active-layer entry whose COPIED flag disagrees with a refcount (`at`: file offset of the entry). */
+export interface CopiedProblem {
+  at: number;
+  copied: boolean;
+  what: string;
+}
+
+/**
+ * A second pass over the active layer, once refcounts are known: every L1 and L2 entry whose
+ * COPIED flag does not say "refcount is exactly 1" by `refcount` (stored ones for check, counted
+ * ones for repair). Reported through `report` (nothing is collected per entry).
+ */
+export async function copiedProblems(
+  file: HostFile,
+  meta: ImageMeta,
+  l1: Buffer,
+  refcount: (cluster: number) => number,
+  report: (p: CopiedProblem, cluster: number) => void,
+): Promise<void> {
+  const h = meta.header;
+  const cs = 2 ** h.clusterBits;
+  const layout = layoutOf(meta);
+  for (let i = 0; i < l1.length / 8; i++) {
+    const l2off = l1Offset(l1, i);
+    if (l2off === 0 || l2off % cs !== 0) continue;
+    const copied = l1Copied(l1, i);
+    if ((refcount(l2off / cs) === 1) !== copied) report({ at: h.l1TableOffset + i * 8, copied, what: `L1 entry ${i}` }, l2off / cs);
+  }
+  if ((h.incompatible & INCOMPAT_DATA_FILE) !== 0n) return; // data clusters live elsewhere: no flags to check
+  const n = cs / layout.entrySize;
+  const stride = layout.entrySize / 4;
+  const scratch = Buffer.alloc(cs);
+  await forEachTable(file, activeL2Tables(l1, cs, meta.fileSize).keys(), cs, (l2off, l2) => {
+    const words = tableWords(l2, scratch);
+    for (let j = 0; j < n; j++) {
+      const hi = words[j * stride]!;
+      if (hi & COMPRESSED_HI) continue;
+      const host = hostOf(hi, words[j * stride + 1]!);
+      if (host === 0 || host % cs !== 0) continue;
+      const copied = (hi & COPIED_HI) !== 0;
+      if ((refcount(host / cs) === 1) !== copied)
+        report({ at: l2off + j * layout.entrySize, copied, what: `L2 ${l2off} entry ${j}` }, host / cs);
+    }
+  });
+}
+
+/** Stored refcount of every cluster (0 where no block), up to `clusters`; refcount blocks read in runs. */
+export async function readStoredRefcounts(file: HostFile, meta: ImageMeta, clusters: number): Promise<ClusterCounts> {
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
   const perBlock = (cs * 8) >> h.refcountOrder;
   const table = Buffer.alloc(h.refcountTableClusters * cs);
   await file.read(table, h.refcountTableOffset, 'check');
-  const out = new Uint32Array(Math.max(clusters, 0));
-  const block = Buffer.alloc(cs);
+  const out = new ClusterCounts(Math.max(clusters, 0));
+  const blocksAt = new Map<number, number[]>(); // block offset → the table indexes naming it
   for (let b = 0; b < table.length / 8 && b * perBlock < clusters; b++) {
     const off = reftableEntry(table, b);
-    if (off === 0 || off >= meta.fileSize) continue;
-    await file.read(block, off, 'check');
-    for (let i = 0; i < perBlock && b * perBlock + i < clusters; i++)
-      out[b * perBlock + i] = Math.min(getRefcount(block, i, h.refcountOrder), 0xffffffff);
+    if (off === 0 || off >= meta.fileSize || off % cs !== 0) continue;
+    const list = blocksAt.get(off);
+    if (list) list.push(b);
+    else blocksAt.set(off, [b]);
   }
+  await forEachTable(file, blocksAt.keys(), cs, (off, block) => {
+    for (const b of blocksAt.get(off)!) {
+      const n = Math.min(perBlock, clusters - b * perBlock);
+      const base = b * perBlock;
+      if (h.refcountOrder === 4) for (let i = 0; i < n; i++) out.set(base + i, block.readUInt16BE(i * 2));
+      else for (let i = 0; i < n; i++) out.set(base + i, Math.min(getRefcount(block, i, h.refcountOrder), 0xffffffff));
+    }
+  });
   return out;
 }
 
 /**
- * Refcount table and blocks of the current structures, counted as references too (last, as
- * QEMU does). Returns one message per refcount block that something else also references.
+ * Adds the refcount table and blocks of the current structures to `counts` (last, as QEMU
+ * does). Returns one message per refcount block that something else also references, and the
+ * clusters added (a repair takes them out again: the old structures become free space).
  */
-export async function countRefcountStructures(file: HostFile, meta: ImageMeta, counts: Uint32Array): Promise<string[]> {
+export async function countRefcountStructures(
+  file: HostFile,
+  meta: ImageMeta,
+  counts: ClusterCounts,
+): Promise<{ shared: string[]; added: number[] }> {
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
   const table = Buffer.alloc(h.refcountTableClusters * cs);
   await file.read(table, h.refcountTableOffset, 'check');
+  const added: number[] = [];
   const mark = (off: number, n: number): void => {
-    for (let c = Math.floor(off / cs); c < Math.ceil((off + n) / cs) && c < counts.length; c++) counts[c]!++;
+    for (let c = Math.floor(off / cs); c < Math.ceil((off + n) / cs) && c < counts.length; c++) {
+      counts.add(c, 1);
+      added.push(c);
+    }
   };
   mark(h.refcountTableOffset, table.length);
-  const shared: string[] = [];
+  const blocks: Array<[number, number]> = [];
   for (let b = 0; b < table.length / 8; b++) {
     const off = reftableEntry(table, b);
     if (!off) continue;
     mark(off, cs);
-    const c = Math.floor(off / cs);
-    if (c < counts.length && counts[c] !== 1) shared.push(`ERROR refcount block ${b} refcount=${counts[c]}`);
+    blocks.push([b, Math.floor(off / cs)]);
   }
-  return shared;
+  const shared: string[] = [];
+  for (const [b, c] of blocks)
+    if (c < counts.length && counts.get(c) !== 1) shared.push(`ERROR refcount block ${b} refcount=${counts.get(c)}`);
+  return { shared, added };
 }
+
+/** Refcount blocks written per host write while rebuilding (bounded memory). */
+const FRESH_BLOCKS_PER_WRITE = 64;
 
 /**
  * Writes a new refcount table and blocks after everything else, counting themselves, and points
- * the header at them. Old structures become unreferenced space.
+ * the header at them. Old structures become unreferenced space. Blocks go out in batches, so a
+ * rebuild of a multi-TiB image holds the counts and one batch, not every block.
  */
 export async function writeFreshRefcounts(
   file: HostFile,
   meta: ImageMeta,
-  counts: Uint32Array,
+  counts: ClusterCounts,
 ): Promise<{ offset: number; clusters: number }> {
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
   const perBlock = (cs * 8) >> h.refcountOrder;
-  let end = counts.length;
-  while (end > 0 && counts[end - 1] === 0) end--;
+  const end = counts.end();
   const start = Math.max(end, Math.ceil(meta.fileSize / cs));
   let blocks = 1;
   let tableClusters = 1;
@@ -244,21 +335,24 @@ export async function writeFreshRefcounts(
     tableClusters = Math.max(tableClusters, needTable);
   }
   const total = start + tableClusters + blocks;
-  const all = new Uint32Array(blocks * perBlock);
-  all.set(counts.subarray(0, Math.min(counts.length, all.length)));
-  for (let c = start; c < total; c++) all[c] = 1;
   const max = maxRefcount(h.refcountOrder);
+  const valueOf = (c: number): number => (c >= start && c < total ? 1 : c < counts.length ? counts.get(c) : 0);
   const table = Buffer.alloc(tableClusters * cs);
-  const blockBuf = Buffer.alloc(blocks * cs);
-  for (let b = 0; b < blocks; b++) {
-    setReftableEntry(table, b, (start + tableClusters + b) * cs);
-    const blk = blockBuf.subarray(b * cs, (b + 1) * cs);
-    for (let i = 0; i < perBlock; i++) {
-      const v = all[b * perBlock + i]!;
-      if (v) setRefcount(blk, i, h.refcountOrder, Math.min(v, max));
+  const batch = Buffer.alloc(Math.min(blocks, FRESH_BLOCKS_PER_WRITE) * cs);
+  for (let b0 = 0; b0 < blocks; b0 += FRESH_BLOCKS_PER_WRITE) {
+    const n = Math.min(FRESH_BLOCKS_PER_WRITE, blocks - b0);
+    const buf = batch.subarray(0, n * cs);
+    buf.fill(0);
+    for (let b = b0; b < b0 + n; b++) {
+      setReftableEntry(table, b, (start + tableClusters + b) * cs);
+      const blk = buf.subarray((b - b0) * cs, (b - b0 + 1) * cs);
+      for (let i = 0; i < perBlock; i++) {
+        const v = valueOf(b * perBlock + i);
+        if (v) setRefcount(blk, i, h.refcountOrder, Math.min(v, max));
+      }
     }
+    await file.write(buf, (start + tableClusters + b0) * cs, 'refblock');
   }
-  await file.write(blockBuf, (start + tableClusters) * cs, 'refblock');
   await file.write(table, start * cs, 'reftable');
   await file.datasync('flush');
   const hdr = refcountTablePatch(start * cs, tableClusters);

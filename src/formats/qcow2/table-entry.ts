@@ -76,6 +76,23 @@ export function l2Copied(t: Buffer, i: number, l: L2Layout): boolean {
   return (t.readUInt32BE(i * l.entrySize) & COPIED_HI) !== 0;
 }
 
+/**
+ * A table's 32-bit words in host order: a copy into `scratch`, byte-swapped natively. Loops over
+ * every entry of many tables (check, repair) read them from this without a call per word.
+ * Standard entry j: hi = words[j * stride], lo = words[j * stride + 1], stride = entrySize / 4.
+ */
+export function tableWords(t: Buffer, scratch: Buffer): Uint32Array {
+  const b = scratch.subarray(0, t.length);
+  t.copy(b);
+  b.swap32();
+  return new Uint32Array(b.buffer, b.byteOffset, t.length / 4);
+}
+
+/** The host offset bits of a standard entry's two words (normal and preallocated zero entries). */
+export function hostOf(hi: number, lo: number): number {
+  return (hi & OFFSET_HI_MASK) * TWO32 + ((lo & OFFSET_LO_MASK) >>> 0);
+}
+
 /** Compressed entry: where the compressed bytes start and how many there may be. */
 export function l2Compressed(t: Buffer, i: number, l: L2Layout): { host: number; size: number } {
   const o = i * l.entrySize;
