@@ -6,10 +6,10 @@ SHELL := /bin/bash
 
 # libfuse2: fuse-native loads libfuse.so.2. fuse3: fusermount. qemu-utils: qemu-img/qemu-io (the
 # oracle). qemu-system-common: qemu-storage-daemon (the peer). fio: benchmarks and verify tests.
-# libvmdk-utils: an independent VMDK reader. e2fsprogs/util-linux/fdisk: mkfs.ext4, losetup, sfdisk.
+# libvmdk-utils, libvhdi-utils: independent VMDK and VHD/VHDX readers. bzip2: the corpus. time: peak memory in make bench. e2fsprogs/util-linux/fdisk: mkfs.ext4, losetup, sfdisk.
 # strace: the hostile-image test traces every open(2) of the daemon. procps (pgrep), passwd
 # (useradd for the unprivileged-mount test), python3 (SEEK_DATA probes), systemd (systemd-analyze).
-APT_PACKAGES := libfuse2 fuse3 qemu-utils qemu-system-common fio libvmdk-utils libvhdi-utils bzip2 e2fsprogs util-linux fdisk kmod strace procps passwd python3 systemd
+APT_PACKAGES := libfuse2 fuse3 qemu-utils qemu-system-common fio libvmdk-utils libvhdi-utils bzip2 time e2fsprogs util-linux fdisk kmod strace procps passwd python3 systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps system-deps build test test-unit lint demo bench clean

@@ -10,6 +10,7 @@ import { Samples, formatRatio, formatSeconds, markdownTable, ratio } from '../li
 import { checkAborted, onCleanup } from '../lib/cleanup';
 import { removeDir } from '../lib/matrix';
 import type { SectionContext, SectionReport } from './context';
+import { checkScale } from './check-scale';
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -71,6 +72,7 @@ export async function checkSection(ctx: SectionContext): Promise<SectionReport> 
       `Target: vdiskfs check ≤ ${CHECK_TARGET}x qemu-img check. Most of our time is Node starting and loading the CLI (\`node -e 0\` alone is tens of milliseconds); the refcount walk itself is a few milliseconds here.`,
       '',
     );
+    out.push(...(await checkScale(ctx, dir)));
   } finally {
     await forget();
   }
