@@ -21,6 +21,7 @@ import { vmdkSection } from './sections/vmdk';
 import { formatsSection } from './sections/formats';
 import { checkSection } from './sections/check';
 import { sparseCopySection } from './sections/sparse-copy';
+import { manyImagesSection } from './sections/many-images';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -85,6 +86,7 @@ async function main(): Promise<number> {
     ['formats', formatsSection],
     ['check', checkSection],
     ['sparse-copy', sparseCopySection],
+    ['many-images', manyImagesSection],
   ];
   for (const [name, fn] of sections) {
     if (!cfg.sections.has(name)) continue;

@@ -21,7 +21,7 @@ export interface BenchConfig {
   profile: boolean;
 }
 
-export const ALL_SECTIONS = ['foundation', 'qcow2', 'vmdk', 'formats', 'check', 'sparse-copy'] as const;
+export const ALL_SECTIONS = ['foundation', 'qcow2', 'vmdk', 'formats', 'check', 'sparse-copy', 'many-images'] as const;
 
 function positiveInt(name: string, text: string | undefined, dflt: number): number {
   if (text === undefined || text === '') return dflt;

@@ -188,10 +188,18 @@ export interface FormatDriver {
   create?(path: string, opts: CreateOptions): Promise<void>;
   /** Consistency check like qemu-img check; `repair` fixes leaks/refcounts where the format can. */
   check?(path: string, opts: OpenOptions & { repair: boolean }): Promise<CheckResult>;
-  /** Host files that belong to an image and must not be listed on their own (extents, data files). */
-  auxiliaryFiles?(path: string, head: Buffer): Promise<string[]>;
+  /**
+   * What a listing needs to know of an image file beyond opening it, read in one go (a folder
+   * may hold thousands): files it owns, its internal snapshots, the parent it names.
+   */
+  describe?(path: string, head: Buffer): Promise<FileDescription>;
+}
+
+export interface FileDescription {
+  /** Host files that belong to the image and must not be listed on their own (extents, data files). */
+  auxiliaryFiles?: string[];
   /** Internal snapshot names (qcow2), shown as read-only `<name>@<snap>.raw` views. */
-  listSnapshots?(path: string): Promise<string[]>;
-  /** The backing/parent file this image names, resolved to an absolute path, if any. */
-  backingFileOf?(path: string, head: Buffer): Promise<string | undefined>;
+  snapshots?: string[];
+  /** The backing/parent file the image names, resolved to an absolute path, if any. */
+  backingFile?: string;
 }

@@ -12,8 +12,8 @@ import type { ImageView } from './view-tree';
 
 /** How long a lock test of an image not open here is trusted: the kernel's attribute timeout. */
 const LOCK_TEST_TTL_MS = 1000;
-/** Past this many kept tests, the stale ones are dropped. */
-const LOCK_TESTS_KEPT = 4096;
+/** Past this many kept tests, they are all dropped (each is one cheap test to redo). */
+const LOCK_TESTS_KEPT = 65536;
 
 const log = createDebug('vdiskfs:fs');
 
@@ -107,8 +107,8 @@ export class ImageTable {
     const known = this.lockTests.get(key);
     if (known && now - known.at < LOCK_TEST_TTL_MS) return known.locked;
     const locked = (await writerElsewhere(view.hostFiles).catch(() => undefined)) !== undefined;
-    if (this.lockTests.size >= LOCK_TESTS_KEPT)
-      for (const [k, v] of this.lockTests) if (now - v.at >= LOCK_TEST_TTL_MS) this.lockTests.delete(k);
+    // Dropped all at once when full, never one sweep per test (a folder of thousands would make each test O(n)).
+    if (this.lockTests.size >= LOCK_TESTS_KEPT) this.lockTests.clear();
     this.lockTests.set(key, { at: now, locked });
     return locked;
   }

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import createDebug from 'debug';
 import type { MergerOptions } from '../merge';
 import { VdiskError } from '../io/errors';
-import { Confinement, type DriverTuning } from '../image';
+import { Confinement, type DriverTuning, type Image } from '../image';
 import { startKernelTransport } from '../fuse/kernel-transport';
 import { MNT_DETACH, geteuid, umount2 } from '../io/syscalls';
 import { isMounted, isOurMount, startFuseNativeTransport, unmountPath } from './fuse-session';
@@ -177,7 +177,12 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
     warn: opts.warn,
     confinement,
     isOpen: (p) => table?.isOpen(p) ?? false,
-    ...(opts.partitions === false ? {} : { partitionsOf: (v: ImageView) => partitions!.partitionsOf(v) }),
+    ...(opts.partitions === false
+      ? {}
+      : {
+          partitionsOf: (v: ImageView) => partitions!.partitionsOf(v),
+          readPartitions: (v: ImageView, i: Image) => partitions!.readFrom(v, i),
+        }),
   });
   table = new ImageTable({
     readOnly: opts.readOnly,

@@ -1,6 +1,6 @@
-import * as fs from 'node:fs/promises';
+import * as fs from 'node:fs';
 import createDebug from 'debug';
-import { VdiskError } from '../io/errors';
+import { VdiskError, fromNodeError } from '../io/errors';
 import { seekExtent } from '../image/seek';
 import { HandleTable, handleMode, wantsWrite, type Handle } from './handles';
 import type { ImageTable } from './image-table';
@@ -89,7 +89,8 @@ export class FsCore {
     const { tree, images } = this.ctx;
     const entry = await tree.resolve(path);
     if (!entry) throw new VdiskError('ENOENT', `${path} is not shown`);
-    const st = await fs.stat(entry.hostPath);
+    // Synchronous stats: each is microseconds, and `ls -l` of thousands of views asks for one each.
+    const st = statOrThrow(entry.hostPath);
     const times = { atimeMs: st.atimeMs, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, uid: st.uid, gid: st.gid };
     if (entry.kind === 'dir') return { kind: 'dir', size: 4096, blocks: 0, mode: S_IFDIR | 0o755, nlink: 2, ...times };
     const open = images.get(entry);
@@ -97,7 +98,7 @@ export class FsCore {
     const files = open ? open.image.hostFiles() : entry.hostFiles;
     let blocks = 0;
     // A partition's space is counted once, on the disk view (du of the folder stays true).
-    if (!entry.partition) for (const f of files) blocks += (await fs.stat(f).catch(() => undefined))?.blocks ?? 0;
+    if (!entry.partition) for (const f of files) blocks += fs.statSync(f, { throwIfNoEntry: false })?.blocks ?? 0;
     const readOnly =
       this.ctx.readOnly ||
       entry.snapshot !== undefined ||
@@ -159,7 +160,7 @@ export class FsCore {
       throw VdiskError.noSpace(`write at ${offset} is past the end of the ${h.window ? 'partition' : 'disk'} (${size} bytes)`);
     const n = Math.min(data.length, size - offset);
     const at = diskOffset(h, offset);
-    if (this.ctx.partitions?.noteWrite(h.entry.view, at, n)) this.ctx.tree.forgetListings();
+    if (this.ctx.partitions?.noteWrite(h.entry.view, at, n)) this.ctx.tree.rebuild(h.entry.view.hostPath);
     // The merger copies the bytes synchronously, before anything is awaited (merger rule 7).
     return h.entry.merger
       .write(at, data.length === n ? data : data.subarray(0, n), { writeThrough: h.writeThrough, sync: h.sync })
@@ -176,7 +177,7 @@ export class FsCore {
     const at = diskOffset(h, offset);
     const opts = { writeThrough: h.writeThrough, sync: h.sync };
     if (!h.entry.merger.writeSync(at, data.length === n ? data : data.subarray(0, n), opts)) return undefined;
-    if (this.ctx.partitions?.noteWrite(h.entry.view, at, n)) this.ctx.tree.forgetListings();
+    if (this.ctx.partitions?.noteWrite(h.entry.view, at, n)) this.ctx.tree.rebuild(h.entry.view.hostPath);
     return n;
   }
 
@@ -197,7 +198,7 @@ export class FsCore {
     if (h.writable && this.ctx.partitions) {
       // A writer closed the disk (mkfs, sfdisk, a VM): its partition list is read again.
       this.ctx.partitions.invalidate(h.entry.view);
-      this.ctx.tree.forgetListings();
+      this.ctx.tree.rebuild(h.entry.view.hostPath);
     }
     await this.ctx.images.release(h.entry);
   }
@@ -304,7 +305,7 @@ export class FsCore {
   }
 
   async statfs(): Promise<CoreFsStats> {
-    const s = await fs.statfs(this.ctx.tree.root);
+    const s = await fs.promises.statfs(this.ctx.tree.root);
     return { bsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, namemax: 255 };
   }
 
@@ -330,4 +331,12 @@ function sizeOf(h: Handle): number {
 /** A handle's offset as an offset in the disk view. */
 function diskOffset(h: Handle, offset: number): number {
   return h.window ? h.window.offset + offset : offset;
+}
+
+function statOrThrow(file: string): fs.Stats {
+  try {
+    return fs.statSync(file);
+  } catch (e) {
+    throw fromNodeError(e, `stat ${file}`);
+  }
 }

@@ -8,7 +8,8 @@
  * from (sfdisk, parted), after the last writer closes, and when the image file changes outside.
  * A damaged or absurd table shows no partition files and logs one line; the disk view stays.
  */
-import * as fs from 'node:fs/promises';
+import * as fs from 'node:fs';
+import type { Image } from '../image';
 import createDebug from 'debug';
 import { readPartitionTable, SECTOR, type Partition, type PartitionTable } from '../image/partition-table';
 import { ImageTable } from './image-table';
@@ -39,19 +40,41 @@ export class PartitionViews {
   /** The partitions of a disk view (none when the table is missing, damaged or unreadable). */
   async partitionsOf(view: ImageView): Promise<Partition[]> {
     const key = ImageTable.keyOf(view);
-    const open = this.images.get(view);
-    const stamp = open ? `open:${this.generation.get(key) ?? 0}:${open.image.virtualSize}` : await fileStamp(view.hostPath);
+    const stamp = this.stampOf(view);
     let cached = this.cache.get(key);
     if (!cached || cached.stamp !== stamp) {
       cached = { stamp, ...(await this.read(view)) };
-      this.cache.set(key, cached);
-      const said = `${key}:${cached.table.kind === 'damaged' ? cached.table.reason : ''}`;
-      if (cached.table.kind === 'damaged' && !this.warned.has(said)) {
-        this.warned.add(said);
-        this.warn(`no partition files for ${view.hostPath}: the partition table is damaged (${cached.table.reason})`);
-      }
+      this.remember(view, cached);
     }
     return cached.table.kind === 'mbr' || cached.table.kind === 'gpt' ? cached.table.partitions : [];
+  }
+
+  /**
+   * Reads the table of a view nobody has open from `image`, opened by the listing's probe, so a
+   * folder of thousands of images is listed with one open each, not two.
+   */
+  async readFrom(view: ImageView, image: Image): Promise<void> {
+    if (this.images.get(view)) return; // open here: partitionsOf reads it through its merger
+    const stamp = this.stampOf(view);
+    if (this.cache.get(ImageTable.keyOf(view))?.stamp === stamp) return;
+    const read = (offset: number, into: Buffer) => image.read(offset, into);
+    this.remember(view, { stamp, ...(await readTable(read, image.virtualSize)) });
+  }
+
+  /** What the cached table of a view must match: the open image's generation, else the host file. */
+  private stampOf(view: ImageView): string {
+    const open = this.images.get(view);
+    return open ? `open:${this.generation.get(ImageTable.keyOf(view)) ?? 0}:${open.image.virtualSize}` : fileStamp(view.hostPath);
+  }
+
+  private remember(view: ImageView, cached: Cached): void {
+    const key = ImageTable.keyOf(view);
+    this.cache.set(key, cached);
+    const said = `${key}:${cached.table.kind === 'damaged' ? cached.table.reason : ''}`;
+    if (cached.table.kind === 'damaged' && !this.warned.has(said)) {
+      this.warned.add(said);
+      this.warn(`no partition files for ${view.hostPath}: the partition table is damaged (${cached.table.reason})`);
+    }
   }
 
   /** A write at [offset, offset+length) of the disk: true when it touched the table (read it again). */
@@ -70,8 +93,8 @@ export class PartitionViews {
     this.cache.delete(key);
   }
 
+  /** Reads the table through the view's merger (pending writes first), opening the image if need be. */
   private async read(view: ImageView): Promise<{ table: PartitionTable; sectors: Array<[number, number]> }> {
-    const sectors: Array<[number, number]> = [];
     let entry;
     try {
       entry = await this.images.acquire(view, false);
@@ -80,27 +103,36 @@ export class PartitionViews {
       return { table: { kind: 'none' }, sectors: [[0, 34 * SECTOR]] };
     }
     try {
-      const size = entry.image.virtualSize;
-      const readDisk = async (offset: number, length: number): Promise<Buffer> => {
-        sectors.push([offset, offset + length]);
-        const b = Buffer.alloc(length);
-        const n = Math.max(0, Math.min(length, size - offset));
-        if (n > 0) await entry.merger.read(offset, b.subarray(0, n));
-        return b;
-      };
-      // A table that appears later is written to these sectors: watch them even when empty.
-      sectors.push([0, 34 * SECTOR]);
-      const table = await readPartitionTable(readDisk, size);
-      return { table, sectors };
-    } catch (e) {
-      return { table: { kind: 'damaged', reason: `cannot read it: ${(e as Error).message}` }, sectors };
+      const merger = entry.merger;
+      return await readTable((offset, into) => merger.read(offset, into), entry.image.virtualSize);
     } finally {
       await this.images.release(entry);
     }
   }
 }
 
-async function fileStamp(file: string): Promise<string> {
-  const st = await fs.stat(file).catch(() => undefined);
+/** The table of a disk of `size` bytes read with `read`, and the byte ranges it was read from. */
+async function readTable(
+  read: (offset: number, into: Buffer) => Promise<unknown>,
+  size: number,
+): Promise<{ table: PartitionTable; sectors: Array<[number, number]> }> {
+  // A table that appears later is written to these sectors: watch them even when empty.
+  const sectors: Array<[number, number]> = [[0, 34 * SECTOR]];
+  const readDisk = async (offset: number, length: number): Promise<Buffer> => {
+    sectors.push([offset, offset + length]);
+    const b = Buffer.alloc(length);
+    const n = Math.max(0, Math.min(length, size - offset));
+    if (n > 0) await read(offset, b.subarray(0, n));
+    return b;
+  };
+  try {
+    return { table: await readPartitionTable(readDisk, size), sectors };
+  } catch (e) {
+    return { table: { kind: 'damaged', reason: `cannot read it: ${(e as Error).message}` }, sectors };
+  }
+}
+
+function fileStamp(file: string): string {
+  const st = fs.statSync(file, { throwIfNoEntry: false });
   return st ? `${st.mtimeMs}:${st.size}:${st.ino}` : 'gone';
 }

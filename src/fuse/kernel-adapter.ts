@@ -189,6 +189,8 @@ export class KernelAdapter {
       }
       case P.Op.READDIR:
         return this.readdir(h, P.decodeReadIn(buf, off));
+      case P.Op.READDIRPLUS:
+        return this.readdirplus(h, P.decodeReadIn(buf, off));
       case P.Op.RELEASEDIR:
         this.dirs.delete(P.decodeReleaseIn(buf, off).fh);
         return this.replies.reply(h, () => 0);
@@ -349,32 +351,76 @@ export class KernelAdapter {
   private readdir(h: P.RequestHeader, r: P.ReadIn): void {
     const dir = this.dirs.get(r.fh);
     if (!dir) return this.replies.error(h, errno('EBADF'));
-    const answer = (entries: P.DirEntry[]) => {
-      const b = P.OUT_HEADER_SIZE + r.size <= this.replies.small.length ? this.replies.small : Buffer.alloc(P.OUT_HEADER_SIZE + r.size);
-      const len = P.encodeDirents(b, P.OUT_HEADER_SIZE, r.size, entries, r.offset);
-      P.encodeOutHeader(b, P.OUT_HEADER_SIZE + len, 0, h.unique);
-      this.replies.send(b, P.OUT_HEADER_SIZE + len);
-    };
-    // The folder is listed afresh when a reader starts at 0 (images come and go), then served from that listing.
-    if (dir.entries && r.offset > 0) return answer(dir.entries);
     this.replies.run(
       h,
-      () => this.core.readdir(dir.path),
+      () => this.listing(dir, r.offset),
       () => 0,
-      (list) => {
-        const parent = dir.path === '/' ? '/' : dir.path.slice(0, dir.path.lastIndexOf('/')) || '/';
-        dir.entries = [
-          { ino: this.nodes.inoOf(dir.path), name: '.', type: P.DirentType.DIR },
-          { ino: this.nodes.inoOf(parent), name: '..', type: P.DirentType.DIR },
-          ...list.map((e) => ({
-            ino: this.nodes.inoOf(this.nodes.childPath(dir.path, e.name)),
-            name: e.name,
-            type: e.kind === 'dir' ? P.DirentType.DIR : P.DirentType.REG,
-          })),
-        ];
-        answer(dir.entries);
+      (entries) => {
+        const b = this.replyBuffer(r.size);
+        const len = P.encodeDirents(b, P.OUT_HEADER_SIZE, r.size, entries, r.offset);
+        P.encodeOutHeader(b, P.OUT_HEADER_SIZE + len, 0, h.unique);
+        this.replies.send(b, P.OUT_HEADER_SIZE + len);
       },
     );
+  }
+
+  /**
+   * READDIRPLUS (`ls -l`, `find -size`): each name with what LOOKUP would answer, so listing a
+   * folder of thousands of views costs one request per page of names instead of one per name.
+   * Every record with a node id counts as one lookup, as the kernel links each one it is sent.
+   */
+  private readdirplus(h: P.RequestHeader, r: P.ReadIn): void {
+    const dir = this.dirs.get(r.fh);
+    if (!dir) return this.replies.error(h, errno('EBADF'));
+    this.replies.run(
+      h,
+      async () => {
+        const entries = await this.listing(dir, r.offset);
+        const count = P.direntPlusFit(r.size, entries, r.offset);
+        const attrs: Array<NodeAttr | undefined> = [];
+        for (let i = r.offset; i < r.offset + count; i++) {
+          const name = entries[i]!.name;
+          // '.' and '..' are never linked by the kernel: names only.
+          if (name === '.' || name === '..') attrs.push(undefined);
+          else attrs.push(await this.core.getattr(this.nodes.childPath(dir.path, name)).catch(() => undefined));
+        }
+        return { entries, count, attrs };
+      },
+      () => 0,
+      ({ entries, count, attrs }) => {
+        const b = this.replyBuffer(r.size);
+        const len = P.encodeDirentsPlus(b, P.OUT_HEADER_SIZE, entries, r.offset, count, (i, buf, at) => {
+          const a = attrs[i - r.offset];
+          if (!a) return; // vanished since the listing, or '.'/'..': the name alone
+          const path = this.nodes.childPath(dir.path, entries[i]!.name);
+          const id = this.nodes.remember(path, a.identity);
+          P.encodeEntryOut(buf, at, id, ENTRY_VALID, ATTR_VALID, this.attr(path, a));
+        });
+        P.encodeOutHeader(b, P.OUT_HEADER_SIZE + len, 0, h.unique);
+        this.replies.send(b, P.OUT_HEADER_SIZE + len);
+      },
+    );
+  }
+
+  /** The folder is listed afresh when a reader starts at 0 (images come and go), then served from that listing. */
+  private async listing(dir: { path: string; entries?: P.DirEntry[] }, offset: number): Promise<P.DirEntry[]> {
+    if (dir.entries && offset > 0) return dir.entries;
+    const list = await this.core.readdir(dir.path);
+    const parent = dir.path === '/' ? '/' : dir.path.slice(0, dir.path.lastIndexOf('/')) || '/';
+    dir.entries = [
+      { ino: this.nodes.inoOf(dir.path), name: '.', type: P.DirentType.DIR },
+      { ino: this.nodes.inoOf(parent), name: '..', type: P.DirentType.DIR },
+      ...list.map((e) => ({
+        ino: this.nodes.inoOf(this.nodes.childPath(dir.path, e.name)),
+        name: e.name,
+        type: e.kind === 'dir' ? P.DirentType.DIR : P.DirentType.REG,
+      })),
+    ];
+    return dir.entries;
+  }
+
+  private replyBuffer(size: number): Buffer {
+    return P.OUT_HEADER_SIZE + size <= this.replies.small.length ? this.replies.small : Buffer.alloc(P.OUT_HEADER_SIZE + size);
   }
 
   private pathOf(h: P.RequestHeader): string | undefined {

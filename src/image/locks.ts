@@ -99,6 +99,9 @@ export class ImageLock {
   test(mode: LockMode | LockPerms): string | undefined {
     const p = typeof mode === 'string' ? LOCK_MODES[mode] : mode;
     for (const f of this.files) {
+      // One test over every lock byte first: most images nobody else has open hold none (a
+      // folder of thousands is tested once per `ls -l`), and only then byte by byte.
+      if (!f.testLockBytes(PERM_BASE, SHARED_BASE + PERM_COUNT - PERM_BASE, 'write')) continue;
       for (let i = 0; i < PERM_COUNT; i++) {
         // Someone refuses to share a permission we use.
         if (p.perm & (1 << i) && f.testLockBytes(SHARED_BASE + i, 1, 'write')) return `${f.path}: Failed to get "${PERM_NAMES[i]}" lock`;

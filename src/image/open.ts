@@ -1,4 +1,4 @@
-import * as fs from 'node:fs/promises';
+import * as fs from 'node:fs';
 import createDebug from 'debug';
 import type { DriverTuning, Image, OpenOptions } from '../formats/types';
 import { VdiskError } from '../io/errors';
@@ -76,9 +76,14 @@ export function driverOptions(file: string, opts: OpenImageOptions & { confineme
  */
 async function resolveTop(file: string, given: Confinement | undefined): Promise<{ file: string; confinement: Confinement }> {
   if (!given) return Confinement.forFile(file);
-  const real = await fs.realpath(file).catch(() => {
+  // realpath(3) on the main thread: the name is the user's (inside the served folder), and a
+  // thread-pool trip per component was a large part of opening one image of thousands.
+  let real: string;
+  try {
+    real = fs.realpathSync.native(file);
+  } catch {
     throw new VdiskError('ENOENT', `${file} does not exist`);
-  });
+  }
   if (!given.contains(real)) throw new VdiskError('EACCES', `${file} leads outside ${given.roots[0]} (to ${real})`);
   return { file: real, confinement: given };
 }

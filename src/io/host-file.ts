@@ -69,16 +69,35 @@ const pWritev = (fd: number, bufs: Buffer[], pos: number, total: number) =>
     (cb) => fs.writev(fd, bufs, pos, (e, n) => cb(e, n)),
   );
 
-/** Opens `path` without blocking, refusing anything but a regular file or a block device. */
+/**
+ * Opens `path` without blocking, refusing anything but a regular file or a block device. The
+ * open and its fstat are synchronous calls on the main thread: neither can wait here (O_NONBLOCK
+ * keeps a FIFO from parking us; a local open is a few microseconds), and two thread-pool trips per
+ * image were most of the cost of opening one of a folder of thousands (#20).
+ */
 export async function openNonBlocking(path: string, flags: number): Promise<number> {
+  return openNonBlockingSync(path, flags);
+}
+
+export function openNonBlockingSync(path: string, flags: number): number {
   const all = flags | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW;
-  const fd = await new Promise<number>((res, rej) => fs.open(path, all, (e, fd) => (e ? rej(openError(e, path)) : res(fd))));
+  let fd: number;
   try {
-    const st = await new Promise<fs.Stats>((res, rej) => fs.fstat(fd, (e, s) => (e ? rej(fromNodeError(e, `stat ${path}`)) : res(s))));
+    fd = fs.openSync(path, all);
+  } catch (e) {
+    throw openError(e as NodeJS.ErrnoException, path);
+  }
+  try {
+    let st: fs.Stats;
+    try {
+      st = fs.fstatSync(fd);
+    } catch (e) {
+      throw fromNodeError(e as NodeJS.ErrnoException, `stat ${path}`);
+    }
     if (!st.isFile() && !st.isBlockDevice())
       throw new VdiskError('EINVAL', `${path} is ${st.isDirectory() ? 'a folder' : 'a special file'}, not a regular file`);
   } catch (e) {
-    fs.close(fd, () => undefined);
+    fs.closeSync(fd);
     throw e;
   }
   return fd;
@@ -240,8 +259,13 @@ export class HostFile {
     return (await this.stat()).size;
   }
 
+  /** fstat on the main thread: it never waits, and a thread-pool trip costs more than the call. */
   async stat(): Promise<fs.Stats> {
-    return new Promise((res, rej) => fs.fstat(this.fd, (e, st) => (e ? rej(fromNodeError(e, `stat ${this.path}`)) : res(st))));
+    try {
+      return fs.fstatSync(this.fd);
+    } catch (e) {
+      throw fromNodeError(e as NodeJS.ErrnoException, `stat ${this.path}`);
+    }
   }
 
   /**
@@ -284,7 +308,12 @@ export class HostFile {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await new Promise<void>((res, rej) => fs.close(this.fd, (e) => (e ? rej(fromNodeError(e, `close ${this.path}`)) : res())));
+    // On the main thread, as open is: closing a local file does not wait for its data.
+    try {
+      fs.closeSync(this.fd);
+    } catch (e) {
+      throw fromNodeError(e as NodeJS.ErrnoException, `close ${this.path}`);
+    }
     log('close %s reads=%d writes=%d flushes=%d', this.path, this.counters.reads, this.counters.writes, this.counters.flushes);
   }
 

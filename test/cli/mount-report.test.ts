@@ -46,6 +46,7 @@ it('prints the log path, one line per image left out with its reason, a summary;
   fs.writeSync(fd, Buffer.alloc(65536, 9), 0, 65536, 0);
   fs.fsyncSync(fd);
   fs.closeSync(fd);
+  expect(fs.readFileSync(path.join(mnt, 'sub', 'b.vmdk.raw')).length).toBe(16 << 20); // read only: counted too
   const u = spawnSync(process.execPath, [CLI, 'unmount', mnt], { encoding: 'utf8', timeout: 60_000 });
   expect(u.status, u.stderr).toBe(0);
   expect(isMounted(mnt)).toBe(false);

@@ -41,15 +41,13 @@ export const qcow2Driver: FormatDriver = {
     }
   },
   check: (path, opts) => checkQcow2(path, opts.repair),
-  listSnapshots: (path) => withFile(path, async (f) => usableNames(await readSnapshots(f, await readMeta(f)))),
-  backingFileOf: (path) =>
+  describe: (path, head) =>
     withFile(path, async (f) => {
-      const m = await readMeta(f);
-      return m.backingName === undefined ? undefined : resolveRelative(path, m.backingName);
-    }),
-  auxiliaryFiles: (path) =>
-    withFile(path, async (f) => {
-      const m = await readMeta(f);
-      return m.ext.dataFile ? [resolveRelative(path, m.ext.dataFile)] : [];
+      const m = await readMeta(f, head);
+      return {
+        auxiliaryFiles: m.ext.dataFile ? [resolveRelative(path, m.ext.dataFile)] : [],
+        snapshots: usableNames(await readSnapshots(f, m)),
+        ...(m.backingName === undefined ? {} : { backingFile: resolveRelative(path, m.backingName) }),
+      };
     }),
 };

@@ -291,17 +291,19 @@ export class Qcow2Image implements Image {
         await this.flush();
         if (this.refcounts?.lazyRefcounts?.marked) await this.imageLock.run(() => this.refcounts!.setDirtyBit(false));
       }
-      const st = this.stats().driver;
-      log(
-        'close %s: metadataWrites=%d dataWrites=%d hostFlushes=%d cacheHits=%d cacheMisses=%d allocatedClusters=%d',
-        this.path,
-        st['metadataWrites'],
-        st['dataWrites'],
-        st['hostFlushes'],
-        st['cacheHits'],
-        st['cacheMisses'],
-        st['allocatedClusters'],
-      );
+      // Counted only when someone reads the debug log: a listing opens and closes thousands of images.
+      const st = log.enabled ? this.stats().driver : {};
+      if (log.enabled)
+        log(
+          'close %s: metadataWrites=%d dataWrites=%d hostFlushes=%d cacheHits=%d cacheMisses=%d allocatedClusters=%d',
+          this.path,
+          st['metadataWrites'],
+          st['dataWrites'],
+          st['hostFlushes'],
+          st['cacheHits'],
+          st['cacheMisses'],
+          st['allocatedClusters'],
+        );
     } finally {
       this.closed = true;
       await this.file.close();

@@ -1,13 +1,7 @@
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { HostFile } from '../../io/host-file';
-import { VdiskError } from '../../io/errors';
 import type { FormatDriver } from '../types';
 import { checkVhdx } from './check';
 import { createVhdx } from './create';
 import { isVhdx } from './file-identifier';
-import { readLayout } from './layout';
-import { findParent } from './parent';
 import { VhdxImage } from './vhdx-image';
 
 export { VhdxImage };
@@ -31,21 +25,4 @@ export const vhdxDriver: FormatDriver = {
   open: (path, opts) => VhdxImage.open(path, opts),
   create: createVhdx,
   check: checkVhdx,
-  /** The parent's path as the locator names it beside the child (the first name that exists), if any. */
-  async backingFileOf(file) {
-    const f = await HostFile.open(file, false);
-    try {
-      const l = await readLayout(file, f, false, true);
-      if (!l.meta.hasParent) return undefined;
-      return await findParent(file, l.meta, async (name) => {
-        const p = path.resolve(path.dirname(file), name);
-        if (!fs.existsSync(p)) throw new VdiskError('ENOENT', `${p} does not exist`);
-        return p;
-      });
-    } catch {
-      return undefined;
-    } finally {
-      await f.close();
-    }
-  },
 };

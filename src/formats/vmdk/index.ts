@@ -38,10 +38,9 @@ export const vmdkDriver: FormatDriver = {
   open: (path, opts) => VmdkImage.open(path, opts),
   create: createVmdk,
   check: checkVmdk,
-  async auxiliaryFiles(path) {
-    return extentPaths(path, await readLayout(path)).filter((p) => p !== path);
-  },
-  async backingFileOf(path) {
-    return parentPath(path, await readLayout(path));
+  async describe(path) {
+    const layout = await readLayout(path);
+    const parent = await parentPath(path, layout);
+    return { auxiliaryFiles: extentPaths(path, layout).filter((p) => p !== path), ...(parent ? { backingFile: parent } : {}) };
   },
 };

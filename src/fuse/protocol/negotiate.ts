@@ -54,6 +54,9 @@ export function negotiate(k: InitIn, wishes: TransportWishes): Negotiation {
     (wishes.writebackCache ? 0 : InitFlag.ATOMIC_O_TRUNC) |
     InitFlag.ASYNC_DIO |
     InitFlag.PARALLEL_DIROPS |
+    // READDIRPLUS when the kernel sees a listing followed by lookups (ls -l), plain READDIR otherwise.
+    InitFlag.DO_READDIRPLUS |
+    InitFlag.READDIRPLUS_AUTO |
     InitFlag.MAX_PAGES |
     (wishes.writebackCache ? InitFlag.WRITEBACK_CACHE : 0);
   // Bypassing the page cache for writers needs the kernel to keep shared mmap and the cached

@@ -141,7 +141,7 @@ describe('qcow2 read matrix (oracle: qemu-img convert -O raw)', () => {
       await expectSameAsQemu(f, { snapshot: s }, out);
     }
     const { qcow2Driver } = await import('../../../src/formats/qcow2');
-    expect(await qcow2Driver.listSnapshots!(f)).toEqual(['first', 'second snap']);
+    expect((await qcow2Driver.describe!(f, Buffer.alloc(0))).snapshots).toEqual(['first', 'second snap']);
     const img = await open(f, { snapshot: 'first', writable: true });
     expect(img.readOnly).toBe(true);
     await expect(img.write(0, Buffer.alloc(512))).rejects.toMatchObject({ code: 'EROFS' });
@@ -173,7 +173,7 @@ describe('qcow2 read matrix (oracle: qemu-img convert -O raw)', () => {
 });
 
 describe('qcow2 driver helpers', () => {
-  it('backingFileOf resolves relative names; auxiliaryFiles names the external data file', async () => {
+  it('describe: the backing file resolved relative to the image, the external data file as an auxiliary file', async () => {
     const { qcow2Driver } = await import('../../../src/formats/qcow2');
     const sub = path.join(dir, 'aux');
     fs.mkdirSync(sub);
@@ -182,13 +182,14 @@ describe('qcow2 driver helpers', () => {
     qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', 'b.raw', top]);
     const head = fs.readFileSync(top).subarray(0, 4096);
     expect(qcow2Driver.probe(head, top)).toBe(true);
-    expect(await qcow2Driver.backingFileOf!(top, head)).toBe(path.join(sub, 'b.raw'));
-    expect(await qcow2Driver.auxiliaryFiles!(top, head)).toEqual([]);
+    expect((await qcow2Driver.describe!(top, head)).backingFile).toBe(path.join(sub, 'b.raw'));
+    expect((await qcow2Driver.describe!(top, head)).auxiliaryFiles).toEqual([]);
     const df = path.join(sub, 'df.qcow2');
     // A relative data file name, created from the image's folder (qemu-img resolves it against its cwd).
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'data_file=df.bin', 'df.qcow2', '1M'], { cwd: sub });
-    expect(await qcow2Driver.auxiliaryFiles!(df, head)).toEqual([path.join(sub, 'df.bin')]);
-    expect(await qcow2Driver.backingFileOf!(df, head)).toBeUndefined();
+    const dfHead = fs.readFileSync(df).subarray(0, 4096);
+    expect((await qcow2Driver.describe!(df, dfHead)).auxiliaryFiles).toEqual([path.join(sub, 'df.bin')]);
+    expect((await qcow2Driver.describe!(df, dfHead)).backingFile).toBeUndefined();
   });
 });
 

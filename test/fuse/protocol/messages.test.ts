@@ -144,6 +144,22 @@ describe('readdir', () => {
     expect(P.encodeDirents(b, 0, 4096, entries, 2)).toBe(40);
     expect(P.encodeDirents(b, 0, 4096, entries, 3)).toBe(0);
   });
+
+  it('READDIRPLUS: fuse_direntplus = fuse_entry_out (128 bytes) + fuse_dirent; only what fits, each with its entry', () => {
+    const b = Buffer.alloc(4096, 0xee);
+    const fit = P.direntPlusFit(128 + 32 + 128 + 32 + 8, entries, 0);
+    expect(fit).toBe(2); // the third record (128 + 40) does not fit
+    const n = P.encodeDirentsPlus(b, 0, entries, 0, fit, (i, buf, at) => {
+      if (i === 1) buf.writeBigUInt64LE(77n, at); // a node id for the second entry only
+    });
+    expect(n).toBe(2 * P.ENTRY_OUT_SIZE + 32 + 32);
+    expect(b.subarray(0, P.ENTRY_OUT_SIZE).every((x) => x === 0)).toBe(true); // no entry: all zeros, the name alone
+    expect(b.readBigUInt64LE(P.ENTRY_OUT_SIZE + 8)).toBe(1n); // the dirent's off: the next index
+    const second = P.ENTRY_OUT_SIZE + 32;
+    expect(b.readBigUInt64LE(second)).toBe(77n);
+    expect(b.readBigUInt64LE(second + P.ENTRY_OUT_SIZE + 8)).toBe(2n);
+    expect(b.readUInt8(n)).toBe(0xee); // nothing written past the records
+  });
 });
 
 describe('setattr, statfs, fallocate, lseek, forget, interrupt', () => {
