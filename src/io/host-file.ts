@@ -92,7 +92,7 @@ export function openNonBlockingSync(path: string, flags: number): number {
     try {
       st = fs.fstatSync(fd);
     } catch (e) {
-      throw fromNodeError(e as NodeJS.ErrnoException, `stat ${path}`);
+      throw fromNodeError(e, `stat ${path}`);
     }
     if (!st.isFile() && !st.isBlockDevice())
       throw new VdiskError('EINVAL', `${path} is ${st.isDirectory() ? 'a folder' : 'a special file'}, not a regular file`);
@@ -264,7 +264,7 @@ export class HostFile {
     try {
       return fs.fstatSync(this.fd);
     } catch (e) {
-      throw fromNodeError(e as NodeJS.ErrnoException, `stat ${this.path}`);
+      throw fromNodeError(e, `stat ${this.path}`);
     }
   }
 
@@ -312,7 +312,7 @@ export class HostFile {
     try {
       fs.closeSync(this.fd);
     } catch (e) {
-      throw fromNodeError(e as NodeJS.ErrnoException, `close ${this.path}`);
+      throw fromNodeError(e, `close ${this.path}`);
     }
     log('close %s reads=%d writes=%d flushes=%d', this.path, this.counters.reads, this.counters.writes, this.counters.flushes);
   }

@@ -40,7 +40,7 @@ export const vmdkDriver: FormatDriver = {
   check: checkVmdk,
   async describe(path) {
     const layout = await readLayout(path);
-    const parent = await parentPath(path, layout);
+    const parent = parentPath(path, layout);
     return { auxiliaryFiles: extentPaths(path, layout).filter((p) => p !== path), ...(parent ? { backingFile: parent } : {}) };
   },
 };
