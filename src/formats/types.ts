@@ -141,6 +141,11 @@ export interface OpenOptions {
   snapshot?: string;
   /** Logs one line (warnings such as "opened read-only because ..."). */
   warn: (message: string) => void;
+  /**
+   * Long work (a check, a refcount rebuild at open) says how far it got, 0..1, now and then:
+   * a command's status line, or the mount's log. Absent: nobody asks.
+   */
+  progress?: (fraction: number) => void;
 }
 
 export interface CreateOptions {
@@ -153,6 +158,8 @@ export interface CreateOptions {
   openBacking: (path: string, format?: string) => Promise<Image>;
   /** The confinement rule for names the new image carries (see OpenOptions.reach). */
   reach: (name: string, field: string) => Promise<string>;
+  /** Preallocation of a big image says how far it got, 0..1 (see OpenOptions.progress). */
+  progress?: (fraction: number) => void;
 }
 
 export interface CheckResult {

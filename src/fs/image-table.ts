@@ -221,6 +221,7 @@ export class ImageTable {
       tuning: this.opts.tuning,
       warn: this.opts.warn,
       confinement: this.opts.confinement,
+      progress: everyFewSeconds((f) => this.opts.warn(`${view.hostPath}: still opening, ${Math.floor(f * 100)}% done`)),
       ...(view.snapshot !== undefined ? { snapshot: view.snapshot } : {}),
     });
   }
@@ -251,4 +252,16 @@ export class ImageTable {
       if (lock.count === 0 && this.locks.get(key) === lock) this.locks.delete(key);
     });
   }
+}
+
+/** Long work at open (a refcount rebuild after a crash) is logged every few seconds, not on every step. */
+const PROGRESS_LOG_MS = 5000;
+
+function everyFewSeconds(log: (fraction: number) => void): (fraction: number) => void {
+  let next = Date.now() + PROGRESS_LOG_MS;
+  return (f) => {
+    if (Date.now() < next) return;
+    next = Date.now() + PROGRESS_LOG_MS;
+    log(f);
+  };
 }

@@ -23,6 +23,8 @@ export interface OpenImageOptions {
   warn?: (message: string) => void;
   /** Which files the image may reach (src/image/confine.ts); default: the image's own folder. */
   confinement?: Confinement;
+  /** How far long work at open (a refcount rebuild) got, 0..1 (OpenOptions.progress). */
+  progress?: (fraction: number) => void;
 }
 
 /**
@@ -64,6 +66,7 @@ export function driverOptions(file: string, opts: OpenImageOptions & { confineme
     tuning: opts.tuning,
     snapshot: opts.snapshot,
     warn,
+    ...(opts.progress ? { progress: opts.progress } : {}),
     reach: (name, field) => opts.confinement.reach(file, name, field),
     mayList: (dir) => opts.confinement.contains(dir),
     openBacking: (p, format) => openImage(p, { writable: false, format, warn, tuning: opts.tuning, confinement: opts.confinement }, chain),

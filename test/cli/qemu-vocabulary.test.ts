@@ -152,6 +152,25 @@ describe('check', () => {
       }).stderr,
     ).toBe('');
   });
+  it('map and create with preallocation show the same status line, with how far they got; map --output=json stays clean', () => {
+    const onTerminal = (cmd: string) =>
+      spawnSync('script', ['-qec', `${process.execPath} ${CLI} ${cmd}`, '/dev/null'], {
+        cwd,
+        encoding: 'utf8',
+        env: { ...process.env, VDISKFS_PROGRESS_AFTER_MS: '0' },
+      });
+    const made = onTerminal('create -f qcow2 -o preallocation=metadata progress.qcow2 64G');
+    expect(made.status, made.stdout).toBe(0);
+    expect(made.stdout).toMatch(/creating progress\.qcow2\.\.\. \d+ s/);
+    const mapped = onTerminal('map --output=json progress.qcow2');
+    expect(mapped.status, mapped.stdout).toBe(0);
+    expect(mapped.stdout).toMatch(/mapping progress\.qcow2\.\.\. \d+ s/);
+    // Off a terminal: JSON only, equal to qemu-img's.
+    const piped = vdiskfs(cwd, 'map', '--output=json', 'progress.qcow2');
+    expect(piped.stderr).toBe('');
+    expect(json(piped.stdout)).toEqual(json(qemuImgIn(cwd, 'map', '--output=json', 'progress.qcow2').stdout));
+    fs.rmSync(path.join(cwd, 'progress.qcow2'));
+  });
 });
 
 describe('map', () => {

@@ -46,7 +46,11 @@ export const checkCommand: CommandModule<object, CheckArgs> = {
     const lock = await lockForCommand(file, confinement, argv.r ? 'write' : readLockMode(argv['force-share']));
     const progress = progressLine(`checking ${argv.file}`);
     const r = await driver
-      .check(file, { ...driverOptions(file, { writable: !!argv.r, warn, confinement }), repair: !!argv.r })
+      .check(file, {
+        ...driverOptions(file, { writable: !!argv.r, warn, confinement }),
+        repair: !!argv.r,
+        progress: (f) => progress.update(f),
+      })
       .finally(() => (progress.done(), lock.close()));
     // Details go to stderr as in qemu-img, so --output=json stays parseable.
     for (const m of r.messages) process.stderr.write(m + '\n');

@@ -6,6 +6,7 @@ import { formatNames } from '../format-option';
 import { withAllowOutside } from '../allow-outside';
 import { VdiskError } from '../../io/errors';
 import { parseOptionList, parseSize } from '../size';
+import { progressLine } from '../progress';
 
 interface CreateArgs {
   format?: string;
@@ -80,14 +81,18 @@ export const createCommand: CommandModule<object, CreateArgs> = {
     if (size === undefined) throw VdiskError.invalid('a size is needed (or -b with a backing file)');
     const confinement = await Confinement.create(folder, doors);
     const options = parseOptionList(argv.o);
-    await driver.create(file, {
-      size,
-      options,
-      backingFile: argv.b,
-      backingFormat: argv.F,
-      openBacking: (p, format) => openImage(p, { writable: false, format }),
-      reach: (name, field) => confinement.reach(file, name, field),
-    });
+    const progress = progressLine(`creating ${argv.file}`);
+    await driver
+      .create(file, {
+        size,
+        options,
+        backingFile: argv.b,
+        backingFormat: argv.F,
+        openBacking: (p, format) => openImage(p, { writable: false, format }),
+        reach: (name, field) => confinement.reach(file, name, field),
+        progress: (f) => progress.update(f),
+      })
+      .finally(() => progress.done());
     const opts = Object.entries(options)
       .map(([k, v]) => ` ${k}=${v}`)
       .join('');

@@ -10,6 +10,7 @@ import { driverFor, withFormat } from '../format-option';
 import { lockForCommand, readLockMode, withForceShare } from '../image-lock';
 import { warn } from '../output';
 import { parseSize } from '../size';
+import { progressLine } from '../progress';
 
 /** Bounded steps so a huge sparse disk is mapped without one giant extent list in memory. */
 const STEP = 1 << 30;
@@ -132,13 +133,16 @@ export const mapCommand: CommandModule<object, MapArgs> = {
         argv['max-length'] !== undefined ? start + parseSize(argv['max-length'], '--max-length') : Infinity,
       );
       const rows: MapEntry[] = [];
+      const progress = progressLine(`mapping ${argv.file}`);
       for (let off = start; off < end; off += STEP) {
+        progress.update((off - start) / (end - start));
         for (const e of await mapLayer(open, layers, holes, 0, off, Math.min(STEP, end - off))) {
           const last = rows[rows.length - 1];
           if (last && mergeable(last, e)) last.length += e.length;
           else rows.push(e);
         }
       }
+      progress.done();
       if (argv.output === 'json') {
         const json = rows.map(({ file: _file, offset, ...r }) => ({ ...r, ...(offset !== undefined ? { offset } : {}) }));
         process.stdout.write(JSON.stringify(json, null, 2) + '\n');

@@ -34,13 +34,13 @@ export const qcow2Driver: FormatDriver = {
     if (spec.preallocation === 'metadata') {
       const img = await openQcow2(path, { writable: true, openBacking: opts.openBacking, reach: opts.reach, warn: () => undefined });
       try {
-        await img.preallocateMetadata();
+        await img.preallocateMetadata(opts.progress);
       } finally {
         await img.close();
       }
     }
   },
-  check: (path, opts) => checkQcow2(path, opts.repair),
+  check: (path, opts) => checkQcow2(path, opts.repair, opts.progress),
   describe: (path, head) =>
     withFile(path, async (f) => {
       const m = await readMeta(f, head);

@@ -100,8 +100,10 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
       if ((h.incompatible & INCOMPAT_DIRTY) !== 0n) {
         // Refcounts may be stale (lazy refcounts): rebuild before anything is written.
         opts.warn(`${path}: qcow2 dirty bit set; rebuilding refcounts`);
-        const walk = await walkReferences(file, meta, l1, await snapshotTable());
+        const started = Date.now();
+        const walk = await walkReferences(file, meta, l1, await snapshotTable(), opts.progress);
         const fresh = await writeFreshRefcounts(file, meta, walk.counts);
+        opts.warn(`${path}: refcounts rebuilt in ${((Date.now() - started) / 1000).toFixed(1)} s`);
         h.refcountTableOffset = fresh.offset;
         h.refcountTableClusters = fresh.clusters;
         h.incompatible &= ~INCOMPAT_DIRTY;

@@ -240,7 +240,7 @@ export class Qcow2Image implements Image {
   }
 
   /** preallocation=metadata: every L2 table and data cluster allocated (data left sparse). */
-  async preallocateMetadata(): Promise<void> {
+  async preallocateMetadata(progress?: (fraction: number) => void): Promise<void> {
     this.checkWritable();
     await this.imageLock.run(async () => {
       const parts = {
@@ -251,6 +251,7 @@ export class Qcow2Image implements Image {
         refcounts: this.refcounts!,
         counters: this.counters,
         virtualSize: this.virtualSize,
+        progress,
       };
       await preallocateMetadata(parts);
       await this.flushLocked();

@@ -45,6 +45,7 @@ async function forEachTable(
   tables: Iterable<number>,
   cs: number,
   fn: (offset: number, table: Buffer) => void,
+  progress?: (fraction: number) => void,
 ): Promise<void> {
   const sorted = [...new Set(tables)].sort((a, b) => a - b);
   const run = Buffer.alloc(Math.max(cs, Math.floor(RUN_BYTES / cs) * cs));
@@ -56,6 +57,7 @@ async function forEachTable(
     await file.read(bytes, first, 'check');
     for (let k = i; k <= j; k++) fn(sorted[k]!, bytes.subarray((k - i) * cs, (k - i + 1) * cs));
     i = j + 1;
+    progress?.(i / sorted.length);
   }
 }
 
@@ -80,6 +82,7 @@ export async function walkReferences(
   meta: ImageMeta,
   l1: Buffer,
   snaps: { snapshots: Snapshot[]; length: number },
+  progress?: (fraction: number) => void,
 ): Promise<Walk> {
   const snapshots = snaps.snapshots;
   const h = meta.header;
@@ -152,7 +155,8 @@ export async function walkReferences(
     if (l2off !== 0 && l2off % cs === 0) inc(l2off, cs, 'active L2 table');
   }
   const active = activeL2Tables(l1, cs, meta.fileSize, (m) => bad(m));
-  await forEachTable(file, active.keys(), cs, (off, t) => countL2(off, t, active.get(off)!, true));
+  // Progress: the active layer's tables are most of the work (snapshots share theirs).
+  await forEachTable(file, active.keys(), cs, (off, t) => countL2(off, t, active.get(off)!, true), progress);
 
   // Snapshots share L1 and L2 tables (those of an unchanged disk are all the same): each distinct
   // table is read once and what it references counted as often as it is referenced. So 65,536
@@ -216,6 +220,7 @@ export async function copiedProblems(
   l1: Buffer,
   refcount: (cluster: number) => number,
   report: (p: CopiedProblem, cluster: number) => void,
+  progress?: (fraction: number) => void,
 ): Promise<void> {
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
@@ -230,18 +235,24 @@ export async function copiedProblems(
   const n = cs / layout.entrySize;
   const stride = layout.entrySize / 4;
   const scratch = Buffer.alloc(cs);
-  await forEachTable(file, activeL2Tables(l1, cs, meta.fileSize).keys(), cs, (l2off, l2) => {
-    const words = tableWords(l2, scratch);
-    for (let j = 0; j < n; j++) {
-      const hi = words[j * stride]!;
-      if (hi & COMPRESSED_HI) continue;
-      const host = hostOf(hi, words[j * stride + 1]!);
-      if (host === 0 || host % cs !== 0) continue;
-      const copied = (hi & COPIED_HI) !== 0;
-      if ((refcount(host / cs) === 1) !== copied)
-        report({ at: l2off + j * layout.entrySize, copied, what: `L2 ${l2off} entry ${j}` }, host / cs);
-    }
-  });
+  await forEachTable(
+    file,
+    activeL2Tables(l1, cs, meta.fileSize).keys(),
+    cs,
+    (l2off, l2) => {
+      const words = tableWords(l2, scratch);
+      for (let j = 0; j < n; j++) {
+        const hi = words[j * stride]!;
+        if (hi & COMPRESSED_HI) continue;
+        const host = hostOf(hi, words[j * stride + 1]!);
+        if (host === 0 || host % cs !== 0) continue;
+        const copied = (hi & COPIED_HI) !== 0;
+        if ((refcount(host / cs) === 1) !== copied)
+          report({ at: l2off + j * layout.entrySize, copied, what: `L2 ${l2off} entry ${j}` }, host / cs);
+      }
+    },
+    progress,
+  );
 }
 
 /** Stored refcount of every cluster (0 where no block), up to `clusters`; refcount blocks read in runs. */
