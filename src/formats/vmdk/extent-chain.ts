@@ -94,18 +94,26 @@ export class ExtentChain implements FormatAccess {
   /** Image.map's report of [offset, offset+length), adjacent answers of one kind merged. */
   async report(offset: number, length: number): Promise<Extent[]> {
     const out: Extent[] = [];
-    const push = (x: Extent) => {
+    // Merged before anything is allocated: a fully allocated 2 TiB extent answers grain by
+    // grain, 32 Mi answers that mostly extend the last extent.
+    const push = (pos: number, len: number, kind: Extent['kind'], compressed: boolean, hostFile?: string, hostOffset?: number) => {
       const last = out[out.length - 1];
       if (
         last &&
-        last.kind === x.kind &&
-        last.offset + last.length === x.offset &&
-        last.compressed === x.compressed &&
-        last.hostFile === x.hostFile &&
-        (x.kind !== 'data' || x.compressed || (last.hostOffset !== undefined && x.hostOffset === last.hostOffset + last.length))
+        last.kind === kind &&
+        last.offset + last.length === pos &&
+        (last.compressed ?? false) === compressed &&
+        last.hostFile === hostFile &&
+        (kind !== 'data' || compressed || (last.hostOffset !== undefined && hostOffset === last.hostOffset + last.length))
       ) {
-        last.length += x.length;
-      } else out.push(x);
+        last.length += len;
+        return;
+      }
+      const x: Extent = { offset: pos, length: len, kind };
+      if (compressed) x.compressed = true;
+      if (hostFile !== undefined) x.hostFile = hostFile;
+      if (hostOffset !== undefined) x.hostOffset = hostOffset;
+      out.push(x);
     };
     const m = newMapping();
     for (let pos = offset; pos < offset + length; pos += m.length) {
@@ -113,12 +121,12 @@ export class ExtentChain implements FormatAccess {
       const ext = this.extents[i]!;
       const eo = pos - this.starts[i]!;
       const n = Math.min(offset + length - pos, ext.size - eo);
-      this.answer(i, ext.mapSync?.(eo, n) ?? (await ext.map(eo, n)), m);
+      this.answer(i, ext.mapSync?.(eo, n) ?? (await (ext.mapForReport ?? ext.map).call(ext, eo, n)), m);
       if (!(m.length > 0 && m.length <= n)) throw VdiskError.io(`${this.path}: mapping of ${pos}+${n} answered ${m.length} bytes`);
-      if (m.kind === DATA) push({ offset: pos, length: m.length, kind: 'data', hostOffset: m.host, hostFile: m.file!.path });
-      else if (m.kind === COMPRESSED) push({ offset: pos, length: m.length, kind: 'data', compressed: true, hostFile: m.file!.path });
-      else if (m.kind === UNALLOCATED) push({ offset: pos, length: m.length, kind: this.backing ? 'backing' : 'unallocated' });
-      else push({ offset: pos, length: m.length, kind: 'zero' });
+      if (m.kind === DATA) push(pos, m.length, 'data', false, m.file!.path, m.host);
+      else if (m.kind === COMPRESSED) push(pos, m.length, 'data', true, m.file!.path);
+      else if (m.kind === UNALLOCATED) push(pos, m.length, this.backing ? 'backing' : 'unallocated', false);
+      else push(pos, m.length, 'zero', false);
     }
     return out;
   }

@@ -28,6 +28,12 @@ export interface VmdkExtent {
   map(offset: number, length: number): Promise<ExtentMapping>;
   /** The same answer when it needs no I/O; undefined: ask map(). */
   mapSync?(offset: number, length: number): ExtentMapping | undefined;
+  /**
+   * map() for a report of the whole disk (Image.map: `vdiskfs map`, SEEK_DATA): a table not
+   * cached is read into a scratch buffer instead of the cache, so walking 2 TiB of tables
+   * neither evicts what the data path uses nor churns memory. Absent: map().
+   */
+  mapForReport?(offset: number, length: number): Promise<ExtentMapping>;
   /** The whole grain of a 'compressed' mapping, inflated (streamOptimized). */
   inflate?(hostOffset: number, grainOffset: number): Promise<Buffer>;
   /** Writes `data` (total `length` bytes) at `offset`; allocation, COW and metadata are the extent's job. */

@@ -166,7 +166,7 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
   }
 
   private async loadTable(gtIndex: number): Promise<Buffer> {
-    const buf = Buffer.alloc(this.gtBytes);
+    const buf = Buffer.allocUnsafe(this.gtBytes); // filled by the read (zeros past the end); small tables come from Node's pool, no malloc each
     await this.file.read(buf, this.gd[gtIndex]! * SECTOR, 'gt');
     return buf;
   }
@@ -260,6 +260,25 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
     // Use the table object itself: another request's load may evict it from the cache meanwhile.
     return mapGrains(this, (this.cache.peek(t) ?? (await this.cache.get(t))).buf, offset, length);
   }
+
+  async mapForReport(offset: number, length: number): Promise<ExtentMapping> {
+    const t = Math.floor(Math.floor(offset / this.grainBytes) / this.gtEntries);
+    if (t >= this.gd.length || this.gd[t] === 0) return this.unallocatedTable(t, offset, length);
+    const cached = this.cache.peek(t);
+    if (cached) return mapGrains(this, cached.buf, offset, length);
+    // One scratch table, taken for the read and given back once mapped; a report running beside
+    // this one (two lseeks) reads into a buffer of its own.
+    const scratch = this.reportScratch ?? Buffer.alloc(this.gtBytes);
+    this.reportScratch = undefined;
+    try {
+      await this.file.read(scratch, this.gd[t]! * SECTOR, 'gt');
+      return mapGrains(this, scratch, offset, length);
+    } finally {
+      this.reportScratch = scratch;
+    }
+  }
+
+  private reportScratch?: Buffer;
 
   private unallocatedTable(t: number, offset: number, length: number): ExtentMapping {
     return { kind: 'unallocated', length: Math.min(offset + length, (t + 1) * this.gtEntries * this.grainBytes, this.size) - offset };

@@ -69,14 +69,14 @@ describe('vmdk corpus', () => {
     for (const o of owners) {
       const p = path.join(corpus, o.file);
       if (!vmdkDriver.probe(await readHead(p), p)) continue; // e.g. the bare seSparse extent, which reads as raw
-      for (const a of await vmdkDriver.auxiliaryFiles!(p, await readHead(p))) listed.add(path.relative(corpus, a));
+      for (const a of (await vmdkDriver.describe!(p, await readHead(p))).auxiliaryFiles ?? []) listed.add(path.relative(corpus, a));
     }
     for (const a of aux) expect(listed.has(a.file), a.file).toBe(true);
   });
 
   it('dfvfs/ext2-2020.vmdk reads itself, not the extent its embedded descriptor names', async () => {
     const p = path.join(corpus, 'dfvfs/ext2-2020.vmdk');
-    expect(await vmdkDriver.auxiliaryFiles!(p, await readHead(p))).toEqual([]);
+    expect((await vmdkDriver.describe!(p, await readHead(p))).auxiliaryFiles).toEqual([]);
   });
 
   it('dissect/sesparse.vmdk (bare seSparse extent) through a hand-written descriptor: read-only, as qemu-img reads it', async () => {

@@ -138,20 +138,20 @@ describe('vmdk create', () => {
     expect(qemuCompare(child, `${child}.mirror`, 'vmdk').equal).toBe(true);
   });
 
-  it('auxiliaryFiles lists the extent files a descriptor names; backingFileOf resolves the parent', async () => {
+  it('describe lists the extent files a descriptor names and resolves the parent', async () => {
     const split = await create('aux-split.vmdk', 3 * 1024 * MiB, { subformat: 'twoGbMaxExtentSparse' });
     const head = Buffer.alloc(0);
-    expect(await vmdkDriver.auxiliaryFiles!(split, head)).toEqual([
+    expect((await vmdkDriver.describe!(split, head)).auxiliaryFiles).toEqual([
       path.join(dir, 'aux-split-s001.vmdk'),
       path.join(dir, 'aux-split-s002.vmdk'),
     ]);
     const flat = await create('aux-flat.vmdk', MiB, { subformat: 'monolithicFlat' });
-    expect(await vmdkDriver.auxiliaryFiles!(flat, head)).toEqual([path.join(dir, 'aux-flat-flat.vmdk')]);
+    expect((await vmdkDriver.describe!(flat, head)).auxiliaryFiles).toEqual([path.join(dir, 'aux-flat-flat.vmdk')]);
     const mono = await create('aux-mono.vmdk', MiB);
-    expect(await vmdkDriver.auxiliaryFiles!(mono, head)).toEqual([]);
-    expect(await vmdkDriver.backingFileOf!(mono, head)).toBeUndefined();
+    expect((await vmdkDriver.describe!(mono, head)).auxiliaryFiles).toEqual([]);
+    expect((await vmdkDriver.describe!(mono, head)).backingFile).toBeUndefined();
     const child = await create('aux-child.vmdk', 0, {}, { backingFile: 'aux-mono.vmdk' });
-    expect(await vmdkDriver.backingFileOf!(child, head)).toBe(mono);
+    expect((await vmdkDriver.describe!(child, head)).backingFile).toBe(mono);
   });
 
   it('bad options are refused', async () => {
