@@ -12,6 +12,7 @@ import {
   COMPRESSED_HI,
   COPIED_HI,
   hostOf,
+  OFFSET_LO_MASK,
   KIND_COMPRESSED,
   KIND_NORMAL,
   KIND_UNALLOCATED,
@@ -124,7 +125,8 @@ export function mapFirst(ctx: MapContext, offset: number, length: number, out: M
           const kj = lo & 1 ? KIND_ZERO : hc === 0 && !(l.dataFile && hi & COPIED_HI) ? KIND_UNALLOCATED : KIND_NORMAL;
           let hj = 0;
           if (kj === KIND_NORMAL) {
-            if (hc % cs !== 0) throw VdiskError.corrupt(`qcow2 data cluster offset ${hc} not cluster aligned`);
+            // Alignment from the low word alone (clusters are at most 2 MiB): `%` on a double is fmod.
+            if ((lo & OFFSET_LO_MASK & (cs - 1)) !== 0) throw VdiskError.corrupt(`qcow2 data cluster offset ${hc} not cluster aligned`);
             hj = hc + (p - at);
           }
           if (kind < 0) {
