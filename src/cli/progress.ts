@@ -9,8 +9,11 @@
  * when it is due; the timer only covers the stretches that do wait.
  */
 export interface Progress {
-  /** How much of the work is done, 0..1 (optional: the elapsed time alone is shown without it). */
-  update(fraction: number): void;
+  /**
+   * How much of the work is done, 0..1 (optional: the elapsed time alone is shown without it),
+   * and what it is doing when that is worth saying (a check in several passes says why).
+   */
+  update(fraction: number, detail?: string): void;
   done(): void;
 }
 
@@ -22,13 +25,14 @@ export function progressLine(what: string, stream: NodeJS.WriteStream = process.
   const start = Date.now();
   let shown = false;
   let fraction: number | undefined;
+  let detail: string | undefined;
   let nextDraw = start + afterMs;
   let timer: NodeJS.Timeout | undefined;
   const draw = (): void => {
     const now = Date.now();
     shown = true;
     nextDraw = now + 1000;
-    const pct = fraction === undefined ? '' : ` (${Math.floor(fraction * 100)}%)`;
+    const pct = fraction === undefined ? '' : ` (${Math.floor(fraction * 100)}%${detail ? `, ${detail}` : ''})`;
     stream.write(`\r\x1b[K${what}... ${Math.round((now - start) / 1000)} s${pct}`);
     arm();
   };
@@ -40,8 +44,9 @@ export function progressLine(what: string, stream: NodeJS.WriteStream = process.
   if (afterMs <= 0) draw();
   else arm();
   return {
-    update(f: number) {
+    update(f: number, d?: string) {
       fraction = Math.min(1, Math.max(0, f));
+      detail = d;
       if (Date.now() >= nextDraw) draw();
     },
     done() {

@@ -145,7 +145,7 @@ export interface OpenOptions {
    * Long work (a check, a refcount rebuild at open) says how far it got, 0..1, now and then:
    * a command's status line, or the mount's log. Absent: nobody asks.
    */
-  progress?: (fraction: number) => void;
+  progress?: (fraction: number, detail?: string) => void;
 }
 
 export interface CreateOptions {

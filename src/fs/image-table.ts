@@ -221,7 +221,9 @@ export class ImageTable {
       tuning: this.opts.tuning,
       warn: this.opts.warn,
       confinement: this.opts.confinement,
-      progress: everyFewSeconds((f) => this.opts.warn(`${view.hostPath}: still opening, ${Math.floor(f * 100)}% done`)),
+      progress: everyFewSeconds((f, d) =>
+        this.opts.warn(`${view.hostPath}: still opening, ${Math.floor(f * 100)}% done${d ? ` (${d})` : ''}`),
+      ),
       ...(view.snapshot !== undefined ? { snapshot: view.snapshot } : {}),
     });
   }
@@ -257,11 +259,11 @@ export class ImageTable {
 /** Long work at open (a refcount rebuild after a crash) is logged every few seconds, not on every step. */
 const PROGRESS_LOG_MS = 5000;
 
-function everyFewSeconds(log: (fraction: number) => void): (fraction: number) => void {
+function everyFewSeconds(log: (fraction: number, detail?: string) => void): (fraction: number, detail?: string) => void {
   let next = Date.now() + PROGRESS_LOG_MS;
-  return (f) => {
+  return (f, d) => {
     if (Date.now() < next) return;
     next = Date.now() + PROGRESS_LOG_MS;
-    log(f);
+    log(f, d);
   };
 }

@@ -24,7 +24,7 @@ export interface OpenImageOptions {
   /** Which files the image may reach (src/image/confine.ts); default: the image's own folder. */
   confinement?: Confinement;
   /** How far long work at open (a refcount rebuild) got, 0..1 (OpenOptions.progress). */
-  progress?: (fraction: number) => void;
+  progress?: (fraction: number, detail?: string) => void;
 }
 
 /**

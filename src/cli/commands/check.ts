@@ -49,7 +49,7 @@ export const checkCommand: CommandModule<object, CheckArgs> = {
       .check(file, {
         ...driverOptions(file, { writable: !!argv.r, warn, confinement }),
         repair: !!argv.r,
-        progress: (f) => progress.update(f),
+        progress: (f, d) => progress.update(f, d),
       })
       .finally(() => (progress.done(), lock.close()));
     // Details go to stderr as in qemu-img, so --output=json stays parseable.

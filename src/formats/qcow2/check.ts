@@ -11,15 +11,19 @@ import { MIN_V3_EXTRA_DATA } from './snapshot-table';
 import {
   copiedProblems,
   countRefcountStructures,
+  passProgress,
   readStoredRefcounts,
+  rebuildRefcounts,
   walkReferences,
-  writeFreshRefcounts,
-  type CopiedProblem,
+  walkWindows,
 } from './refcount-walk';
-import { withCopied } from './table-entry';
 
 /** `progress`: how far the check got, 0..1 (a repair's second check counts as its last part). */
-export async function checkQcow2(path: string, repair: boolean, progress?: (fraction: number) => void): Promise<CheckResult> {
+export async function checkQcow2(
+  path: string,
+  repair: boolean,
+  progress?: (fraction: number, detail?: string) => void,
+): Promise<CheckResult> {
   const first = await checkOnce(path, repair, progress);
   if (!repair || first.leaks + first.corruptions === 0) return first;
   const after = await checkOnce(path, false);
@@ -32,9 +36,7 @@ export async function checkQcow2(path: string, repair: boolean, progress?: (frac
   };
 }
 
-async function checkOnce(path: string, repair: boolean, progress?: (fraction: number) => void): Promise<CheckResult> {
-  // The walk reads every table once, the COPIED pass the active ones again: about 2/3 and 1/3.
-  const part = (from: number, share: number) => (progress ? (f: number) => progress(from + f * share) : undefined);
+async function checkOnce(path: string, repair: boolean, progress?: (fraction: number, detail?: string) => void): Promise<CheckResult> {
   const file = await HostFile.open(path, repair);
   try {
     const meta = await readMeta(file);
@@ -43,69 +45,70 @@ async function checkOnce(path: string, repair: boolean, progress?: (fraction: nu
     const l1 = Buffer.alloc(h.l1Size * 8);
     await file.read(l1, h.l1TableOffset, 'check');
     const snaps = await readSnapshotTable(file, meta);
-    // Counted references; the refcount structures are added last (and taken out for a repair).
-    const walk = await walkReferences(file, meta, l1, snaps, part(0, 0.65));
-    const refs = walk.counts;
-    const structures = await countRefcountStructures(file, meta, refs);
-    const stored = await readStoredRefcounts(file, meta, refs.length);
-    const messages = [...walk.messages, ...structures.shared.slice(0, 100)];
+    const messages: string[] = [];
     let leaks = 0;
-    let corruptions = walk.corruptions + structures.shared.length;
+    let corruptions = 0;
+    let frag = { allocated: 0, fragmented: 0, compressed: 0 };
+    let highest = 0; // as QEMU: the last cluster with a stored or a counted reference
+    const say = (m: string) => void (messages.length < 100 && messages.push(m));
     if (h.version >= 3) {
       snaps.snapshots.forEach((s, i) => {
         if (s.extraDataSize >= MIN_V3_EXTRA_DATA) return;
         corruptions++;
-        if (messages.length < 100) messages.push(`ERROR snapshot table entry ${i} is incomplete`);
+        say(`ERROR snapshot table entry ${i} is incomplete`);
       });
     }
-    let highest = 0; // as QEMU: the last cluster with a stored or a counted reference
-    for (let c = 0; c < refs.length; c++) {
-      const s = stored.get(c);
-      const r = refs.get(c);
-      if (s || r) highest = c;
-      if (s === r) continue;
-      if (s < r) corruptions++;
-      else leaks++;
-      if (messages.length < 100) messages.push(`${s < r ? 'ERROR' : 'Leaked'} cluster ${c} refcount=${s} reference=${r}`);
-    }
-    await copiedProblems(
-      file,
-      meta,
-      l1,
-      (c) => stored.get(c),
-      (p, c) => {
-        corruptions++;
-        if (messages.length < 100) messages.push(`ERROR OFLAG_COPIED ${p.what}: refcount=${stored.get(c)}`);
-      },
-      part(0.65, 0.35),
-    );
-    if (repair && leaks + corruptions > 0) {
-      for (const c of structures.added) refs.add(c, -1); // the old refcount structures become free space
-      await writeFreshRefcounts(file, meta, refs);
-      // COPIED must say "refcount is exactly 1" under the rebuilt refcounts.
-      const word = Buffer.alloc(4);
-      const fixes: CopiedProblem[] = [];
+    // One pass per window of host clusters (one window unless the file is bigger than the memory
+    // budget): references counted in the window, the refcount structures added last, compared
+    // with the stored refcounts, then the COPIED flags of entries pointing into the window.
+    // Without a repair, the walk is about 2/3 of the work and the COPIED pass 1/3.
+    const share = repair ? 0.5 : 1;
+    for (const w of walkWindows(meta)) {
+      const walk = await walkReferences(file, meta, l1, snaps, passProgress(progress, w, 0, 0.65 * share), w);
+      for (const m of walk.messages) say(m);
+      corruptions += walk.corruptions;
+      if (w.pass === 1) frag = walk.frag;
+      const refs = walk.counts;
+      const structures = await countRefcountStructures(file, meta, refs, w);
+      for (const m of structures.shared) say(m);
+      corruptions += structures.shared.length;
+      const stored = await readStoredRefcounts(file, meta, w);
+      for (let i = 0; i < w.count; i++) {
+        const s = stored.get(i);
+        const r = refs.get(i);
+        if (s || r) highest = w.first + i;
+        if (s === r) continue;
+        if (s < r) corruptions++;
+        else leaks++;
+        say(`${s < r ? 'ERROR' : 'Leaked'} cluster ${w.first + i} refcount=${s} reference=${r}`);
+      }
       await copiedProblems(
         file,
         meta,
         l1,
-        (c) => refs.get(c),
-        (p) => fixes.push(p),
+        (c) => (c >= w.first && c < w.first + w.count ? stored.get(c - w.first) : undefined),
+        (p, c) => {
+          corruptions++;
+          say(`ERROR OFLAG_COPIED ${p.what}: refcount=${stored.get(c - w.first)}`);
+        },
+        passProgress(progress, w, 0.65 * share, 0.35 * share),
       );
-      for (const x of fixes) {
-        await file.read(word, x.at, 'check');
-        word.writeUInt32BE(withCopied(word.readUInt32BE(0), !x.copied));
-        await file.write(word, x.at, x.what.startsWith('L1') ? 'l1' : 'l2');
-      }
+    }
+    if (repair && leaks + corruptions > 0) {
+      // Counted again, window by window, as the fresh structures are written (see rebuildRefcounts).
+      await rebuildRefcounts(file, meta, l1, snaps, {
+        fixCopied: true,
+        ...(progress ? { progress: (f: number, d?: string) => progress(0.5 + f / 2, d) } : {}),
+      });
       const b = incompatiblePatch(h.incompatible & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT));
       if (h.version === 3) await file.write(b.bytes, b.at, 'header');
       await file.datasync('header');
     }
     const stats = {
       totalClusters: Math.ceil(h.size / 2 ** h.clusterBits),
-      allocatedClusters: walk.frag.allocated,
-      fragmentedClusters: walk.frag.fragmented,
-      compressedClusters: walk.frag.compressed,
+      allocatedClusters: frag.allocated,
+      fragmentedClusters: frag.fragmented,
+      compressedClusters: frag.compressed,
       imageEndOffset: (highest + 1) * cs,
     };
     return { errors: 0, leaks, corruptions, messages, stats };

@@ -20,7 +20,7 @@ import { readMeta, readSnapshotTable } from './meta';
 import { MetadataCache } from './metadata-cache';
 import { DriverCounters, Qcow2Image } from './qcow2-image';
 import { getRefcount, reftableEntry } from './refcount-block';
-import { walkReferences, writeFreshRefcounts } from './refcount-walk';
+import { rebuildRefcounts } from './refcount-walk';
 import { Refcounts } from './refcounts';
 import { Snapshot, validateSnapshot } from './snapshot-table';
 
@@ -101,8 +101,10 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
         // Refcounts may be stale (lazy refcounts): rebuild before anything is written.
         opts.warn(`${path}: qcow2 dirty bit set; rebuilding refcounts`);
         const started = Date.now();
-        const walk = await walkReferences(file, meta, l1, await snapshotTable(), opts.progress);
-        const fresh = await writeFreshRefcounts(file, meta, walk.counts);
+        const fresh = await rebuildRefcounts(file, meta, l1, await snapshotTable(), {
+          fixCopied: false,
+          ...(opts.progress ? { progress: opts.progress } : {}),
+        });
         opts.warn(`${path}: refcounts rebuilt in ${((Date.now() - started) / 1000).toFixed(1)} s`);
         h.refcountTableOffset = fresh.offset;
         h.refcountTableClusters = fresh.clusters;

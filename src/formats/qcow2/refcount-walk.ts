@@ -13,17 +13,47 @@ import type { ImageMeta } from './meta';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
 import { Snapshot, validateSnapshot } from './snapshot-table';
 import { ClusterCounts } from './cluster-counts';
-import { COMPRESSED_HI, COPIED_HI, hostOf, L2Layout, l1Copied, l1Offset, l2Compressed, tableWords } from './table-entry';
+import { COMPRESSED_HI, COPIED_HI, hostOf, L2Layout, l1Copied, l1Offset, l2Compressed, tableWords, withCopied } from './table-entry';
 
 const log = createDebug('vdiskfs:qcow2');
-/** 16 TiB of file in 64 KiB clusters: 512 MiB per count array (check holds two). */
-const MAX_WALK_CLUSTERS = 256 * 1024 * 1024;
+/**
+ * The memory budget of a walk: host clusters counted per pass (2 bytes each; check holds the
+ * stored refcounts of the same window too). 64 Mi clusters is 4 TiB of file at 64 KiB clusters
+ * in one pass, 128 MiB per array; a bigger file is walked in windows of this many clusters, one
+ * pass over the tables each (VDISKFS_WALK_WINDOW_CLUSTERS sets it, for tests).
+ */
+const walkWindowClusters = (): number => Number(process.env.VDISKFS_WALK_WINDOW_CLUSTERS ?? 64 * 1024 * 1024);
 const MAX_SNAPSHOT_L1_BYTES = 256 << 20; // all snapshots' L1 tables together
 /** Tables that lie side by side (a preallocated image's do) are read together, this much at a time. */
 const RUN_BYTES = 4 << 20;
 
+/** Host clusters [first, first+count) counted in one pass over the tables. */
+export interface ClusterWindow {
+  first: number;
+  count: number;
+  /** Which pass this is, and of how many (the status line says it when there are several). */
+  pass: number;
+  passes: number;
+}
+
+/**
+ * The windows a walk of this image takes: one for any file up to the budget, else windows of
+ * whole refcount blocks (a fresh block is then written from one window's counts).
+ */
+export function walkWindows(meta: ImageMeta): ClusterWindow[] {
+  const h = meta.header;
+  const clusters = Math.ceil(meta.fileSize / 2 ** h.clusterBits);
+  const perBlock = (2 ** h.clusterBits * 8) >> h.refcountOrder;
+  const size = Math.max(perBlock, Math.floor(walkWindowClusters() / perBlock) * perBlock);
+  const passes = Math.max(1, Math.ceil(clusters / size));
+  const out: ClusterWindow[] = [];
+  for (let i = 0; i < passes; i++)
+    out.push({ first: i * size, count: Math.max(0, Math.min(size, clusters - i * size)), pass: i + 1, passes });
+  return out;
+}
+
 export interface Walk {
-  counts: ClusterCounts; // expected refcount per host cluster
+  counts: ClusterCounts; // expected refcount per host cluster of the window (index - window.first)
   messages: string[];
   corruptions: number;
   /** Active layer only, counted as qemu-img check does (its allocation / fragmentation line). */
@@ -83,19 +113,24 @@ export async function walkReferences(
   l1: Buffer,
   snaps: { snapshots: Snapshot[]; length: number },
   progress?: (fraction: number) => void,
+  window: ClusterWindow = walkWindows(meta)[0]!,
 ): Promise<Walk> {
   const snapshots = snaps.snapshots;
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
   const clusters = Math.ceil(meta.fileSize / cs);
-  if (clusters > MAX_WALK_CLUSTERS)
-    throw VdiskError.unsupported(`qcow2 file of ${clusters} clusters is larger than a refcount walk holds (${MAX_WALK_CLUSTERS})`);
-  const counts = new ClusterCounts(clusters);
+  // Counted only inside the window; problems and the allocation line only in the first pass,
+  // so a walk in several passes reports each once.
+  const w0 = window.first;
+  const w1 = window.first + window.count;
+  const reporting = window.pass === 1;
+  const counts = new ClusterCounts(window.count);
   const w: Walk = { counts, messages: [], corruptions: 0, frag: { allocated: 0, fragmented: 0, compressed: 0 } };
   const layout = layoutOf(meta);
   const externalData = (h.incompatible & INCOMPAT_DATA_FILE) !== 0n;
   // `times`: how often the structure is referenced (snapshots share tables; see below).
   const bad = (msg: string, times = 1): void => {
+    if (!reporting) return;
     w.corruptions += times;
     if (w.messages.length < 100) w.messages.push(msg);
   };
@@ -104,7 +139,7 @@ export async function walkReferences(
     const first = Math.floor(host / cs);
     const last = Math.floor((host + length - 1) / cs);
     if (last >= clusters) return bad(`${what} at ${host} beyond the end of the image`, times);
-    for (let c = first; c <= last; c++) counts.add(c, times);
+    for (let c = Math.max(first, w0); c <= last && c < w1; c++) counts.add(c - w0, times);
   };
   /** Every entry of one L2 table, counted `times` (`active`: the allocation and fragmentation line too). */
   const scratch = Buffer.alloc(cs); // a table's words in host order (tableWords), reused
@@ -120,7 +155,7 @@ export async function walkReferences(
       if (hi & COMPRESSED_HI) {
         const c = l2Compressed(l2, j, layout);
         inc(c.host, c.size, 'compressed', times);
-        if (active) {
+        if (active && reporting) {
           // QEMU counts every compressed cluster as fragmented too.
           w.frag.allocated += times;
           w.frag.compressed += times;
@@ -130,7 +165,7 @@ export async function walkReferences(
       }
       const host = hostOf(hi, lo);
       if (host === 0) continue; // unallocated (or a zero cluster without a host cluster)
-      if (active) {
+      if (active && reporting) {
         w.frag.allocated += times;
         if (nextContiguous && host !== nextContiguous) w.frag.fragmented += times;
         nextContiguous = host + cs;
@@ -143,7 +178,7 @@ export async function walkReferences(
       // The hot path (every data cluster of a preallocated image): one add, no range loop.
       const c = host / cs;
       if (c >= clusters) bad(`${who} data cluster at ${host} beyond the end of the image`, times);
-      else counts.add(c, times);
+      else if (c >= w0 && c < w1) counts.add(c - w0, times);
     }
   };
   inc(0, cs, 'header');
@@ -218,7 +253,7 @@ export async function copiedProblems(
   file: HostFile,
   meta: ImageMeta,
   l1: Buffer,
-  refcount: (cluster: number) => number,
+  refcount: (cluster: number) => number | undefined,
   report: (p: CopiedProblem, cluster: number) => void,
   progress?: (fraction: number) => void,
 ): Promise<void> {
@@ -229,7 +264,8 @@ export async function copiedProblems(
     const l2off = l1Offset(l1, i);
     if (l2off === 0 || l2off % cs !== 0) continue;
     const copied = l1Copied(l1, i);
-    if ((refcount(l2off / cs) === 1) !== copied) report({ at: h.l1TableOffset + i * 8, copied, what: `L1 entry ${i}` }, l2off / cs);
+    const r = refcount(l2off / cs);
+    if (r !== undefined && (r === 1) !== copied) report({ at: h.l1TableOffset + i * 8, copied, what: `L1 entry ${i}` }, l2off / cs);
   }
   if ((h.incompatible & INCOMPAT_DATA_FILE) !== 0n) return; // data clusters live elsewhere: no flags to check
   const n = cs / layout.entrySize;
@@ -247,7 +283,8 @@ export async function copiedProblems(
         const host = hostOf(hi, words[j * stride + 1]!);
         if (host === 0 || host % cs !== 0) continue;
         const copied = (hi & COPIED_HI) !== 0;
-        if ((refcount(host / cs) === 1) !== copied)
+        const r = refcount(host / cs);
+        if (r !== undefined && (r === 1) !== copied)
           report({ at: l2off + j * layout.entrySize, copied, what: `L2 ${l2off} entry ${j}` }, host / cs);
       }
     },
@@ -255,16 +292,18 @@ export async function copiedProblems(
   );
 }
 
-/** Stored refcount of every cluster (0 where no block), up to `clusters`; refcount blocks read in runs. */
-export async function readStoredRefcounts(file: HostFile, meta: ImageMeta, clusters: number): Promise<ClusterCounts> {
+/** Stored refcounts of the window's clusters (0 where no block); refcount blocks read in runs. */
+export async function readStoredRefcounts(file: HostFile, meta: ImageMeta, window: ClusterWindow): Promise<ClusterCounts> {
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
   const perBlock = (cs * 8) >> h.refcountOrder;
   const table = Buffer.alloc(h.refcountTableClusters * cs);
   await file.read(table, h.refcountTableOffset, 'check');
-  const out = new ClusterCounts(Math.max(clusters, 0));
+  const w0 = window.first;
+  const w1 = window.first + window.count;
+  const out = new ClusterCounts(window.count);
   const blocksAt = new Map<number, number[]>(); // block offset → the table indexes naming it
-  for (let b = 0; b < table.length / 8 && b * perBlock < clusters; b++) {
+  for (let b = Math.floor(w0 / perBlock); b < table.length / 8 && b * perBlock < w1; b++) {
     const off = reftableEntry(table, b);
     if (off === 0 || off >= meta.fileSize || off % cs !== 0) continue;
     const list = blocksAt.get(off);
@@ -273,35 +312,35 @@ export async function readStoredRefcounts(file: HostFile, meta: ImageMeta, clust
   }
   await forEachTable(file, blocksAt.keys(), cs, (off, block) => {
     for (const b of blocksAt.get(off)!) {
-      const n = Math.min(perBlock, clusters - b * perBlock);
+      const from = Math.max(b * perBlock, w0);
+      const to = Math.min((b + 1) * perBlock, w1);
       const base = b * perBlock;
-      if (h.refcountOrder === 4) for (let i = 0; i < n; i++) out.set(base + i, block.readUInt16BE(i * 2));
-      else for (let i = 0; i < n; i++) out.set(base + i, Math.min(getRefcount(block, i, h.refcountOrder), 0xffffffff));
+      if (h.refcountOrder === 4) for (let c = from; c < to; c++) out.set(c - w0, block.readUInt16BE((c - base) * 2));
+      else for (let c = from; c < to; c++) out.set(c - w0, Math.min(getRefcount(block, c - base, h.refcountOrder), 0xffffffff));
     }
   });
   return out;
 }
 
 /**
- * Adds the refcount table and blocks of the current structures to `counts` (last, as QEMU
- * does). Returns one message per refcount block that something else also references, and the
- * clusters added (a repair takes them out again: the old structures become free space).
+ * Adds the refcount table and blocks of the current structures to the window's `counts` (last,
+ * as QEMU does). Returns one message per refcount block in the window that something else also
+ * references.
  */
 export async function countRefcountStructures(
   file: HostFile,
   meta: ImageMeta,
   counts: ClusterCounts,
-): Promise<{ shared: string[]; added: number[] }> {
+  window: ClusterWindow,
+): Promise<{ shared: string[] }> {
   const h = meta.header;
   const cs = 2 ** h.clusterBits;
   const table = Buffer.alloc(h.refcountTableClusters * cs);
   await file.read(table, h.refcountTableOffset, 'check');
-  const added: number[] = [];
+  const w0 = window.first;
+  const w1 = window.first + window.count;
   const mark = (off: number, n: number): void => {
-    for (let c = Math.floor(off / cs); c < Math.ceil((off + n) / cs) && c < counts.length; c++) {
-      counts.add(c, 1);
-      added.push(c);
-    }
+    for (let c = Math.max(Math.floor(off / cs), w0); c < Math.ceil((off + n) / cs) && c < w1; c++) counts.add(c - w0, 1);
   };
   mark(h.refcountTableOffset, table.length);
   const blocks: Array<[number, number]> = [];
@@ -313,62 +352,140 @@ export async function countRefcountStructures(
   }
   const shared: string[] = [];
   for (const [b, c] of blocks)
-    if (c < counts.length && counts.get(c) !== 1) shared.push(`ERROR refcount block ${b} refcount=${counts.get(c)}`);
-  return { shared, added };
+    if (c >= w0 && c < w1 && counts.get(c - w0) !== 1) shared.push(`ERROR refcount block ${b} refcount=${counts.get(c - w0)}`);
+  return { shared };
 }
 
 /** Refcount blocks written per host write while rebuilding (bounded memory). */
 const FRESH_BLOCKS_PER_WRITE = 64;
 
 /**
- * Writes a new refcount table and blocks after everything else, counting themselves, and points
- * the header at them. Old structures become unreferenced space. Blocks go out in batches, so a
- * rebuild of a multi-TiB image holds the counts and one batch, not every block.
+ * New refcount structures written after everything else, counting themselves, and the header
+ * pointed at them at the end; until then the old ones stay in force, so a rebuild cut short
+ * leaves the image as it was (with some unreferenced space past its end). Blocks are written
+ * window by window from each pass's counts, in batches, so a rebuild of any size holds one
+ * window's counts and one batch.
  */
-export async function writeFreshRefcounts(
+class FreshRefcounts {
+  private readonly cs: number;
+  private readonly perBlock: number;
+  /** First cluster of the new table (the file's end: nothing counted lies past it), its clusters, blocks. */
+  readonly start: number;
+  private readonly tableClusters: number;
+  private readonly blocks: number;
+  private readonly table: Buffer;
+  private readonly batch: Buffer;
+  private written = 0; // blocks written so far, in order
+
+  constructor(
+    private readonly file: HostFile,
+    private readonly meta: ImageMeta,
+  ) {
+    const h = meta.header;
+    this.cs = 2 ** h.clusterBits;
+    this.perBlock = (this.cs * 8) >> h.refcountOrder;
+    this.start = Math.ceil(meta.fileSize / this.cs);
+    let blocks = 1;
+    let tableClusters = 1;
+    for (;;) {
+      const total = this.start + tableClusters + blocks;
+      const needBlocks = Math.ceil(total / this.perBlock);
+      const needTable = Math.ceil((needBlocks * 8) / this.cs);
+      if (needBlocks <= blocks && needTable <= tableClusters) break;
+      blocks = Math.max(blocks, needBlocks);
+      tableClusters = Math.max(tableClusters, needTable);
+    }
+    this.blocks = blocks;
+    this.tableClusters = tableClusters;
+    this.table = Buffer.alloc(tableClusters * this.cs);
+    this.batch = Buffer.alloc(Math.min(blocks, FRESH_BLOCKS_PER_WRITE) * this.cs);
+  }
+
+  /** The blocks that cover the window (windows come in order and cover whole blocks). */
+  async writeWindow(counts: ClusterCounts, window: ClusterWindow): Promise<void> {
+    const upTo = Math.min(this.blocks, Math.ceil((window.first + window.count) / this.perBlock));
+    await this.writeBlocks(upTo, (c) => (c >= window.first && c < window.first + counts.length ? counts.get(c - window.first) : 0));
+  }
+
+  /** The blocks past every window (they count only the new structures), the table, the header. */
+  async finish(): Promise<{ offset: number; clusters: number }> {
+    await this.writeBlocks(this.blocks, () => 0);
+    const { cs, start, tableClusters } = this;
+    await this.file.write(this.table, start * cs, 'reftable');
+    await this.file.datasync('flush');
+    const hdr = refcountTablePatch(start * cs, tableClusters);
+    await this.file.write(hdr.bytes, hdr.at, 'header');
+    await this.file.datasync('header');
+    log('rebuilt refcounts: table at cluster %d (%d clusters), %d blocks', start, tableClusters, this.blocks);
+    return { offset: start * cs, clusters: tableClusters };
+  }
+
+  private async writeBlocks(upTo: number, counted: (cluster: number) => number): Promise<void> {
+    const { cs, perBlock, start } = this;
+    const order = this.meta.header.refcountOrder;
+    const max = maxRefcount(order);
+    const end = start + this.tableClusters + this.blocks;
+    const valueOf = (c: number): number => (c >= start && c < end ? 1 : counted(c));
+    while (this.written < upTo) {
+      const b0 = this.written;
+      const n = Math.min(FRESH_BLOCKS_PER_WRITE, upTo - b0);
+      const buf = this.batch.subarray(0, n * cs);
+      buf.fill(0);
+      for (let b = b0; b < b0 + n; b++) {
+        setReftableEntry(this.table, b, (start + this.tableClusters + b) * cs);
+        const blk = buf.subarray((b - b0) * cs, (b - b0 + 1) * cs);
+        for (let i = 0; i < perBlock; i++) {
+          const v = valueOf(b * perBlock + i);
+          if (v) setRefcount(blk, i, order, Math.min(v, max));
+        }
+      }
+      await this.file.write(buf, (start + this.tableClusters + b0) * cs, 'refblock');
+      this.written += n;
+    }
+  }
+}
+
+/** A pass-aware progress: `fraction` of pass `w` of its passes, as a fraction of the whole. */
+export function passProgress(
+  progress: ((fraction: number, detail?: string) => void) | undefined,
+  w: ClusterWindow,
+  from = 0,
+  share = 1,
+): ((fraction: number) => void) | undefined {
+  if (!progress) return undefined;
+  const detail = w.passes > 1 ? `pass ${w.pass} of ${w.passes}: the counts of a file this big exceed the memory budget` : undefined;
+  return (f) => progress((w.pass - 1 + from + f * share) / w.passes, detail);
+}
+
+/**
+ * `qemu-img check -r all`'s rebuild, and the repair at open of a dirty (lazy refcounts) image:
+ * counts every reference from first principles, window by window, and writes fresh refcount
+ * structures from the counts (the old ones become unreferenced space). With `fixCopied`, the
+ * active layer's COPIED flags are then made to say "refcount is exactly 1" again.
+ */
+export async function rebuildRefcounts(
   file: HostFile,
   meta: ImageMeta,
-  counts: ClusterCounts,
+  l1: Buffer,
+  snaps: { snapshots: Snapshot[]; length: number },
+  opts: { fixCopied: boolean; progress?: (fraction: number, detail?: string) => void },
 ): Promise<{ offset: number; clusters: number }> {
-  const h = meta.header;
-  const cs = 2 ** h.clusterBits;
-  const perBlock = (cs * 8) >> h.refcountOrder;
-  const end = counts.end();
-  const start = Math.max(end, Math.ceil(meta.fileSize / cs));
-  let blocks = 1;
-  let tableClusters = 1;
-  for (;;) {
-    const total = start + tableClusters + blocks;
-    const needBlocks = Math.ceil(total / perBlock);
-    const needTable = Math.ceil((needBlocks * 8) / cs);
-    if (needBlocks <= blocks && needTable <= tableClusters) break;
-    blocks = Math.max(blocks, needBlocks);
-    tableClusters = Math.max(tableClusters, needTable);
-  }
-  const total = start + tableClusters + blocks;
-  const max = maxRefcount(h.refcountOrder);
-  const valueOf = (c: number): number => (c >= start && c < total ? 1 : c < counts.length ? counts.get(c) : 0);
-  const table = Buffer.alloc(tableClusters * cs);
-  const batch = Buffer.alloc(Math.min(blocks, FRESH_BLOCKS_PER_WRITE) * cs);
-  for (let b0 = 0; b0 < blocks; b0 += FRESH_BLOCKS_PER_WRITE) {
-    const n = Math.min(FRESH_BLOCKS_PER_WRITE, blocks - b0);
-    const buf = batch.subarray(0, n * cs);
-    buf.fill(0);
-    for (let b = b0; b < b0 + n; b++) {
-      setReftableEntry(table, b, (start + tableClusters + b) * cs);
-      const blk = buf.subarray((b - b0) * cs, (b - b0 + 1) * cs);
-      for (let i = 0; i < perBlock; i++) {
-        const v = valueOf(b * perBlock + i);
-        if (v) setRefcount(blk, i, h.refcountOrder, Math.min(v, max));
-      }
+  const fresh = new FreshRefcounts(file, meta);
+  const fixes: CopiedProblem[] = [];
+  for (const w of walkWindows(meta)) {
+    const walk = await walkReferences(file, meta, l1, snaps, passProgress(opts.progress, w, 0, 0.8), w);
+    await fresh.writeWindow(walk.counts, w);
+    if (opts.fixCopied) {
+      const inWindow = (c: number) => (c >= w.first && c < w.first + w.count ? walk.counts.get(c - w.first) : undefined);
+      await copiedProblems(file, meta, l1, inWindow, (p) => fixes.push(p), passProgress(opts.progress, w, 0.8, 0.2));
     }
-    await file.write(buf, (start + tableClusters + b0) * cs, 'refblock');
   }
-  await file.write(table, start * cs, 'reftable');
-  await file.datasync('flush');
-  const hdr = refcountTablePatch(start * cs, tableClusters);
-  await file.write(hdr.bytes, hdr.at, 'header');
-  await file.datasync('header');
-  log('rebuilt refcounts: table at cluster %d (%d clusters), %d blocks', start, tableClusters, blocks);
-  return { offset: start * cs, clusters: tableClusters };
+  const out = await fresh.finish();
+  const word = Buffer.alloc(4);
+  for (const x of fixes) {
+    await file.read(word, x.at, 'check');
+    word.writeUInt32BE(withCopied(word.readUInt32BE(0), !x.copied));
+    await file.write(word, x.at, x.what.startsWith('L1') ? 'l1' : 'l2');
+  }
+  return out;
 }
