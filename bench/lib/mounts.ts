@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { onCleanup } from './cleanup';
 import { startDaemon, lastLine } from './procs';
 import type { Daemon } from './procs';
-import { VDISKFS_MAIN } from './paths';
+import { vdiskfsArgs } from './paths';
 import type { ImageFormat } from './images';
 
 /** /proc/mounts escapes blanks and backslashes in octal. */
@@ -105,7 +105,7 @@ export function transportRequestSizes(output: string): string | undefined {
 /** `vdiskfs mount -f <images> <mountpoint>`, ready once the image's raw view exists. */
 export async function mountOurs(o: OurMountOptions): Promise<Mount> {
   fs.mkdirSync(o.mountpoint, { recursive: true });
-  const args = [...(o.nodeArgs ?? []), VDISKFS_MAIN, 'mount', '-f', ...(o.extraArgs ?? []), o.images, o.mountpoint];
+  const args = vdiskfsArgs(o.nodeArgs ?? [], 'mount', '-f', ...(o.extraArgs ?? []), o.images, o.mountpoint);
   const env = { ...process.env };
   delete env.DEBUG; // debug logging would distort the timing
   const daemon = startDaemon(process.execPath, args, env);

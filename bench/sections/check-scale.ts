@@ -7,7 +7,7 @@
  * 64 MiB.
  */
 import * as path from 'node:path';
-import { VDISKFS_MAIN } from '../lib/paths';
+import { vdiskfsArgs } from '../lib/paths';
 import { lastLine, run, runOk } from '../lib/procs';
 import { Samples, formatRatio, formatSeconds, markdownTable, ratio } from '../lib/stats';
 import { checkAborted } from '../lib/cleanup';
@@ -48,7 +48,7 @@ export async function checkScale(ctx: SectionContext, dir: string): Promise<stri
       const extra = cmd === 'map' ? ['--output=json'] : [];
       const variants = [
         { id: 'qemu', cmd: 'qemu-img', args: [cmd, ...extra, file] },
-        { id: 'ours', cmd: process.execPath, args: [...ctx.nodeArgs, VDISKFS_MAIN, cmd, ...extra, file] },
+        { id: 'ours', cmd: process.execPath, args: vdiskfsArgs(ctx.nodeArgs, cmd, ...extra, file) },
       ];
       for (let r = 0; r < repeat; r++) {
         for (const v of r % 2 === 0 ? variants : [...variants].reverse()) {

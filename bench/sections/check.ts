@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { VDISKFS_MAIN } from '../lib/paths';
+import { vdiskfsArgs } from '../lib/paths';
 import { lastLine, run } from '../lib/procs';
 import { Samples, formatRatio, formatSeconds, markdownTable, ratio } from '../lib/stats';
 import { checkAborted, onCleanup } from '../lib/cleanup';
@@ -33,7 +33,7 @@ export async function checkSection(ctx: SectionContext): Promise<SectionReport> 
     if (filled.code !== 0) throw new Error(`qemu-io: ${lastLine(filled.stderr || filled.stdout)}`);
     const variants = [
       { id: 'qemu', title: 'qemu-img check', cmd: 'qemu-img', args: ['check', file] },
-      { id: 'ours', title: 'vdiskfs check', cmd: process.execPath, args: [...ctx.nodeArgs, VDISKFS_MAIN, 'check', file] },
+      { id: 'ours', title: 'vdiskfs check', cmd: process.execPath, args: vdiskfsArgs(ctx.nodeArgs, 'check', file) },
     ];
     const samples = new Samples();
     const repeat = ctx.cfg.benchRepeat;

@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readPid } from '../../src/cli/pidfile';
-import { VDISKFS_MAIN } from '../lib/paths';
+import { vdiskfsArgs } from '../lib/paths';
 import { run, runOk } from '../lib/procs';
 import { forceUnmount } from '../lib/mounts';
 import { Samples, markdownTable } from '../lib/stats';
@@ -63,7 +63,7 @@ export async function manyImagesSection(ctx: SectionContext): Promise<SectionRep
     ];
     for (let r = 0; r < repeat; r++) {
       checkAborted();
-      const mountS = await timed(process.execPath, [...ctx.nodeArgs, VDISKFS_MAIN, 'mount', images, mnt]);
+      const mountS = await timed(process.execPath, vdiskfsArgs(ctx.nodeArgs, 'mount', images, mnt));
       const forgetMount = onCleanup(`mount ${mnt}`, () => forceUnmount(mnt));
       try {
         const pid = readPid(mnt);
@@ -89,7 +89,7 @@ export async function manyImagesSection(ctx: SectionContext): Promise<SectionRep
             `RSS peak ${(Math.max(afterList.peak, end.peak) / MiB).toFixed(0)} MiB, head -c1 loop ${loops['view']!.toFixed(1)} s vs ${loops['host']!.toFixed(1)} s on the host files`,
         );
       } finally {
-        await run(process.execPath, [VDISKFS_MAIN, 'unmount', mnt], { timeoutMs: 120_000 });
+        await run(process.execPath, vdiskfsArgs([], 'unmount', mnt), { timeoutMs: 120_000 });
         forceUnmount(mnt);
         await forgetMount();
       }

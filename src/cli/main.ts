@@ -1,4 +1,8 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=4
+// The flag: a young generation of at most 4 MiB per semi-space (Node's default is 16). The mount
+// daemon is a long-lived server whose garbage is small and short-lived; the default let a listing
+// of 10,000 images grow the heap to 200 MiB of RSS, 4 MiB keeps it near 160 with no loss of speed
+// measured (fio, qcow2 view). The bench runs the CLI with the flags of this line (bench/lib/paths.ts).
 import yargs from 'yargs';
 import type { CommandModule } from 'yargs';
 import { hideBin } from 'yargs/helpers';

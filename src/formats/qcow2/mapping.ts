@@ -44,13 +44,18 @@ export interface Piece {
   cluster: number; // compressed: guest offset of the cluster start
 }
 
+/** Where mapping finds L2 tables: the metadata cache, or one table read past it (Qcow2Image.map). */
+export interface TablePeek {
+  peek(offset: number): Buffer | undefined;
+}
+
 export interface MapContext {
   clusterBits: number;
   layout: L2Layout;
   l2Entries: number;
   l1: Buffer;
   l1Size: number;
-  cache: MetadataCache;
+  cache: TablePeek;
 }
 
 /** The map context of an open image: `extended` L2 entries (16 bytes, subclusters) or standard (8). */

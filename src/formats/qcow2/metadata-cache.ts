@@ -129,6 +129,16 @@ export class MetadataCache {
     return e;
   }
 
+  /**
+   * The table at `offset` into `into` without caching it (a map of a whole disk reads thousands
+   * once each): the cached copy when there is one (it may be dirty), else the file's.
+   */
+  async readUncached(kind: TableKind, offset: number, into: Buffer): Promise<void> {
+    const e = this.entries.get(offset);
+    if (e) e.buf.copy(into);
+    else await this.backend.load(kind, offset, into);
+  }
+
   /** A table for a freshly allocated cluster: `init` bytes (or zeros), dirty, pinned. */
   create(kind: TableKind, offset: number, init?: Buffer): CacheEntry {
     const buf = Buffer.alloc(this.tableSize);

@@ -23,7 +23,7 @@ import { qcow2Info } from './image-info';
 import { FreedClusters } from './freed-clusters';
 import { ImageLock } from './image-lock';
 import { L1Table } from './l1-table';
-import { MapContext, mapSync, newMapContext } from './mapping';
+import { MapContext, mapSync, newMapContext, tablesFor, type Piece } from './mapping';
 import type { ImageMeta } from './meta';
 import type { MetadataCache } from './metadata-cache';
 import { preallocateMetadata } from './preallocate';
@@ -318,11 +318,38 @@ export class Qcow2Image implements Image {
   async map(offset: number, length: number): Promise<Extent[]> {
     checkRange(this, offset, length);
     if (length === 0) return [];
-    const pieces =
-      mapSync(this.ctx, offset, length) ??
-      (await this.imageLock.withTablesLocked(offset, length, () => mapSync(this.ctx, offset, length)!));
+    const pieces = mapSync(this.ctx, offset, length) ?? (await this.mapTableByTable(offset, length));
     return toExtents(pieces, { image: this.file.path, data: this.dataFile.path }, this.backing?.virtualSize);
   }
+
+  /**
+   * map() of a range whose tables are not all cached (`vdiskfs map` of a whole disk, SEEK_DATA):
+   * table by table under the image lock, a table not cached read into one scratch buffer rather
+   * than into the cache, so walking 2 TiB of tables neither evicts what reads and writes use nor
+   * leaves hundreds of megabytes of dead table buffers to the collector.
+   */
+  private async mapTableByTable(offset: number, length: number): Promise<Piece[]> {
+    const span = this.ctx.l2Entries * 2 ** this.ctx.clusterBits;
+    const out: Piece[] = [];
+    for (let pos = offset; pos < offset + length;) {
+      const at = pos;
+      const stop = Math.min(offset + length, (Math.floor(pos / span) + 1) * span);
+      const pieces = await this.imageLock.run(async () => {
+        const cached = mapSync(this.ctx, at, stop - at);
+        if (cached) return cached;
+        const l2off = tablesFor(this.ctx, at, stop - at)[0]!;
+        const scratch = (this.mapScratch ??= Buffer.alloc(2 ** this.ctx.clusterBits));
+        await this.cache.readUncached('l2', l2off, scratch);
+        return mapSync({ ...this.ctx, cache: { peek: (o) => (o === l2off ? scratch : undefined) } }, at, stop - at)!;
+      });
+      for (const p of pieces) out.push(p);
+      pos = stop;
+    }
+    return out;
+  }
+
+  /** One L2 table's worth, for mapTableByTable (used under the image lock only). */
+  private mapScratch?: Buffer;
 
   async resize(newSize: number): Promise<void> {
     this.checkWritable();
