@@ -180,7 +180,7 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
     ...(opts.partitions === false
       ? {}
       : {
-          partitionsOf: (v: ImageView) => partitions!.partitionsOf(v),
+          partitionsOf: (v: ImageView, stamp?: string) => partitions!.partitionsOf(v, stamp),
           readPartitions: (v: ImageView, i: Image) => partitions!.readFrom(v, i),
         }),
   });

@@ -90,7 +90,7 @@ export class FsCore {
     const entry = await tree.resolve(path);
     if (!entry) throw new VdiskError('ENOENT', `${path} is not shown`);
     // Synchronous stats: each is microseconds, and `ls -l` of thousands of views asks for one each.
-    const st = statOrThrow(entry.hostPath);
+    const st = (entry.kind === 'image' ? tree.statJustTaken(entry.hostPath) : undefined) ?? statOrThrow(entry.hostPath);
     const times = { atimeMs: st.atimeMs, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, uid: st.uid, gid: st.gid };
     if (entry.kind === 'dir') return { kind: 'dir', size: 4096, blocks: 0, mode: S_IFDIR | 0o755, nlink: 2, ...times };
     const open = images.get(entry);
@@ -98,7 +98,8 @@ export class FsCore {
     const files = open ? open.image.hostFiles() : entry.hostFiles;
     let blocks = 0;
     // A partition's space is counted once, on the disk view (du of the folder stays true).
-    if (!entry.partition) for (const f of files) blocks += fs.statSync(f, { throwIfNoEntry: false })?.blocks ?? 0;
+    if (!entry.partition)
+      for (const f of files) blocks += (f === entry.hostPath ? st : fs.statSync(f, { throwIfNoEntry: false }))?.blocks ?? 0;
     const readOnly =
       this.ctx.readOnly ||
       entry.snapshot !== undefined ||

@@ -38,9 +38,10 @@ export class PartitionViews {
   ) {}
 
   /** The partitions of a disk view (none when the table is missing, damaged or unreadable). */
-  async partitionsOf(view: ImageView): Promise<Partition[]> {
+  /** `fileStamp`: the image file's stamp when the caller just took it (a listing's probe). */
+  async partitionsOf(view: ImageView, fileStamp?: string): Promise<Partition[]> {
     const key = ImageTable.keyOf(view);
-    const stamp = this.stampOf(view);
+    const stamp = this.stampOf(view, fileStamp);
     let cached = this.cache.get(key);
     if (!cached || cached.stamp !== stamp) {
       cached = { stamp, ...(await this.read(view)) };
@@ -62,9 +63,11 @@ export class PartitionViews {
   }
 
   /** What the cached table of a view must match: the open image's generation, else the host file. */
-  private stampOf(view: ImageView): string {
+  private stampOf(view: ImageView, known?: string): string {
     const open = this.images.get(view);
-    return open ? `open:${this.generation.get(ImageTable.keyOf(view)) ?? 0}:${open.image.virtualSize}` : fileStamp(view.hostPath);
+    return open
+      ? `open:${this.generation.get(ImageTable.keyOf(view)) ?? 0}:${open.image.virtualSize}`
+      : (known ?? fileStamp(view.hostPath));
   }
 
   private remember(view: ImageView, cached: Cached): void {

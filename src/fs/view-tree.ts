@@ -44,7 +44,7 @@ export interface ViewTreeOptions {
   /** What images in this tree may reach (src/image/confine.ts). */
   confinement: Confinement;
   /** The partitions of a disk view, shown as files beside it; absent with --no-partitions. */
-  partitionsOf?(view: ImageView): Promise<Partition[]>;
+  partitionsOf?(view: ImageView, fileStamp?: string): Promise<Partition[]>;
   /** Reads a view's partition table from `image`, open for the probe (so listing needs no second open). */
   readPartitions?(view: ImageView, image: Image): Promise<void>;
 }
@@ -88,6 +88,8 @@ interface Listing {
  * stays the same.
  */
 const MTIME_SETTLED_MS = 100;
+/** How old a lookup's stat of a file may be for getattr to answer from it (the same request). */
+const JUST_TAKEN_MS = 2;
 
 /**
  * Maps the mounted namespace to host files. Folders are mirrored; files are probed by content
@@ -157,7 +159,7 @@ export class ViewTree {
       const viewName = snap === '' ? name + VIEW_SUFFIX : `${name}${SNAPSHOT_SEPARATOR}${snap}${VIEW_SUFFIX}`;
       const disk: ImageView = { kind: 'image', hostPath, driver, virtualSize, hostFiles, ...(snap === '' ? {} : { snapshot: snap }) };
       out.push({ name: viewName, entry: disk });
-      for (const p of (await this.opts.partitionsOf?.(disk)) ?? []) {
+      for (const p of (await this.opts.partitionsOf?.(disk, probed.key)) ?? []) {
         out.push({ name: partitionViewName(viewName, VIEW_SUFFIX, p.number), entry: { ...disk, partition: p } });
       }
     }
@@ -168,14 +170,18 @@ export class ViewTree {
   async resolve(viewPath: string): Promise<ViewEntry | undefined> {
     if (viewPath === '/') return { kind: 'dir', hostPath: this.root };
     const hostPath = this.hostPathOf(viewPath);
-    // lstat: a symlinked folder is not mirrored (listings skip it too), so it cannot lead outside.
-    const st = fs.lstatSync(hostPath, { throwIfNoEntry: false });
-    if (st?.isDirectory()) return { kind: 'dir', hostPath };
-    if (!viewPath.endsWith(VIEW_SUFFIX)) return undefined;
     const name = path.basename(viewPath);
     const dir = path.dirname(viewPath);
     let listing = await this.currentListing(dir);
-    if (!listing) return undefined;
+    // A folder the listing knows needs no lookup; one made since is found by lstat (a symlinked
+    // folder is not mirrored, listings skip it too, so it cannot lead outside).
+    const known = listing?.byName.get(name);
+    if (known?.kind === 'dir') return known;
+    if (!known) {
+      const st = fs.lstatSync(hostPath, { throwIfNoEntry: false });
+      if (st?.isDirectory()) return { kind: 'dir', hostPath };
+    }
+    if (!viewPath.endsWith(VIEW_SUFFIX) || !listing) return undefined;
     // The image file the name would come from must still show what the listing says it shows
     // (a snapshot taken, a partition table written, a resize since): checked, and redone alone.
     const hit = listing.byName.get(name);
@@ -278,6 +284,7 @@ export class ViewTree {
   /** Probe by content, with the extension agreeing; cached per (mtime, size, inode). */
   private async probe(hostPath: string): Promise<Probed | undefined> {
     const st = fs.statSync(hostPath, { throwIfNoEntry: false });
+    this.lastStat = { hostPath, st, at: performance.now() };
     if (!st) return undefined;
     const key = `${st.mtimeMs}:${st.size}:${st.ino}`;
     const cached = this.probes.get(hostPath);
@@ -345,6 +352,17 @@ export class ViewTree {
     this.warned.set(hostPath, key);
     this.opts.warn(`left out ${path.relative(this.root, hostPath) || hostPath}: ${reason}`);
   }
+
+  /**
+   * The stat the lookup that just ran took of this image file (getattr right after resolve:
+   * one stat per request, not two), or undefined when it is not that fresh.
+   */
+  statJustTaken(hostPath: string): fs.Stats | undefined {
+    const l = this.lastStat;
+    return l && l.hostPath === hostPath && performance.now() - l.at < JUST_TAKEN_MS ? l.st : undefined;
+  }
+
+  private lastStat?: { hostPath: string; st: fs.Stats | undefined; at: number };
 
   /**
    * What this image file shows changed while the mount has it open (its partition table was
