@@ -26,6 +26,8 @@ export interface ImageTableOptions {
   /** What images may reach (src/image/confine.ts). */
   confinement: Confinement;
   warn: (message: string) => void;
+  /** Keep every closed image's counters for the report at unmount (--stats); off, nothing per image is kept. */
+  keepStats?: boolean;
   /** True when another image in the tree uses this one as its backing file / parent. */
   isBackingOfAnother(hostPath: string): Promise<boolean>;
 }
@@ -229,8 +231,10 @@ export class ImageTable {
   }
 
   private logStats(entry: OpenImage): void {
+    // Counted only when someone reads them: a folder of thousands of images opens and closes each.
+    if (!this.opts.keepStats && !log.enabled) return;
     const s = entry.image.stats();
-    this.sessionStats.add(entry.key, s, entry.merger.stats());
+    if (this.opts.keepStats) this.sessionStats.add(entry.key, s, entry.merger.stats());
     const io = Object.values(s.io).reduce(
       (a, c) => ({ reads: a.reads + c.reads, writes: a.writes + c.writes, flushes: a.flushes + c.flushes }),
       { reads: 0, writes: 0, flushes: 0 },

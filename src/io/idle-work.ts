@@ -1,5 +1,5 @@
 /**
- * Work that need not hold up a reply: the request loop (src/fuse/session-loop.ts) runs it when its
+ * Work that need not hold up a reply: the request loop (src/fuse/kernel/session-loop.ts) runs it when its
  * queue is empty, before it polls for the next request. A synchronous client (psync fio, a loop
  * device) spends tens of µs between our reply and its next request; work done then costs it
  * nothing, where the same work done before the reply adds to every round trip. The merger posts

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import { checkMountArguments, mountImages } from '../../fs/mount';
+import { checkMountArguments, mountImages } from '../../mount/mount';
 import { withAllowOutside } from '../allow-outside';
 import { tuningFromOptions } from '../tuning';
 import { VdiskError } from '../../io/errors';
@@ -10,8 +10,8 @@ import { parseSize } from '../size';
 import { enableDebug, reportFatal, warn } from '../output';
 import { defaultLogFile, pidFileFor } from '../pidfile';
 import { reportBackgroundMount, servedAlready, writeMountRecord } from '../mount-report';
-import { isOurMount } from '../../fs/fuse-session';
-import { DEFAULT_POLL_MAX_US } from '../../fuse/adaptive-poll';
+import { isOurMount } from '../../fuse/mountinfo';
+import { DEFAULT_POLL_MAX_US } from '../../fuse/kernel/adaptive-poll';
 
 interface MountArgs {
   images: string;

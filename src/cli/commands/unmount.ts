@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import { isMounted, isOurMount, unmountPath } from '../../fs/fuse-session';
+import { isMounted, isOurMount, unmountPath } from '../../fuse/mountinfo';
 import { VdiskError } from '../../io/errors';
 import { isAlive, readPid } from '../pidfile';
 import { forgetMountRecord, readLogSince, readMountRecord } from '../mount-report';

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import createDebug from 'debug';
-import { VdiskError } from '../io/errors';
+import { VdiskError } from '../../io/errors';
 import {
   SyscallError,
   geteuid,
@@ -13,8 +13,8 @@ import {
   MS_NOEXEC,
   MS_NOSUID,
   MS_RDONLY,
-} from '../io/syscalls';
-import type { FuseMountOptions } from '../fs/mount-options';
+} from '../../io/syscalls';
+import type { FuseMountOptions } from '../mount-options';
 
 const log = createDebug('vdiskfs:fuse');
 

@@ -1,8 +1,8 @@
 import createDebug from 'debug';
 import type { Operations, Stat } from 'fuse-native';
-import { errno, toErrno } from './errno';
-import type { FsCore, NodeAttr } from './operations-core';
-import { settle } from '../io/errors';
+import { errno, toErrno } from '../../fs/errno';
+import type { FsCore, NodeAttr } from '../../fs/operations-core';
+import { settle } from '../../io/errors';
 
 const log = createDebug('vdiskfs:fs');
 

@@ -1,4 +1,4 @@
-import { VdiskError } from '../../io/errors';
+import { VdiskError } from '../../../io/errors';
 
 /**
  * 64-bit little-endian fields as JS numbers. Offsets, sizes and handles on this protocol fit in

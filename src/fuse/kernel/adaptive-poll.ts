@@ -21,7 +21,7 @@
  *
  * A maximum of 0 turns polling off. An idle mount polls once, for at most the window, and sleeps.
  */
-import { VdiskError } from '../io/errors';
+import { VdiskError } from '../../io/errors';
 
 /**
  * 300 µs: the gap after a 128 KiB psync write's reply is 100-300 µs here (fio copies the next

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decodeInHeader, encodeOutHeader, IN_HEADER_SIZE, OUT_HEADER_SIZE, readU64, writeU64 } from '../../../src/fuse/protocol';
+import { decodeInHeader, encodeOutHeader, IN_HEADER_SIZE, OUT_HEADER_SIZE, readU64, writeU64 } from '../../../../src/fuse/kernel/protocol';
 
 /** A fuse_in_header built by hand, field by field as fuse.h lays it out. */
 function inHeader(len: number, opcode: number, unique: bigint, nodeid: bigint): Buffer {

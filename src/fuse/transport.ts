@@ -1,5 +1,5 @@
 import type { FuseMountOptions } from './mount-options';
-import type { FsCore } from './operations-core';
+import type { FsCore } from '../fs/operations-core';
 
 export type TransportName = 'kernel' | 'fuse-native';
 

@@ -1,4 +1,4 @@
-import { VdiskError } from '../../io/errors';
+import { VdiskError } from '../../../io/errors';
 import { readU64, writeU64 } from './u64';
 
 /** struct fuse_in_header: every request starts with it. */

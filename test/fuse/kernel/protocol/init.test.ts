@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { decodeInitIn, encodeInitOut, InitFlag, InitFlag2, initFlagNames, negotiate, MAX_WRITE } from '../../../src/fuse/protocol';
+import {
+  decodeInitIn,
+  encodeInitOut,
+  InitFlag,
+  InitFlag2,
+  initFlagNames,
+  negotiate,
+  MAX_WRITE,
+} from '../../../../src/fuse/kernel/protocol';
 
 /** fuse_init_in as kernel 6.x sends it (64 bytes, flags2 valid with INIT_EXT). */
 function initIn(minor: number, flags: number, flags2 = 0, size = 64): Buffer {

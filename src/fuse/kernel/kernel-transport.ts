@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
-import { syncfsAsync } from '../io/syscalls';
-import type { Transport, TransportOptions } from '../fs/transport';
+import { syncfsAsync } from '../../io/syscalls';
+import type { Transport, TransportOptions } from '../transport';
 import { AdaptivePoll, DEFAULT_POLL_MAX_US } from './adaptive-poll';
 import { KernelAdapter } from './kernel-adapter';
 import { mountKernel } from './kernel-mount';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import * as P from '../../../src/fuse/protocol';
+import * as P from '../../../../src/fuse/kernel/protocol';
 
 /** Little-endian struct builder: a list of [bytes, value] fields, as the C struct lists them. */
 function struct(fields: Array<[4 | 8, number | bigint]>): Buffer {

@@ -1,6 +1,6 @@
 /** The busy-poll window's adaptation, driven with chosen gaps (µs → ms as the loop passes them). */
 import { expect, it } from 'vitest';
-import { AdaptivePoll } from '../../src/fuse/adaptive-poll';
+import { AdaptivePoll } from '../../../src/fuse/kernel/adaptive-poll';
 
 const ms = (us: number) => us / 1000;
 

@@ -1,5 +1,5 @@
 import { expect, it } from 'vitest';
-import { NodeTable, ROOT_ID } from '../../src/fuse/node-table';
+import { NodeTable, ROOT_ID } from '../../../src/fuse/kernel/node-table';
 
 it('node ids: counted by LOOKUP, dropped when FORGET takes every lookup back, never reused; root stays', () => {
   const t = new NodeTable();

@@ -7,7 +7,7 @@ import {
   encodeEntryOut,
   ENTRY_OUT_SIZE,
   type Attr,
-} from '../../../src/fuse/protocol';
+} from '../../../../src/fuse/kernel/protocol';
 
 const attr: Attr = {
   ino: 5,

@@ -1,7 +1,7 @@
 import createDebug from 'debug';
-import { errno } from '../fs/errno';
-import type { FsCore, NodeAttr } from '../fs/operations-core';
-import { settle } from '../io/errors';
+import { errno } from '../../fs/errno';
+import type { FsCore, NodeAttr } from '../../fs/operations-core';
+import { settle } from '../../io/errors';
 import { BufferPool } from './buffer-pool';
 import { NodeTable, ROOT_ID } from './node-table';
 import * as P from './protocol';

@@ -5,15 +5,15 @@ import createDebug from 'debug';
 import type { MergerOptions } from '../merge';
 import { VdiskError } from '../io/errors';
 import { Confinement, type DriverTuning, type Image } from '../image';
-import { startKernelTransport } from '../fuse/kernel-transport';
 import { MNT_DETACH, geteuid, umount2 } from '../io/syscalls';
-import { isMounted, isOurMount, startFuseNativeTransport, unmountPath } from './fuse-session';
-import { ImageTable } from './image-table';
-import { parseFuseOptions, userMayAllowOther } from './mount-options';
-import { FsCore } from './operations-core';
-import type { Transport, TransportName } from './transport';
-import { ViewTree, type ImageView } from './view-tree';
-import { PartitionViews } from './partition-views';
+import { isMounted, isOurMount, unmountPath } from '../fuse/mountinfo';
+import { ImageTable } from '../fs/image-table';
+import { parseFuseOptions, userMayAllowOther } from '../fuse/mount-options';
+import { FsCore } from '../fs/operations-core';
+import type { Transport, TransportName } from '../fuse/transport';
+import { startTransport } from './transports';
+import { ViewTree, type ImageView } from '../fs/view-tree';
+import { PartitionViews } from '../fs/partition-views';
 
 const log = createDebug('vdiskfs:fs');
 
@@ -192,11 +192,11 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
     confinement,
     warn: opts.warn,
     isBackingOfAnother: (p) => tree.isBackingOfAnother(p),
+    keepStats: opts.stats ?? false,
   });
   if (opts.partitions !== false) partitions = new PartitionViews(table, opts.warn);
   const core = new FsCore({ tree, images: table, readOnly: opts.readOnly, warn: opts.warn, ...(partitions ? { partitions } : {}) });
-  const start = opts.transport === 'fuse-native' ? startFuseNativeTransport : startKernelTransport;
-  const transport = await start({
+  const transport = await startTransport(opts.transport ?? 'kernel', {
     mountpoint,
     core,
     options: parseFuseOptions(opts.fuseOptions),

@@ -48,8 +48,8 @@ import {
   fcntlGetFlags,
   fcntlSetFlags,
   readOrErrno,
-} from '../io/syscalls';
-import { hasIdleWork, runIdleStep } from '../io/idle-work';
+} from '../../io/syscalls';
+import { hasIdleWork, runIdleStep } from '../../io/idle-work';
 import { AdaptivePoll, DEFAULT_POLL_MAX_US } from './adaptive-poll';
 import { IN_HEADER_SIZE, WRITE_IN_SIZE, MAX_WRITE } from './protocol';
 

@@ -1,10 +1,13 @@
-import { execFile } from 'node:child_process';
+/**
+ * The fuse-native (libfuse 2.9) transport, `--transport fuse-native`: the measured baseline beside
+ * our own kernel-protocol loop (../kernel/). The operations core answers through adapter.ts.
+ */
 import * as fs from 'node:fs';
 import type { Operations } from 'fuse-native';
-import { VdiskError } from '../io/errors';
-import type { FuseMountOptions } from './mount-options';
-import { makeFuseNativeOperations } from './operations';
-import type { Transport, TransportOptions } from './transport';
+import { VdiskError } from '../../io/errors';
+import type { FuseMountOptions } from '../mount-options';
+import { makeFuseNativeOperations } from './adapter';
+import type { Transport, TransportOptions } from '../transport';
 
 /** FUSE write size: 128 KiB requests instead of 4 KiB (measured 22.7 → 265 MB/s for dd bs=128k). */
 export const MAX_WRITE = 131072;
@@ -94,66 +97,4 @@ export async function startFuseNativeTransport(t: TransportOptions): Promise<Tra
 /** The checked -o options, in libfuse's words. */
 function fuseNativeOptions(o: FuseMountOptions): string[] {
   return [...(o.allowOther ? ['allow_other'] : []), ...(o.nonempty ? ['nonempty'] : []), ...(o.readOnly ? ['ro'] : []), ...o.generic];
-}
-
-/** Is `dir` a mountpoint right now (per /proc/self/mountinfo)? */
-export function isMounted(dir: string): boolean {
-  const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
-  const target = escapeMountPath(dir);
-  return text.split('\n').some((line) => line.split(' ')[4] === target);
-}
-
-export function isOurMount(dir: string): boolean {
-  const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
-  const target = escapeMountPath(dir);
-  return text.split('\n').some((line) => {
-    const f = line.split(' ');
-    return f[4] === target && line.includes(' - fuse.vdiskfs ');
-  });
-}
-
-/** mountinfo escapes space, tab, newline and backslash as octal. */
-function escapeMountPath(p: string): string {
-  return p.replace(/[\\ \t\n]/g, (c) => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'));
-}
-
-/**
- * Unmounts with the first tool that exists: umount (root), fusermount3, fusermount. A busy mount
- * is retried for a moment: `losetup -d` releases its file asynchronously, so an unmount right
- * after it would otherwise fail for no lasting reason.
- */
-export async function unmountPath(dir: string, lazy: boolean): Promise<void> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return await unmountOnce(dir, lazy);
-    } catch (e) {
-      if (attempt >= 20 || !/busy/i.test((e as Error).message)) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-}
-
-async function unmountOnce(dir: string, lazy: boolean): Promise<void> {
-  const attempts: Array<[string, string[]]> = [
-    ['umount', [...(lazy ? ['-l'] : []), dir]],
-    ['fusermount3', ['-u', ...(lazy ? ['-z'] : []), dir]],
-    ['fusermount', ['-u', ...(lazy ? ['-z'] : []), dir]],
-  ];
-  let last = '';
-  for (const [cmd, args] of attempts) {
-    const r = await new Promise<{ ok: boolean; msg: string; missing: boolean }>((res) =>
-      execFile(cmd, args, (err, _out, stderr) =>
-        res({
-          ok: !err,
-          msg: String(stderr || err?.message || '').trim(),
-          missing: (err as NodeJS.ErrnoException | null)?.code === 'ENOENT',
-        }),
-      ),
-    );
-    if (r.ok) return;
-    if (!r.missing) last = r.msg;
-    if (!isMounted(dir)) return;
-    if (!r.missing && /busy/i.test(r.msg)) break;
-  }
-  if (isMounted(dir)) throw new VdiskError('EBUSY', `cannot unmount ${dir}: ${last || 'unknown reason'}`);
 }

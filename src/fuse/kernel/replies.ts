@@ -6,8 +6,8 @@
  * sleeps off-thread while any wait).
  */
 import createDebug from 'debug';
-import { errno, toErrno } from '../fs/errno';
-import { settle } from '../io/errors';
+import { errno, toErrno } from '../../fs/errno';
+import { settle } from '../../io/errors';
 import * as P from './protocol';
 
 const log = createDebug('vdiskfs:fuse');

@@ -5,10 +5,10 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { afterEach, expect, it } from 'vitest';
-import { AdaptivePoll } from '../../src/fuse/adaptive-poll';
-import { hasIdleWork, postIdleWork } from '../../src/io/idle-work';
-import { SessionLoop, type RequestHandler } from '../../src/fuse/session-loop';
-import { socketpair, poll, POLLIN } from '../../src/io/syscalls';
+import { AdaptivePoll } from '../../../src/fuse/kernel/adaptive-poll';
+import { hasIdleWork, postIdleWork } from '../../../src/io/idle-work';
+import { SessionLoop, type RequestHandler } from '../../../src/fuse/kernel/session-loop';
+import { socketpair, poll, POLLIN } from '../../../src/io/syscalls';
 
 let fds: number[] = [];
 afterEach(() => {

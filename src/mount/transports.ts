@@ -1,0 +1,18 @@
+/**
+ * The one place that knows the transports: a mount names one (`--transport`), this starts it.
+ * Each lives in its own folder under src/fuse/ and serves the same operations core (src/fs/):
+ *   kernel       our loop on /dev/fuse speaking the kernel protocol (src/fuse/kernel/), the default
+ *   fuse-native  libfuse 2.9 through fuse-native (src/fuse/fuse-native/), the measured baseline
+ */
+import { startKernelTransport } from '../fuse/kernel/kernel-transport';
+import { startFuseNativeTransport } from '../fuse/fuse-native/transport';
+import type { Transport, TransportName, TransportOptions } from '../fuse/transport';
+
+const TRANSPORTS: Record<TransportName, (o: TransportOptions) => Promise<Transport>> = {
+  kernel: startKernelTransport,
+  'fuse-native': startFuseNativeTransport,
+};
+
+export function startTransport(name: TransportName, opts: TransportOptions): Promise<Transport> {
+  return TRANSPORTS[name](opts);
+}
