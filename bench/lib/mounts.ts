@@ -126,6 +126,8 @@ export interface PeerMountOptions {
   format: ImageFormat;
   /** A regular file: qemu-storage-daemon mounts the export over it. */
   mountFile: string;
+  /** Which qemu-storage-daemon (default: the system's). */
+  binary?: string;
 }
 
 /** qemu-storage-daemon exporting one image over FUSE, writable. */
@@ -139,7 +141,7 @@ export async function mountPeer(o: PeerMountOptions): Promise<Mount> {
     '--export',
     `type=fuse,id=e,node-name=q,mountpoint=${o.mountFile},writable=on`,
   ];
-  const daemon = startDaemon('qemu-storage-daemon', args);
+  const daemon = startDaemon(o.binary ?? 'qemu-storage-daemon', args);
   const mount = withCleanup(o.mountFile, daemon, o.mountFile);
   try {
     await waitFor(`qemu-storage-daemon export ${o.mountFile}`, () => isMounted(o.mountFile), daemon, 20_000);

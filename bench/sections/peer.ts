@@ -12,6 +12,8 @@ import { runFioMatrix } from '../lib/matrix';
 import type { MatrixResult, Target } from '../lib/matrix';
 import { mountOurs, mountPeer, transportRequestSizes } from '../lib/mounts';
 import { cpuTable, peerTable } from '../lib/report';
+import { firstLineOf } from '../lib/procs';
+import { qsd10 } from '../lib/qemu10';
 import type { SectionContext } from './context';
 
 export type DiskFormat = Exclude<ImageFormat, 'raw'>;
@@ -99,6 +101,32 @@ export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, T
   ];
 }
 
+/** qemu-storage-daemon 10.0 on the same images as the first peer, when it could be fetched (lib/qemu10.ts). */
+export function peer10Target(ctx: SectionContext, format: DiskFormat): Target | undefined {
+  const q = qsd10(ctx.log);
+  if ('unavailable' in q) return undefined;
+  const name = `x.${extensionFor(format)}`;
+  return {
+    id: 'peer10',
+    title: 'qemu-storage-daemon 10',
+    async setup(job, dir) {
+      const image = path.join(dir, name);
+      await imageForJob(image, format, job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
+      const m = await mountPeer({ image, format, mountFile: path.join(dir, 'export'), binary: q.path });
+      return { file: m.target, stop: () => m.stop(), pid: m.pid };
+    },
+  };
+}
+
+/** Which binaries the peers were, for the report. */
+function peersLine(ctx: SectionContext): string {
+  const v7 = firstLineOf('qemu-storage-daemon', ['--version'])?.replace(/^qemu-storage-daemon version /, '') ?? 'missing';
+  const q = qsd10(ctx.log);
+  const v10 =
+    'unavailable' in q ? `not measured: ${q.unavailable}` : `${q.version} (bookworm-backports, unpacked into bench/.cache/qemu-10)`;
+  return `Peers: qemu-storage-daemon ${v7} (the system's) and qemu-storage-daemon ${v10}.`;
+}
+
 export async function peerFio(
   ctx: SectionContext,
   format: DiskFormat,
@@ -106,9 +134,10 @@ export async function peerFio(
   opts: { withFuseNative?: boolean } = {},
 ): Promise<{ table: string; result: MatrixResult }> {
   const [ours, peer, ceiling, native] = peerTargets(ctx, format);
+  const peer10 = peer10Target(ctx, format);
   // The fuse-native baseline measures the transport, not a format: the qcow2 and VMDK sections carry it.
   const withNative = opts.withFuseNative ?? true;
-  const targets = withNative ? [ours, peer, ceiling, native] : [ours, peer, ceiling];
+  const targets = [ours, peer, ...(peer10 ? [peer10] : []), ceiling, ...(withNative ? [native] : [])];
   const result = await runFioMatrix({
     name: format,
     jobs: ctx.jobs,
@@ -126,8 +155,13 @@ export async function peerFio(
     failed: Object.fromEntries(result.failed),
   });
   const table = [
+    peersLine(ctx),
+    '',
     peerTable(result, ctx.jobs, ours, peer, goal, ceiling, withNative ? [native] : []),
     '',
+    ...(peer10
+      ? [`Against ${peer10.title} (#21's target: every job ≥ 1.5x):`, '', peerTable(result, ctx.jobs, ours, peer10, () => 1.5), '']
+      : []),
     `Server CPU per request and the request sizes our transport saw (${format}):`,
     '',
     cpuTable(result, ctx.jobs, targets, ours),
