@@ -14,6 +14,7 @@ import { makeTemplates } from './lib/images';
 import { describeMachine, machineInfo } from './lib/machine';
 import { removeDir } from './lib/matrix';
 import { RESULTS_DIR, VDISKFS_MAIN } from './lib/paths';
+import { ratioChart } from './lib/svg-chart';
 import type { SectionContext } from './sections/context';
 import { foundationSection } from './sections/foundation';
 import { qcow2Section } from './sections/qcow2';
@@ -131,7 +132,13 @@ async function main(): Promise<number> {
       2,
     ) + '\n',
   );
-  log(`bench: wrote ${path.join(RESULTS_DIR, `${name}.md`)}`);
+  const chart = ratioChart(
+    recorded,
+    ctx.jobs,
+    `vdiskfs / qemu-storage-daemon, fio MB/s (${started.toISOString().slice(0, 16)}Z, ${cfg.size / MiB} MiB per job)`,
+  );
+  if (chart) fs.writeFileSync(path.join(RESULTS_DIR, `${name}.svg`), chart);
+  log(`bench: wrote ${path.join(RESULTS_DIR, `${name}.md`)}${chart ? ` and ${name}.svg` : ''}`);
   return 0;
 }
 
