@@ -13,12 +13,17 @@ if (!file) {
 }
 const run = JSON.parse(fs.readFileSync(file, 'utf8')) as {
   started: string;
-  config: { size: number; runtime: number; quick?: boolean };
+  config: { size: number; secondSize?: number; runtime: number; quick?: boolean };
   results: Record<string, unknown>;
 };
 const chart = ratioChart(
   run.results,
-  fioJobs({ size: run.config.size, runtime: run.config.runtime, maxRuntime: run.config.quick ? 20 : 60 }),
+  fioJobs({
+    size: run.config.size,
+    secondSize: run.config.secondSize ?? 0,
+    runtime: run.config.runtime,
+    maxRuntime: run.config.quick ? 20 : 60,
+  }),
   `vdiskfs / qemu-storage-daemon, fio MB/s (${run.started.slice(0, 16)}Z, ${run.config.size / 2 ** 20} MiB per job)`,
 );
 if (!chart) {

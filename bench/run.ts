@@ -61,7 +61,7 @@ async function main(): Promise<number> {
   if (cfg.profile) fs.mkdirSync(profileDir, { recursive: true });
 
   const machine = machineInfo(cfg.baseDir);
-  const settings = { size: cfg.size, runtime: cfg.runtime, maxRuntime: cfg.quick ? 20 : 60 };
+  const settings = { size: cfg.size, secondSize: cfg.secondSize, runtime: cfg.runtime, maxRuntime: cfg.quick ? 20 : 60 };
   log(`bench: ${cfg.quick ? 'QUICK ' : ''}run, ${cfg.repeat} repeat(s), fio size ${cfg.size / MiB} MiB, work folder ${workRoot}`);
   log(describeMachine(machine));
   log('bench: making the filled templates ...');
@@ -109,7 +109,7 @@ async function main(): Promise<number> {
   const report = [
     `# vdiskfs benchmarks${cfg.quick ? ' (QUICK smoke run: small sizes, 1 repeat; not for quoting)' : ''}`,
     '',
-    `Run ${started.toISOString().replace(/\.\d+Z$/, 'Z')} (${minutes} min) by \`make bench\`. fio: psync, iodepth 1 (the two qd16 jobs: libaio, iodepth 16), one job, ${cfg.size / MiB} MiB per job, random jobs ${cfg.runtime} s; ` +
+    `Run ${started.toISOString().replace(/\.\d+Z$/, 'Z')} (${minutes} min) by \`make bench\`. fio: psync, iodepth 1 (the two qd16 jobs: libaio, iodepth 16), one job, ${cfg.size / MiB} MiB per job${cfg.secondSize ? ` (every write job also at ${cfg.secondSize / MiB} MiB)` : ''}, random jobs ${cfg.runtime} s; ` +
       `every figure is the median of ${cfg.repeat} run(s), targets interleaved, a fresh image for every run.`,
     '',
     describeMachine(machine),

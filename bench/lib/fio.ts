@@ -7,6 +7,8 @@ export interface FioJob {
   /** Needs an image whose first `size` bytes hold data before it starts. */
   needsFilledImage: boolean;
   args: string[];
+  /** fio --size of this job when it is not the run's (the second-size twin of a write job). */
+  size?: number;
 }
 
 export interface JobSettings {
@@ -14,6 +16,8 @@ export interface JobSettings {
   size: number;
   /** Seconds for the time-based random jobs. */
   runtime: number;
+  /** Every write job once more at this size (0 or absent: not). */
+  secondSize?: number;
   /** Upper bound in seconds for the size-based jobs (a very slow target stops early; its bandwidth stays valid). */
   maxRuntime: number;
 }
@@ -22,6 +26,22 @@ const LIBAIO_QD16 = ['--ioengine=libaio', '--iodepth=16'];
 
 /** The jobs of the issues, in table order. */
 export function fioJobs(s: JobSettings): FioJob[] {
+  const jobs = baseJobs(s);
+  if (!s.secondSize || s.secondSize === s.size) return jobs;
+  const mib = (b: number) => `${Math.round(b / 2 ** 20)} MiB`;
+  // Each write job, then its twin at the second size (a small job can flatter a writer whose
+  // cost shows only once the host page cache stops absorbing it).
+  return jobs.flatMap((j) =>
+    j.writes
+      ? [
+          { ...j, title: `${j.title}, ${mib(s.size)}` },
+          { ...j, id: `${j.id}-${mib(s.secondSize!).replace(' ', '')}`, title: `${j.title}, ${mib(s.secondSize!)}`, size: s.secondSize },
+        ]
+      : [j],
+  );
+}
+
+function baseJobs(s: JobSettings): FioJob[] {
   const timed = ['--time_based', `--runtime=${s.runtime}`];
   return [
     {
@@ -70,7 +90,7 @@ export function fioArgs(job: FioJob, filename: string, s: JobSettings): string[]
   return [
     `--name=${job.id}`,
     `--filename=${filename}`,
-    `--size=${s.size}`,
+    `--size=${job.size ?? s.size}`,
     // psync, one request in flight, unless the job names its engine.
     ...(job.args.some((a) => a.startsWith('--ioengine=')) ? [] : ['--ioengine=psync', '--iodepth=1']),
     '--numjobs=1',
