@@ -164,8 +164,7 @@ export const mapCommand: CommandModule<object, MapArgs> = {
       }
       progress.done();
       if (argv.output === 'json') {
-        const json = rows.map(({ file: _file, offset, ...r }) => ({ ...r, ...(offset !== undefined ? { offset } : {}) }));
-        process.stdout.write(JSON.stringify(json, null, 2) + '\n');
+        process.stdout.write(`[${rows.map(jsonRow).join(',\n')}]\n`);
       } else {
         const hex = (v: number) => '0x' + v.toString(16);
         process.stdout.write('Offset          Length          Kind        Depth  Mapped to       File\n');
@@ -187,6 +186,12 @@ export const mapCommand: CommandModule<object, MapArgs> = {
     }
   },
 };
+
+/** One row laid out as qemu-img map --output=json lays it out, so the two outputs diff cleanly. */
+function jsonRow(r: MapEntry): string {
+  const offset = r.offset !== undefined ? `, "offset": ${r.offset}` : '';
+  return `{ "start": ${r.start}, "length": ${r.length}, "depth": ${r.depth}, "present": ${r.present}, "zero": ${r.zero}, "data": ${r.data}${offset}}`;
+}
 
 /** The chain top first: names as qemu-img shows them, real paths and formats to open them by. */
 function chainLayers(info: Awaited<ReturnType<Image['info']>>, given: string, real: string): Layer[] {

@@ -85,7 +85,7 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
     const cache = new MetadataCache(opts.tuning?.qcow2?.cacheSize ?? defaultCacheSize(cs, extended ? 16 : 8), cs, {
       load: async (kind, offset, into) => {
         // A table past everything allocated would be written back there: hostile, refuse.
-        if (refcounts && offset >= refcounts.nextFree * cs)
+        if (refcounts && offset + into.length > refcounts.nextFree * cs)
           throw VdiskError.corrupt(`qcow2 ${kind} table at ${offset} lies past the end of the image`);
         await file.read(into, offset, kind);
       },

@@ -23,7 +23,10 @@ import { qcow2Info } from './image-info';
 import { FreedClusters } from './freed-clusters';
 import { ImageLock } from './image-lock';
 import { L1Table } from './l1-table';
-import { MapContext, mapSync, newMapContext, tablesFor, type Piece } from './mapping';
+import { l2TableOffset, MapContext, mapSync, newMapContext, tablesFor, type Piece } from './mapping';
+
+/** How much of adjacent L2 tables map() reads at once when they are not cached. */
+const MAP_RUN_BYTES = 1 << 20;
 import type { ImageMeta } from './meta';
 import type { MetadataCache } from './metadata-cache';
 import { preallocateMetadata } from './preallocate';
@@ -324,31 +327,45 @@ export class Qcow2Image implements Image {
 
   /**
    * map() of a range whose tables are not all cached (`vdiskfs map` of a whole disk, SEEK_DATA):
-   * table by table under the image lock, a table not cached read into one scratch buffer rather
-   * than into the cache, so walking 2 TiB of tables neither evicts what reads and writes use nor
-   * leaves hundreds of megabytes of dead table buffers to the collector.
+   * under the image lock, a table not cached is read, with the tables that follow it on the host
+   * for the next L1 entries (up to MAP_RUN_BYTES), into one scratch buffer rather than into the
+   * cache. Walking 2 TiB of tables so neither evicts what reads and writes use, nor leaves
+   * hundreds of megabytes of dead table buffers to the collector, and a preallocated image's
+   * tables cost one read per 16 rather than one each. The scratch is trusted only while the lock
+   * is held: a write may change a table as soon as it is released.
    */
   private async mapTableByTable(offset: number, length: number): Promise<Piece[]> {
-    const span = this.ctx.l2Entries * 2 ** this.ctx.clusterBits;
+    const cs = 2 ** this.ctx.clusterBits;
+    const span = this.ctx.l2Entries * cs;
+    const end = offset + length;
     const out: Piece[] = [];
-    for (let pos = offset; pos < offset + length;) {
+    for (let pos = offset; pos < end;) {
       const at = pos;
-      const stop = Math.min(offset + length, (Math.floor(pos / span) + 1) * span);
-      const pieces = await this.imageLock.run(async () => {
-        const cached = mapSync(this.ctx, at, stop - at);
-        if (cached) return cached;
-        const l2off = tablesFor(this.ctx, at, stop - at)[0]!;
-        const scratch = (this.mapScratch ??= Buffer.alloc(2 ** this.ctx.clusterBits));
-        await this.cache.readUncached('l2', l2off, scratch);
-        return mapSync({ ...this.ctx, cache: { peek: (o) => (o === l2off ? scratch : undefined) } }, at, stop - at)!;
+      pos = await this.imageLock.run(async () => {
+        const l1i = Math.floor(at / span);
+        const tableStop = Math.min(end, (l1i + 1) * span);
+        const cached = mapSync(this.ctx, at, tableStop - at);
+        if (cached) {
+          for (const p of cached) out.push(p);
+          return tableStop;
+        }
+        const first = tablesFor(this.ctx, at, tableStop - at)[0]!;
+        const lastL1 = Math.floor((end - 1) / span);
+        let count = 1;
+        while (count < MAP_RUN_BYTES / cs && l1i + count <= lastL1 && l2TableOffset(this.ctx, l1i + count) === first + count * cs) count++;
+        const scratch = (this.mapScratch ??= Buffer.alloc(Math.max(MAP_RUN_BYTES, cs))).subarray(0, count * cs);
+        await this.cache.readRunUncached('l2', first, scratch);
+        const peek = (o: number) =>
+          o >= first && o < first + count * cs && (o - first) % cs === 0 ? scratch.subarray(o - first, o - first + cs) : undefined;
+        const stop = Math.min(end, (l1i + count) * span);
+        for (const p of mapSync({ ...this.ctx, cache: { peek } }, at, stop - at)!) out.push(p);
+        return stop;
       });
-      for (const p of pieces) out.push(p);
-      pos = stop;
     }
     return out;
   }
 
-  /** One L2 table's worth, for mapTableByTable (used under the image lock only). */
+  /** Tables read in one go by mapTableByTable (used under the image lock only). */
   private mapScratch?: Buffer;
 
   async resize(newSize: number): Promise<void> {

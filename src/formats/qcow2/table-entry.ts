@@ -12,7 +12,7 @@
 
 export const COPIED_HI = 0x80000000;
 export const COMPRESSED_HI = 0x40000000;
-const OFFSET_HI_MASK = 0x00ffffff;
+export const OFFSET_HI_MASK = 0x00ffffff;
 export const OFFSET_LO_MASK = 0xfffffe00;
 const TWO32 = 2 ** 32;
 

@@ -1,19 +1,15 @@
-import { HostFile } from '../../io/host-file';
 import type { FormatDriver } from '../types';
-import { RawImage } from './raw-image';
 
-export { RawImage };
+// The implementation loads on first use: probing or listing a folder must not load every format's
+// modules (start-up is most of a small command's time).
+const load = () => import('./raw-image');
 
 /** Raw has no signature: it is whatever no other driver recognises, named .img or .raw. */
 export const rawDriver: FormatDriver = {
   name: 'raw',
   extensions: ['img', 'raw'],
   probe: () => true,
-  open: (path, opts) => RawImage.open(path, opts.writable),
-  async create(path, opts) {
-    const f = await HostFile.create(path);
-    await f.truncate(opts.size);
-    await f.close();
-  },
+  open: async (path, opts) => (await load()).RawImage.open(path, opts.writable),
+  create: async (path, opts) => (await load()).createRaw(path, opts.size),
   // No check: raw has no metadata to be inconsistent (qemu-img check says so, exit 63).
 };

@@ -103,3 +103,10 @@ export class RawImage implements Image {
     return { filename: this.path, format: 'raw', 'virtual-size': this.virtualSize, 'actual-size': st.blocks * 512 };
   }
 }
+
+/** qemu-img create -f raw: an empty file of the size, all of it a hole. */
+export async function createRaw(path: string, size: number): Promise<void> {
+  const f = await HostFile.create(path);
+  await f.truncate(size);
+  await f.close();
+}

@@ -1,8 +1,5 @@
 import type { FormatDriver } from '../types';
-import { checkVdi } from './check';
-import { createVdi } from './create';
 import { looksLikeVdi } from './header';
-import { openVdi } from './vdi-image';
 
 /*
  * The VDI driver (VirtualBox), one job per file:
@@ -12,13 +9,17 @@ import { openVdi } from './vdi-image';
  *   create.ts, check.ts   qemu-img create -f vdi / check
  * The bytes move through the shared block engine (../blocks/block-image.ts).
  */
+// The implementation loads on first use: probing or listing a folder must not load every format's
+// modules (start-up is most of a small command's time).
+const load = () => import('./driver-impl');
+
 export const vdiDriver: FormatDriver = {
   name: 'vdi',
   extensions: ['vdi'],
   probe: (head) => looksLikeVdi(head),
-  open: openVdi,
-  create: createVdi,
-  check: checkVdi,
+  open: async (path, opts) => (await load()).openVdi(path, opts),
+  create: async (path, opts) => (await load()).createVdi(path, opts),
+  check: async (path, opts) => (await load()).checkVdi(path, opts),
   // No backingFileOf: the parent is found by UUID, which takes opening files; the mount learns
   // it from the opened image (backingImage), under its confinement.
 };

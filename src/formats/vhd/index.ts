@@ -1,9 +1,6 @@
 import * as fs from 'node:fs';
 import type { FormatDriver } from '../types';
-import { checkVhd } from './check';
-import { createVhd } from './create';
 import { FOOTER_BYTES, hasCookie } from './footer';
-import { openVhd } from './vhd-image';
 
 /*
  * The VHD driver (QEMU calls the format "vpc"), one job per file:
@@ -17,13 +14,17 @@ import { openVhd } from './vhd-image';
  *   create.ts, check.ts   qemu-img create -f vpc / check
  * The bytes move through the shared block engine (../blocks/block-image.ts).
  */
+// The implementation loads on first use: probing or listing a folder must not load every format's
+// modules (start-up is most of a small command's time).
+const load = () => import('./driver-impl');
+
 export const vhdDriver: FormatDriver = {
   name: 'vpc',
   extensions: ['vhd', 'avhd'],
   probe: (head, path) => hasCookie(head) || (/\.a?vhd$/i.test(path) && fixedFooterAtEnd(path)),
-  open: openVhd,
-  create: createVhd,
-  check: checkVhd,
+  open: async (path, opts) => (await load()).openVhd(path, opts),
+  create: async (path, opts) => (await load()).createVhd(path, opts),
+  check: async (path, opts) => (await load()).checkVhd(path, opts),
   // No backingFileOf: the parent is checked by Unique Id, which takes opening it; the mount
   // learns it from the opened image (backingImage), under its confinement.
 };

@@ -1,10 +1,5 @@
 import type { FormatDriver } from '../types';
-import { checkVhdx } from './check';
-import { createVhdx } from './create';
 import { isVhdx } from './file-identifier';
-import { VhdxImage } from './vhdx-image';
-
-export { VhdxImage };
 
 /*
  * The VHDX driver ([MS-VHDX] v2), one job per file (README.md says the same at more length):
@@ -18,11 +13,15 @@ export { VhdxImage };
  *   block-writer.ts       allocation, in-place writes, zero/discard by block
  *   parent.ts             differencing parents;  vhdx-image.ts  the Image;  create.ts, check.ts
  */
+// The implementation loads on first use: probing or listing a folder must not load every format's
+// modules (start-up is most of a small command's time).
+const load = () => import('./driver-impl');
+
 export const vhdxDriver: FormatDriver = {
   name: 'vhdx',
   extensions: ['vhdx', 'avhdx'],
   probe: (head) => isVhdx(head),
-  open: (path, opts) => VhdxImage.open(path, opts),
-  create: createVhdx,
-  check: checkVhdx,
+  open: async (path, opts) => (await load()).VhdxImage.open(path, opts),
+  create: async (path, opts) => (await load()).createVhdx(path, opts),
+  check: async (path, opts) => (await load()).checkVhdx(path, opts),
 };

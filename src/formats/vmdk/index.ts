@@ -1,11 +1,5 @@
 import type { FormatDriver } from '../types';
 import { looksLikeDescriptor } from './descriptor';
-import { extentPaths, parentPath, readLayout } from './layout';
-import { VmdkImage } from './vmdk-image';
-import { createVmdk } from './create';
-import { checkVmdk } from './check';
-
-export { VmdkImage };
 
 /*
  * The VMDK driver, one job per file:
@@ -24,6 +18,10 @@ export { VmdkImage };
  *   create.ts, check.ts  qemu-img create -f vmdk / check
  */
 
+// The implementation loads on first use: probing or listing a folder must not load every format's
+// modules (start-up is most of a small command's time).
+const load = () => import('./driver-impl');
+
 /** VMDK: a KDMV sparse extent with an embedded descriptor, or a text descriptor naming extents. */
 export const vmdkDriver: FormatDriver = {
   name: 'vmdk',
@@ -35,12 +33,8 @@ export const vmdkDriver: FormatDriver = {
     }
     return looksLikeDescriptor(head.toString('latin1', 0, Math.min(head.length, 1024)));
   },
-  open: (path, opts) => VmdkImage.open(path, opts),
-  create: createVmdk,
-  check: checkVmdk,
-  async describe(path) {
-    const layout = await readLayout(path);
-    const parent = parentPath(path, layout);
-    return { auxiliaryFiles: extentPaths(path, layout).filter((p) => p !== path), ...(parent ? { backingFile: parent } : {}) };
-  },
+  open: async (path, opts) => (await load()).VmdkImage.open(path, opts),
+  create: async (path, opts) => (await load()).createVmdk(path, opts),
+  check: async (path, opts) => (await load()).checkVmdk(path, opts),
+  describe: async (path) => (await load()).describeVmdk(path),
 };

@@ -167,3 +167,15 @@ describe('metadata cache write order', () => {
     expect(cache.peek(2 * T)).toBeUndefined();
   });
 });
+
+describe('MetadataCache.readRunUncached', () => {
+  it('reads adjacent tables in one load and lays each cached (newer, maybe dirty) copy over the file bytes', async () => {
+    const { cache } = make();
+    const e = await dirtyEntry(cache, 'l2', 3);
+    e.buf.fill(0xee);
+    const run = Buffer.alloc(4 * T);
+    await cache.readRunUncached('l2', 2 * T, run);
+    expect([run[0], run[T], run[2 * T], run[3 * T + T - 1]]).toEqual([2, 0xee, 2, 2]); // the fake file fills a load with its first table's number
+    expect(cache.peek(2 * T)).toBeUndefined(); // nothing it read was cached
+  });
+});
