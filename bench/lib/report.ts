@@ -101,3 +101,34 @@ export function cpuTable(m: MatrixResult, jobs: readonly FioJob[], targets: read
   const align = headers.map((_, i) => (i === 0 || i === headers.length - 1 ? 'l' : 'r'));
   return markdownTable(headers, rows, align);
 }
+
+/**
+ * The limit (#21 item 3), same run: fio on the host's raw file (no FUSE), on our view of a raw
+ * image (what FUSE and our transport cost alone) and on a format's view (what the driver adds).
+ * Raw view / host file is the transport's share; format view / raw view the driver's, whose
+ * target is ≥ `formatGoal`.
+ */
+export function limitTable(m: MatrixResult, jobs: readonly FioJob[], host: Target, rawView: Target, formatView: Target, formatGoal: number): string {
+  const headers = [
+    'job (MB/s)',
+    host.title,
+    rawView.title,
+    formatView.title,
+    `${rawView.title} / ${host.title}`,
+    `${formatView.title} / ${rawView.title}`,
+  ];
+  const rows = jobs.map((j) => {
+    const med = (t: Target) => m.samples.median(j.id, t.id);
+    const f = ratio(med(formatView), med(rawView));
+    return [
+      j.title,
+      cell(m, j.id, host.id),
+      cell(m, j.id, rawView.id),
+      cell(m, j.id, formatView.id),
+      formatRatio(ratio(med(rawView), med(host))),
+      `${formatRatio(f)} (${verdict(f, formatGoal)})`,
+    ];
+  });
+  const align = headers.map((_, i) => (i === 0 ? 'l' : 'r'));
+  return [markdownTable(headers, rows, align), ...notes(m, [host, rawView, formatView], jobs)].join('\n');
+}

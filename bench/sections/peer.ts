@@ -11,7 +11,7 @@ import type { FioJob } from '../lib/fio';
 import { runFioMatrix } from '../lib/matrix';
 import type { MatrixResult, Target } from '../lib/matrix';
 import { mountOurs, mountPeer, transportRequestSizes } from '../lib/mounts';
-import { cpuTable, peerTable } from '../lib/report';
+import { cpuTable, limitTable, peerTable } from '../lib/report';
 import { firstLineOf } from '../lib/procs';
 import { qsd10 } from '../lib/qemu10';
 import type { SectionContext } from './context';
@@ -101,6 +101,44 @@ export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, T
   ];
 }
 
+/**
+ * The limit's two references (#21 item 3): fio on a raw file of the host, no FUSE at all, and on
+ * our mount's view of the same kind of raw file (`--include-raw`): the transport's cost alone.
+ */
+export function limitTargets(ctx: SectionContext): [Target, Target] {
+  const IMAGE = 'disk.img';
+  const host: Target = {
+    id: 'host',
+    title: 'host raw file',
+    async setup(job, dir) {
+      const file = path.join(dir, IMAGE);
+      await imageForJob(file, 'raw', job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
+      return { file, stop: async () => {} };
+    },
+  };
+  const rawView: Target = {
+    id: 'rawview',
+    title: 'raw view',
+    async setup(job, dir) {
+      const images = path.join(dir, 'images');
+      fs.mkdirSync(images);
+      await imageForJob(path.join(images, IMAGE), 'raw', job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
+      const m = await mountOurs({
+        images,
+        mountpoint: path.join(dir, 'mnt'),
+        imageName: IMAGE,
+        extraArgs: ['--include-raw', '--stats'],
+        nodeArgs: ctx.nodeArgs,
+      });
+      return { file: m.target, stop: () => m.stop(), pid: m.pid, requestSizes: () => transportRequestSizes(m.output()) };
+    },
+  };
+  return [host, rawView];
+}
+
+/** The limit's target: a format's view at least this share of the raw view's speed. */
+export const FORMAT_VIEW_GOAL = 0.9;
+
 /** qemu-storage-daemon 10.0 on the same images as the first peer, when it could be fetched (lib/qemu10.ts). */
 export function peer10Target(ctx: SectionContext, format: DiskFormat): Target | undefined {
   const q = qsd10(ctx.log);
@@ -137,7 +175,8 @@ export async function peerFio(
   const peer10 = peer10Target(ctx, format);
   // The fuse-native baseline measures the transport, not a format: the qcow2 and VMDK sections carry it.
   const withNative = opts.withFuseNative ?? true;
-  const targets = [ours, peer, ...(peer10 ? [peer10] : []), ceiling, ...(withNative ? [native] : [])];
+  const [host, rawView] = limitTargets(ctx);
+  const targets = [ours, peer, ...(peer10 ? [peer10] : []), ceiling, ...(withNative ? [native] : []), host, rawView];
   const result = await runFioMatrix({
     name: format,
     jobs: ctx.jobs,
@@ -162,9 +201,18 @@ export async function peerFio(
     ...(peer10
       ? [`Against ${peer10.title} (#21's target: every job ≥ 1.5x):`, '', peerTable(result, ctx.jobs, ours, peer10, () => 1.5), '']
       : []),
+    `The limit: the host's raw file (no FUSE), our raw view (the transport's cost alone) and our ${format} view (the driver's), same run. Target: ${format} view / raw view ≥ ${FORMAT_VIEW_GOAL}.`,
+    '',
+    limitTable(result, ctx.jobs, host, rawView, { ...ours, title: `${format} view` }, FORMAT_VIEW_GOAL),
+    '',
     `Server CPU per request and the request sizes our transport saw (${format}):`,
     '',
-    cpuTable(result, ctx.jobs, targets, ours),
+    cpuTable(
+      result,
+      ctx.jobs,
+      targets.filter((t) => t !== host),
+      ours,
+    ),
   ].join('\n');
   return { table, result };
 }
