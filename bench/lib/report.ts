@@ -108,7 +108,14 @@ export function cpuTable(m: MatrixResult, jobs: readonly FioJob[], targets: read
  * Raw view / host file is the transport's share; format view / raw view the driver's, whose
  * target is ≥ `formatGoal`.
  */
-export function limitTable(m: MatrixResult, jobs: readonly FioJob[], host: Target, rawView: Target, formatView: Target, formatGoal: number): string {
+export function limitTable(
+  m: MatrixResult,
+  jobs: readonly FioJob[],
+  host: Target,
+  rawView: Target,
+  formatView: Target,
+  formatGoal: number,
+): string {
   const headers = [
     'job (MB/s)',
     host.title,
