@@ -139,3 +139,18 @@ export function limitTable(
   const align = headers.map((_, i) => (i === 0 ? 'l' : 'r'));
   return [markdownTable(headers, rows, align), ...notes(m, [host, rawView, formatView], jobs)].join('\n');
 }
+
+/** Pairs of targets side by side: MB/s of each and second / first, per job (one transport against another). */
+export function pairTable(m: MatrixResult, jobs: readonly FioJob[], pairs: readonly (readonly [Target, Target])[]): string {
+  const headers = ['job (MB/s)', ...pairs.flatMap(([a, b]) => [a.title, b.title, `${b.id} / ${a.id}`])];
+  const rows = jobs.map((j) => [
+    j.title,
+    ...pairs.flatMap(([a, b]) => [
+      cell(m, j.id, a.id),
+      cell(m, j.id, b.id),
+      formatRatio(ratio(m.samples.median(j.id, b.id), m.samples.median(j.id, a.id))),
+    ]),
+  ]);
+  const align = headers.map((_, i) => (i === 0 ? 'l' : 'r'));
+  return [markdownTable(headers, rows, align), ...notes(m, pairs.flat(), jobs)].join('\n');
+}

@@ -11,9 +11,10 @@ import type { FioJob } from '../lib/fio';
 import { runFioMatrix } from '../lib/matrix';
 import type { MatrixResult, Target } from '../lib/matrix';
 import { mountOurs, mountPeer, transportRequestSizes } from '../lib/mounts';
-import { cpuTable, limitTable, peerTable } from '../lib/report';
+import { cpuTable, limitTable, pairTable, peerTable } from '../lib/report';
 import { firstLineOf } from '../lib/procs';
 import { qsd10 } from '../lib/qemu10';
+import { onCleanup } from '../lib/cleanup';
 import type { SectionContext } from './context';
 
 export type DiskFormat = Exclude<ImageFormat, 'raw'>;
@@ -136,6 +137,56 @@ export function limitTargets(ctx: SectionContext): [Target, Target] {
   return [host, rawView];
 }
 
+const ENABLE_URING = '/sys/module/fuse/parameters/enable_uring';
+let uringRestore: (() => Promise<void>) | undefined;
+
+/**
+ * Switches the fuse module's enable_uring on for the run (put back as it was at the end), or
+ * says why FUSE over io_uring cannot be measured here.
+ */
+function enableIoUring(): string | undefined {
+  let was: string;
+  try {
+    was = fs.readFileSync(ENABLE_URING, 'utf8').trim();
+  } catch {
+    return 'this kernel has no FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)';
+  }
+  if (was !== 'Y' && !uringRestore) {
+    fs.writeFileSync(ENABLE_URING, 'Y');
+    uringRestore = onCleanup('enable_uring', () => fs.writeFileSync(ENABLE_URING, was));
+  }
+  return undefined;
+}
+
+/**
+ * The io-uring transport (#21 item 5) beside the /dev/fuse loop: our qcow2 mount and the
+ * do-nothing mount with `--transport io-uring`, in the same matrix.
+ */
+export function ioUringTargets(ctx: SectionContext, format: DiskFormat): Target[] {
+  const name = `x.${extensionFor(format)}`;
+  const mounted = (id: string, title: string, nullDriver: boolean): Target => ({
+    id,
+    title,
+    async setup(job, dir) {
+      const why = enableIoUring();
+      if (why) throw new Error(why);
+      const images = path.join(dir, 'images');
+      fs.mkdirSync(images);
+      if (nullDriver) await createEmpty(path.join(images, name), format, ctx.cfg.imageSize);
+      else await imageForJob(path.join(images, name), format, job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
+      const m = await mountOurs({
+        images,
+        mountpoint: path.join(dir, 'mnt'),
+        imageName: name,
+        extraArgs: [...(nullDriver ? ['--null-driver'] : []), '--stats', '--transport', 'io-uring'],
+        nodeArgs: ctx.nodeArgs,
+      });
+      return { file: m.target, stop: () => m.stop(), pid: m.pid, requestSizes: () => transportRequestSizes(m.output()) };
+    },
+  });
+  return [mounted('uring', 'vdiskfs, io-uring', false), mounted('null-uring', 'do-nothing mount, io-uring', true)];
+}
+
 /** The limit's target: a format's view at least this share of the raw view's speed. */
 export const FORMAT_VIEW_GOAL = 0.9;
 
@@ -169,14 +220,15 @@ export async function peerFio(
   ctx: SectionContext,
   format: DiskFormat,
   goal: (job: FioJob) => number,
-  opts: { withFuseNative?: boolean } = {},
+  opts: { withFuseNative?: boolean; withIoUring?: boolean } = {},
 ): Promise<{ table: string; result: MatrixResult }> {
   const [ours, peer, ceiling, native] = peerTargets(ctx, format);
   const peer10 = peer10Target(ctx, format);
   // The fuse-native baseline measures the transport, not a format: the qcow2 and VMDK sections carry it.
   const withNative = opts.withFuseNative ?? true;
   const [host, rawView] = limitTargets(ctx);
-  const targets = [ours, peer, ...(peer10 ? [peer10] : []), ceiling, ...(withNative ? [native] : []), host, rawView];
+  const uring = opts.withIoUring ? ioUringTargets(ctx, format) : [];
+  const targets = [ours, peer, ...(peer10 ? [peer10] : []), ceiling, ...(withNative ? [native] : []), host, rawView, ...uring];
   const result = await runFioMatrix({
     name: format,
     jobs: ctx.jobs,
@@ -205,6 +257,17 @@ export async function peerFio(
     '',
     limitTable(result, ctx.jobs, host, rawView, { ...ours, title: `${format} view` }, FORMAT_VIEW_GOAL),
     '',
+    ...(uring.length
+      ? [
+          `The io-uring transport (FUSE over io_uring) against the /dev/fuse loop, same run (${format}):`,
+          '',
+          pairTable(result, ctx.jobs, [
+            [ours, uring[0]!],
+            [ceiling, uring[1]!],
+          ]),
+          '',
+        ]
+      : []),
     `Server CPU per request and the request sizes our transport saw (${format}):`,
     '',
     cpuTable(

@@ -45,7 +45,7 @@ export async function qcow2Section(ctx: SectionContext): Promise<SectionReport> 
     '',
   );
   ctx.log('## qcow2: vdiskfs vs qemu-storage-daemon');
-  const { table } = await peerFio(ctx, 'qcow2', qcow2Goal);
+  const { table } = await peerFio(ctx, 'qcow2', qcow2Goal, { withFuseNative: false, withIoUring: true }); // fuse-native: the foundation section measures it
   out.push(
     '### fio: vdiskfs vs qemu-storage-daemon (MB/s, median)',
     '',

@@ -57,7 +57,7 @@ export async function vmdkSection(ctx: SectionContext): Promise<SectionReport> {
   );
 
   ctx.log('## VMDK: vdiskfs vs qemu-storage-daemon');
-  const { table } = await peerFio(ctx, 'vmdk', vmdkGoal);
+  const { table } = await peerFio(ctx, 'vmdk', vmdkGoal, { withFuseNative: false }); // fuse-native: the foundation section measures it
   out.push(
     '### fio: vdiskfs vs qemu-storage-daemon (MB/s, median)',
     '',

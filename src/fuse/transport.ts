@@ -1,7 +1,7 @@
 import type { FuseMountOptions } from './mount-options';
 import type { FsCore } from '../fs/operations-core';
 
-export type TransportName = 'kernel' | 'fuse-native';
+export type TransportName = 'kernel' | 'io-uring' | 'fuse-native';
 
 export interface TransportOptions {
   mountpoint: string;

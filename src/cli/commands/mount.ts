@@ -31,7 +31,7 @@ interface MountArgs {
   'log-file'?: string;
   'daemon-child': boolean;
   'if-not-mounted': boolean;
-  transport: 'kernel' | 'fuse-native';
+  transport: 'kernel' | 'io-uring' | 'fuse-native';
   'writeback-cache': boolean;
   'poll-max-us': number;
   partitions: boolean;
@@ -74,9 +74,10 @@ export const mountCommand: CommandModule<object, MountArgs> = {
         describe: 'where a background mount logs (default: a file in /tmp named after the mountpoint)',
       })
       .option('transport', {
-        choices: ['kernel', 'fuse-native'] as const,
+        choices: ['kernel', 'io-uring', 'fuse-native'] as const,
         default: 'kernel' as const,
-        describe: 'who speaks FUSE: our kernel-protocol loop, or fuse-native (libfuse 2.9, the old baseline)',
+        describe:
+          'who speaks FUSE: our kernel-protocol loop, the same with FUSE over io_uring (Linux 6.14+, enable_uring), or fuse-native (libfuse 2.9, the old baseline)',
       })
       .option('partitions', {
         type: 'boolean',

@@ -24,6 +24,10 @@ export interface KernelAdapterOptions {
   warn: (message: string) => void;
   /** DESTROY came: the kernel is done with this mount. */
   onDestroy(): void;
+  /** Ask for FUSE over io_uring at INIT (the io-uring transport). */
+  ioUring?: boolean;
+  /** INIT was answered: whether the kernel agreed to FUSE over io_uring (its ring queues may register now). */
+  onInit?(agreed: { ioUring: boolean }): void;
 }
 
 interface DirHandle {
@@ -264,7 +268,7 @@ export class KernelAdapter {
   }
 
   private init(h: P.RequestHeader, k: P.InitIn): void {
-    const n = P.negotiate(k, { writebackCache: this.opts.writebackCache });
+    const n = P.negotiate(k, { writebackCache: this.opts.writebackCache, ioUring: this.opts.ioUring ?? false });
     this.stats.kernel = { major: k.major, minor: k.minor, flags: k.flags };
     if (!n.ok) {
       if (n.retryWithMajor !== undefined) {
@@ -297,6 +301,7 @@ export class KernelAdapter {
       P.initFlagNames(n.reply.flags, n.reply.flags2).join(','),
     );
     this.replies.reply(h, (b, o) => P.encodeInitOut(b, o, n.reply));
+    this.opts.onInit?.({ ioUring: n.ioUring });
   }
 
   /**

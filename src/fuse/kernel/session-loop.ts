@@ -63,8 +63,30 @@ export const IDLE_MS = 3;
 /** Requests, and milliseconds, served before the event loop gets a turn. */
 const BATCH = 64;
 const TURN_MS = 1;
+/** While a request source (the io_uring ring) serves, /dev/fuse is read on every this many drains. */
+const DEV_EVERY = 64;
 /** The kernel wants room for the largest WRITE: header + write_in + max_write. */
 export const REQUEST_BUFFER_SIZE = IN_HEADER_SIZE + WRITE_IN_SIZE + MAX_WRITE + 4096;
+
+/**
+ * A second queue of requests beside /dev/fuse: FUSE over io_uring (src/fuse/io-uring/), whose
+ * ring carries the requests once registered while /dev/fuse keeps FORGET and INTERRUPT. The loop
+ * drains it after /dev/fuse, sleeps on its fd too, and gives it each reply first.
+ */
+export interface RequestSource {
+  /** Polled beside /dev/fuse: readable when requests wait. */
+  readonly fd: number;
+  /** Dispatches up to `max` waiting requests; returns how many. */
+  drain(dispatch: (buf: Buffer, n: number) => void, max: number): number;
+  /** True once it carries the requests (then /dev/fuse only FORGET and INTERRUPT). */
+  serving(): boolean;
+  /** Before the loop sleeps on fd: false when requests arrived meanwhile (drain again instead). */
+  quiet(): boolean;
+  /** Sends a reply to a request this source delivered; false when the request came from /dev/fuse. */
+  send(buf: Buffer, len: number): boolean;
+  /** The counters for --stats. */
+  readonly counts: Record<string, number>;
+}
 
 /** What the loop drives: the adapter. */
 export interface RequestHandler {
@@ -103,6 +125,9 @@ export class SessionLoop {
     shortPolls: 0,
     offThreadWaits: 0,
   };
+  /** /dev/fuse is read on the next drain (after a wait), or after DEV_EVERY drains while a ring serves. */
+  private devDue = true;
+  private devSkips = 0;
   /** When the queue ran empty after a poll that caught nothing (the next request ends the wait). */
   private emptySince: number | undefined;
   onAbandonedReply: (() => void) | undefined;
@@ -110,6 +135,7 @@ export class SessionLoop {
   constructor(
     private readonly fd: number,
     private readonly poll = new AdaptivePoll(DEFAULT_POLL_MAX_US),
+    private readonly source?: RequestSource,
   ) {
     this.ended = new Promise((res) => (this.end = res));
     fcntlSetFlags(fd, fcntlGetFlags(fd) | O_NONBLOCK);
@@ -117,6 +143,7 @@ export class SessionLoop {
     this.polls = new PollSet([
       { fd, events: POLLIN },
       { fd: this.wake, events: POLLIN },
+      ...(source ? [{ fd: source.fd, events: POLLIN }] : []),
     ]);
   }
 
@@ -135,6 +162,7 @@ export class SessionLoop {
 
   /** Writes one reply. ENOENT: the request was interrupted or its caller died; ENODEV: the session is over. */
   send = (buf: Buffer, len: number): void => {
+    if (this.source?.send(buf, len)) return this.answered();
     try {
       fs.writeSync(this.fd, buf, 0, len);
     } catch (e) {
@@ -200,11 +228,14 @@ export class SessionLoop {
           if (this.handler!.pending === 0) queueMicrotask(this.resume);
           return;
         }
+        // The ring's eventfd is reset here; requests that came meanwhile are drained, not slept on.
+        if (this.source && !this.source.quiet()) continue;
         if (this.handler!.pending > 0 || performance.now() - this.lastRequest > IDLE_MS) return this.waitOffThread();
         this.counts.shortPolls++;
         this.polls.wait(SHORT_POLL_MS);
+        this.devDue = true;
         if (this.polls.revents(1)) return this.finish('stopped');
-        if (!this.polls.revents(0)) return this.scheduleTurn(); // nothing yet: timers get a turn, then look again
+        if (!this.polls.revents(0) && !(this.source && this.polls.revents(2))) return this.scheduleTurn(); // nothing yet: timers get a turn, then look again
       }
     } finally {
       this.pumping = false;
@@ -234,7 +265,14 @@ export class SessionLoop {
   /** Reads and dispatches queued requests, up to BATCH. Returns how many, or -1 when the session is over. */
   private drain(): number {
     let got = 0;
-    while (got < BATCH) {
+    // Once the ring serves, /dev/fuse carries only FORGET and INTERRUPT: read it after a wake-up
+    // and every DEV_EVERY-th drain, not on every turn of a busy poll (a syscall each).
+    const skipDev = this.source?.serving() === true && !this.devDue && ++this.devSkips < DEV_EVERY;
+    if (!skipDev) {
+      this.devSkips = 0;
+      this.devDue = false;
+    }
+    while (!skipDev && got < BATCH) {
       const n = readOrErrno(this.fd, this.buf);
       if (n < 0) {
         if (n === -EAGAIN || n === -EINTR) break;
@@ -247,6 +285,7 @@ export class SessionLoop {
       got++;
       this.handler!.dispatch(this.buf, n);
     }
+    if (this.source && got < BATCH) got += this.source.drain(this.dispatchFromSource, BATCH - got);
     if (got > 0) {
       this.lastRequest = performance.now();
       if (this.emptySince !== undefined) {
@@ -259,12 +298,15 @@ export class SessionLoop {
     return got;
   }
 
+  private readonly dispatchFromSource = (buf: Buffer, n: number): void => this.handler!.dispatch(buf, n);
+
   /** Sleeps in poll() on a koffi worker thread; the event loop stays free meanwhile. */
   private waitOffThread(): void {
     this.counts.offThreadWaits++;
     this.offThread = true;
     this.polls.waitAsync(-1).then(
       () => {
+        this.devDue = true;
         this.offThread = false;
         if (this.polls.revents(1)) return this.finish('stopped');
         this.lastRequest = performance.now();

@@ -70,6 +70,10 @@ export interface Ffi {
   umount2: (target: string, flags: number) => number;
   getuid: () => number;
   geteuid: () => number;
+  /** syscall(2), for calls glibc does not wrap (io_uring): each call names its arguments' types. */
+  syscall: KoffiFunction;
+  mmap: (addr: null, length: number, prot: number, flags: number, fd: number, offset: number) => unknown;
+  munmap: (addr: unknown, length: number) => number;
   flock: Koffi.TypeObject;
 }
 
@@ -133,6 +137,9 @@ export function ffi(): Ffi {
     umount2: libc.func('int umount2(const char *target, int flags)'),
     getuid: libc.func('uint32_t getuid()'),
     geteuid: libc.func('uint32_t geteuid()'),
+    syscall: libc.func('long syscall(long number, ...)'),
+    mmap: libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
+    munmap: libc.func('int munmap(void *addr, size_t length)'),
     flock,
   };
   if (koffi.sizeof(flock) !== 32 || koffi.sizeof(msghdr) !== 56)

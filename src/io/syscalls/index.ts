@@ -7,3 +7,4 @@ export { SyscallError } from './ffi';
 export * from './files';
 export * from './poll';
 export * from './sockets';
+export * from './uring';

@@ -41,6 +41,8 @@ export const InitFlag2 = {
   // FOPEN_DIRECT_IO files may be mmap'ed shared; the kernel flushes and drops their cached pages
   // around each direct read and write (7.39, Linux 6.6 as DIRECT_IO_RELAX)
   DIRECT_IO_ALLOW_MMAP: 1 << (36 - 32),
+  // requests through io_uring ring queues registered after INIT (7.42, Linux 6.14; enable_uring)
+  OVER_IO_URING: 1 << (41 - 32),
 } as const;
 
 const INIT_FLAG_NAMES = Object.entries<number>(InitFlag);

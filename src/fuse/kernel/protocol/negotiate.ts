@@ -21,6 +21,8 @@ const LEGACY_MAX_WRITE = 32 * PAGE;
 export interface TransportWishes {
   /** Let the kernel cache writes (it then owns size and mtime). */
   writebackCache: boolean;
+  /** Serve requests through FUSE over io_uring ring queues, when the kernel offers it. */
+  ioUring?: boolean;
 }
 
 export type Negotiation =
@@ -33,6 +35,8 @@ export type Negotiation =
        * kernel keeps shared mmap working on them and its page cache coherent with them.
        */
       uncachedWriters: boolean;
+      /** The kernel offered FUSE over io_uring and we asked for it: ring queues may register after INIT. */
+      ioUring: boolean;
     }
   | { ok: false; reason: string; /** A newer major: answer with ours and wait for a new INIT. */ retryWithMajor?: number };
 
@@ -64,12 +68,15 @@ export function negotiate(k: InitIn, wishes: TransportWishes): Negotiation {
   // writeback cache, which lives in that page cache, rules it out.
   const uncachedWriters =
     !wishes.writebackCache && minor >= 39 && (k.flags & InitFlag.INIT_EXT) !== 0 && (k.flags2 & InitFlag2.DIRECT_IO_ALLOW_MMAP) !== 0;
-  const flags = ((wanted & k.flags) | (uncachedWriters ? InitFlag.INIT_EXT : 0)) >>> 0;
+  // Offered only while the fuse module's enable_uring is set (Linux 6.14+).
+  const ioUring = (wishes.ioUring ?? false) && (k.flags & InitFlag.INIT_EXT) !== 0 && (k.flags2 & InitFlag2.OVER_IO_URING) !== 0;
+  const flags = ((wanted & k.flags) | (uncachedWriters || ioUring ? InitFlag.INIT_EXT : 0)) >>> 0;
   const bigRequests = (flags & InitFlag.MAX_PAGES) !== 0 && minor >= 28;
   return {
     ok: true,
     wanted,
     uncachedWriters,
+    ioUring,
     reply: {
       major: 7,
       minor,
@@ -80,7 +87,7 @@ export function negotiate(k: InitIn, wishes: TransportWishes): Negotiation {
       maxWrite: bigRequests ? MAX_WRITE : LEGACY_MAX_WRITE,
       timeGran: 1,
       maxPages: bigRequests ? MAX_PAGES : 0,
-      flags2: uncachedWriters ? InitFlag2.DIRECT_IO_ALLOW_MMAP : 0,
+      flags2: (uncachedWriters ? InitFlag2.DIRECT_IO_ALLOW_MMAP : 0) | (ioUring ? InitFlag2.OVER_IO_URING : 0),
     },
   };
 }
