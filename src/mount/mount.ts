@@ -141,7 +141,8 @@ export function checkMountArguments(images: string, mountpoint: string, fuseOpti
 }
 
 /**
- * A vdiskfs mount whose daemon is gone answers every stat with ENOTCONN: detach it so the
+ * A vdiskfs mount whose daemon is gone answers every stat with ENOTCONN (ECONNABORTED when it
+ * served through FUSE over io_uring: the ring's teardown aborts the connection): detach it so the
  * mountpoint is usable again. Only our own mounts are stat'ed (another FUSE server that hangs
  * would hang us).
  */
@@ -151,7 +152,8 @@ function clearDeadMount(mountpoint: string, warn?: (m: string) => void): void {
     fs.statSync(mountpoint);
     return;
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOTCONN') return;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTCONN' && code !== 'ECONNABORTED') return;
   }
   try {
     if (geteuid() === 0) umount2(mountpoint, MNT_DETACH);

@@ -48,7 +48,8 @@ export async function mount(images: string, mnt: string, args: string[] = []): P
   try {
     fs.mkdirSync(mnt, { recursive: true });
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOTCONN') throw e; // a dead mount there: the mount clears it
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTCONN' && code !== 'ECONNABORTED') throw e; // a dead mount there: the mount clears it
   }
   const transport = TEST_TRANSPORT && !args.includes('--transport') ? ['--transport', TEST_TRANSPORT] : [];
   const proc = spawn(process.execPath, [CLI, 'mount', '-f', ...transport, ...args, images, mnt], { stdio: ['ignore', 'pipe', 'pipe'] });
