@@ -1,6 +1,6 @@
 /**
  * Draws the SVG chart of a bench results file again without running anything:
- * `node dist/bench/chart.js bench/results/latest-qcow2-vmdk.json` writes latest-qcow2-vmdk.svg beside it.
+ * `node dist/bench/chart.js bench/results/latest-qcow2-vmdk-check.json` writes latest-qcow2-vmdk-check.svg beside it.
  */
 import * as fs from 'node:fs';
 import { fioJobs } from './lib/fio';
