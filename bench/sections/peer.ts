@@ -46,25 +46,37 @@ export async function driverAvailable(format: DiskFormat, dir: string, size: num
   }
 }
 
-export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, Target, Target, Target] {
-  const name = `x.${extensionFor(format)}`;
-  const ours: Target = {
-    id: 'ours',
-    title: 'vdiskfs',
+/**
+ * A target served by our mount of one image of `format` in a folder of its own: the image made
+ * for the job (filled for read jobs), or `empty` (the do-nothing driver reads nothing of it).
+ */
+function ourMount(
+  ctx: SectionContext,
+  id: string,
+  title: string,
+  format: ImageFormat,
+  extraArgs: string[],
+  opts: { empty?: boolean; imageName?: string } = {},
+): Target {
+  const name = opts.imageName ?? `x.${extensionFor(format)}`;
+  return {
+    id,
+    title,
     async setup(job, dir) {
       const images = path.join(dir, 'images');
       fs.mkdirSync(images);
-      await imageForJob(path.join(images, name), format, job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
-      const m = await mountOurs({
-        images,
-        mountpoint: path.join(dir, 'mnt'),
-        imageName: name,
-        extraArgs: ['--stats'],
-        nodeArgs: ctx.nodeArgs,
-      });
+      const file = path.join(images, name);
+      if (opts.empty) await createEmpty(file, format, ctx.cfg.imageSize);
+      else await imageForJob(file, format, job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
+      const m = await mountOurs({ images, mountpoint: path.join(dir, 'mnt'), imageName: name, extraArgs, nodeArgs: ctx.nodeArgs });
       return { file: m.target, stop: () => m.stop(), pid: m.pid, requestSizes: () => transportRequestSizes(m.output()) };
     },
   };
+}
+
+export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, Target, Target, Target] {
+  const name = `x.${extensionFor(format)}`;
+  const ours = ourMount(ctx, 'ours', 'vdiskfs', format, ['--stats']);
   const peer: Target = {
     id: 'peer',
     title: 'qemu-storage-daemon',
@@ -77,23 +89,8 @@ export function peerTargets(ctx: SectionContext, format: DiskFormat): [Target, T
   };
   // The FUSE stack's ceiling in the same run: our mount with a driver that does nothing, on
   // our kernel-protocol transport and on the old fuse-native (libfuse 2.9) one.
-  const doNothing = (id: string, title: string, transport: string): Target => ({
-    id,
-    title,
-    async setup(_job, dir) {
-      const images = path.join(dir, 'images');
-      fs.mkdirSync(images);
-      await createEmpty(path.join(images, name), format, ctx.cfg.imageSize);
-      const m = await mountOurs({
-        images,
-        mountpoint: path.join(dir, 'mnt'),
-        imageName: name,
-        extraArgs: ['--null-driver', '--stats', '--transport', transport],
-        nodeArgs: ctx.nodeArgs,
-      });
-      return { file: m.target, stop: () => m.stop(), pid: m.pid, requestSizes: () => transportRequestSizes(m.output()) };
-    },
-  });
+  const doNothing = (id: string, title: string, transport: string): Target =>
+    ourMount(ctx, id, title, format, ['--null-driver', '--stats', '--transport', transport], { empty: true });
   return [
     ours,
     peer,
@@ -117,23 +114,7 @@ export function limitTargets(ctx: SectionContext): [Target, Target] {
       return { file, stop: async () => {} };
     },
   };
-  const rawView: Target = {
-    id: 'rawview',
-    title: 'raw view',
-    async setup(job, dir) {
-      const images = path.join(dir, 'images');
-      fs.mkdirSync(images);
-      await imageForJob(path.join(images, IMAGE), 'raw', job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
-      const m = await mountOurs({
-        images,
-        mountpoint: path.join(dir, 'mnt'),
-        imageName: IMAGE,
-        extraArgs: ['--include-raw', '--stats'],
-        nodeArgs: ctx.nodeArgs,
-      });
-      return { file: m.target, stop: () => m.stop(), pid: m.pid, requestSizes: () => transportRequestSizes(m.output()) };
-    },
-  };
+  const rawView = ourMount(ctx, 'rawview', 'raw view', 'raw', ['--include-raw', '--stats'], { imageName: IMAGE });
   return [host, rawView];
 }
 
@@ -163,27 +144,19 @@ function enableIoUring(): string | undefined {
  * do-nothing mount with `--transport io-uring`, in the same matrix.
  */
 export function ioUringTargets(ctx: SectionContext, format: DiskFormat): Target[] {
-  const name = `x.${extensionFor(format)}`;
-  const mounted = (id: string, title: string, nullDriver: boolean): Target => ({
-    id,
-    title,
-    async setup(job, dir) {
-      const why = enableIoUring();
-      if (why) throw new Error(why);
-      const images = path.join(dir, 'images');
-      fs.mkdirSync(images);
-      if (nullDriver) await createEmpty(path.join(images, name), format, ctx.cfg.imageSize);
-      else await imageForJob(path.join(images, name), format, job.needsFilledImage, ctx.templates, ctx.cfg.imageSize);
-      const m = await mountOurs({
-        images,
-        mountpoint: path.join(dir, 'mnt'),
-        imageName: name,
-        extraArgs: [...(nullDriver ? ['--null-driver'] : []), '--stats', '--transport', 'io-uring'],
-        nodeArgs: ctx.nodeArgs,
-      });
-      return { file: m.target, stop: () => m.stop(), pid: m.pid, requestSizes: () => transportRequestSizes(m.output()) };
-    },
-  });
+  const mounted = (id: string, title: string, nullDriver: boolean): Target => {
+    const t = ourMount(ctx, id, title, format, [...(nullDriver ? ['--null-driver'] : []), '--stats', '--transport', 'io-uring'], {
+      empty: nullDriver,
+    });
+    return {
+      ...t,
+      setup(job, dir) {
+        const why = enableIoUring();
+        if (why) throw new Error(why);
+        return t.setup(job, dir);
+      },
+    };
+  };
   return [mounted('uring', 'vdiskfs, io-uring', false), mounted('null-uring', 'do-nothing mount, io-uring', true)];
 }
 
