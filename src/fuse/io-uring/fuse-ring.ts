@@ -122,7 +122,7 @@ export class FuseRing implements RequestSource {
 
   drain(dispatch: (buf: Buffer, n: number) => void, max: number): number {
     if (!this.registered) return 0;
-    this.ring.runWork();
+    this.ring.runWork(); // every time: the kernel's TASKRUN hint is not raised for this work (ring.ts)
     let got = 0;
     // Reaped one at a time (max 1 per call) so that `max` holds; the loop calls again.
     while (got < max) {

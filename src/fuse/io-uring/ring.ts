@@ -38,8 +38,11 @@ export const SQE_CMD_OFFSET = 48;
 
 /**
  * Completion work (for FUSE: copying the next request into an entry's buffers) is deferred to
- * this thread's own io_uring_enter: a busy-polling loop is not interrupted for it, it sees
- * IORING_SQ_TASKRUN in shared memory and enters once; a sleeping one is woken by the eventfd.
+ * this thread's own io_uring_enter (runWork): a busy-polling loop is not interrupted by an IPI
+ * for it (without DEFER_TASKRUN it was, on every request: 0.6x of the /dev/fuse loop); a
+ * sleeping one is woken by the eventfd. TASKRUN_FLAG asks the kernel to raise IORING_SQ_TASKRUN
+ * while such work waits, but Linux 6.18 did not raise it for FUSE's work (measured: the loop
+ * hung waiting for it), so the loop enters on every drain instead and the flag is only a hint.
  */
 const SETUP_FLAGS = IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
 
@@ -122,7 +125,7 @@ export class IoUring {
     }
   }
 
-  /** True when completion work waits for this thread's io_uring_enter (runWork). */
+  /** True when the kernel says completion work waits for runWork (a hint: see SETUP_FLAGS). */
   workPending(): boolean {
     return !this.closed && (this.word(this.params.sq.flags) & IORING_SQ_TASKRUN) !== 0;
   }
