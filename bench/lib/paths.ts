@@ -20,8 +20,9 @@ export const BENCH_CLI = path.join(REPO_ROOT, 'dist', 'bench', 'lib', 'bench-cli
 export const RESULTS_DIR = path.join(REPO_ROOT, 'bench', 'results');
 
 /**
- * The node flags of the CLI's first line (`#!/usr/bin/env -S node <flags>`): every `vdiskfs` a
- * user runs gets them, so the bench runs the CLI with them too.
+ * The node flags of the CLI's first line (`#!/usr/bin/env -S node <flags>`, when it has any):
+ * every `vdiskfs` a user runs gets them, so the bench runs the CLI with them too. (`mount` adds
+ * its daemon's own: src/cli/daemon-heap.ts.)
  */
 export const VDISKFS_NODE_FLAGS: readonly string[] = (() => {
   try {

@@ -1,14 +1,10 @@
-#!/usr/bin/env -S node --max-semi-space-size=4 --heap-growing-percent=30
-// The flags keep the mount daemon's memory near what it holds: a young generation of at most
-// 4 MiB per semi-space (Node's default is 16) and an old generation collected once it has grown
-// by 30% (V8's default lets it grow several-fold first). The daemon's garbage is small and
-// short-lived; with the defaults, listing and opening a folder of 10,000 images peaked at
-// 200-216 MB of RSS, with these at about 120 MB, and fio on a qcow2 view is no slower. The bench
-// runs the CLI with the flags of this line (bench/lib/paths.ts).
+#!/usr/bin/env node
+// No node flags on this line: see daemon-heap.ts for the mount daemon's, and why only it has them.
 import yargs from 'yargs';
 import type { CommandModule } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { enableDebug, reportFatal } from './output';
+import { reexecWithDaemonFlags } from './daemon-heap';
 
 if (process.argv.includes('--debug')) enableDebug();
 
@@ -30,10 +26,15 @@ const COMMANDS: Record<string, () => AnyCommand> = {
 /* eslint-enable @typescript-eslint/no-require-imports */
 const ALIASES: Record<string, string> = { umount: 'unmount' };
 
+/** The command named on the command line (its first word that is not an option), aliases resolved. */
+function commandName(args: string[]): string | undefined {
+  const first = args.find((a) => !a.startsWith('-'));
+  return first && (ALIASES[first] ?? first);
+}
+
 /** The command named on the command line, when it is one we know; otherwise all are loaded (help, typos). */
 function commandsToLoad(args: string[]): Array<() => AnyCommand> {
-  const first = args.find((a) => !a.startsWith('-'));
-  const name = first && (ALIASES[first] ?? first);
+  const name = commandName(args);
   const only = name ? COMMANDS[name] : undefined;
   return only ? [only] : Object.values(COMMANDS);
 }
@@ -66,6 +67,9 @@ async function main(): Promise<void> {
     })
     .parseAsync();
 }
+
+// Before stdio is touched: the mount daemon runs with its heap flags (daemon-heap.ts).
+if (commandName(hideBin(process.argv)) === 'mount') reexecWithDaemonFlags();
 
 // A reader that went away (`vdiskfs map ... | head`) ends the command quietly, with what it
 // printed: exit 0, as qemu-img's, and never a stack trace for a pipe the user closed.

@@ -74,6 +74,7 @@ export interface Ffi {
   syscall: KoffiFunction;
   mmap: (addr: null, length: number, prot: number, flags: number, fd: number, offset: number) => unknown;
   munmap: (addr: unknown, length: number) => number;
+  execve: (path: string, argv: (string | null)[], envp: (string | null)[]) => number;
   flock: Koffi.TypeObject;
 }
 
@@ -140,6 +141,7 @@ export function ffi(): Ffi {
     syscall: libc.func('long syscall(long number, ...)'),
     mmap: libc.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
     munmap: libc.func('int munmap(void *addr, size_t length)'),
+    execve: libc.func('int execve(const char *path, const char **argv, const char **envp)'),
     flock,
   };
   if (koffi.sizeof(flock) !== 32 || koffi.sizeof(msghdr) !== 56)

@@ -8,3 +8,4 @@ export * from './files';
 export * from './poll';
 export * from './sockets';
 export * from './uring';
+export * from './process';
