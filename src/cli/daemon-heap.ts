@@ -9,9 +9,9 @@
  *
  * They are not on the CLI's first line because any V8 flag makes V8 reject the code cache Node
  * ships for its own modules: every short command (map, check, info) then compiled them again,
- * 15-20 ms of a 0.2 s `map`. Only `mount` needs them, so `mount` re-executes itself with them
- * (same PID, same descriptors) before it does anything else, and its background daemon inherits
- * them from it.
+ * 15-20 ms of a 0.2 s `map`. Only the process that serves a mount needs them: a background
+ * mount spawns its daemon with them, and `mount --foreground` re-executes itself with them (same
+ * PID, same descriptors) before it does anything else.
  */
 import createDebug from 'debug';
 
@@ -26,8 +26,17 @@ export function missingDaemonFlags(execArgv: readonly string[]): string[] {
 }
 
 /**
+ * Whether these command-line words (after `mount`) ask to serve in this process: `-f`,
+ * `--foreground`, or `-f` among clustered short flags (`-rf`). Read before yargs, because the
+ * re-execution must come before stdio is touched; a spelling this misses only costs memory.
+ */
+export function servesInForeground(args: readonly string[]): boolean {
+  return args.some((a) => a === '--foreground' || a === '--foreground=true' || /^-r*fr*$/.test(a));
+}
+
+/**
  * Runs this CLI again, in this process, with the daemon flags, when they are missing. Called
- * first thing by main for `mount`, before stdio or any image is touched. When exec fails (no
+ * first thing by main for `mount --foreground`, before stdio or any image is touched. When exec fails (no
  * koffi) the mount goes on with Node's default heap: more memory, same behaviour.
  */
 export function reexecWithDaemonFlags(): void {

@@ -4,7 +4,7 @@ import yargs from 'yargs';
 import type { CommandModule } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { enableDebug, reportFatal } from './output';
-import { reexecWithDaemonFlags } from './daemon-heap';
+import { reexecWithDaemonFlags, servesInForeground } from './daemon-heap';
 
 if (process.argv.includes('--debug')) enableDebug();
 
@@ -68,8 +68,8 @@ async function main(): Promise<void> {
     .parseAsync();
 }
 
-// Before stdio is touched: the mount daemon runs with its heap flags (daemon-heap.ts).
-if (commandName(hideBin(process.argv)) === 'mount') reexecWithDaemonFlags();
+// Before stdio is touched: a foreground mount serves with the daemon's heap flags (daemon-heap.ts).
+if (commandName(hideBin(process.argv)) === 'mount' && servesInForeground(hideBin(process.argv))) reexecWithDaemonFlags();
 
 // A reader that went away (`vdiskfs map ... | head`) ends the command quietly, with what it
 // printed: exit 0, as qemu-img's, and never a stack trace for a pipe the user closed.

@@ -12,6 +12,7 @@ import { defaultLogFile, pidFileFor } from '../pidfile';
 import { reportBackgroundMount, servedAlready, writeMountRecord } from '../mount-report';
 import { isOurMount } from '../../fuse/mountinfo';
 import { DEFAULT_POLL_MAX_US } from '../../fuse/kernel/adaptive-poll';
+import { missingDaemonFlags } from '../daemon-heap';
 
 interface MountArgs {
   images: string;
@@ -200,7 +201,8 @@ async function startDaemon(argv: MountArgs): Promise<number> {
   };
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
   for (const sig of signals) process.on(sig, forward);
-  const child = spawn(process.execPath, [...process.execArgv, ...args, '--daemon-child'], {
+  const nodeArgs = [...missingDaemonFlags(process.execArgv), ...process.execArgv]; // daemon-heap.ts
+  const child = spawn(process.execPath, [...nodeArgs, ...args, '--daemon-child'], {
     detached: true,
     stdio: ['ignore', log, log, 'ipc'],
     env: process.env,
