@@ -2,34 +2,24 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { pidFileFor } from './pidfile';
 
-/** A shown disk view: `<image>.raw` (snapshot views carry `@`, partition views `.pN.raw`). */
-const DISK_VIEW = /\.(qcow2|vmdk|vhdx|avhdx|vhd|avhd|vdi|img|raw)\.raw$/i;
-/** How a left-out image is logged (src/fs/view-tree.ts). */
-const LEFT_OUT = /^vdiskfs: left out /;
-
 /**
  * What a background mount tells the user once it serves: what its daemon said while starting
- * (one line per image left out, with the reason), the log path, and one summary line. Walking
- * the mount from this (the parent) process makes the daemon look at every image now, so the
- * lines are there to read.
+ * (one line per image left out, with the reason), the log path, and one summary line. The daemon
+ * counted the images itself before saying it serves (src/fs/view-tree.ts census), so the
+ * left-out lines are in the log by now.
  */
-export async function reportBackgroundMount(mountpoint: string, logFile: string, logStart: number): Promise<void> {
-  let shown = 0;
-  const walk = async (dir: string): Promise<void> => {
-    for (const d of await fs.promises.readdir(dir, { withFileTypes: true })) {
-      if (d.isDirectory()) await walk(path.join(dir, d.name));
-      else if (DISK_VIEW.test(d.name) && !d.name.includes('@')) shown++;
-    }
-  };
-  const walked = await walk(mountpoint).then(
-    () => true,
-    () => false,
-  );
+export function reportBackgroundMount(
+  mountpoint: string,
+  logFile: string,
+  logStart: number,
+  counted: { shown?: number; leftOut?: number },
+): void {
   const said = readLogSince(logFile, logStart).filter((l) => l.startsWith('vdiskfs: '));
   for (const line of said) process.stderr.write(line + '\n');
-  const leftOut = said.filter((l) => LEFT_OUT.test(l)).length;
   process.stdout.write(`vdiskfs: logging to ${logFile}\n`);
-  if (walked) process.stdout.write(`vdiskfs: ${mountpoint}: ${shown} image${shown === 1 ? '' : 's'} shown, ${leftOut} left out\n`);
+  const { shown, leftOut } = counted;
+  if (shown !== undefined && leftOut !== undefined)
+    process.stdout.write(`vdiskfs: ${mountpoint}: ${shown} image${shown === 1 ? '' : 's'} shown, ${leftOut} left out\n`);
 }
 
 export function readLogSince(logFile: string, start: number): string[] {

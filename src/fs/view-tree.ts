@@ -122,6 +122,37 @@ export class ViewTree {
     return entriesOf(listing);
   }
 
+  /**
+   * What the whole tree shows, counted in this process: disk views (snapshots and partitions not
+   * counted) and image files left out. Lists every folder as readdir would, so each image is
+   * probed now and each left-out one logged, without a FUSE round trip per entry.
+   */
+  async census(viewDir = '/'): Promise<{ shown: number; leftOut: number }> {
+    const total = { shown: 0, leftOut: 0 };
+    let listing: Listing;
+    try {
+      await this.list(viewDir);
+      listing = this.listings.get(viewDir)!;
+    } catch {
+      return total; // a folder we may not read is shown empty, as readdir shows it
+    }
+    const hostDir = this.hostPathOf(viewDir);
+    for (const [name, group] of listing.groups) {
+      if (group.length === 0) {
+        if (!listing.aux.has(path.join(hostDir, name))) total.leftOut++;
+        continue;
+      }
+      for (const { name: shownName, entry } of group) {
+        if (entry.kind === 'dir') {
+          const sub = await this.census(path.posix.join(viewDir, shownName));
+          total.shown += sub.shown;
+          total.leftOut += sub.leftOut;
+        } else if (!entry.snapshot && !entry.partition) total.shown++;
+      }
+    }
+    return total;
+  }
+
   private async readListing(viewDir: string): Promise<Listing> {
     const hostDir = this.hostPathOf(viewDir);
     const at = Date.now();

@@ -66,6 +66,7 @@ export class MountedFs {
     readonly mountpoint: string,
     private readonly images: ImageTable,
     private readonly core: FsCore,
+    private readonly tree: ViewTree,
     readonly transport: Transport,
     private readonly onClosed?: () => void,
   ) {
@@ -76,6 +77,14 @@ export class MountedFs {
         if (!this.stopping && !isMounted(this.mountpoint)) void this.shutdown('unmounted from outside');
       }, WATCH_MS);
     }
+  }
+
+  /**
+   * How many images the mount shows and how many it leaves out, counted in this process (each
+   * left-out one is logged as it is found): what a background mount prints once it serves.
+   */
+  census(): Promise<{ shown: number; leftOut: number }> {
+    return this.tree.census();
   }
 
   /** Flush every image, detach lazily; then (kernel transport) serve open files until the last close. */
@@ -213,7 +222,7 @@ export async function mountImages(opts: MountOptions): Promise<MountedFs> {
     const lines = [imageTable.sessionStats.report(images), transport.report()].filter(Boolean);
     process.stderr.write(lines.join('\n') + '\n');
   };
-  const mounted = new MountedFs(mountpoint, table, core, transport, opts.stats ? report : undefined);
+  const mounted = new MountedFs(mountpoint, table, core, tree, transport, opts.stats ? report : undefined);
   log('mounted %s on %s (%s transport)', images, mountpoint, transport.name);
   return mounted;
 }

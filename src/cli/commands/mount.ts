@@ -114,10 +114,19 @@ export const mountCommand: CommandModule<object, MountArgs> = {
   },
 };
 
+/** What the daemon tells the command that started it, once it serves or has failed. */
+interface DaemonReady {
+  ok: boolean;
+  message?: string;
+  /** Disk views shown and image files left out (absent when the count failed). */
+  shown?: number;
+  leftOut?: number;
+}
+
 /** Serves the mount in this process until unmounted or signalled; returns the exit code. */
 async function runMount(argv: MountArgs): Promise<number> {
   const child = argv['daemon-child'];
-  const ready = (msg: { ok: boolean; message?: string }) => {
+  const ready = (msg: DaemonReady) => {
     if (child && process.send) {
       process.send(msg);
       process.disconnect?.();
@@ -174,7 +183,9 @@ async function runMount(argv: MountArgs): Promise<number> {
   const pidFile = pidFileFor(argv.mountpoint);
   fs.writeFileSync(pidFile, `${process.pid}\n`);
   state.serving = mounted;
-  ready({ ok: true });
+  // The background mount's summary line, counted here rather than by the parent walking the
+  // mount: no FUSE round trip per entry (#20: 10,000 images).
+  if (child) ready({ ok: true, ...(await mounted.census().catch(() => ({}))) });
   const { errors } = await mounted.finished;
   fs.rmSync(pidFile, { force: true });
   return errors.length ? 1 : 0;
@@ -215,16 +226,14 @@ async function startDaemon(argv: MountArgs): Promise<number> {
       res();
     }),
   );
-  const result = await new Promise<{ ok: boolean; message?: string }>((resolve) => {
-    child.once('message', (m) => resolve(m as { ok: boolean; message?: string }));
+  const result = await new Promise<DaemonReady>((resolve) => {
+    child.once('message', (m) => resolve(m as DaemonReady));
     child.once('exit', (code) => resolve({ ok: false, message: `mount process exited (code ${code}); see ${logFile}` }));
     child.once('error', (e) => resolve({ ok: false, message: e.message }));
   });
   if (result.ok && !interrupted) {
     writeMountRecord(argv.mountpoint, { logFile, stats: argv.stats, images: fs.realpathSync(argv.images) });
-    await reportBackgroundMount(path.resolve(argv.mountpoint), logFile, logStart).catch((e: Error) =>
-      warn(`cannot list ${argv.mountpoint}: ${e.message}`),
-    );
+    reportBackgroundMount(path.resolve(argv.mountpoint), logFile, logStart, result);
   }
   if (interrupted && !childExited) await childGone; // the child unmounts and exits on the forwarded signal
   // From here the mount is this command's result: a Ctrl-C in its last moments is ignored rather
