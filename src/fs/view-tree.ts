@@ -106,10 +106,19 @@ export class ViewTree {
   private readonly listings = new Map<string, Listing>();
   private readonly warned = new Map<string, string>();
 
+  /**
+   * The root is its real path (the confinement's own): then every file a listing finds is a real
+   * path too (listings never descend through a symlink, nor probe one), and opening it needs no
+   * realpath(3).
+   */
+  private readonly rootIsReal: boolean;
+
   constructor(
     readonly root: string,
     private readonly opts: ViewTreeOptions,
-  ) {}
+  ) {
+    this.rootIsReal = opts.confinement.roots[0] === root;
+  }
 
   hostPathOf(viewPath: string): string {
     return path.join(this.root, viewPath);
@@ -347,6 +356,7 @@ export class ViewTree {
           writable: false,
           format: probed.driver.name,
           confinement: this.opts.confinement,
+          realPath: this.rootIsReal,
           ...(snap ? { snapshot: snap } : {}),
           warn: (m) => log('%s', m),
         });

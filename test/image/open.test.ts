@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { openImage, probeImage, MAX_CHAIN_DEPTH } from '../../src/image';
+import { Confinement, openImage, probeImage, MAX_CHAIN_DEPTH } from '../../src/image';
 
 let dir: string;
 beforeEach(() => {
@@ -53,5 +53,22 @@ describe('backing chains', () => {
       fmt = 'qcow2';
     }
     await expect(openImage(path.join(dir, prev), { writable: false })).rejects.toThrow(/deeper than/);
+  });
+});
+
+describe('a path a listing found (realPath)', () => {
+  it('skips realpath(3) but still refuses a file outside the confinement, or a symlink in its place', async () => {
+    const images = path.join(dir, 'images');
+    fs.mkdirSync(images);
+    qemuImg('create', '-f', 'qcow2', 'outside.qcow2', '1M');
+    qemuImg('create', '-f', 'qcow2', path.join('images', 'in.qcow2'), '1M');
+    fs.symlinkSync(path.join(dir, 'outside.qcow2'), path.join(images, 'link.qcow2'));
+    const confinement = await Confinement.create(images);
+    const open = (file: string) => openImage(file, { writable: false, confinement, realPath: true });
+    const img = await open(path.join(images, 'in.qcow2'));
+    expect(img.virtualSize).toBe(1 << 20);
+    await img.close();
+    await expect(open(path.join(dir, 'outside.qcow2'))).rejects.toThrow(/leads outside/);
+    await expect(open(path.join(images, 'link.qcow2'))).rejects.toThrow(/symlink/); // O_NOFOLLOW: never followed
   });
 });

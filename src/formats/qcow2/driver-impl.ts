@@ -2,7 +2,7 @@
 import { HostFile } from '../../io/host-file';
 import type { CreateOptions, FileDescription } from '../types';
 import { createQcow2 } from './create';
-import { readMeta, readSnapshots, resolveRelative } from './meta';
+import { type ImageMeta, metaFromHead, readMeta, readSnapshots, resolveRelative } from './meta';
 import { openQcow2 } from './open';
 import { usableNames } from './snapshot-table';
 
@@ -23,15 +23,23 @@ export async function createQcow2Image(path: string, opts: CreateOptions): Promi
 
 /** What a listing needs: the data file it owns, its internal snapshots, the backing file it names. */
 export async function describeQcow2(path: string, head: Buffer): Promise<FileDescription> {
+  // A listing probes every image of its folder: when the first 4 KiB (read by the probe) hold
+  // it all and there is no snapshot table to read, the file is not opened again.
+  const quick = metaFromHead(head);
+  if (quick && quick.header.nbSnapshots === 0) return descriptionOf(path, quick, []);
   const f = await HostFile.open(path, false);
   try {
     const m = await readMeta(f, head);
-    return {
-      auxiliaryFiles: m.ext.dataFile ? [resolveRelative(path, m.ext.dataFile)] : [],
-      snapshots: usableNames(await readSnapshots(f, m)),
-      ...(m.backingName === undefined ? {} : { backingFile: resolveRelative(path, m.backingName) }),
-    };
+    return descriptionOf(path, m, usableNames(await readSnapshots(f, m)));
   } finally {
     await f.close();
   }
+}
+
+function descriptionOf(path: string, m: Omit<ImageMeta, 'fileSize'>, snapshots: string[]): FileDescription {
+  return {
+    auxiliaryFiles: m.ext.dataFile ? [resolveRelative(path, m.ext.dataFile)] : [],
+    snapshots,
+    ...(m.backingName === undefined ? {} : { backingFile: resolveRelative(path, m.backingName) }),
+  };
 }

@@ -29,12 +29,40 @@ export interface Extensions {
 
 const FEATURE_TYPES = ['incompatible', 'compatible', 'autoclear'] as const;
 
+/** The feature name table: 48-byte entries of type u8, bit u8, name (46 bytes, NUL padded). */
+function decodeFeatureTable(data: Buffer): FeatureName[] {
+  const out: FeatureName[] = [];
+  for (let i = 0; i + 48 <= data.length; i += 48) {
+    const type = FEATURE_TYPES[data.readUInt8(i)];
+    if (type)
+      out.push({
+        type,
+        bit: data.readUInt8(i + 1),
+        name: data
+          .subarray(i + 2, i + 48)
+          .toString('utf8')
+          .replace(/\0.*$/s, ''),
+      });
+  }
+  return out;
+}
+
 /**
  * Extensions end at the end marker, at the backing file name (older images put the name right
  * after the header, with no extension area: `limit` = backing_file_offset) or at the cluster end.
  */
 export function parseExtensions(cluster0: Buffer, start: number, limit = cluster0.length): Extensions {
-  const ext: Extensions = { features: [], hasBitmaps: false, end: start };
+  // The feature names only ever name a bit in an error message: decoded when first asked for,
+  // not at every open (a listing opens each of thousands of images).
+  let featureTable: Buffer | undefined;
+  let features: FeatureName[] | undefined;
+  const ext: Extensions = {
+    get features() {
+      return (features ??= featureTable ? decodeFeatureTable(featureTable) : []);
+    },
+    hasBitmaps: false,
+    end: start,
+  };
   const end = Math.min(limit, cluster0.length);
   let off = start;
   for (;;) {
@@ -53,19 +81,7 @@ export function parseExtensions(cluster0: Buffer, start: number, limit = cluster
         ext.dataFile = data.toString('utf8').replace(/\0+$/, '');
         break;
       case EXT_FEATURE_TABLE:
-        // 48-byte entries: type u8, bit u8, name (46 bytes, NUL padded).
-        for (let i = 0; i + 48 <= len; i += 48) {
-          const t = FEATURE_TYPES[data.readUInt8(i)];
-          if (t)
-            ext.features.push({
-              type: t,
-              bit: data.readUInt8(i + 1),
-              name: data
-                .subarray(i + 2, i + 48)
-                .toString('utf8')
-                .replace(/\0.*$/s, ''),
-            });
-        }
+        featureTable = data;
         break;
       case EXT_BITMAPS:
         ext.hasBitmaps = true;

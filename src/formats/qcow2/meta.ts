@@ -27,13 +27,31 @@ export async function readMeta(file: HostFile, known?: Buffer): Promise<ImageMet
   }
   const header = parseHeader(head);
   const cs = 2 ** header.clusterBits;
-  let cluster0 = head.subarray(0, Math.min(cs, HEAD_BYTES));
   // Most images keep header, extensions and backing name in the first 4 KiB: a whole 64 KiB
   // cluster read (and zeroed) per open was a third of opening one image of a folder of thousands.
+  let cluster0 = head.subarray(0, Math.min(cs, HEAD_BYTES));
   if (cs > HEAD_BYTES && !fitsInHead(head, header)) {
     cluster0 = Buffer.allocUnsafe(cs);
     await file.read(cluster0, 0, 'header');
   }
+  return { ...metaOf(header, cluster0), fileSize };
+}
+
+/**
+ * What the first 4 KiB alone tell, when they hold the extensions and the backing name
+ * (undefined otherwise): a listing's probe then needs no second open of the file.
+ */
+export function metaFromHead(head: Buffer): Omit<ImageMeta, 'fileSize'> | undefined {
+  if (head.length !== HEAD_BYTES) return undefined;
+  const header = parseHeader(head);
+  const cs = 2 ** header.clusterBits;
+  if (cs > HEAD_BYTES && !fitsInHead(head, header)) return undefined;
+  return metaOf(header, head.subarray(0, Math.min(cs, HEAD_BYTES)));
+}
+
+/** Extensions, feature checks and backing name from the first cluster (or the part that holds them). */
+function metaOf(header: Header, cluster0: Buffer): Omit<ImageMeta, 'fileSize'> {
+  const cs = 2 ** header.clusterBits;
   // v2 images carry extensions after byte 72 too; they stop where the backing file name starts.
   const ext = parseExtensions(cluster0, header.headerLength, header.backingFileOffset > 0 ? header.backingFileOffset : cs);
   const unknown = header.incompatible & ~INCOMPAT_KNOWN;
@@ -50,7 +68,7 @@ export async function readMeta(file: HostFile, known?: Buffer): Promise<ImageMet
   if (header.backingFileOffset !== 0 && header.backingFileSize > 0) {
     backingName = cluster0.subarray(header.backingFileOffset, header.backingFileOffset + header.backingFileSize).toString('utf8');
   }
-  return { header, ext, cluster0, backingName, fileSize };
+  return { header, ext, cluster0, backingName };
 }
 
 const HEAD_BYTES = 4096;
