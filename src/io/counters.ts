@@ -42,7 +42,8 @@ export type IoTag =
  * writes and flushes with it; `tag` is the driver's word for what the write is, e.g. 'l2').
  */
 export interface IoEvent {
-  kind: 'read' | 'write' | 'flush' | 'truncate' | 'punch';
+  /** writeback: the host was asked to start writing the range to its disk (src/io/write-behind.ts). */
+  kind: 'read' | 'write' | 'flush' | 'truncate' | 'punch' | 'writeback';
   path: string;
   offset: number;
   length: number;

@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import createDebug from 'debug';
 import { asError, fromNodeError, VdiskError } from './errors';
-import { IoCounters, IoObserver, IoTag, newCounters } from './counters';
+import { IoCounters, IoEvent, IoObserver, IoTag, newCounters } from './counters';
+import { WriteBehind } from './write-behind';
 import {
   fallocate,
   FALLOC_FL_KEEP_SIZE,
@@ -117,12 +118,16 @@ function openError(e: NodeJS.ErrnoException, path: string): VdiskError {
 export class HostFile {
   readonly counters: IoCounters = newCounters();
   private closed = false;
+  /** Starts the host's writeback of streams as they are written (src/io/write-behind.ts). */
+  private readonly writeBehind: WriteBehind;
 
   private constructor(
     readonly path: string,
     private readonly fd: number,
     readonly writable: boolean,
-  ) {}
+  ) {
+    this.writeBehind = new WriteBehind(fd, path, (offset, length) => this.emit('writeback', offset, length));
+  }
 
   /**
    * Opens an image's file. Never blocks and never opens anything but a regular file or a block
@@ -229,6 +234,7 @@ export class HostFile {
     this.counters.writes++;
     this.counters.bytesWritten += total;
     this.emit('write', pos, total, tag);
+    this.writeBehind.wrote(pos, total);
   }
 
   /**
@@ -308,6 +314,7 @@ export class HostFile {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.writeBehind.settled();
     // On the main thread, as open is: closing a local file does not wait for its data.
     try {
       fs.closeSync(this.fd);
@@ -317,7 +324,7 @@ export class HostFile {
     log('close %s reads=%d writes=%d flushes=%d', this.path, this.counters.reads, this.counters.writes, this.counters.flushes);
   }
 
-  private emit(kind: 'read' | 'write' | 'flush' | 'truncate' | 'punch', offset: number, length: number, tag?: IoTag): void {
+  private emit(kind: IoEvent['kind'], offset: number, length: number, tag?: IoTag): void {
     if (observers.size === 0) return;
     for (const o of observers) o({ kind, path: this.path, offset, length, tag });
   }

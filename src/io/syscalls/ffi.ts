@@ -62,6 +62,7 @@ export interface Ffi {
   preadv2: (fd: number, iov: { iov_base: Buffer; iov_len: number }[], iovcnt: number, offset: number, flags: number) => number;
   lseek: (fd: number, offset: number, whence: number) => number | bigint;
   syncfs: KoffiFunction;
+  syncFileRange: KoffiFunction;
   eventfd: (initval: number, flags: number) => number;
   socketpair: (domain: number, type: number, protocol: number, sv: Int32Array) => number;
   sendmsg: (fd: number, msg: MsgHdr, flags: number) => number;
@@ -130,6 +131,7 @@ export function ffi(): Ffi {
     lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)'),
     preadv2: libc.func('preadv2', 'intptr_t', ['int', koffi.pointer(iovec), 'int', 'int64_t', 'int']),
     syncfs: libc.func('int syncfs(int fd)'),
+    syncFileRange: libc.func('int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int flags)'),
     eventfd: libc.func('int eventfd(unsigned int initval, int flags)'),
     socketpair: libc.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)'),
     sendmsg: libc.func('sendmsg', 'intptr_t', ['int', koffi.pointer(msghdr), 'int']),

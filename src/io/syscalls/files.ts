@@ -1,6 +1,6 @@
 /**
  * Calls on host files that Node's fs lacks: OFD byte-range locks (QEMU's image locking protocol),
- * fcntl flags, fallocate (punch, zero range), SEEK_DATA/SEEK_HOLE, syncfs, and a read(2) that
+ * fcntl flags, fallocate (punch, zero range), SEEK_DATA/SEEK_HOLE, syncfs, sync_file_range, and a read(2) that
  * returns -errno instead of throwing (the /dev/fuse loop's EAGAIN is not exceptional).
  */
 import { VdiskError } from '../errors';
@@ -123,6 +123,26 @@ export function syncfsAsync(fd: number): Promise<void> {
     f.syncfs.async(fd, (err: unknown, r: number) => {
       if (err) reject(asyncCallFailed('syncfs', err));
       else if (r !== 0) reject(VdiskError.io(`syncfs fd ${fd} failed`));
+      else resolve();
+    });
+  });
+}
+
+// ---- sync_file_range ----
+
+const SYNC_FILE_RANGE_WRITE = 2;
+
+/**
+ * sync_file_range(SYNC_FILE_RANGE_WRITE) on a koffi worker thread: starts writeback of the dirty
+ * pages of [offset, offset+nbytes) and returns without waiting for it (src/io/write-behind.ts).
+ * Off the main thread because starting writeback can wait for room in the disk's queue.
+ */
+export function startWriteback(fd: number, offset: number, nbytes: number): Promise<void> {
+  const f = ffi();
+  return new Promise((resolve, reject) => {
+    f.syncFileRange.async(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE, (err: unknown, r: number) => {
+      if (err) reject(asyncCallFailed('sync_file_range', err));
+      else if (r !== 0) reject(VdiskError.io(`sync_file_range fd ${fd} [${offset}, +${nbytes}) failed`));
       else resolve();
     });
   });
