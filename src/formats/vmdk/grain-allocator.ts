@@ -11,7 +11,8 @@ import * as marker from './stream-marker';
 /**
  * THE SEED — QEMU's unmerged "allocate multiple clusters at once" for VMDK:
  * for one request, every missing grain is allocated at once, contiguous at the end of the
- * extent file; head COW + payload + tail COW go out as ONE vectored write; only then are the
+ * extent file; head COW + payload + tail COW go out as ONE vectored write (COW from zeros left
+ * out: the new space reads as zeros, see writeFreshRun); only then are the
  * grain-table entries of all of them set together (in the cached tables, written back on flush:
  * data → GT → GD). Grains already allocated are written in place, no metadata I/O.
  * With noMultiAlloc the same request goes grain by grain and every entry is written through
@@ -223,10 +224,7 @@ async function allocateAndWrite(
         await ext.file.write(p.bufs, start + p.at, 'data');
       }
     } else {
-      const vector: Buffer[] = [];
-      for (const p of grains) for (const piece of p) for (const b of piece.bufs) vector.push(b);
-      ext.stats.dataWrites++;
-      await Promise.all([ext.file.write(vector, start, 'data'), ...inPlace]);
+      await Promise.all([writeFreshRun(ext, start, grains), ...inPlace]);
     }
   }
   await Promise.all(inPlace);
@@ -242,6 +240,37 @@ async function allocateAndWrite(
 interface Piece {
   at: number; // byte offset of these buffers within the grain
   bufs: Buffer[];
+  /** A COW fill from zeros (no parent, or a zeroed grain): what fresh space reads as anyway. */
+  zeros?: true;
+}
+
+/**
+ * The grains of one request, reserved contiguously at `start`, as ONE vectored write (the seed).
+ * Their space lies past the end of the extent file (append-only: `reserve` starts at the file's
+ * end), so it reads as zeros until written: a zero COW head or tail is left out rather than
+ * written, as QEMU's qcow2 skips COW from zeros into new clusters. A 4 KiB write into a new 64
+ * KiB grain then writes 4 KiB, not 64, and the grain's later 4 KiB writes land in a hole as
+ * they would in a raw file (a 64 KiB page-cache folio made each of them cost several times more
+ * here). The last sector of the run is always written, so the file ends after every grain it
+ * maps: the end of the file is where the next session's `reserve` starts.
+ */
+async function writeFreshRun(ext: GrainSpace, start: number, grains: Piece[][]): Promise<void> {
+  const G = ext.grainBytes;
+  const runEnd = start + grains.length * G;
+  const pieces = grains.flatMap((p, i) => p.map((piece) => ({ ...piece, at: start + i * G + piece.at })));
+  let first = 0;
+  let last = pieces.length - 1;
+  if (pieces[first]!.zeros) first++;
+  // A zero tail shorter than two sectors is written: the run's last sector is written anyway.
+  const tail = pieces[last]!;
+  const skipTail = tail.zeros === true && runEnd - tail.at >= 2 * SECTOR;
+  if (skipTail) last--;
+  const vector: Buffer[] = [];
+  for (let i = first; i <= last; i++) for (const b of pieces[i]!.bufs) vector.push(b);
+  ext.stats.dataWrites++;
+  const writes = [ext.file.write(vector, pieces[first]!.at, 'data')];
+  if (skipTail) writes.push(ext.file.write(zeros(SECTOR), runEnd - SECTOR, 'data'));
+  await Promise.all(writes);
 }
 
 /** A whole grain's content: COW head (parent or zeros), the payload, COW tail; COW reads go to `fills`. */
@@ -259,17 +288,17 @@ function buildGrain(
   const s = Math.max(offset, gs);
   const e = Math.min(end, gs + G);
   const pieces: Piece[] = [];
-  const fill = (from: number, len: number): Buffer => {
+  const fill = (at: number, from: number, len: number): Piece => {
     // Without a parent (or over a zeroed grain) the COW source is zeros: a shared buffer, no read.
-    if (m.wasZero || !cow) return zeros(len);
+    if (m.wasZero || !cow) return { at, bufs: [zeros(len)], zeros: true };
     const b = Buffer.allocUnsafe(len);
     ext.stats.cowReads++;
     fills.push(cow(from, b));
-    return b;
+    return { at, bufs: [b] };
   };
-  if (s > gs) pieces.push({ at: 0, bufs: [fill(gs, s - gs)] });
+  if (s > gs) pieces.push(fill(0, gs, s - gs));
   pieces.push({ at: s - gs, bufs: sliceVector(data, s - offset, e - s) });
-  if (e < gs + G) pieces.push({ at: e - gs, bufs: [fill(e, gs + G - e)] });
+  if (e < gs + G) pieces.push(fill(e - gs, e, gs + G - e));
   return pieces;
 }
 

@@ -122,7 +122,8 @@ describe('vmdk multi-grain allocation (the seed)', () => {
       await img.write(32 * MiB + 512, Buffer.alloc(70_000, 0x42));
       await img.flush();
       const tags = rec.events.map((e) => e.tag).filter((t) => t === 'data' || t === 'gt' || t === 'gd');
-      expect(tags).toEqual(['data', 'gt', 'gt', 'gd', 'gd']);
+      // The data (the payload, and the run's last sector: its zero tail is fresh space) first.
+      expect(tags).toEqual(['data', 'data', 'gt', 'gt', 'gd', 'gd']);
     } finally {
       rec.stop();
       await img.close();
@@ -172,5 +173,44 @@ describe('vmdk multi-grain allocation (the seed)', () => {
       await img.close();
     }
     expect(qemuCheck(f, 'vmdk').ok).toBe(true);
+  });
+  it("4 KiB writes into new grains write 4 KiB (and the run's last sector), not 64: the file stays sparse, ends after its last grain, and a reopened image appends after it", async () => {
+    const f = path.join(dir, 'sparse4k.vmdk');
+    qemuImg(['create', '-f', 'vmdk', f, '64M']);
+    const mirror = Buffer.alloc(64 * MiB);
+    const G = 64 * 1024;
+    const put = async (at: number, fill: number) => {
+      const img = await openImage(f, { writable: true });
+      try {
+        await img.write(at, Buffer.alloc(4096, fill));
+        await img.flush();
+      } finally {
+        await img.close();
+      }
+      mirror.fill(fill, at, at + 4096);
+    };
+    const before = fs.statSync(f);
+    const rec = record(f);
+    try {
+      // Grain 5 at its start (the tail is left out), grain 9 in its middle, grain 20 at its end.
+      for (const [i, at] of [5 * G, 9 * G + 8192, 21 * G - 4096].entries()) await put(at, 0x10 + i);
+      const data = rec.events.filter((e) => e.tag === 'data');
+      expect(data.map((e) => e.length).sort((a, b) => a - b)).toEqual([512, 512, 4096, 4096, 4096]);
+    } finally {
+      rec.stop();
+    }
+    // Every grain lies inside the file (its last sector was written): a new session's grains go after them.
+    const after = fs.statSync(f);
+    expect(after.size).toBe(before.size + 3 * G);
+    expect((after.blocks - before.blocks) * 512).toBeLessThan(2 * G);
+    // Later writes: into the holes of those grains, and a new grain appended after a reopen.
+    await put(5 * G + 32768, 0x20);
+    await put(9 * G, 0x21);
+    await put(30 * G + 4096, 0x22);
+    expect(fs.statSync(f).size).toBe(before.size + 4 * G);
+    expect(qemuCheck(f, 'vmdk').ok).toBe(true);
+    const m = path.join(dir, 'sparse4k.mirror');
+    fs.writeFileSync(m, mirror);
+    expect(qemuCompare(f, m, 'vmdk').equal).toBe(true);
   });
 });
