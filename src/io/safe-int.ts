@@ -26,6 +26,16 @@ export function alignUp(v: number, a: number): number {
   return Math.ceil(v / a) * a;
 }
 
+/**
+ * The smallest power of two >= n (1 for n <= 1). Bit arithmetic up to 2^30, so no call into
+ * libm's pow and log2: the FUSE loop asks for every request's buffer and size bucket.
+ */
+export function powerOfTwoAtLeast(n: number): number {
+  if (n <= 1) return 1;
+  if (n <= 1 << 30) return 1 << (32 - Math.clz32(n - 1));
+  return 2 ** Math.ceil(Math.log2(n));
+}
+
 export function alignDown(v: number, a: number): number {
   return Math.floor(v / a) * a;
 }

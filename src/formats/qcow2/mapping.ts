@@ -52,6 +52,8 @@ export interface TablePeek {
 
 export interface MapContext {
   clusterBits: number;
+  /** 2 ** clusterBits, kept: `**` is a call into libm's pow on every use, per request. */
+  clusterSize: number;
   layout: L2Layout;
   l2Entries: number;
   l1: Buffer;
@@ -64,6 +66,7 @@ export function newMapContext(clusterBits: number, extended: boolean, dataFile: 
   const entrySize = extended ? 16 : 8;
   return {
     clusterBits,
+    clusterSize: 2 ** clusterBits,
     layout: { clusterBits, extended, entrySize, dataFile },
     l2Entries: 2 ** clusterBits / entrySize,
     l1,
@@ -75,7 +78,9 @@ export function newMapContext(clusterBits: number, extended: boolean, dataFile: 
 export function l2TableOffset(ctx: MapContext, l1i: number): number {
   if (l1i >= ctx.l1Size) return 0;
   const off = l1Offset(ctx.l1, l1i);
-  if (off % 2 ** ctx.clusterBits !== 0) throw VdiskError.corrupt(`qcow2 L2 table offset ${off} (L1 index ${l1i}) not cluster aligned`);
+  // Alignment from the low 32 bits (clusters are at most 2 MiB): `%` on a double is fmod.
+  if (((off >>> 0) & (ctx.clusterSize - 1)) !== 0)
+    throw VdiskError.corrupt(`qcow2 L2 table offset ${off} (L1 index ${l1i}) not cluster aligned`);
   return off;
 }
 
@@ -87,7 +92,7 @@ export function l2TableOffset(ctx: MapContext, l1i: number): number {
  * piece also ends where the next table is not cached. Allocates nothing.
  */
 export function mapFirst(ctx: MapContext, offset: number, length: number, out: Mapping): boolean {
-  const cs = 2 ** ctx.clusterBits;
+  const cs = ctx.clusterSize;
   const n = ctx.l2Entries;
   const l = ctx.layout;
   const end = offset + length;
@@ -118,10 +123,9 @@ export function mapFirst(ctx: MapContext, offset: number, length: number, out: M
         // Standard entries: the first decoded here, the rest of this table by continueRun's
         // integer-only loop. It runs per cluster of every read and every map, 4 Mi times over
         // a 256 GiB disk. A compressed first entry is left to the general path below.
-        const words = new DataView(t.buffer, t.byteOffset, t.length);
-        const hi = words.getUint32(l2i * 8);
+        const hi = t.readUInt32BE(l2i * 8);
         if (!(hi & COMPRESSED_HI)) {
-          const lo = words.getUint32(l2i * 8 + 4);
+          const lo = t.readUInt32BE(l2i * 8 + 4);
           const hc = hostOf(hi, lo);
           const kj = lo & 1 ? KIND_ZERO : hc === 0 && !(l.dataFile && hi & COPIED_HI) ? KIND_UNALLOCATED : KIND_NORMAL;
           let hj = 0;
@@ -138,7 +142,11 @@ export function mapFirst(ctx: MapContext, offset: number, length: number, out: M
           }
           const tableEnd = Math.min(end, (l1i + 1) * n * cs);
           const last = Math.floor((tableEnd - 1 - l1i * n * cs) / cs); // the entry holding tableEnd-1
-          const more = last > l2i ? continueRun(words, l2i + 1, last + 1, kj, hi | 0, lo | 0, cs, l.dataFile === true) : 0;
+          // A view for the run's loop only when there is a run: a small read stays in one entry.
+          const more =
+            last > l2i
+              ? continueRun(new DataView(t.buffer, t.byteOffset, t.length), l2i + 1, last + 1, kj, hi | 0, lo | 0, cs, l.dataFile === true)
+              : 0;
           pos = Math.min(tableEnd, cStart + (1 + more) * cs);
           if (l2i + more < last) break; // an entry that differs (or is compressed) ends the piece
           continue; // the next table, from the top
@@ -249,7 +257,7 @@ export function mapSync(ctx: MapContext, offset: number, length: number): Piece[
 
 /** L2 table offsets (non-zero) that a guest range needs. */
 export function tablesFor(ctx: MapContext, offset: number, length: number): number[] {
-  const span = ctx.l2Entries * 2 ** ctx.clusterBits;
+  const span = ctx.l2Entries * ctx.clusterSize;
   const out: number[] = [];
   const last = Math.floor((offset + Math.max(length, 1) - 1) / span);
   for (let l1i = Math.floor(offset / span); l1i <= last; l1i++) {

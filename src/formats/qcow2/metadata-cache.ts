@@ -76,6 +76,8 @@ interface SideState {
 
 export class MetadataCache {
   private readonly entries = new Map<number, CacheEntry>(); // insertion order = LRU order
+  /** The entry last put at the end of `entries` (most recently used): touching it again changes nothing. */
+  private mru: CacheEntry | undefined;
   hits = 0;
   misses = 0;
   /** Logical clock: orders data completions, table writes and barriers. */
@@ -123,6 +125,7 @@ export class MetadataCache {
       if (!e) {
         e = { kind, offset, buf, dirty: false, pins: 0, dataAt: -1 };
         this.entries.set(offset, e);
+        this.mru = e;
       }
     }
     e.pins++;
@@ -156,6 +159,7 @@ export class MetadataCache {
     const e: CacheEntry = { kind, offset, buf, dirty: true, pins: 1, dataAt: -1 };
     this.entries.delete(offset);
     this.entries.set(offset, e);
+    this.mru = e;
     return e;
   }
 
@@ -344,7 +348,10 @@ export class MetadataCache {
   }
 
   private touch(e: CacheEntry): void {
+    // Reads that stay in one table (most do) would otherwise rehash it twice each.
+    if (e === this.mru) return;
     this.entries.delete(e.offset);
     this.entries.set(e.offset, e);
+    this.mru = e;
   }
 }

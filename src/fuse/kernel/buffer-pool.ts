@@ -2,6 +2,8 @@
  * Reply buffers for READ, reused: a 1 MiB read would otherwise allocate (and fault in) a fresh
  * megabyte per request. Capacities are powers of two; a buffer goes back after its reply is written.
  */
+import { powerOfTwoAtLeast } from '../../io/safe-int';
+
 const MIN_CAPACITY = 8192;
 const MAX_FREE_PER_CLASS = 32;
 
@@ -9,7 +11,7 @@ export class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
 
   take(size: number): Buffer {
-    const cap = Math.max(MIN_CAPACITY, 2 ** Math.ceil(Math.log2(size)));
+    const cap = Math.max(MIN_CAPACITY, powerOfTwoAtLeast(size));
     return this.free.get(cap)?.pop() ?? Buffer.allocUnsafe(cap);
   }
 

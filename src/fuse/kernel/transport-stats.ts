@@ -1,3 +1,4 @@
+import { powerOfTwoAtLeast } from '../../io/safe-int';
 import { initFlagNames, opName, type InitOut } from './protocol';
 
 /**
@@ -22,7 +23,7 @@ export class TransportStats {
   }
 
   size(kind: 'read' | 'write', bytes: number): void {
-    const bucket = bytes <= 1 ? 1 : 2 ** Math.ceil(Math.log2(bytes));
+    const bucket = powerOfTwoAtLeast(bytes);
     const m = kind === 'read' ? this.readSizes : this.writeSizes;
     m.set(bucket, (m.get(bucket) ?? 0) + 1);
   }

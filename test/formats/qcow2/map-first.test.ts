@@ -20,7 +20,7 @@ function context(entries: (t: Buffer) => void): MapContext {
   entries(t0);
   const cached = new Map([[0x10000, t0]]);
   const cache = { peek: (off: number) => cached.get(off) } as unknown as MetadataCache;
-  return { clusterBits: CB, layout, l2Entries: 4, l1, l1Size: 3, cache };
+  return { clusterBits: CB, clusterSize: 2 ** CB, layout, l2Entries: 4, l1, l1Size: 3, cache };
 }
 
 /** Compressed entry: host 0x300100, 2 more sectors stored. */

@@ -62,7 +62,7 @@ function randomContext(seed: number, dataFile: boolean): MapContext {
     setL1(l1, ti, off, true);
     tables.set(off, t);
   }
-  return { clusterBits: CB, layout, l2Entries: N, l1, l1Size: TABLES, cache: { peek: (o) => tables.get(o) } };
+  return { clusterBits: CB, clusterSize: 2 ** CB, layout, l2Entries: N, l1, l1Size: TABLES, cache: { peek: (o) => tables.get(o) } };
 }
 
 /** The first piece of [offset, end), cluster by cluster: [kind, length, host]. */
