@@ -314,7 +314,7 @@ export class HostFile {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.writeBehind.settled();
+    await this.writeBehind.stop();
     // On the main thread, as open is: closing a local file does not wait for its data.
     try {
       fs.closeSync(this.fd);

@@ -26,8 +26,25 @@ import { startWriteback } from './syscalls';
 
 const log = createDebug('vdiskfs:io');
 
+const DEFAULT_BYTES = 8 << 20;
+
+/** VDISKFS_WRITE_BEHIND in bytes (0 turns write-behind off); anything but a whole number keeps the default. */
+export function bytesFromEnv(value: string | undefined): number {
+  if (value === undefined || !/^\d+$/.test(value.trim())) return DEFAULT_BYTES;
+  const n = Number(value.trim());
+  return Number.isSafeInteger(n) ? n : DEFAULT_BYTES;
+}
+
 /** Bytes of large writes after which their range goes to writeback (VDISKFS_WRITE_BEHIND; 0 turns it off). */
-export const WRITE_BEHIND_BYTES = Number(process.env.VDISKFS_WRITE_BEHIND ?? 8 << 20);
+export const WRITE_BEHIND_BYTES = bytesFromEnv(process.env.VDISKFS_WRITE_BEHIND);
+
+/**
+ * Calls in flight in the whole process: one. Each holds a thread of the pool that large writes,
+ * fdatasync and the idle FUSE loop's wait also use, and can wait for room in a disk's queue;
+ * a file that finds the slot taken gathers its writes into its next call.
+ */
+let callsInFlight = 0;
+const MAX_CALLS_IN_FLIGHT = 1;
 
 /** A write at least this large is part of a stream (the merger sends streams in extents of up to 1 MiB). */
 export const STREAM_WRITE_MIN = 256 * 1024;
@@ -55,18 +72,21 @@ export class WriteBehind {
     this.bytes += length;
     // One call at a time per file: when the disk is slower than the writer, the next call covers
     // everything written meanwhile instead of queueing behind this one.
-    if (this.bytes < this.every || this.running !== undefined) return;
+    if (this.bytes < this.every || this.running !== undefined || callsInFlight >= MAX_CALLS_IN_FLIGHT) return;
     const offset = this.lo;
     const length_ = this.hi - this.lo;
     this.lo = Number.POSITIVE_INFINITY;
     this.hi = 0;
     this.bytes = 0;
     this.started(offset, length_);
+    callsInFlight++;
     this.running = startWriteback(this.fd, offset, length_).then(
       () => {
+        callsInFlight--;
         this.running = undefined;
       },
       (e: unknown) => {
+        callsInFlight--;
         this.running = undefined;
         this.off = true;
         log('write-behind off for %s: %s', this.path, (e as Error).message);
@@ -74,8 +94,17 @@ export class WriteBehind {
     );
   }
 
-  /** Resolves once no call is running: before the descriptor closes, so none can reach a reused fd. */
+  /** Resolves once no call is running. */
   async settled(): Promise<void> {
+    await this.running;
+  }
+
+  /**
+   * Before the descriptor closes: no new call starts (a write still in flight may complete
+   * after close), and the one running ends first, so none can reach a reused fd.
+   */
+  async stop(): Promise<void> {
+    this.off = true;
     await this.running;
   }
 }

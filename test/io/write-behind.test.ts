@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { addIoObserver, HostFile } from '../../src/io/host-file';
 import type { IoEvent } from '../../src/io/counters';
-import { STREAM_WRITE_MIN, WRITE_BEHIND_BYTES, WriteBehind } from '../../src/io/write-behind';
+import { bytesFromEnv, STREAM_WRITE_MIN, WRITE_BEHIND_BYTES, WriteBehind } from '../../src/io/write-behind';
 
 const M = 1 << 20;
 let dir: string;
@@ -80,8 +80,37 @@ describe('WriteBehind', () => {
     expect(started).toEqual([[0, M]]);
   });
 
-  it('is on by default, every 8 MiB', () => {
+  it('one call at a time in the whole process: a second file waits for the slot, then sends all it gathered', async () => {
+    const a = recorder(M);
+    const fd2 = fs.openSync(path.join(dir, 'g'), 'w+');
+    try {
+      const b = recorder(M, fd2);
+      a.write(0, M); // a's call runs
+      b.write(0, M);
+      b.write(M, M);
+      expect(b.started).toEqual([]);
+      await a.wb.settled();
+      b.write(2 * M, M);
+      expect(b.started).toEqual([[0, 3 * M]]);
+      await b.wb.settled();
+    } finally {
+      fs.closeSync(fd2);
+    }
+  });
+
+  it('starts nothing once stopped (the descriptor is about to close)', async () => {
+    const { wb, started, write } = recorder(M);
+    await wb.stop();
+    write(0, 2 * M);
+    expect(started).toEqual([]);
+  });
+
+  it('is on by default, every 8 MiB; VDISKFS_WRITE_BEHIND takes a whole number of bytes, 0 turns it off', () => {
     expect(WRITE_BEHIND_BYTES).toBe(8 * M);
+    expect(bytesFromEnv(undefined)).toBe(8 * M);
+    expect(bytesFromEnv('0')).toBe(0);
+    expect(bytesFromEnv(' 4194304 ')).toBe(4 * M);
+    for (const bad of ['8M', '', '-1', '1e6', 'x', '99999999999999999999']) expect(bytesFromEnv(bad), bad).toBe(8 * M);
   });
 });
 
