@@ -1,4 +1,4 @@
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import type { OpenImage } from './image-table';
 
 /** How a handle was opened: decides write-through and read-only behaviour per handle. */

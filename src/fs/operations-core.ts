@@ -1,4 +1,4 @@
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import createDebug from 'debug';
 import { VdiskError, fromNodeError } from '../io/errors';
 import { seekExtent } from '../image/seek';

@@ -8,7 +8,7 @@
  * from (sfdisk, parted), after the last writer closes, and when the image file changes outside.
  * A damaged or absurd table shows no partition files and logs one line; the disk view stays.
  */
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import type { Image } from '../image';
 import createDebug from 'debug';
 import { readPartitionTable, SECTOR, type Partition, type PartitionTable } from '../image/partition-table';

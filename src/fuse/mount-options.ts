@@ -1,4 +1,4 @@
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import { VdiskError } from '../io/errors';
 
 /** The `-o` options a mount accepts, checked before anything is mounted. */

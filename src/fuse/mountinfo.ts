@@ -3,7 +3,7 @@
  * exists: shared by both transports, the mount and `vdiskfs unmount`.
  */
 import { execFile } from 'node:child_process';
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import { VdiskError } from '../io/errors';
 
 /** Is `dir` a mountpoint right now (per /proc/self/mountinfo)? */

@@ -1,4 +1,4 @@
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import createDebug from 'debug';
 import type { DriverTuning, Image, OpenOptions } from '../formats/types';
 import { VdiskError } from '../io/errors';

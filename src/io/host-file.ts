@@ -1,18 +1,10 @@
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import createDebug from 'debug';
 import { asError, fromNodeError, VdiskError } from './errors';
 import { IoCounters, IoEvent, IoObserver, IoTag, newCounters } from './counters';
 import { WriteBehind } from './write-behind';
-import {
-  fallocate,
-  FALLOC_FL_KEEP_SIZE,
-  FALLOC_FL_PUNCH_HOLE,
-  LockType,
-  ofdLock,
-  ofdTestLock,
-  preadCached,
-  SyscallError,
-} from './syscalls';
+import { SyscallError } from './syscalls/ffi';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate, LockType, ofdLock, ofdTestLock, preadCached } from './syscalls/files';
 
 const log = createDebug('vdiskfs:io');
 

@@ -22,7 +22,7 @@
  *   and writing them back early would write them twice.
  */
 import createDebug from 'debug';
-import { startWriteback } from './syscalls';
+import { startWriteback } from './syscalls/files';
 
 const log = createDebug('vdiskfs:io');
 

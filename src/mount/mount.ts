@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import * as path from 'node:path';
 import createDebug from 'debug';
 import type { MergerOptions } from '../merge';

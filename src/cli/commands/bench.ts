@@ -6,7 +6,7 @@
  * size, an optional flush every FLUSH_INTERVAL requests (draining the queue first unless
  * --no-drain).
  */
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import { openImage, driverByName } from '../../image';
 import type { Image } from '../../image';

@@ -1,4 +1,4 @@
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import type { Image } from '../../image';
 import { Confinement, openImage } from '../../image';

@@ -1,4 +1,4 @@
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import type { FormatDriver } from '../types';
 import { FOOTER_BYTES, hasCookie } from './footer';
 

@@ -2,7 +2,7 @@
  * The fuse-native (libfuse 2.9) transport, `--transport fuse-native`: the measured baseline beside
  * our own kernel-protocol loop (../kernel/). The operations core answers through adapter.ts.
  */
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import type { Operations } from 'fuse-native';
 import { VdiskError } from '../../io/errors';
 import type { FuseMountOptions } from '../mount-options';

@@ -15,9 +15,9 @@
  *   so the request is contiguous without copying its data.
  */
 import createDebug from 'debug';
-import { addressOf } from '../../io/syscalls';
+import { addressOf } from '../../io/syscalls/uring';
 import type { RequestSource } from '../kernel/session-loop';
-import { IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../kernel/protocol';
+import { IN_HEADER_SIZE, OUT_HEADER_SIZE } from '../kernel/protocol/header';
 import { IORING_OP_URING_CMD, IoUring, SQE_CMD_OFFSET } from './ring';
 
 const log = createDebug('vdiskfs:fuse');

@@ -4,9 +4,9 @@
  * the kernel sends requests through the ring, while FORGET and INTERRUPT stay on /dev/fuse.
  * Only where the kernel offers it: Linux 6.14+ with the fuse module's enable_uring set.
  */
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import { VdiskError } from '../../io/errors';
-import { MAX_WRITE } from '../kernel/protocol';
+import { MAX_WRITE } from '../kernel/protocol/negotiate';
 import { startLoopTransport } from '../kernel/kernel-transport';
 import type { Transport, TransportOptions } from '../transport';
 import { FuseRing } from './fuse-ring';

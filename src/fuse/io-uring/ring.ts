@@ -4,30 +4,28 @@
  * into the shared array and published by the tail; completions are read from the shared CQ
  * without a system call, so the request loop can busy-poll it as it polls /dev/fuse.
  */
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import { VdiskError } from '../../io/errors';
+import { readOrErrno } from '../../io/syscalls/files';
+import { EFD_CLOEXEC, EFD_NONBLOCK, eventfd } from '../../io/syscalls/poll';
 import {
-  EFD_CLOEXEC,
-  EFD_NONBLOCK,
-  eventfd,
   IORING_ENTER_GETEVENTS,
   IORING_FEAT_SINGLE_MMAP,
-  IORING_SETUP_DEFER_TASKRUN,
-  IORING_SETUP_SINGLE_ISSUER,
-  IORING_SETUP_TASKRUN_FLAG,
-  IORING_SQ_TASKRUN,
-  ioUringRegisterEventfd,
-  readOrErrno,
   IORING_OFF_SQ_RING,
   IORING_OFF_SQES,
+  IORING_SETUP_DEFER_TASKRUN,
+  IORING_SETUP_SINGLE_ISSUER,
   IORING_SETUP_SQE128,
+  IORING_SETUP_TASKRUN_FLAG,
+  IORING_SQ_TASKRUN,
   ioUringEnter,
+  ioUringRegisterEventfd,
   ioUringSetup,
   mapShared,
-  unmap,
   type SharedMapping,
+  unmap,
   type UringParams,
-} from '../../io/syscalls';
+} from '../../io/syscalls/uring';
 
 export const SQE_SIZE = 128;
 const CQE_SIZE = 16;

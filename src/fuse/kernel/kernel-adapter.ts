@@ -4,7 +4,20 @@ import type { FsCore, NodeAttr } from '../../fs/operations-core';
 import { settle } from '../../io/errors';
 import { BufferPool } from './buffer-pool';
 import { NodeTable, ROOT_ID } from './node-table';
-import * as P from './protocol';
+import { type Attr, decodeName, encodeAttrOut, encodeEntryOut } from './protocol/attr';
+import { decodeFallocateIn } from './protocol/fallocate';
+import { DirentType, InitFlag, initFlagNames, OpenOutFlag, SetattrValid } from './protocol/flags';
+import { decodeBatchForgetIn, decodeForgetIn, decodeInterruptIn } from './protocol/forget';
+import { decodeInHeader, encodeOutHeader, IN_HEADER_SIZE, OUT_HEADER_SIZE, type RequestHeader } from './protocol/header';
+import { decodeInitIn, encodeInitOut, type InitIn } from './protocol/init';
+import { decodeLseekIn, encodeLseekOut } from './protocol/lseek';
+import { negotiate, OUR_MINOR } from './protocol/negotiate';
+import { expectsReply, Op } from './protocol/opcodes';
+import { decodeFlushIn, decodeFsyncIn, decodeOpenIn, decodeReleaseIn, encodeOpenOut } from './protocol/open';
+import { direntPlusFit, type DirEntry, encodeDirents, encodeDirentsPlus } from './protocol/readdir';
+import { decodeReadIn, decodeWriteIn, encodeWriteOut, type ReadIn } from './protocol/rw';
+import { decodeSetattrIn } from './protocol/setattr';
+import { encodeStatfsOut } from './protocol/statfs';
 import { Replies, type ReplySink } from './replies';
 import { TransportStats } from './transport-stats';
 
@@ -32,7 +45,7 @@ export interface KernelAdapterOptions {
 
 interface DirHandle {
   path: string;
-  entries: P.DirEntry[] | undefined;
+  entries: DirEntry[] | undefined;
 }
 
 /**
@@ -68,9 +81,9 @@ export class KernelAdapter {
 
   /** Handles one request of `n` bytes in `buf`. Never throws. */
   dispatch(buf: Buffer, n: number): void {
-    let h: P.RequestHeader;
+    let h: RequestHeader;
     try {
-      h = P.decodeInHeader(buf, n);
+      h = decodeInHeader(buf, n);
     } catch (e) {
       this.opts.warn(`ignored a malformed FUSE request: ${(e as Error).message}`);
       return;
@@ -84,17 +97,17 @@ export class KernelAdapter {
     }
   }
 
-  private route(h: P.RequestHeader, buf: Buffer, n: number): void {
-    const off = P.IN_HEADER_SIZE;
+  private route(h: RequestHeader, buf: Buffer, n: number): void {
+    const off = IN_HEADER_SIZE;
     const core = this.core;
     switch (h.opcode) {
-      case P.Op.READ: {
-        const r = P.decodeReadIn(buf, off);
+      case Op.READ: {
+        const r = decodeReadIn(buf, off);
         this.stats.size('read', r.size);
         return this.read(h, r);
       }
-      case P.Op.WRITE: {
-        const w = P.decodeWriteIn(buf, off, n);
+      case Op.WRITE: {
+        const w = decodeWriteIn(buf, off, n);
         this.stats.size('write', w.size);
         // A view into the request buffer: the core writes or copies it before the buffer is read into again.
         const data = buf.subarray(w.dataOffset, w.dataOffset + w.size);
@@ -102,110 +115,110 @@ export class KernelAdapter {
         const now = core.writeSync(w.fh, w.offset, data);
         if (now !== undefined) {
           this.stats.writesAtOnce++;
-          return this.replies.reply(h, (b, o) => P.encodeWriteOut(b, o, now));
+          return this.replies.reply(h, (b, o) => encodeWriteOut(b, o, now));
         }
         return this.replies.run(
           h,
           () => core.write(w.fh, w.offset, data),
-          (b, o, written) => P.encodeWriteOut(b, o, written),
+          (b, o, written) => encodeWriteOut(b, o, written),
         );
       }
-      case P.Op.LOOKUP: {
+      case Op.LOOKUP: {
         const parent = this.nodes.pathOf(h.nodeid);
         if (parent === undefined) return this.replies.error(h, errno('ENOENT'));
-        const path = this.nodes.childPath(parent, P.decodeName(buf, off, n));
+        const path = this.nodes.childPath(parent, decodeName(buf, off, n));
         return this.replies.run(
           h,
           () => core.getattr(path),
           (b, o, a) => {
             const id = this.nodes.remember(path, a.identity);
-            return P.encodeEntryOut(b, o, id, ENTRY_VALID, ATTR_VALID, this.attr(path, a));
+            return encodeEntryOut(b, o, id, ENTRY_VALID, ATTR_VALID, this.attr(path, a));
           },
         );
       }
-      case P.Op.GETATTR: {
+      case Op.GETATTR: {
         const path = this.pathOf(h);
         if (path === undefined) return this.replies.error(h, errno('ENOENT'));
         return this.replies.run(
           h,
           () => core.getattr(path),
-          (b, o, a) => P.encodeAttrOut(b, o, ATTR_VALID, this.attr(path, a)),
+          (b, o, a) => encodeAttrOut(b, o, ATTR_VALID, this.attr(path, a)),
         );
       }
-      case P.Op.SETATTR: {
+      case Op.SETATTR: {
         const path = this.pathOf(h);
         if (path === undefined) return this.replies.error(h, errno('ENOENT'));
-        const s = P.decodeSetattrIn(buf, off);
+        const s = decodeSetattrIn(buf, off);
         // Modes and owners of a view come from its image file; times are harmless (`touch`) and ignored.
-        if (s.valid & (P.SetattrValid.MODE | P.SetattrValid.UID | P.SetattrValid.GID)) return this.replies.error(h, errno('EPERM'));
+        if (s.valid & (SetattrValid.MODE | SetattrValid.UID | SetattrValid.GID)) return this.replies.error(h, errno('EPERM'));
         return this.replies.run(
           h,
           async () => {
             // Writeback cache: O_TRUNC arrives as SETATTR size=0 without a handle (no ATOMIC_O_TRUNC; see negotiate.ts).
             const openTruncate =
-              s.size === 0 && s.fh === undefined && ((this.stats.negotiated?.flags ?? 0) & P.InitFlag.WRITEBACK_CACHE) !== 0;
+              s.size === 0 && s.fh === undefined && ((this.stats.negotiated?.flags ?? 0) & InitFlag.WRITEBACK_CACHE) !== 0;
             if (s.size !== undefined) await core.truncate(path, s.size, { openTruncate });
             return core.getattr(path);
           },
-          (b, o, a) => P.encodeAttrOut(b, o, ATTR_VALID, this.attr(path, a)),
+          (b, o, a) => encodeAttrOut(b, o, ATTR_VALID, this.attr(path, a)),
         );
       }
-      case P.Op.OPEN: {
+      case Op.OPEN: {
         const path = this.pathOf(h);
         if (path === undefined) return this.replies.error(h, errno('ENOENT'));
-        const { flags } = P.decodeOpenIn(buf, off);
+        const { flags } = decodeOpenIn(buf, off);
         return this.replies.run(
           h,
           () => core.open(path, flags),
-          (b, o, fh) => P.encodeOpenOut(b, o, fh, this.openReplyFlags(flags)),
+          (b, o, fh) => encodeOpenOut(b, o, fh, this.openReplyFlags(flags)),
         );
       }
-      case P.Op.FLUSH: {
-        const { fh } = P.decodeFlushIn(buf, off);
+      case Op.FLUSH: {
+        const { fh } = decodeFlushIn(buf, off);
         return this.replies.run(
           h,
           () => core.flush(fh),
           () => 0,
         );
       }
-      case P.Op.FSYNC: {
-        const { fh, datasync } = P.decodeFsyncIn(buf, off);
+      case Op.FSYNC: {
+        const { fh, datasync } = decodeFsyncIn(buf, off);
         return this.replies.run(
           h,
           () => core.fsync(fh, datasync),
           () => 0,
         );
       }
-      case P.Op.RELEASE: {
-        const { fh } = P.decodeReleaseIn(buf, off);
+      case Op.RELEASE: {
+        const { fh } = decodeReleaseIn(buf, off);
         return this.replies.run(
           h,
           () => core.release(fh),
           () => 0,
         );
       }
-      case P.Op.OPENDIR: {
+      case Op.OPENDIR: {
         const path = this.pathOf(h);
         if (path === undefined) return this.replies.error(h, errno('ENOENT'));
         const fh = this.nextDir++;
         this.dirs.set(fh, { path, entries: undefined });
-        return this.replies.reply(h, (b, o) => P.encodeOpenOut(b, o, fh, 0));
+        return this.replies.reply(h, (b, o) => encodeOpenOut(b, o, fh, 0));
       }
-      case P.Op.READDIR:
-        return this.readdir(h, P.decodeReadIn(buf, off));
-      case P.Op.READDIRPLUS:
-        return this.readdirplus(h, P.decodeReadIn(buf, off));
-      case P.Op.RELEASEDIR:
-        this.dirs.delete(P.decodeReleaseIn(buf, off).fh);
+      case Op.READDIR:
+        return this.readdir(h, decodeReadIn(buf, off));
+      case Op.READDIRPLUS:
+        return this.readdirplus(h, decodeReadIn(buf, off));
+      case Op.RELEASEDIR:
+        this.dirs.delete(decodeReleaseIn(buf, off).fh);
         return this.replies.reply(h, () => 0);
-      case P.Op.FSYNCDIR:
+      case Op.FSYNCDIR:
         return this.replies.reply(h, () => 0);
-      case P.Op.STATFS:
+      case Op.STATFS:
         return this.replies.run(
           h,
           () => core.statfs(),
           (b, o, s) =>
-            P.encodeStatfsOut(b, o, {
+            encodeStatfsOut(b, o, {
               blocks: s.blocks,
               bfree: s.bfree,
               bavail: s.bavail,
@@ -216,67 +229,67 @@ export class KernelAdapter {
               frsize: s.bsize,
             }),
         );
-      case P.Op.FALLOCATE: {
-        const f = P.decodeFallocateIn(buf, off);
+      case Op.FALLOCATE: {
+        const f = decodeFallocateIn(buf, off);
         return this.replies.run(
           h,
           () => core.fallocate(f.fh, f.offset, f.length, f.mode),
           () => 0,
         );
       }
-      case P.Op.LSEEK: {
-        const l = P.decodeLseekIn(buf, off);
+      case Op.LSEEK: {
+        const l = decodeLseekIn(buf, off);
         return this.replies.run(
           h,
           () => core.lseek(l.fh, l.offset, l.whence),
-          (b, o, pos) => P.encodeLseekOut(b, o, pos),
+          (b, o, pos) => encodeLseekOut(b, o, pos),
         );
       }
-      case P.Op.FORGET:
-        this.nodes.forget(h.nodeid, P.decodeForgetIn(buf, off).nlookup);
+      case Op.FORGET:
+        this.nodes.forget(h.nodeid, decodeForgetIn(buf, off).nlookup);
         return;
-      case P.Op.BATCH_FORGET:
-        for (const f of P.decodeBatchForgetIn(buf, off, n)) this.nodes.forget(f.nodeid, f.nlookup);
+      case Op.BATCH_FORGET:
+        for (const f of decodeBatchForgetIn(buf, off, n)) this.nodes.forget(f.nodeid, f.nlookup);
         return;
-      case P.Op.INTERRUPT: {
+      case Op.INTERRUPT: {
         // The core cannot abandon a request half done (a driver write, a flush): it finishes and
         // is answered; the kernel drops the answer if the caller is gone. Counted for --stats.
-        const { unique } = P.decodeInterruptIn(buf, off);
+        const { unique } = decodeInterruptIn(buf, off);
         if (this.replies.waiting(unique)) this.stats.interrupts++;
         return;
       }
-      case P.Op.INIT:
-        return this.init(h, P.decodeInitIn(buf, off, n));
-      case P.Op.DESTROY:
+      case Op.INIT:
+        return this.init(h, decodeInitIn(buf, off, n));
+      case Op.DESTROY:
         this.replies.reply(h, () => 0);
         this.opts.onDestroy();
         return;
-      case P.Op.CREATE:
-      case P.Op.MKNOD:
-      case P.Op.MKDIR:
-      case P.Op.UNLINK:
-      case P.Op.RMDIR:
-      case P.Op.RENAME:
-      case P.Op.RENAME2:
-      case P.Op.LINK:
-      case P.Op.SYMLINK:
+      case Op.CREATE:
+      case Op.MKNOD:
+      case Op.MKDIR:
+      case Op.UNLINK:
+      case Op.RMDIR:
+      case Op.RENAME:
+      case Op.RENAME2:
+      case Op.LINK:
+      case Op.SYMLINK:
         // The namespace mirrors the images folder: it changes there, never through the mount.
         return this.replies.error(h, errno('EPERM'));
       default:
-        if (P.expectsReply(h.opcode)) this.replies.error(h, errno('ENOSYS')); // xattrs, locks, ioctl...: the kernel stops asking
+        if (expectsReply(h.opcode)) this.replies.error(h, errno('ENOSYS')); // xattrs, locks, ioctl...: the kernel stops asking
     }
   }
 
-  private init(h: P.RequestHeader, k: P.InitIn): void {
-    const n = P.negotiate(k, { writebackCache: this.opts.writebackCache, ioUring: this.opts.ioUring ?? false });
+  private init(h: RequestHeader, k: InitIn): void {
+    const n = negotiate(k, { writebackCache: this.opts.writebackCache, ioUring: this.opts.ioUring ?? false });
     this.stats.kernel = { major: k.major, minor: k.minor, flags: k.flags };
     if (!n.ok) {
       if (n.retryWithMajor !== undefined) {
         // A newer major: tell the kernel ours; it sends INIT again with 7.x.
         return this.replies.reply(h, (b, o) =>
-          P.encodeInitOut(b, o, {
+          encodeInitOut(b, o, {
             major: 7,
-            minor: P.OUR_MINOR,
+            minor: OUR_MINOR,
             maxReadahead: 0,
             flags: 0,
             maxBackground: 0,
@@ -295,12 +308,12 @@ export class KernelAdapter {
     log(
       'INIT kernel 7.%d flags %s -> 7.%d max_write %d flags %s',
       k.minor,
-      P.initFlagNames(k.flags, k.flags2).join(','),
+      initFlagNames(k.flags, k.flags2).join(','),
       n.reply.minor,
       n.reply.maxWrite,
-      P.initFlagNames(n.reply.flags, n.reply.flags2).join(','),
+      initFlagNames(n.reply.flags, n.reply.flags2).join(','),
     );
-    this.replies.reply(h, (b, o) => P.encodeInitOut(b, o, n.reply));
+    this.replies.reply(h, (b, o) => encodeInitOut(b, o, n.reply));
     this.opts.onInit?.({ ioUring: n.ioUring });
   }
 
@@ -315,12 +328,12 @@ export class KernelAdapter {
    */
   private openReplyFlags(openFlags: number): number {
     const writable = (openFlags & O_ACCMODE) !== O_RDONLY;
-    return this.uncachedWriters && writable ? P.OpenOutFlag.DIRECT_IO : 0;
+    return this.uncachedWriters && writable ? OpenOutFlag.DIRECT_IO : 0;
   }
 
-  private read(h: P.RequestHeader, r: P.ReadIn): void {
-    const out = this.pool.take(P.OUT_HEADER_SIZE + r.size);
-    const into = out.subarray(P.OUT_HEADER_SIZE, P.OUT_HEADER_SIZE + r.size);
+  private read(h: RequestHeader, r: ReadIn): void {
+    const out = this.pool.take(OUT_HEADER_SIZE + r.size);
+    const into = out.subarray(OUT_HEADER_SIZE, OUT_HEADER_SIZE + r.size);
     // The synchronous path first: a cached mapping and a small host read answer here, no promise turns.
     let now: number | undefined;
     try {
@@ -331,8 +344,8 @@ export class KernelAdapter {
     }
     if (now !== undefined) {
       this.stats.readsAtOnce++;
-      P.encodeOutHeader(out, P.OUT_HEADER_SIZE + now, 0, h.unique);
-      this.replies.send(out, P.OUT_HEADER_SIZE + now);
+      encodeOutHeader(out, OUT_HEADER_SIZE + now, 0, h.unique);
+      this.replies.send(out, OUT_HEADER_SIZE + now);
       this.pool.give(out);
       return;
     }
@@ -341,8 +354,8 @@ export class KernelAdapter {
     p.then(
       (got) => {
         this.replies.end(h.unique);
-        P.encodeOutHeader(out, P.OUT_HEADER_SIZE + got, 0, h.unique);
-        this.replies.send(out, P.OUT_HEADER_SIZE + got);
+        encodeOutHeader(out, OUT_HEADER_SIZE + got, 0, h.unique);
+        this.replies.send(out, OUT_HEADER_SIZE + got);
         this.pool.give(out);
       },
       (e) => {
@@ -353,7 +366,7 @@ export class KernelAdapter {
     );
   }
 
-  private readdir(h: P.RequestHeader, r: P.ReadIn): void {
+  private readdir(h: RequestHeader, r: ReadIn): void {
     const dir = this.dirs.get(r.fh);
     if (!dir) return this.replies.error(h, errno('EBADF'));
     this.replies.run(
@@ -362,9 +375,9 @@ export class KernelAdapter {
       () => 0,
       (entries) => {
         const b = this.replyBuffer(r.size);
-        const len = P.encodeDirents(b, P.OUT_HEADER_SIZE, r.size, entries, r.offset);
-        P.encodeOutHeader(b, P.OUT_HEADER_SIZE + len, 0, h.unique);
-        this.replies.send(b, P.OUT_HEADER_SIZE + len);
+        const len = encodeDirents(b, OUT_HEADER_SIZE, r.size, entries, r.offset);
+        encodeOutHeader(b, OUT_HEADER_SIZE + len, 0, h.unique);
+        this.replies.send(b, OUT_HEADER_SIZE + len);
       },
     );
   }
@@ -374,14 +387,14 @@ export class KernelAdapter {
    * folder of thousands of views costs one request per page of names instead of one per name.
    * Every record with a node id counts as one lookup, as the kernel links each one it is sent.
    */
-  private readdirplus(h: P.RequestHeader, r: P.ReadIn): void {
+  private readdirplus(h: RequestHeader, r: ReadIn): void {
     const dir = this.dirs.get(r.fh);
     if (!dir) return this.replies.error(h, errno('EBADF'));
     this.replies.run(
       h,
       async () => {
         const entries = await this.listing(dir, r.offset);
-        const count = P.direntPlusFit(r.size, entries, r.offset);
+        const count = direntPlusFit(r.size, entries, r.offset);
         const attrs: Array<NodeAttr | undefined> = [];
         for (let i = r.offset; i < r.offset + count; i++) {
           const name = entries[i]!.name;
@@ -394,45 +407,45 @@ export class KernelAdapter {
       () => 0,
       ({ entries, count, attrs }) => {
         const b = this.replyBuffer(r.size);
-        const len = P.encodeDirentsPlus(b, P.OUT_HEADER_SIZE, entries, r.offset, count, (i, buf, at) => {
+        const len = encodeDirentsPlus(b, OUT_HEADER_SIZE, entries, r.offset, count, (i, buf, at) => {
           const a = attrs[i - r.offset];
           if (!a) return; // vanished since the listing, or '.'/'..': the name alone
           const path = this.nodes.childPath(dir.path, entries[i]!.name);
           const id = this.nodes.remember(path, a.identity);
-          P.encodeEntryOut(buf, at, id, ENTRY_VALID, ATTR_VALID, this.attr(path, a));
+          encodeEntryOut(buf, at, id, ENTRY_VALID, ATTR_VALID, this.attr(path, a));
         });
-        P.encodeOutHeader(b, P.OUT_HEADER_SIZE + len, 0, h.unique);
-        this.replies.send(b, P.OUT_HEADER_SIZE + len);
+        encodeOutHeader(b, OUT_HEADER_SIZE + len, 0, h.unique);
+        this.replies.send(b, OUT_HEADER_SIZE + len);
       },
     );
   }
 
   /** The folder is listed afresh when a reader starts at 0 (images come and go), then served from that listing. */
-  private async listing(dir: { path: string; entries?: P.DirEntry[] }, offset: number): Promise<P.DirEntry[]> {
+  private async listing(dir: { path: string; entries?: DirEntry[] }, offset: number): Promise<DirEntry[]> {
     if (dir.entries && offset > 0) return dir.entries;
     const list = await this.core.readdir(dir.path);
     const parent = dir.path === '/' ? '/' : dir.path.slice(0, dir.path.lastIndexOf('/')) || '/';
     dir.entries = [
-      { ino: this.nodes.inoOf(dir.path), name: '.', type: P.DirentType.DIR },
-      { ino: this.nodes.inoOf(parent), name: '..', type: P.DirentType.DIR },
+      { ino: this.nodes.inoOf(dir.path), name: '.', type: DirentType.DIR },
+      { ino: this.nodes.inoOf(parent), name: '..', type: DirentType.DIR },
       ...list.map((e) => ({
         ino: this.nodes.inoOf(this.nodes.childPath(dir.path, e.name)),
         name: e.name,
-        type: e.kind === 'dir' ? P.DirentType.DIR : P.DirentType.REG,
+        type: e.kind === 'dir' ? DirentType.DIR : DirentType.REG,
       })),
     ];
     return dir.entries;
   }
 
   private replyBuffer(size: number): Buffer {
-    return P.OUT_HEADER_SIZE + size <= this.replies.small.length ? this.replies.small : Buffer.alloc(P.OUT_HEADER_SIZE + size);
+    return OUT_HEADER_SIZE + size <= this.replies.small.length ? this.replies.small : Buffer.alloc(OUT_HEADER_SIZE + size);
   }
 
-  private pathOf(h: P.RequestHeader): string | undefined {
+  private pathOf(h: RequestHeader): string | undefined {
     return h.nodeid === ROOT_ID ? '/' : this.nodes.pathOf(h.nodeid);
   }
 
-  private attr(path: string, a: NodeAttr): P.Attr {
+  private attr(path: string, a: NodeAttr): Attr {
     return {
       ino: this.nodes.inoOf(path),
       size: a.size,

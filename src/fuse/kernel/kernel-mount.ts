@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import {

@@ -1,4 +1,4 @@
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import { syncfsAsync } from '../../io/syscalls';
 import type { Transport, TransportOptions } from '../transport';
 import { AdaptivePoll, DEFAULT_POLL_MAX_US } from './adaptive-poll';

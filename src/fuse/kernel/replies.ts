@@ -8,7 +8,8 @@
 import createDebug from 'debug';
 import { errno, toErrno } from '../../fs/errno';
 import { settle } from '../../io/errors';
-import * as P from './protocol';
+import { encodeOutHeader, OUT_HEADER_SIZE, type RequestHeader } from './protocol/header';
+import { expectsReply, opName } from './protocol/opcodes';
 
 const log = createDebug('vdiskfs:fuse');
 
@@ -19,7 +20,7 @@ export interface ReplySink {
 
 export class Replies {
   /** Shared by replies that are encoded and written in one synchronous step. */
-  readonly small = Buffer.alloc(P.OUT_HEADER_SIZE + 8192);
+  readonly small = Buffer.alloc(OUT_HEADER_SIZE + 8192);
   /** Requests handed to the core and not answered yet, by unique id (INTERRUPT names them). */
   private readonly inflight = new Set<number>();
 
@@ -57,7 +58,7 @@ export class Replies {
    * Runs a core call and answers with `encode`d value (into the shared reply buffer, written at
    * once), or with the error. `custom` replaces the standard reply when the answer is built elsewhere.
    */
-  run<T>(h: P.RequestHeader, fn: () => Promise<T>, encode: (b: Buffer, off: number, v: T) => number, custom?: (v: T) => void): void {
+  run<T>(h: RequestHeader, fn: () => Promise<T>, encode: (b: Buffer, off: number, v: T) => number, custom?: (v: T) => void): void {
     const p = settle(fn);
     this.inflight.add(h.unique);
     p.then(
@@ -74,22 +75,22 @@ export class Replies {
   }
 
   /** Encodes a body into the shared buffer after the header and writes the reply. */
-  reply(h: P.RequestHeader, body: (b: Buffer, off: number) => number): void {
-    const len = P.OUT_HEADER_SIZE + body(this.small, P.OUT_HEADER_SIZE);
-    P.encodeOutHeader(this.small, len, 0, h.unique);
+  reply(h: RequestHeader, body: (b: Buffer, off: number) => number): void {
+    const len = OUT_HEADER_SIZE + body(this.small, OUT_HEADER_SIZE);
+    encodeOutHeader(this.small, len, 0, h.unique);
     this.sink.send(this.small, len);
   }
 
-  error(h: P.RequestHeader, negErrno: number): void {
-    P.encodeOutHeader(this.small, P.OUT_HEADER_SIZE, negErrno, h.unique);
-    this.sink.send(this.small, P.OUT_HEADER_SIZE);
+  error(h: RequestHeader, negErrno: number): void {
+    encodeOutHeader(this.small, OUT_HEADER_SIZE, negErrno, h.unique);
+    this.sink.send(this.small, OUT_HEADER_SIZE);
   }
 
-  fail(h: P.RequestHeader, e: unknown): void {
+  fail(h: RequestHeader, e: unknown): void {
     const code = e instanceof RangeError ? errno('EINVAL') : toErrno(e);
-    const what = `${P.opName(h.opcode)} node ${h.nodeid} (${this.pathOfNode(h.nodeid) ?? '?'})`;
+    const what = `${opName(h.opcode)} node ${h.nodeid} (${this.pathOfNode(h.nodeid) ?? '?'})`;
     if (code === errno('EIO')) log('%s failed: %s', what, (e as Error)?.stack ?? e);
     else log('%s: %s', what, (e as Error)?.message ?? e);
-    if (P.expectsReply(h.opcode)) this.error(h, code);
+    if (expectsReply(h.opcode)) this.error(h, code);
   }
 }

@@ -32,26 +32,15 @@
  * - Reads fail ENODEV once the kernel ends the session (unmounted and the last open file
  *   closed, or aborted): the loop ends. A reply refused with ENOENT was for an interrupted request.
  */
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import createDebug from 'debug';
-import {
-  EAGAIN,
-  EFD_CLOEXEC,
-  EFD_NONBLOCK,
-  EINTR,
-  ENODEV,
-  ENOENT,
-  POLLIN,
-  PollSet,
-  eventfd,
-  eventfdWrite,
-  fcntlGetFlags,
-  fcntlSetFlags,
-  readOrErrno,
-} from '../../io/syscalls';
+import { EAGAIN, EINTR, ENODEV, ENOENT, fcntlGetFlags, fcntlSetFlags, readOrErrno } from '../../io/syscalls/files';
+import { EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdWrite, POLLIN, PollSet } from '../../io/syscalls/poll';
 import { hasIdleWork, runIdleStep } from '../../io/idle-work';
 import { AdaptivePoll, DEFAULT_POLL_MAX_US } from './adaptive-poll';
-import { IN_HEADER_SIZE, WRITE_IN_SIZE, MAX_WRITE } from './protocol';
+import { IN_HEADER_SIZE } from './protocol/header';
+import { MAX_WRITE } from './protocol/negotiate';
+import { WRITE_IN_SIZE } from './protocol/rw';
 
 const log = createDebug('vdiskfs:fuse');
 

@@ -1,5 +1,7 @@
 import { powerOfTwoAtLeast } from '../../io/safe-int';
-import { initFlagNames, opName, type InitOut } from './protocol';
+import { initFlagNames } from './protocol/flags';
+import { type InitOut } from './protocol/init';
+import { opName } from './protocol/opcodes';
 
 /**
  * What the kernel transport saw: requests per opcode and the sizes of READ and WRITE requests

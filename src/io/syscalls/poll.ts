@@ -2,7 +2,7 @@
  * Waiting on file descriptors: poll(2) on the main thread or on a koffi worker thread (PollSet,
  * the request loop's wait), and eventfd, the loop's wake-up.
  */
-import * as fs from 'node:fs';
+import fs from 'node:fs';
 import { asyncCallFailed, errnoName, fail, ffi } from './ffi';
 
 // ---- poll ----
