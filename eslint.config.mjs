@@ -22,6 +22,30 @@ export default tseslint.config(
     },
   },
   {
+    // The request path imports leaf modules by name. TypeScript compiles `export *` and
+    // `import * as x` to CommonJS getters (one shared closure, a megamorphic keyed load) that
+    // every request would pay per call: see src/io/syscalls/index.ts.
+    files: ['src/fuse/kernel/**/*.ts', 'src/fuse/io-uring/**/*.ts', 'src/io/host-file.ts', 'src/io/write-behind.ts'],
+    ignores: ['src/fuse/kernel/protocol/index.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              regex: '(^|/)(io/syscalls|syscalls|kernel/protocol|protocol)$',
+              message: 'import the file inside (a barrel is a getter per call on the request path)',
+            },
+          ],
+        },
+      ],
+      'no-restricted-syntax': [
+        'error',
+        { selector: 'ImportNamespaceSpecifier', message: 'import names (`import * as` is a getter per access on the request path)' },
+      ],
+    },
+  },
+  {
     // Tests parse JSON from qemu-img and poke at internals: untyped values are the point there.
     files: ['test/**/*.ts'],
     rules: {

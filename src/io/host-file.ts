@@ -296,6 +296,22 @@ export class HostFile {
     return true;
   }
 
+  /**
+   * Makes the file at least `length` bytes long; never shrinks it. fstat and ftruncate in one
+   * synchronous step on the main thread: a thread-pool ftruncate could run after a write issued
+   * later had already extended the file further, and cut that write off. True when it grew.
+   */
+  extendTo(length: number): boolean {
+    try {
+      if (fs.fstatSync(this.fd).size >= length) return false;
+      fs.ftruncateSync(this.fd, length);
+    } catch (e) {
+      throw fromNodeError(e, `extend ${this.path} to ${length}`);
+    }
+    this.emit('truncate', length, 0);
+    return true;
+  }
+
   async truncate(length: number): Promise<void> {
     await new Promise<void>((res, rej) =>
       fs.ftruncate(this.fd, length, (e) => (e ? rej(fromNodeError(e, `truncate ${this.path}`)) : res())),

@@ -251,26 +251,21 @@ interface Piece {
  * written, as QEMU's qcow2 skips COW from zeros into new clusters. A 4 KiB write into a new 64
  * KiB grain then writes 4 KiB, not 64, and the grain's later 4 KiB writes land in a hole as
  * they would in a raw file (a 64 KiB page-cache folio made each of them cost several times more
- * here). The last sector of the run is always written, so the file ends after every grain it
- * maps: the end of the file is where the next session's `reserve` starts.
+ * here). A tail left out may leave the grain's end past the end of the file for now: the
+ * write-back extends the file over every reserved grain before its data barrier, so no table on
+ * disk ever points past the file's end (table-writeback.ts, coverReserved).
  */
 async function writeFreshRun(ext: GrainSpace, start: number, grains: Piece[][]): Promise<void> {
   const G = ext.grainBytes;
-  const runEnd = start + grains.length * G;
   const pieces = grains.flatMap((p, i) => p.map((piece) => ({ ...piece, at: start + i * G + piece.at })));
   let first = 0;
   let last = pieces.length - 1;
   if (pieces[first]!.zeros) first++;
-  // A zero tail shorter than two sectors is written: the run's last sector is written anyway.
-  const tail = pieces[last]!;
-  const skipTail = tail.zeros === true && runEnd - tail.at >= 2 * SECTOR;
-  if (skipTail) last--;
+  if (last > first && pieces[last]!.zeros) last--;
   const vector: Buffer[] = [];
   for (let i = first; i <= last; i++) for (const b of pieces[i]!.bufs) vector.push(b);
   ext.stats.dataWrites++;
-  const writes = [ext.file.write(vector, pieces[first]!.at, 'data')];
-  if (skipTail) writes.push(ext.file.write(zeros(SECTOR), runEnd - SECTOR, 'data'));
-  await Promise.all(writes);
+  await ext.file.write(vector, pieces[first]!.at, 'data');
 }
 
 /** A whole grain's content: COW head (parent or zeros), the payload, COW tail; COW reads go to `fills`. */

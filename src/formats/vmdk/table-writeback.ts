@@ -120,6 +120,7 @@ export class TableWriteback {
         const table = this.ext.cache.peek(t)!;
         return { t, table, version: table.version, buf: Buffer.from(table.buf) };
       });
+      this.coverReserved();
       await this.ext.file.datasync('data');
       await Promise.all(snaps.map((s) => this.writeTable(s.t, s.buf)));
       for (const s of snaps) {
@@ -134,6 +135,18 @@ export class TableWriteback {
       this.ext.cache.trim();
     }
     await this.ext.file.datasync();
+  }
+
+  /**
+   * Extends the file over every grain and table reserved so far (before the data barrier, so the
+   * new size is durable with the data). A new grain's zero tail is not written (grain-allocator.ts,
+   * writeFreshRun), so until now the grain may end past the end of the file; once a table points
+   * at it, it must not: the end of the file is where the next session's grains go. Never shrinks
+   * (a streamOptimized footer lies past nextFree), and synchronous: grains reserved after this
+   * moment may already be in flight, and an ftruncate that ran after their write would cut it.
+   */
+  private coverReserved(): void {
+    this.ext.file.extendTo(this.ext.nextFree);
   }
 
   /** streamOptimized with the GD at the end: footer marker + header copy + end-of-stream after the last grain. */

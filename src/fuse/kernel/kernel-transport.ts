@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { syncfsAsync } from '../../io/syscalls';
+import { syncfsAsync } from '../../io/syscalls/files';
 import type { Transport, TransportOptions } from '../transport';
 import { AdaptivePoll, DEFAULT_POLL_MAX_US } from './adaptive-poll';
 import { KernelAdapter } from './kernel-adapter';
