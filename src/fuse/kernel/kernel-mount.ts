@@ -3,7 +3,17 @@ import fs from 'node:fs';
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import { SyscallError } from '../../io/syscalls/ffi';
-import { geteuid, getuid, mount as mountSyscall, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, recvFd, socketpair } from '../../io/syscalls/sockets';
+import {
+  geteuid,
+  getuid,
+  mount as mountSyscall,
+  MS_NODEV,
+  MS_NOEXEC,
+  MS_NOSUID,
+  MS_RDONLY,
+  recvFd,
+  socketpair,
+} from '../../io/syscalls/sockets';
 import type { FuseMountOptions } from '../mount-options';
 
 const log = createDebug('vdiskfs:fuse');
