@@ -243,6 +243,7 @@ export class HostFile {
     this.counters.writes++;
     this.counters.bytesWritten += data.length;
     this.emit('write', pos, data.length, tag);
+    this.writeBehind.wrote(pos, data.length); // as write() does: a 256 KiB extent may come either way
     return true;
   }
 

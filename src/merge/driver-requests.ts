@@ -8,6 +8,7 @@
 import { isAllZero } from '../formats/all-zero';
 import type { Image } from '../formats/types';
 import { VdiskError, fromNodeError } from '../io/errors';
+import { SYNC_IO_MAX } from '../io/host-file';
 import { OrderedRangeLock } from '../io/range-lock';
 import { type WriteCounters, writeExtentAligned } from './extent-writer';
 import type { FailedWrites } from './failed-writes';
@@ -22,6 +23,9 @@ export interface DriverWrite {
   error: VdiskError | undefined;
   done: Promise<void>; // settles when the driver write finished; never rejects
 }
+
+/** The `done` of a driver write that finished before it was returned (writeAtOnce). */
+const SETTLED: Promise<void> = Promise.resolve();
 
 export interface DriverCounters extends WriteCounters {
   discards: number;
@@ -145,9 +149,14 @@ export class DriverRequests {
 
   /** One driver write of bytes [start, end), which sit at buf[0 .. end-start). `recycle`: buf is the extent's own slab, free once written. */
   writePiece(start: number, end: number, buf: Buffer, acked: boolean, recycle = false): DriverWrite {
+    const bytes = end - start;
+    const atOnce = this.writeAtOnce(start, end, buf.subarray(0, bytes), acked);
+    if (atOnce !== undefined) {
+      if (recycle) this.recycle(buf);
+      return atOnce;
+    }
     const span = pageSpan(start, end, this.image.virtualSize);
     const lease = this.lock.acquire(span.start, span.end, false);
-    const bytes = end - start;
     const op: DriverWrite = { start, end, bytes, acked, error: undefined, done: Promise.resolve() };
     this.inflight.add(op);
     this.inflightBytes += bytes;
@@ -170,6 +179,29 @@ export class DriverRequests {
         if (recycle) this.recycle(buf);
       }
     })();
+    return op;
+  }
+
+  /**
+   * A piece of whole pages written in one synchronous step (writeSync) when nothing needs
+   * waiting: the common case of a deferred 4 KiB write the trickle sends to a page the driver
+   * writes in place. It skips the lock, the slot and the async chain of writePiece, which were
+   * most of the garbage of such a write (a promise and a frame per async function: ~3.4 of the
+   * 6.5 KB per 4 KiB psync write on the raw view). Ordering is writePiece's: no earlier request
+   * holds the pages, and acquire-write-release in one step is what it would have done. A write
+   * that throws is recorded like an async one that failed. Undefined: nothing done.
+   */
+  private writeAtOnce(start: number, end: number, body: Buffer, acked: boolean): DriverWrite | undefined {
+    // Larger pieces are never written synchronously (Image.writeSync); skip the zero scan.
+    if (end - start > SYNC_IO_MAX || this.image.writeSync === undefined) return undefined;
+    let error: VdiskError | undefined;
+    try {
+      if (!this.writeSync(start, end, body)) return undefined;
+    } catch (e) {
+      error = fromNodeError(e, `write ${this.image.path} at ${start}+${end - start}`);
+    }
+    const op: DriverWrite = { start, end, bytes: end - start, acked, error, done: SETTLED };
+    if (error !== undefined) this.recordFailure(op, error);
     return op;
   }
 

@@ -24,7 +24,8 @@ export interface ModelImageOptions {
   readOnly?: boolean;
   /**
    * Gives the image a writeSync (Image's synchronous fast path): a write it accepts (true from
-   * this predicate) is checked and applied at once; the others are declined (false, nothing done).
+   * this predicate) is checked and applied at once (or throws what `fail` returns); the others
+   * are declined (false, nothing done).
    */
   syncWrites?: (offset: number, length: number) => boolean;
 }
@@ -54,8 +55,10 @@ export class ModelImage implements Image {
       this.writeSync = (offset, data) => {
         if (!accepts(offset, data.length)) return false;
         const req = this.begin('write', offset, data.length); // the contract's checks, as for write()
-        data.copy(this.data, offset);
         this.active.delete(req);
+        const err = this.opts.fail?.(req);
+        if (err) throw err; // a synchronous write fails by throwing, nothing written
+        data.copy(this.data, offset);
         this.syncWriteCount++;
         return true;
       };

@@ -248,9 +248,16 @@ describe('rule 4: overlapping writes keep their order', () => {
 });
 
 describe('rule 5: a failed deferred write fails the next write, flush and fsync with EIO', () => {
-  it('reports EIO with the range, stays sticky, never loses the failure silently', async () => {
+  // Both ways a deferred extent reaches the driver: its async write(), and writeSync when the driver can write at once.
+  it.each([
+    ['an async driver write', false],
+    ['a synchronous driver write', true],
+  ])('reports EIO with the range, stays sticky, never loses the failure silently (%s)', async (_, sync) => {
     const warnings: string[] = [];
-    const img = new ModelImage(MiB, { fail: (r) => (r.kind === 'write' && r.offset === 8192 ? new Error('disk on fire') : undefined) });
+    const img = new ModelImage(MiB, {
+      fail: (r) => (r.kind === 'write' && r.offset === 8192 ? new Error('disk on fire') : undefined),
+      syncWrites: sync ? () => true : undefined,
+    });
     const m = new RequestMerger(img, { delayMs: 10_000, warn: (s) => warnings.push(s) });
     await m.write(8192, Buffer.alloc(4096, 1)); // acknowledged, deferred
     await m.write(65536, Buffer.alloc(4096, 2));
@@ -266,6 +273,7 @@ describe('rule 5: a failed deferred write fails the next write, flush and fsync 
     expect(await m.read(65536, Buffer.alloc(10))).toBe(10); // other ranges still readable
     await expect(m.close()).rejects.toMatchObject({ code: 'EIO' });
     expect(img.closed).toBe(true);
+    expect(img.syncWriteCount).toBe(sync ? 1 : 0); // the healthy extent; the failed one threw
   });
 
   it('a failed write-through is returned to its caller and is not sticky', async () => {
@@ -569,6 +577,27 @@ describe('writeSync: the synchronous write path answers only when write() would 
     await Promise.all([drained, reading]);
     expect(m.writeSync(8192, pattern(4096, 2), through)).toBe(true);
     expect(img.data.subarray(8192, 12288).equals(pattern(4096, 2))).toBe(true);
+    expect(img.violations).toEqual([]);
+  });
+
+  it('a deferred extent of whole pages goes to the driver in one synchronous step when nothing holds its pages', async () => {
+    const img = new ModelImage(4 * MiB, { syncWrites: () => true, delay: () => 20 });
+    const m = new RequestMerger(img, { delayMs: 10_000 });
+    await m.write(8192, pattern(8192, 1)); // whole pages: at once
+    await m.write(65536 + 100, pattern(500, 2)); // a partial page: read-modify-write, async
+    await m.write(MiB, pattern(MiB, 3)); // a full extent, sent by write() itself: too large to write at once
+    await m.write(3 * MiB, Buffer.alloc(4096)); // zeros: Image.writeZeroes
+    const first = m.drain(); // page 16's read-modify-write holds the page for 40 ms
+    await m.write(65536, pattern(4096, 4)); // the whole page again, deferred
+    const second = m.drain(); // sent while page 16 is held: waits for it, async
+    await Promise.all([first, second]);
+    expect(img.syncWriteCount).toBe(1); // only the first
+    expect(img.log('write').map((r) => r.offset)).toEqual([MiB, 8192, 65536, 65536]);
+    expect(img.log('zero').map((r) => r.offset)).toEqual([3 * MiB]);
+    expect(img.data.subarray(8192, 16384).equals(pattern(8192, 1))).toBe(true);
+    expect(img.data.subarray(65536, 65536 + 4096).equals(pattern(4096, 4))).toBe(true); // the later write, last
+    expect(img.data.subarray(MiB, 2 * MiB).equals(pattern(MiB, 3))).toBe(true);
+    expect(m.stats()).toMatchObject({ pendingBytes: 0, inflightBytes: 0, failed: false });
     expect(img.violations).toEqual([]);
   });
 
