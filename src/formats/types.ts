@@ -35,8 +35,9 @@ export interface Image {
   /** `data` is owned by the driver once called (the caller does not reuse it). */
   write(offset: number, data: Buffer | Buffer[]): Promise<void>;
   /**
-   * Optional fast path: the same write done synchronously when it needs no waiting (every
-   * cluster written in place, mapping cached, small); false when it cannot, having done nothing.
+   * Optional fast path: the same write done synchronously when it needs no waiting (small, the
+   * mapping cached, clusters written in place or allocated without I/O but the data write);
+   * false when it cannot, having done nothing.
    * Unlike write(), `data` stays the caller's: it is used only during the call. A FUSE write
    * answered this way takes no promise turns and no copy (src/merge/request-merger.ts writeSync).
    */

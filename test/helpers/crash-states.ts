@@ -61,7 +61,7 @@ export class CrashRecorder {
   constructor(readonly file: string) {
     this.base = fs.readFileSync(file);
     const proto = HostFile.prototype;
-    const { write, truncate, datasync, punchHole } = proto;
+    const { write, writeSync, truncate, datasync, punchHole } = proto;
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     const rec = this;
     proto.write = async function (this: HostFile, data: Buffer | Buffer[], pos: number, tag?: IoTag): Promise<void> {
@@ -78,6 +78,15 @@ export class CrashRecorder {
       rec.writes.push(w);
       await write.call(this, data, pos, tag);
       w.completed = rec.clock++;
+    };
+    // The synchronous fast paths' host writes (Image.writeSync): issued and completed in one step.
+    proto.writeSync = function (this: HostFile, data: Buffer, pos: number, tag?: IoTag): boolean {
+      if (this.path !== rec.file) return writeSync.call(this, data, pos, tag);
+      const w: HostWrite = { kind: 'write', tag, offset: pos, data: Buffer.from(data), issued: rec.clock++, completed: Infinity };
+      const done = writeSync.call(this, data, pos, tag);
+      if (done) rec.writes.push(w);
+      w.completed = rec.clock++;
+      return done;
     };
     proto.truncate = async function (this: HostFile, length: number): Promise<void> {
       if (this.path !== rec.file) return truncate.call(this, length);
@@ -101,7 +110,7 @@ export class CrashRecorder {
       await datasync.call(this, tag);
       rec.barriers.push({ start, end: rec.clock++ });
     };
-    this.restore = () => Object.assign(proto, { write, truncate, datasync, punchHole });
+    this.restore = () => Object.assign(proto, { write, writeSync, truncate, datasync, punchHole });
   }
 
   /** A guest write through the image, timed on the same clock as the host I/O. */
@@ -412,9 +421,11 @@ export async function concurrentStorm(
   writers: number,
   ops: number,
   unit: number,
-): Promise<void> {
+  opts: { trySync?: boolean } = {},
+): Promise<{ syncWrites: number }> {
   const r = rng(seed);
   let n = 0;
+  let syncWrites = 0;
   // Hot spots make writers meet on the same clusters and tables.
   const hot = Array.from({ length: 6 }, () => Math.floor(r() * (img.virtualSize / unit - 8)) * unit);
   const one = async (w: number): Promise<void> => {
@@ -434,9 +445,16 @@ export async function concurrentStorm(
         await rec.guestWrite(off, Buffer.alloc(len), () => img.discard(off, len), 'discard'); // reads as zeros after
       } else {
         const data = Buffer.alloc(len, ((w * 40 + n++) % 250) + 2);
-        await rec.guestWrite(off, data, () => img.write(off, data));
+        // trySync: Image.writeSync first (FUSE's synchronous path), the asynchronous write when it declines.
+        const sync = opts.trySync === true && img.writeSync !== undefined && r() < 0.6;
+        await rec.guestWrite(off, data, () => {
+          if (!sync || !img.writeSync!(off, data)) return img.write(off, data);
+          syncWrites++;
+          return Promise.resolve();
+        });
       }
     }
   };
   await Promise.all(Array.from({ length: writers }, (_, w) => one(w)));
+  return { syncWrites };
 }

@@ -21,6 +21,11 @@ export class ImageLock {
     return this.lock.run(0, EVERYTHING, false, fn);
   }
 
+  /** Nothing holds the lock or waits for it: a synchronous change cannot come between another's steps. */
+  get idle(): boolean {
+    return this.lock.count === 0;
+  }
+
   /** Runs `fn` under the lock with the L2 tables of the range loaded and pinned. */
   async withTablesLocked<T>(offset: number, length: number, fn: () => T): Promise<T> {
     return this.run(async () => {

@@ -25,6 +25,8 @@
  */
 import { VdiskError } from '../../io/errors';
 
+const DONE: Promise<void> = Promise.resolve();
+
 export type TableKind = 'l2' | 'refblock';
 
 export interface CacheEntry {
@@ -102,11 +104,16 @@ export class MetadataCache {
 
   /** Synchronous lookup for the lock-free fast paths; touches LRU order. */
   peek(offset: number): Buffer | undefined {
+    return this.peekEntry(offset)?.buf;
+  }
+
+  /** peek(), the entry itself (not pinned): for a change made without waiting (WritePath.tryAllocateSync). */
+  peekEntry(offset: number): CacheEntry | undefined {
     const e = this.entries.get(offset);
     if (!e) return undefined;
     this.touch(e);
     this.hits++;
-    return e.buf;
+    return e;
   }
 
   /** The table at `offset`, loaded if needed, pinned: call unpin() when done. */
@@ -189,6 +196,11 @@ export class MetadataCache {
     return d;
   }
 
+  /** Rule 1: a data write that already completed (a synchronous one), for pointsAtData. */
+  dataWritten(): DataWrite {
+    return { completedAt: this.clock++, done: DONE };
+  }
+
   /** Rule 1: `e` (dirty) now points at what `d` wrote. */
   pointsAtData(e: CacheEntry, d: DataWrite): void {
     if (d.completedAt === Infinity) (e.pendingData ??= []).push(d);
@@ -201,16 +213,43 @@ export class MetadataCache {
    * before the decrement). Never both directions at once: the opposite one is settled first.
    */
   async dependOn(e: CacheEntry, side: TableKind): Promise<void> {
-    if (side === e.kind) return;
+    const need = this.dependency(e, side);
+    if (need === 'none') return;
+    if (need === 'settle') {
+      await this.writeSide(e.kind);
+      await this.syncAfter(this.sides[e.kind].writtenEnd);
+    }
+    this.declare(e, side);
+  }
+
+  /**
+   * Whether dependOnSync(e, side) can declare without I/O: no table of `side` waits for `e`'s
+   * kind (the opposite direction, which dependOn would settle first). Clean tables count too, so
+   * the answer holds after a change that only marks tables of `side` dirty (a refcount increment).
+   */
+  canDependOnSync(e: CacheEntry, side: TableKind): boolean {
+    for (const x of this.entries.values()) if (x.kind === side && x.after?.[e.kind] !== undefined) return false;
+    return true;
+  }
+
+  /** dependOn() without waiting, where canDependOnSync(e, side) said it can (else throws: a caller's bug). */
+  dependOnSync(e: CacheEntry, side: TableKind): void {
+    const need = this.dependency(e, side);
+    if (need === 'settle') throw VdiskError.io(`qcow2 metadata write order: a ${e.kind} table cannot depend on ${side} without I/O`);
+    if (need === 'declare') this.declare(e, side);
+  }
+
+  /** What dependOn(e, side) has to do: nothing, declare, or settle the opposite direction first. */
+  private dependency(e: CacheEntry, side: TableKind): 'none' | 'declare' | 'settle' {
+    if (side === e.kind) return 'none';
     const pending = e.after?.[side];
     // Already waiting for this side: no opposite dependency can exist (declaring one settles this one).
-    if (pending === undefined || this.sides[side].writtenFrom > pending) {
-      if (this.settled(side)) return;
-      if (this.anyDirty(side, (x) => x.after?.[e.kind] !== undefined)) {
-        await this.writeSide(e.kind);
-        await this.syncAfter(this.sides[e.kind].writtenEnd);
-      }
-    }
+    if (pending !== undefined && this.sides[side].writtenFrom <= pending) return 'declare';
+    if (this.settled(side)) return 'none';
+    return this.anyDirty(side, (x) => x.after?.[e.kind] !== undefined) ? 'settle' : 'declare';
+  }
+
+  private declare(e: CacheEntry, side: TableKind): void {
     const at = this.clock++;
     e.after = { ...e.after, [side]: at };
   }

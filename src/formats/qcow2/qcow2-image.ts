@@ -45,6 +45,8 @@ export interface DriverCounters {
   dataWrites: number;
   hostFlushes: number;
   allocatedClusters: number;
+  /** Of those, clusters allocated by a synchronous write (WritePath.tryAllocateSync). */
+  syncAllocatedClusters: number;
 }
 
 export interface Qcow2Parts {
@@ -145,6 +147,7 @@ export class Qcow2Image implements Image {
       dataFile: this.dataFile,
       counters: this.counters,
       locked: (fn) => this.imageLock.run(fn),
+      lockIdle: () => this.imageLock.idle,
       zeroClusters: this.header.version === 3,
       hasBacking: !!this.backing,
       get virtualSize() {
@@ -188,11 +191,15 @@ export class Qcow2Image implements Image {
     await this.writer.write(offset, buf, 'unallocated');
   }
 
-  /** write() without waiting: clusters all written in place, tables cached, a small write (WritePath.tryDirectSync); false: nothing done. */
+  /**
+   * write() without waiting, for a small write: clusters all written in place, or all new ones
+   * allocated at once, tables and refcount blocks cached (WritePath.tryDirectSync,
+   * tryAllocateSync); false: nothing done.
+   */
   writeSync(offset: number, data: Buffer): boolean {
     this.checkWritable();
     checkRange(this, offset, data.length);
-    return this.writer.tryDirectSync(offset, data);
+    return this.writer.tryDirectSync(offset, data) || this.writer.tryAllocateSync(offset, data);
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {

@@ -15,7 +15,7 @@ import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
 import { Header, INCOMPAT_DIRTY, incompatiblePatch, MAX_REFTABLE_BYTES, refcountTablePatch } from './header';
-import type { MetadataCache, TableSide } from './metadata-cache';
+import type { CacheEntry, MetadataCache, TableSide } from './metadata-cache';
 import { getRefcount, maxRefcount, reftableEntry, setRefcount, setReftableEntry } from './refcount-block';
 
 const log = createDebug('vdiskfs:qcow2');
@@ -99,26 +99,31 @@ export class Refcounts implements TableSide {
       const e = await this.cache.get('refblock', b);
       try {
         if (delta < 0) await this.cache.dependOn(e, 'l2'); // a decrement waits for the dropped references
-        const stop = Math.min(end, (bi + 1) * this.perBlock);
-        for (; c < stop; c++) {
-          const i = c % this.perBlock;
-          const old = getRefcount(e.buf, i, this.order);
-          let v = old + delta;
-          if (v < 0) {
-            // Only a free can get here, on an image whose refcounts were already wrong: a leak
-            // is harmless, a failed flush is not.
-            log('refcount of cluster %d already 0 on free; left at 0', c);
-            v = 0;
-          }
-          if (v > maxRefcount(this.order)) throw VdiskError.noSpace(`qcow2 refcount of cluster ${c} overflows ${1 << this.order} bits`);
-          setRefcount(e.buf, i, this.order, v);
-          if (v === 0 && old > 0) onZero?.(c); // never reuse a cluster whose count was already wrong
-        }
-        e.dirty = true;
+        c = this.changeInBlock(e, c, Math.min(end, (bi + 1) * this.perBlock), delta, onZero);
       } finally {
         this.cache.unpin(e);
       }
     }
+  }
+
+  /** Adds `delta` to the counts of clusters [c, stop), all in block `e`; returns `stop`. */
+  private changeInBlock(e: CacheEntry, c: number, stop: number, delta: number, onZero?: (cluster: number) => void): number {
+    for (; c < stop; c++) {
+      const i = c % this.perBlock;
+      const old = getRefcount(e.buf, i, this.order);
+      let v = old + delta;
+      if (v < 0) {
+        // Only a free can get here, on an image whose refcounts were already wrong: a leak
+        // is harmless, a failed flush is not.
+        log('refcount of cluster %d already 0 on free; left at 0', c);
+        v = 0;
+      }
+      if (v > maxRefcount(this.order)) throw VdiskError.noSpace(`qcow2 refcount of cluster ${c} overflows ${1 << this.order} bits`);
+      setRefcount(e.buf, i, this.order, v);
+      if (v === 0 && old > 0) onZero?.(c); // never reuse a cluster whose count was already wrong
+    }
+    e.dirty = true;
+    return stop;
   }
 
   /** Allocates `count` contiguous clusters (a reusable run, else at the end); returns the host offset. */
@@ -148,6 +153,30 @@ export class Refcounts implements TableSide {
     const start = this.nextFree;
     await this.change(start, count, 1);
     this.nextFree = start + count;
+    return start * this.clusterSize;
+  }
+
+  /**
+   * allocate() without waiting (WritePath.tryAllocateSync): the host offset of `count` new
+   * contiguous clusters, or -1 with nothing changed when it would need I/O (a refcount block not
+   * cached or not yet placed, the table to grow, the once-per-session reclaim still to do).
+   */
+  allocateSync(count: number): number {
+    const at = this.reusableAt(count);
+    if (at < 0 && this.reclaimOnGrow) return -1;
+    const start = at >= 0 ? this.reusable[at]!.first : this.nextFree;
+    if (Math.floor((start + count) / this.perBlock) + 1 >= this.tableEntries || this.firstMissingBlock(start, count) >= 0) return -1;
+    const blocks: CacheEntry[] = [];
+    for (let bi = Math.floor(start / this.perBlock); bi <= Math.floor((start + count - 1) / this.perBlock); bi++) {
+      const e = this.cache.peekEntry(this.blockOffset(bi));
+      if (!e) return -1;
+      blocks.push(e);
+    }
+    // Nothing can fail past here but a count overflowing, which an increment from 0 never does.
+    if (at >= 0) this.takeReusable(count);
+    else this.nextFree = start + count;
+    let c = start;
+    for (const e of blocks) c = this.changeInBlock(e, c, Math.min(start + count, (Math.floor(c / this.perBlock) + 1) * this.perBlock), 1);
     return start * this.clusterSize;
   }
 
@@ -243,12 +272,19 @@ export class Refcounts implements TableSide {
     return n;
   }
 
+  /** Index of the first reusable run of at least `count` clusters; -1 when none. */
+  private reusableAt(count: number): number {
+    const list = this.reusable;
+    for (let i = 0; i < list.length; i++) if (list[i]!.count >= count) return i;
+    return -1;
+  }
+
   /** First reusable run of at least `count` clusters, taken from its start; -1 when none. */
   private takeReusable(count: number): number {
     const list = this.reusable;
-    for (let i = 0; i < list.length; i++) {
+    const i = this.reusableAt(count);
+    if (i >= 0) {
       const r = list[i]!;
-      if (r.count < count) continue;
       const at = r.first;
       r.first += count;
       r.count -= count;

@@ -49,6 +49,7 @@ export type ZeroMode = 'none' | 'unallocated' | 'all';
 export interface WriteCounters {
   dataWrites: number;
   allocatedClusters: number;
+  syncAllocatedClusters: number;
 }
 
 /** What the write path needs from its image. */
@@ -71,6 +72,8 @@ export interface LayerAccess extends L2Access {
   readonly counters: WriteCounters;
   /** Runs `fn` under the image lock (metadata changes, one at a time, FIFO). */
   locked<T>(fn: () => Promise<T>): Promise<T>;
+  /** Nothing holds the image lock or waits for it (a synchronous change may go ahead). */
+  lockIdle(): boolean;
   /** This layer's current content (data, zeros, backing) for COW; tables must be pinned. */
   readLayer(offset: number, into: Buffer): Promise<void>;
 }
@@ -154,6 +157,51 @@ export class WritePath {
     if (!runs) return false;
     for (const r of runs) this.a.dataFile.writeSync(buf.subarray(r.from, r.to), r.host, 'data');
     this.a.counters.dataWrites += runs.length;
+    return true;
+  }
+
+  /**
+   * The allocating write in one synchronous step, for a small write (SYNC_IO_MAX) whose clusters
+   * all read as zeros without a host cluster (unallocated without a backing file, or zero), in
+   * one cached private L2 table, while nothing holds the image lock and no write has them in
+   * flight: new contiguous clusters from Refcounts.allocateSync (blocks cached), the payload
+   * written at once at its place in them (the rest reads as zeros already: new clusters lie past
+   * the end or were punched, as planRun relies on too), then the L2 entries. The same write
+   * order as the slow path is declared: the table waits for the refcount increments and for
+   * the data. Nothing is awaited, so no other change comes between the checks and the commit.
+   * False: nothing done. A failed data write leaks the new clusters, as the slow path's does.
+   */
+  tryAllocateSync(offset: number, buf: Buffer): boolean {
+    const { ctx, cache } = this.a;
+    const l = ctx.layout;
+    if (buf.length > SYNC_IO_MAX || l.extended || l.dataFile || this.a.hasBacking || !this.a.lockIdle()) return false;
+    const cs = this.cs;
+    const c0 = Math.floor(offset / cs);
+    const k = Math.floor((offset + buf.length - 1) / cs) - c0 + 1;
+    const l1i = Math.floor(c0 / ctx.l2Entries);
+    if (Math.floor((c0 + k - 1) / ctx.l2Entries) !== l1i || l1i >= ctx.l1Size || !l1Copied(ctx.l1, l1i)) return false;
+    if (this.clusters.wouldWait(c0, c0 + k, false)) return false;
+    const tableOffset = this.a.l2Offset(l1i);
+    const e = tableOffset ? cache.peekEntry(tableOffset) : undefined;
+    if (!e) return false;
+    const i0 = c0 % ctx.l2Entries;
+    for (let i = i0; i < i0 + k; i++) {
+      const kind = l2Kind(e.buf, i, l);
+      if (kind !== KIND_UNALLOCATED && !(kind === KIND_ZERO && l2HostOffset(e.buf, i, l) === 0)) return false;
+    }
+    // All zeros: the slow path may leave a cluster unallocated instead.
+    if (isAllZero(buf) || !cache.canDependOnSync(e, 'refblock')) return false;
+    const host = this.a.refcounts.allocateSync(k);
+    if (host < 0) return false;
+    this.a.counters.allocatedClusters += k;
+    this.a.counters.syncAllocatedClusters += k;
+    cache.dependOnSync(e, 'refblock');
+    this.a.dataFile.writeSync(buf, host + (offset - c0 * cs), 'data');
+    this.a.counters.dataWrites++;
+    const written = cache.dataWritten();
+    for (let j = 0; j < k; j++) setL2Normal(e.buf, i0 + j, l, host + j * cs, true);
+    e.dirty = true;
+    cache.pointsAtData(e, written);
     return true;
   }
 
