@@ -21,6 +21,8 @@ const variants = [
   { name: 'dynamic, block 1M, ZERO blocks', opts: 'block_size=1M', seed: 1 },
   { name: 'dynamic, block 1M, NOT_PRESENT blocks', opts: 'block_size=1M,block_state_zero=off', seed: 2 },
   { name: 'dynamic, block 2M, ZERO blocks, other seed', opts: 'block_size=2M', seed: 3 },
+  // Image.writeSync among the writers (the synchronous fast path, where the driver offers one).
+  { name: 'dynamic, block 1M, synchronous writes', opts: 'block_size=1M', seed: 4, trySync: true },
 ];
 
 describe('vhdx crash states: any subset of unsynced writes', () => {
@@ -33,15 +35,17 @@ describe('vhdx crash states: any subset of unsynced writes', () => {
       initial.fill(0x31, 0, MiB);
 
       const rec = new CrashRecorder(f);
+      let syncWrites = 0;
       try {
         const img = await openImage(f, { writable: true });
-        await concurrentStorm(img, rec, 300 + v.seed, 4, 10, 256 * 1024);
+        syncWrites += (await concurrentStorm(img, rec, 300 + v.seed, 4, 10, 256 * 1024, { trySync: v.trySync })).syncWrites;
         await rec.guestFlush(() => img.flush());
-        await concurrentStorm(img, rec, 400 + v.seed, 3, 8, 256 * 1024);
+        syncWrites += (await concurrentStorm(img, rec, 400 + v.seed, 3, 8, 256 * 1024, { trySync: v.trySync })).syncWrites;
         await img.close();
       } finally {
         rec.stop();
       }
+      if (v.trySync) expect(syncWrites).toBeGreaterThan(3);
       expect(rec.barriers.length).toBeGreaterThan(5);
       expect(rec.writes.filter((w) => w.kind === 'write').length).toBeGreaterThan(30);
       const states = rec.states({ seed: v.seed, perEpoch: 10, allSubsetsUpTo: 5 });

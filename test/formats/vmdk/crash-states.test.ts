@@ -20,6 +20,8 @@ const MiB = 1 << 20;
 const variants = [
   { name: 'monolithicSparse', opts: [] as string[], seed: 1 },
   { name: 'monolithicSparse, zeroed_grain=on', opts: ['-o', 'zeroed_grain=on'], seed: 2 },
+  // Image.writeSync among the writers: grains written in place and allocated in one synchronous step.
+  { name: 'monolithicSparse, synchronous writes', opts: [] as string[], seed: 3, trySync: true },
 ];
 
 describe('vmdk crash states: any subset of unsynced writes', () => {
@@ -32,15 +34,17 @@ describe('vmdk crash states: any subset of unsynced writes', () => {
       initial.fill(0x31, 0, MiB);
 
       const rec = new CrashRecorder(f);
+      let syncWrites = 0;
       try {
         const img = await openImage(f, { writable: true, tuning: { vmdk: { tableCacheBytes: 2048 } } });
-        await concurrentStorm(img, rec, 300 + v.seed, 4, 10, 65536);
+        syncWrites += (await concurrentStorm(img, rec, 300 + v.seed, 4, 10, 65536, { trySync: v.trySync })).syncWrites;
         await rec.guestFlush(() => img.flush());
-        await concurrentStorm(img, rec, 400 + v.seed, 3, 8, 65536);
+        syncWrites += (await concurrentStorm(img, rec, 400 + v.seed, 3, 8, 65536, { trySync: v.trySync })).syncWrites;
         await img.close();
       } finally {
         rec.stop();
       }
+      if (v.trySync) expect(syncWrites).toBeGreaterThan(3);
       expect(rec.barriers.length).toBeGreaterThan(5);
       expect(rec.writes.filter((w) => w.kind === 'write').length).toBeGreaterThan(30);
       const states = rec.states({ seed: v.seed, perEpoch: 12, allSubsetsUpTo: 6 });
