@@ -38,8 +38,11 @@ export interface VmdkExtent {
   inflate?(hostOffset: number, grainOffset: number): Promise<Buffer>;
   /** Writes `data` (total `length` bytes) at `offset`; allocation, COW and metadata are the extent's job. */
   write(offset: number, data: Buffer[], length: number, cow: CowSource | null): Promise<void>;
-  /** write() done synchronously when nothing needs allocating or loading (Image.writeSync); false: nothing done. */
-  writeSync?(offset: number, data: Buffer): boolean;
+  /**
+   * write() done synchronously when nothing needs loading, copying or waiting (Image.writeSync);
+   * `hasParent`: unallocated ranges read from a parent image. False: nothing done.
+   */
+  writeSync?(offset: number, data: Buffer, hasParent: boolean): boolean;
   /** Zeroes a range: zeroed-grain entries where the extent can, zeros written otherwise. */
   writeZeroes(offset: number, length: number, cow: CowSource | null, hasParent: boolean): Promise<void>;
   flush(): Promise<void>;

@@ -31,7 +31,7 @@ export class FlatExtent implements VmdkExtent {
     await this.file.write(data, this.offsetSectors * SECTOR + offset, 'data');
   }
 
-  writeSync(offset: number, data: Buffer): boolean {
+  writeSync(offset: number, data: Buffer, _hasParent: boolean): boolean {
     if (this.access !== 'RW') throw VdiskError.readOnly(`extent ${this.fileName} is ${this.access}`);
     if (!this.file.writeSync(data, this.offsetSectors * SECTOR + offset, 'data')) return false;
     this.dataWrites++;

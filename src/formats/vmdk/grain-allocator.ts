@@ -134,12 +134,17 @@ async function writePinned(
 }
 
 /**
- * A write whose grains are all allocated, done synchronously (Image.writeSync, an O_DIRECT
- * write through the mount): tables resident, no grain to allocate, small enough for the main
- * thread. Classification and the host writes happen in one synchronous step, so no allocation
- * or zeroing of these grains can come between them. False: nothing done, use writeGrains.
+ * writeGrains done synchronously (Image.writeSync: an O_DIRECT write through the mount, or the
+ * merger's send of a small extent), small enough for the main thread, tables resident. Grains
+ * already allocated are written in place. New grains are allocated at once when nothing needs
+ * copying into them (no parent, or a zeroed grain: their COW reads as zeros, as the new space
+ * past the end of the file already does) and no other request is allocating or zeroing these
+ * grains: space reserved, each grain's payload written at its place (a zero head or tail left
+ * out, as writeFreshRun leaves it out), then the entries set, after the data as
+ * allocateAndWrite sets them. Classification, host writes and entries happen in one
+ * synchronous step, so nothing can come between them. False: nothing done, use writeGrains.
  */
-export function writeInPlaceSync(ext: GrainSpace, offset: number, data: Buffer): boolean {
+export function writeGrainsSync(ext: GrainSpace, offset: number, data: Buffer, hasParent: boolean): boolean {
   if (ext.compressed || data.length === 0 || data.length > SYNC_IO_MAX) return false;
   const G = ext.grainBytes;
   const end = offset + data.length;
@@ -147,11 +152,27 @@ export function writeInPlaceSync(ext: GrainSpace, offset: number, data: Buffer):
   const g1 = Math.ceil(end / G);
   if (!ext.tablesResident(g0, g1)) return false;
   const c = classify(ext, offset, end, g0, g1);
-  if (c.missing.length > 0) return false;
+  const { missing } = c;
+  if (missing.length > 0) {
+    if (ext.noMultiAlloc || ext.grainLock.wouldWait(g0, g1, false)) return false;
+    if (hasParent && missing.some((m) => !m.wasZero)) return false; // a COW read from the parent
+  }
   for (const [s, host, n] of c.inPlace) {
     ext.stats.dataWrites++;
     ext.file.writeSync(data.subarray(s - offset, s - offset + n), host, 'data');
   }
+  if (missing.length === 0) return true;
+  for (const m of missing) ext.ensureTable(Math.floor(m.g / ext.gtEntries));
+  const start = ext.reserve(missing.length * G);
+  for (let i = 0; i < missing.length; i++) {
+    const gs = missing[i]!.g * G;
+    const s = Math.max(offset, gs);
+    ext.stats.dataWrites++;
+    ext.file.writeSync(data.subarray(s - offset, Math.min(end, gs + G) - offset), start + i * G + (s - gs), 'data');
+  }
+  // Data is written: now (never before) point the tables at it.
+  for (let i = 0; i < missing.length; i++) ext.setGte(missing[i]!.g, (start + i * G) / SECTOR);
+  ext.stats.grainsAllocated += missing.length;
   return true;
 }
 

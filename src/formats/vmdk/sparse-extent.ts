@@ -14,7 +14,7 @@ import { TableWriteback } from './table-writeback';
 import { GTE_ZEROED, SECTOR, type SparseHeader } from './sparse-header';
 import * as marker from './stream-marker';
 import * as cowd from './cowd-header';
-import { type GrainSpace, writeGrains, writeInPlaceSync, writeZeroGrains } from './grain-allocator';
+import { type GrainSpace, writeGrains, writeGrainsSync, writeZeroGrains } from './grain-allocator';
 
 const log = createDebug('vdiskfs:vmdk');
 
@@ -294,10 +294,10 @@ export class SparseExtent implements VmdkExtent, GrainSpace {
     return writeGrains(this, offset, data, length, cow);
   }
 
-  /** write() when every grain is allocated and its table cached (grain-allocator.ts writeInPlaceSync); false: nothing done. */
-  writeSync(offset: number, data: Buffer): boolean {
+  /** write() without waiting: tables cached, grains allocated or new with nothing to copy (grain-allocator.ts writeGrainsSync); false: nothing done. */
+  writeSync(offset: number, data: Buffer, hasParent: boolean): boolean {
     if (this.readOnly) throw VdiskError.readOnly(`extent ${this.fileName} is read-only`);
-    return writeInPlaceSync(this, offset, data);
+    return writeGrainsSync(this, offset, data, hasParent);
   }
 
   /** Guest bytes this extent can hold without a new grain table: its grain directory's reach. */

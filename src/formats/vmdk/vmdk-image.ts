@@ -192,8 +192,9 @@ export class VmdkImage implements Image {
   }
 
   /**
-   * write() without waiting: the new CID already written, one extent, every grain allocated with
-   * its table cached (grain-allocator.ts writeInPlaceSync), or a flat extent; false: nothing done.
+   * write() without waiting: the new CID already written, one extent, its grain tables cached and
+   * every grain allocated or new with nothing to copy into it (grain-allocator.ts
+   * writeGrainsSync), or a flat extent; false: nothing done.
    */
   writeSync(offset: number, data: Buffer): boolean {
     if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
@@ -202,7 +203,7 @@ export class VmdkImage implements Image {
     const pieces = this.chain.pieces(offset, data.length);
     if (pieces.length !== 1) return false;
     const p = pieces[0]!;
-    return p.ext.writeSync?.(p.eo, data) ?? false;
+    return p.ext.writeSync?.(p.eo, data, this.parent !== undefined) ?? false;
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { OrderedRangeLock } from '../../../src/io/range-lock';
-import { type GrainSpace, writeGrains, writeInPlaceSync, writeZeroGrains } from '../../../src/formats/vmdk/grain-allocator';
+import { type GrainSpace, writeGrains, writeGrainsSync, writeZeroGrains } from '../../../src/formats/vmdk/grain-allocator';
 import { GTE_ZEROED, SECTOR } from '../../../src/formats/vmdk/sparse-header';
 
 /**
@@ -243,21 +243,54 @@ describe('grain allocator (seed 1) against a fake extent', () => {
   });
 });
 
-describe('writeInPlaceSync: the synchronous path of allocated grains', () => {
-  it('writes host-contiguous runs at once and leaves the tables alone; declines, doing nothing, when a grain needs allocating', async () => {
+describe('writeGrainsSync: the synchronous path', () => {
+  it('writes host-contiguous runs of allocated grains at once and leaves the tables alone', () => {
     const ext = new FakeExtent();
     ext.ensureTable(0);
-    // Grains 0 and 1 contiguous on the host, grain 2 elsewhere, grain 3 zeroed, grain 4 missing.
-    ext.tables.get(0)!.set([100, 100 + G / SECTOR, 500, GTE_ZEROED, 0]);
+    // Grains 0 and 1 contiguous on the host, grain 2 elsewhere.
+    ext.tables.get(0)!.set([100, 100 + G / SECTOR, 500]);
     const data = Buffer.alloc(3 * G - 200, 0x5e);
-    expect(writeInPlaceSync(ext, 100, data)).toBe(true);
+    expect(writeGrainsSync(ext, 100, data, true)).toBe(true);
     expect(ext.log).toEqual([`write ${100 * SECTOR + 100}+${2 * G - 100} sync`, `write ${500 * SECTOR}+${G - 100} sync`]);
     expect(ext.writes.every((w) => w.bytes.every((b) => b === 0x5e))).toBe(true);
     expect(ext.stats.dataWrites).toBe(2);
+    expect(ext.stats.grainsAllocated).toBe(0);
+  });
+
+  it('allocates new grains at once when nothing is copied into them: payload only, entries after the data', () => {
+    const ext = new FakeExtent();
+    ext.ensureTable(0);
+    ext.tables.get(0)!.set([100, 0, 0, GTE_ZEROED]);
+    // Grain 0 in place, grains 1 and 2 new (no parent), the write ending inside grain 2.
+    const data = Buffer.alloc(G + 300, 0x61);
+    expect(writeGrainsSync(ext, G - 100, data, false)).toBe(true);
+    const start = 64 * SECTOR;
+    expect(ext.log).toEqual([
+      `write ${100 * SECTOR + G - 100}+100 sync`,
+      `reserve ${2 * G}`,
+      `write ${start}+${G} sync`,
+      `write ${start + G}+200 sync`, // the zero tail is left out: new space reads as zeros
+      `gte 1=${start / SECTOR}`,
+      `gte 2=${(start + G) / SECTOR}`,
+    ]);
+    expect(ext.stats.grainsAllocated).toBe(2);
+    // Over a parent only a zeroed grain may be allocated this way (its COW source is zeros).
     ext.log.length = 0;
-    expect(writeInPlaceSync(ext, 2 * G, Buffer.alloc(2 * G, 1))).toBe(false); // grain 3 is zeroed: it needs a grain
-    expect(writeInPlaceSync(ext, 4 * G, Buffer.alloc(10, 1))).toBe(false); // grain 4 has none
+    expect(writeGrainsSync(ext, 3 * G + 10, Buffer.alloc(10, 1), true)).toBe(true);
+    expect(ext.log).toEqual([`reserve ${G}`, `write ${start + 2 * G + 10}+10 sync`, `gte 3=${(start + 2 * G) / SECTOR}`]);
+  });
+
+  it("declines, doing nothing, for a COW from the parent, a grain another request is allocating, or QEMU's way", () => {
+    const ext = new FakeExtent();
+    ext.ensureTable(0);
+    ext.tables.get(0)!.set([100, 0]);
+    expect(writeGrainsSync(ext, G, Buffer.alloc(10, 1), true)).toBe(false); // grain 1 would copy from the parent
+    const lease = ext.grainLock.acquire(1, 2, false);
+    expect(writeGrainsSync(ext, G, Buffer.alloc(10, 1), false)).toBe(false); // grain 1 is being allocated
+    lease.release();
+    expect(writeGrainsSync(new FakeExtent(true), G, Buffer.alloc(10, 1), false)).toBe(false); // --no-multi-alloc
     expect(ext.log).toEqual([]);
-    expect([...ext.tables.get(0)!.subarray(0, 5)]).toEqual([100, 100 + G / SECTOR, 500, GTE_ZEROED, 0]);
+    expect([...ext.tables.get(0)!.subarray(0, 2)]).toEqual([100, 0]);
+    expect(writeGrainsSync(ext, G, Buffer.alloc(10, 1), false)).toBe(true);
   });
 });
