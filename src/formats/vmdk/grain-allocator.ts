@@ -162,16 +162,24 @@ export function writeGrainsSync(ext: GrainSpace, offset: number, data: Buffer, h
     ext.file.writeSync(data.subarray(s - offset, s - offset + n), host, 'data');
   }
   if (missing.length === 0) return true;
-  for (const m of missing) ext.ensureTable(Math.floor(m.g / ext.gtEntries));
-  const start = ext.reserve(missing.length * G);
-  for (let i = 0; i < missing.length; i++) {
-    const gs = missing[i]!.g * G;
-    const s = Math.max(offset, gs);
-    ext.stats.dataWrites++;
-    ext.file.writeSync(data.subarray(s - offset, Math.min(end, gs + G) - offset), start + i * G + (s - gs), 'data');
+  // Creating a table inserts it into the cache, which may evict a clean table this request still
+  // has to set entries in (a request across a table boundary, a crowded cache): pinned, as
+  // writeRun pins them, until the entries are set.
+  const pinned = ext.pinTables(g0, g1);
+  try {
+    for (const m of missing) ext.ensureTable(Math.floor(m.g / ext.gtEntries));
+    const start = ext.reserve(missing.length * G);
+    for (let i = 0; i < missing.length; i++) {
+      const gs = missing[i]!.g * G;
+      const s = Math.max(offset, gs);
+      ext.stats.dataWrites++;
+      ext.file.writeSync(data.subarray(s - offset, Math.min(end, gs + G) - offset), start + i * G + (s - gs), 'data');
+    }
+    // Data is written: now (never before) point the tables at it.
+    for (let i = 0; i < missing.length; i++) ext.setGte(missing[i]!.g, (start + i * G) / SECTOR);
+  } finally {
+    ext.unpinTables(pinned);
   }
-  // Data is written: now (never before) point the tables at it.
-  for (let i = 0; i < missing.length; i++) ext.setGte(missing[i]!.g, (start + i * G) / SECTOR);
   ext.stats.grainsAllocated += missing.length;
   return true;
 }
