@@ -4,7 +4,19 @@ import { asError, fromNodeError, VdiskError } from './errors';
 import { IoCounters, IoEvent, IoObserver, IoTag, newCounters } from './counters';
 import { WriteBehind } from './write-behind';
 import { SyscallError } from './syscalls/ffi';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate, LockType, ofdLock, ofdTestLock, preadCached } from './syscalls/files';
+import {
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  fallocate,
+  LockType,
+  ofdLock,
+  ofdTestLock,
+  preadCached,
+  preadFully,
+  preadSome,
+  pwriteFully,
+  pwriteSome,
+} from './syscalls/files';
 
 const log = createDebug('vdiskfs:io');
 
@@ -43,16 +55,16 @@ function small<T>(bytes: number, sync: () => T, async: (cb: (e: Error | null, v:
   return new Promise((res, rej) => async((e, v) => (e ? rej(e) : res(v))));
 }
 
-const pRead = (fd: number, buf: Buffer, off: number, len: number, pos: number) =>
+const pRead = (fd: number, buf: Buffer, off: number, len: number, pos: number, name: string) =>
   small(
     len,
-    () => fs.readSync(fd, buf, off, len, pos),
+    () => preadSome(fd, off === 0 && len === buf.length ? buf : buf.subarray(off, off + len), pos, name),
     (cb) => fs.read(fd, buf, off, len, pos, (e, n) => cb(e, n)),
   );
-const pWrite = (fd: number, buf: Buffer, off: number, len: number, pos: number) =>
+const pWrite = (fd: number, buf: Buffer, off: number, len: number, pos: number, name: string) =>
   small(
     len,
-    () => fs.writeSync(fd, buf, off, len, pos),
+    () => pwriteSome(fd, off === 0 && len === buf.length ? buf : buf.subarray(off, off + len), pos, name),
     (cb) => fs.write(fd, buf, off, len, pos, (e, n) => cb(e, n)),
   );
 const pWritev = (fd: number, bufs: Buffer[], pos: number, total: number) =>
@@ -149,7 +161,7 @@ export class HostFile {
     let done = 0;
     try {
       while (done < into.length) {
-        const n = await pRead(this.fd, into, done, into.length - done, pos + done);
+        const n = await pRead(this.fd, into, done, into.length - done, pos + done, this.path);
         if (n === 0) break;
         done += n;
       }
@@ -167,13 +179,9 @@ export class HostFile {
    */
   readSync(into: Buffer, pos: number, tag?: IoTag): boolean {
     if (into.length > SYNC_IO_MAX) return this.readCachedSync(into, pos, tag);
-    let done = 0;
+    let done: number;
     try {
-      while (done < into.length) {
-        const n = fs.readSync(this.fd, into, done, into.length - done, pos + done);
-        if (n === 0) break;
-        done += n;
-      }
+      done = preadFully(this.fd, into, pos, this.path);
     } catch (e) {
       throw fromNodeError(e, `read ${this.path} at ${pos}`);
     }
@@ -214,11 +222,12 @@ export class HostFile {
     for (const b of bufs) total += b.length;
     if (total === 0) return;
     try {
-      const written = bufs.length === 1 ? await pWrite(this.fd, bufs[0]!, 0, total, pos) : await pWritev(this.fd, bufs, pos, total);
+      const written =
+        bufs.length === 1 ? await pWrite(this.fd, bufs[0]!, 0, total, pos, this.path) : await pWritev(this.fd, bufs, pos, total);
       if (written < total) {
         // Short write (rare: signals, full disks): finish the rest from one contiguous copy.
         const rest = Buffer.concat(bufs).subarray(written);
-        for (let off = 0; off < rest.length;) off += await pWrite(this.fd, rest, off, rest.length - off, pos + written + off);
+        for (let off = 0; off < rest.length;) off += await pWrite(this.fd, rest, off, rest.length - off, pos + written + off, this.path);
       }
     } catch (e) {
       throw fromNodeError(e, `write ${this.path} at ${pos}`);
@@ -236,7 +245,7 @@ export class HostFile {
   writeSync(data: Buffer, pos: number, tag?: IoTag): boolean {
     if (data.length > SYNC_IO_MAX) return false;
     try {
-      for (let done = 0; done < data.length;) done += fs.writeSync(this.fd, data, done, data.length - done, pos + done);
+      pwriteFully(this.fd, data, pos, this.path);
     } catch (e) {
       throw fromNodeError(e, `write ${this.path} at ${pos}`);
     }

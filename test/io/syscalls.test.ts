@@ -115,6 +115,40 @@ describe('preadCached (preadv2 RWF_NOWAIT)', () => {
   });
 });
 
+describe('pread/pwrite and write without libuv (the synchronous host I/O and the /dev/fuse reply)', () => {
+  it('read and write all of a buffer, short only at the end of the file; errors name the file and keep the errno', () => {
+    const p = path.join(dir, 'img');
+    fs.writeFileSync(p, Buffer.alloc(8192, 1));
+    const fd = open(p);
+    sys.pwriteFully(fd, Buffer.alloc(4096, 7), 2048, p);
+    const back = Buffer.alloc(8192);
+    expect(sys.preadFully(fd, back, 0, p)).toBe(8192);
+    expect(back.subarray(2048, 6144).every((b) => b === 7)).toBe(true);
+    expect(back[2047]).toBe(1);
+    expect(back[6144]).toBe(1);
+    expect(sys.preadFully(fd, Buffer.alloc(4096), 6144, p)).toBe(2048); // the end of the file
+    expect(sys.preadSome(fd, Buffer.alloc(16), 1 << 20, p)).toBe(0);
+    // A full device: ENOSPC, as the merger's and the drivers' callers expect it.
+    const full = open('/dev/full', 'w');
+    expect(() => sys.pwriteSome(full, Buffer.alloc(512), 0, '/dev/full')).toThrow(
+      expect.objectContaining({ code: 'ENOSPC', message: expect.stringMatching(/pwrite \/dev\/full at 0: ENOSPC/) }),
+    );
+    // A folder: EISDIR, reported as an I/O error with the name.
+    const d = open(dir, 'r');
+    expect(() => sys.preadFully(d, Buffer.alloc(16), 0, dir)).toThrow(VdiskError);
+    expect(() => sys.preadFully(d, Buffer.alloc(16), 0, dir)).toThrow(/pread .* at 0: EISDIR/);
+  });
+
+  it('writeOrErrno returns -errno instead of throwing', () => {
+    const p = path.join(dir, 'f');
+    fs.writeFileSync(p, '');
+    expect(sys.writeOrErrno(open(p, 'r+'), Buffer.from('hello'), 5)).toBe(5);
+    expect(fs.readFileSync(p, 'utf8')).toBe('hello');
+    expect(sys.writeOrErrno(open(p, 'r'), Buffer.from('x'), 1)).toBe(-9); // EBADF: not open for writing
+    expect(sys.writeOrErrno(open('/dev/full', 'w'), Buffer.from('x'), 1)).toBe(-28); // ENOSPC
+  });
+});
+
 describe('eventfd and poll', () => {
   it('poll sees an eventfd become readable; the counter reads and resets', () => {
     const efd = track(sys.eventfd(0, sys.EFD_NONBLOCK | sys.EFD_CLOEXEC));

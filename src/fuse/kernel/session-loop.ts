@@ -8,7 +8,7 @@
  * - A pump drains the queued requests (up to BATCH) and dispatches each. Dispatch takes what it
  *   needs from the buffer synchronously (the merger copies write payloads at once). A request
  *   whose work is synchronous host I/O (SYNC_IO_MAX in io/host-file.ts) resolves within
- *   microtasks and is answered by writeSync to /dev/fuse: no thread hop. A read whose mapping
+ *   microtasks and is answered by write(2) on /dev/fuse (writeOrErrno): no thread hop. A read whose mapping
  *   is cached and whose bytes are small or all in the host page cache (Image.readSync, up to
  *   1 MiB), and an O_DIRECT write in place (Image.writeSync), are
  *   answered inside dispatch(); the pump then goes on
@@ -34,7 +34,7 @@
  */
 import fs from 'node:fs';
 import createDebug from 'debug';
-import { EAGAIN, EINTR, ENODEV, ENOENT, fcntlGetFlags, fcntlSetFlags, readOrErrno } from '../../io/syscalls/files';
+import { EAGAIN, EINTR, ENODEV, ENOENT, fcntlGetFlags, fcntlSetFlags, readOrErrno, writeOrErrno } from '../../io/syscalls/files';
 import { EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdWrite, POLLIN, PollSet } from '../../io/syscalls/poll';
 import { hasIdleWork, runIdleStep } from '../../io/idle-work';
 import { AdaptivePoll, DEFAULT_POLL_MAX_US } from './adaptive-poll';
@@ -152,14 +152,10 @@ export class SessionLoop {
   /** Writes one reply. ENOENT: the request was interrupted or its caller died; ENODEV: the session is over. */
   send = (buf: Buffer, len: number): void => {
     if (this.source?.send(buf, len)) return this.answered();
-    try {
-      fs.writeSync(this.fd, buf, 0, len);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') this.onAbandonedReply?.();
-      else if (code === 'ENODEV') this.stopping = true;
-      else log('reply of %d bytes failed: %s', len, (e as Error).message);
-    }
+    const n = writeOrErrno(this.fd, buf, len);
+    if (n === -ENOENT) this.onAbandonedReply?.();
+    else if (n === -ENODEV) this.stopping = true;
+    else if (n < 0) log('reply of %d bytes failed: errno %d', len, -n);
     this.answered();
   };
 

@@ -59,6 +59,9 @@ export interface Ffi {
   fallocate: KoffiFunction;
   poll: KoffiFunction;
   read: (fd: number, buf: Buffer, count: number) => number;
+  write: (fd: number, buf: Buffer, count: number) => number;
+  pread: (fd: number, buf: Buffer, count: number, offset: number) => number;
+  pwrite: (fd: number, buf: Buffer, count: number, offset: number) => number;
   preadv2: (fd: number, iov: { iov_base: Buffer; iov_len: number }[], iovcnt: number, offset: number, flags: number) => number;
   lseek: (fd: number, offset: number, whence: number) => number | bigint;
   syncfs: KoffiFunction;
@@ -128,6 +131,9 @@ export function ffi(): Ffi {
     fallocate: libc.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
     poll: libc.func('int poll(void *fds, unsigned long nfds, int timeout)'),
     read: libc.func('intptr_t read(int fd, void *buf, size_t count)'),
+    write: libc.func('intptr_t write(int fd, const void *buf, size_t count)'),
+    pread: libc.func('intptr_t pread(int fd, void *buf, size_t count, int64_t offset)'),
+    pwrite: libc.func('intptr_t pwrite(int fd, const void *buf, size_t count, int64_t offset)'),
     lseek: libc.func('int64_t lseek(int fd, int64_t offset, int whence)'),
     preadv2: libc.func('preadv2', 'intptr_t', ['int', koffi.pointer(iovec), 'int', 'int64_t', 'int']),
     syncfs: libc.func('int syncfs(int fd)'),

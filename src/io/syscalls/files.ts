@@ -91,6 +91,60 @@ export function readOrErrno(fd: number, buf: Buffer, count = buf.length): number
   return n >= 0 ? n : -f.koffi.errno();
 }
 
+/**
+ * write(2) of `buf[0, count)`: the byte count, or -errno. The /dev/fuse reply, where ENOENT (the
+ * request was interrupted) and ENODEV (the session ended) are answers, not exceptions; about
+ * 0.7 µs cheaper per call than fs.writeSync here, and every request has a reply.
+ */
+export function writeOrErrno(fd: number, buf: Buffer, count = buf.length): number {
+  const f = ffi();
+  const n = f.write(fd, buf, count);
+  return n >= 0 ? n : -f.koffi.errno();
+}
+
+// ---- pread/pwrite on the main thread ----
+//
+// The synchronous host I/O of small requests: cheaper per call than fs.readSync/writeSync, whose
+// path through libuv (request wrap, trace-event checks) costs about as much as the syscall on
+// this VM. A failure throws a SyscallError (ENOSPC, EIO, ... as the errno says) naming `name`.
+
+/** One pread(2) into `buf` at `pos`: the byte count (short at the end of the file, 0 past it). */
+export function preadSome(fd: number, buf: Buffer, pos: number, name = `fd ${fd}`): number {
+  const f = ffi();
+  for (;;) {
+    const n = f.pread(fd, buf, buf.length, pos);
+    if (n >= 0) return n;
+    if (f.koffi.errno() !== EINTR) fail(f, 'pread', `${name} at ${pos}`, { fd, pos });
+  }
+}
+
+/** One pwrite(2) of `buf` at `pos`: the byte count (short only in rare cases: a full disk, a signal). */
+export function pwriteSome(fd: number, buf: Buffer, pos: number, name = `fd ${fd}`): number {
+  const f = ffi();
+  for (;;) {
+    const n = f.pwrite(fd, buf, buf.length, pos);
+    if (n > 0 || (n === 0 && buf.length === 0)) return n;
+    if (n === 0) throw VdiskError.io(`pwrite ${name} at ${pos}: wrote nothing`, { fd, pos });
+    if (f.koffi.errno() !== EINTR) fail(f, 'pwrite', `${name} at ${pos}`, { fd, pos });
+  }
+}
+
+/** pread(2) into all of `buf` from `pos`: the byte count, short only at the end of the file. */
+export function preadFully(fd: number, buf: Buffer, pos: number, name?: string): number {
+  let done = 0;
+  while (done < buf.length) {
+    const n = preadSome(fd, done === 0 ? buf : buf.subarray(done), pos + done, name);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
+/** pwrite(2) of all of `buf` at `pos`, a short write going on with the rest. */
+export function pwriteFully(fd: number, buf: Buffer, pos: number, name?: string): void {
+  for (let done = 0; done < buf.length;) done += pwriteSome(fd, done === 0 ? buf : buf.subarray(done), pos + done, name);
+}
+
 // ---- preadv2(RWF_NOWAIT) ----
 
 const RWF_NOWAIT = 0x8;
