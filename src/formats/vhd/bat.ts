@@ -94,6 +94,7 @@ export class VhdBat implements BlockTable {
     const segs = new Segments();
     const fresh: Array<[number, number]> = [];
     const inPlace: Promise<void>[] = [];
+    const completed: number[] = [];
     let at = this.freeOffset;
     for (const c of blocks) {
       const e = this.rawEntry(c.block);
@@ -106,9 +107,11 @@ export class VhdBat implements BlockTable {
         at += this.bitmapBytes + this.blockSize;
       } else {
         // A differencing block only partly here: its missing sectors now come from the parent.
+        // Its bitmap says "all here" only once they have landed (below): until then a read of
+        // them must still go to the parent, and a write elsewhere in the block must not take
+        // it for whole and write in place, where this rebuilt content would land over it.
         inPlace.push(this.file.write(c.data, e * SECTOR + this.bitmapBytes + c.at, 'data'));
-        this.bitmaps?.set(c.block, Buffer.from(this.full));
-        this.dirtyBitmaps.add(c.block);
+        completed.push(c.block);
       }
     }
     if (fresh.length) {
@@ -118,6 +121,10 @@ export class VhdBat implements BlockTable {
       inPlace.push(segs.write(this.file, 'data').then(() => undefined));
     }
     await Promise.all(inPlace);
+    for (const b of completed) {
+      this.bitmaps?.set(b, Buffer.from(this.full));
+      this.dirtyBitmaps.add(b);
+    }
     this.fileEnd = Math.max(this.fileEnd, at + this.footer.length);
     for (const [b, host] of fresh) {
       this.bat.writeUInt32BE(host / SECTOR, b * 4);
