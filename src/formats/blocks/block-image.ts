@@ -200,32 +200,40 @@ export class BlockImage implements Image {
       this.counters.blocksStored += round.length;
       round = [];
     };
-    for (let b = first; b <= last; b++) {
-      const start = b * bs;
-      const from = Math.max(offset, start);
-      const to = Math.min(end, start + bs);
-      const slice = buf.subarray(from - offset, to - offset);
-      if (this.whole(b)) {
-        inPlace.push(this.writeInPlace(from, slice));
-        continue;
+    try {
+      for (let b = first; b <= last; b++) {
+        const start = b * bs;
+        const from = Math.max(offset, start);
+        const to = Math.min(end, start + bs);
+        const slice = buf.subarray(from - offset, to - offset);
+        if (this.whole(b)) {
+          inPlace.push(this.writeInPlace(from, slice));
+          continue;
+        }
+        const e = this.table.entry(b);
+        const span = Math.min(bs, this.virtualSize - start);
+        const covered = from === start && to === start + span;
+        if (covered || e === BLOCK_ZERO || (e === BLOCK_ABSENT && !this.backing)) {
+          // The rest of the block reads as zeros: the write's own bytes are the content.
+          round.push({ block: b, at: from - start, data: slice });
+        } else {
+          // The block's current view (the parent's bytes, sectors already here) with the write over it.
+          const content = Buffer.alloc(bs);
+          await readThrough(this.access, start, content.subarray(0, span));
+          slice.copy(content, from - start);
+          round.push({ block: b, at: 0, data: content });
+        }
+        if (round.length >= BLOCKS_PER_ROUND) await storeRound();
       }
-      const e = this.table.entry(b);
-      const span = Math.min(bs, this.virtualSize - start);
-      const covered = from === start && to === start + span;
-      if (covered || e === BLOCK_ZERO || (e === BLOCK_ABSENT && !this.backing)) {
-        // The rest of the block reads as zeros: the write's own bytes are the content.
-        round.push({ block: b, at: from - start, data: slice });
-      } else {
-        // The block's current view (the parent's bytes, sectors already here) with the write over it.
-        const content = Buffer.alloc(bs);
-        await readThrough(this.access, start, content.subarray(0, span));
-        slice.copy(content, from - start);
-        round.push({ block: b, at: 0, data: content });
-      }
-      if (round.length >= BLOCKS_PER_ROUND) await storeRound();
+      await storeRound();
+    } finally {
+      // Also when a store or a COW read failed: the in-place writes already started end before
+      // the request does (and the table lock goes), so none lands after a later write to its
+      // range, and a failure of theirs is not left unhandled.
+      const settled = await Promise.allSettled(inPlace);
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
     }
-    await storeRound();
-    await Promise.all(inPlace);
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {

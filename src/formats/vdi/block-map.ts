@@ -88,12 +88,15 @@ export class VdiBlockMap implements BlockTable {
     const h = this.header;
     const segs = new Segments();
     const stored: Array<[number, number]> = [];
+    // Slots are taken for good only once their data has landed: a failed store must not leave a
+    // gap, since QEMU hands out slot cBlocksAllocated next, which a gap makes one in use.
+    let next = this.nextSlot;
     for (const c of blocks) {
       // VDI blocks are whole once stored: only absent and zero blocks come here.
       if (this.rawEntry(c.block) < h.blocks) continue;
-      if (this.nextSlot >= h.blocks)
-        throw VdiskError.noSpace(`${this.file.path}: no VDI slot left (${this.nextSlot} of ${h.blocks}); the block map is inconsistent`);
-      const slot = this.nextSlot++;
+      if (next >= h.blocks)
+        throw VdiskError.noSpace(`${this.file.path}: no VDI slot left (${next} of ${h.blocks}); the block map is inconsistent`);
+      const slot = next++;
       const host = this.slotOffset(slot);
       const fresh = host - h.blockExtra >= this.fileEnd;
       if (h.blockExtra && !fresh) segs.add(host - h.blockExtra, Buffer.alloc(h.blockExtra));
@@ -102,14 +105,18 @@ export class VdiBlockMap implements BlockTable {
       stored.push([c.block, slot]);
     }
     if (stored.length === 0) return;
-    await segs.write(this.file, 'data');
-    this.fileEnd = Math.max(this.fileEnd, segs.end);
     // A slot written only in part still spans its whole block in the file, as QEMU's do.
     const end = this.slotOffset(stored[stored.length - 1]![1]) + h.blockSize;
-    if (end > this.fileEnd) {
-      await this.file.truncate(end);
-      this.fileEnd = end;
+    try {
+      await segs.write(this.file, 'data');
+      if (end > Math.max(this.fileEnd, segs.end)) await this.file.truncate(end);
+    } finally {
+      // Part of a failed write may have landed: the slots it reached no longer read as zeros
+      // (fresh), so their next user writes them whole.
+      this.fileEnd = Math.max(this.fileEnd, segs.end);
     }
+    this.fileEnd = Math.max(this.fileEnd, end);
+    this.nextSlot = next;
     for (const [b, slot] of stored) this.setEntry(b, slot);
     this.allocated += stored.length;
     this.headerDirty = true;
