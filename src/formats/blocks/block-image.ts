@@ -200,6 +200,7 @@ export class BlockImage implements Image {
       this.counters.blocksStored += round.length;
       round = [];
     };
+    let failure: { error: unknown } | undefined;
     try {
       for (let b = first; b <= last; b++) {
         const start = b * bs;
@@ -226,14 +227,16 @@ export class BlockImage implements Image {
         if (round.length >= BLOCKS_PER_ROUND) await storeRound();
       }
       await storeRound();
-    } finally {
-      // Also when a store or a COW read failed: the in-place writes already started end before
-      // the request does (and the table lock goes), so none lands after a later write to its
-      // range, and a failure of theirs is not left unhandled.
-      const settled = await Promise.allSettled(inPlace);
-      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (failed) throw failed.reason;
+    } catch (e) {
+      failure = { error: e };
     }
+    // Also when a store or a COW read failed: the in-place writes already started end before the
+    // request does (and the table lock goes), so none lands after a later write to its range, and
+    // a failure of theirs is not left unhandled. A failed store or COW read is reported before theirs.
+    const settled = await Promise.allSettled(inPlace);
+    if (failure) throw failure.error;
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
