@@ -69,7 +69,14 @@ export class L1Table {
     const hi = (this.dirtyHi + 1) * 8;
     this.dirtyLo = Infinity;
     this.dirtyHi = -1;
-    await this.p.file.write(Buffer.from(this.p.ctx.l1.subarray(lo, hi)), this.offset + lo, 'l1');
+    try {
+      await this.p.file.write(Buffer.from(this.p.ctx.l1.subarray(lo, hi)), this.offset + lo, 'l1');
+    } catch (e) {
+      // Still dirty: the next flush writes it again instead of taking it for written.
+      this.dirtyLo = Math.min(this.dirtyLo, lo / 8);
+      this.dirtyHi = Math.max(this.dirtyHi, hi / 8 - 1);
+      throw e;
+    }
     this.p.counters.metadataWrites++;
   }
 }

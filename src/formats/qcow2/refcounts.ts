@@ -151,8 +151,13 @@ export class Refcounts implements TableSide {
       await this.installBlock(missing);
     }
     const start = this.nextFree;
-    await this.change(start, count, 1);
-    this.nextFree = start + count;
+    try {
+      await this.change(start, count, 1);
+    } finally {
+      // Also after a count that failed part way: the clusters it counted are leaked (refcount 1,
+      // nothing points at them), never counted a second time by the next allocation.
+      this.nextFree = start + count;
+    }
     return start * this.clusterSize;
   }
 
@@ -328,7 +333,14 @@ export class Refcounts implements TableSide {
       const hi = (this.dirtyHi + 1) * 8;
       this.dirtyLo = Infinity;
       this.dirtyHi = -1;
-      await this.file.write(Buffer.from(this.table.subarray(lo, hi)), this.tableOffset + lo, 'reftable');
+      try {
+        await this.file.write(Buffer.from(this.table.subarray(lo, hi)), this.tableOffset + lo, 'reftable');
+      } catch (e) {
+        // Still dirty: the next flush writes it again instead of taking it for written.
+        this.dirtyLo = Math.min(this.dirtyLo, lo / 8);
+        this.dirtyHi = Math.max(this.dirtyHi, hi / 8 - 1);
+        throw e;
+      }
       this.counters.metadataWrites++;
     }
   }
@@ -371,7 +383,14 @@ export class Refcounts implements TableSide {
     this.cache.unpin(e);
     setReftableEntry(this.table, target, rb * this.clusterSize);
     if (!this.relocated) this.markTableDirty(target);
-    await this.change(rb, 1, 1);
+    try {
+      await this.change(rb, 1, 1);
+    } catch (err) {
+      // The block's own count failed (loading the block that counts it): the table must not
+      // point at a cluster of refcount 0. Cluster rb stays unused (nextFree is past it).
+      setReftableEntry(this.table, target, 0);
+      throw err;
+    }
     log('new refcount block %d at cluster %d', target, rb);
   }
 
@@ -381,8 +400,7 @@ export class Refcounts implements TableSide {
     if (bytes > MAX_REFTABLE_BYTES) throw VdiskError.noSpace('qcow2 refcount table would exceed its size limit');
     const clusters = bytes / this.clusterSize;
     const old = this.relocated ?? { oldOffset: this.tableOffset, oldClusters: this.table.length / this.clusterSize };
-    // A table that grew twice before being written: the intermediate one is dropped.
-    if (this.relocated) this.free(this.tableOffset, this.table.length);
+    const before = { table: this.table, tableOffset: this.tableOffset, relocated: this.relocated };
     const table = Buffer.alloc(bytes);
     this.table.copy(table);
     const start = this.nextFree;
@@ -390,13 +408,24 @@ export class Refcounts implements TableSide {
     this.table = table;
     this.tableOffset = start * this.clusterSize;
     this.relocated = old;
-    // Count the new table's clusters (placing refcount blocks for them as needed).
-    for (;;) {
-      const missing = this.firstMissingBlock(start, clusters);
-      if (missing < 0) break;
-      await this.installBlock(missing);
+    try {
+      // Count the new table's clusters (placing refcount blocks for them as needed).
+      for (;;) {
+        const missing = this.firstMissingBlock(start, clusters);
+        if (missing < 0) break;
+        await this.installBlock(missing);
+      }
+      await this.change(start, clusters, 1);
+    } catch (err) {
+      // Not counted: the table in use stays the one before, which the next flush writes. What
+      // was counted for the new one is leaked (refcount 1, nothing points at it), never lost.
+      this.table = before.table;
+      this.tableOffset = before.tableOffset;
+      this.relocated = before.relocated;
+      throw err;
     }
-    await this.change(start, clusters, 1);
+    // A table that grew twice before being written: the intermediate one is dropped.
+    if (before.relocated) this.free(before.tableOffset, before.table.length);
     log('refcount table moved to %d (%d clusters)', this.tableOffset, clusters);
   }
 }

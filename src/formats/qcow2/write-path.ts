@@ -140,8 +140,12 @@ export class WritePath {
   async tryDirect(offset: number, buf: Buffer): Promise<boolean> {
     const runs = this.directRuns(offset, buf.length);
     if (!runs) return false;
-    await Promise.all(runs.map((r) => this.a.dataFile.write(buf.subarray(r.from, r.to), r.host, 'data')));
+    // Every run ends before the request does, also when one fails: a run still in flight could
+    // land after a later write to its range, or after freed-clusters.ts (which waits for this
+    // promise) has punched and reused its cluster.
+    const settled = await Promise.allSettled(runs.map((r) => this.a.dataFile.write(buf.subarray(r.from, r.to), r.host, 'data')));
     this.a.counters.dataWrites += runs.length;
+    for (const r of settled) if (r.status === 'rejected') throw r.reason;
     return true;
   }
 
