@@ -54,9 +54,11 @@ export class L1Table {
       const src = await cache.get('l2', old);
       e = cache.create('l2', host, src.buf);
       cache.unpin(src);
-      rc.free(old, 2 ** ctx.clusterBits);
     }
     await cache.dependOn(e, 'refblock'); // the L1 entry will point at a new cluster
+    // The shared table's decrement is queued only once the L1 entry points away from it (a
+    // failed dependOn above leaves the L1 on the old table, which must keep its count).
+    if (old !== 0) rc.free(old, 2 ** ctx.clusterBits);
     setL1(ctx.l1, l1i, host, true);
     this.dirtyLo = Math.min(this.dirtyLo, l1i);
     this.dirtyHi = Math.max(this.dirtyHi, l1i);

@@ -31,6 +31,7 @@ export async function growImage(p: ResizeParts, newSize: number): Promise<void> 
   const need = Math.ceil(newSize / span);
   let l1 = ctx.l1;
   let l1Off = p.l1.offset;
+  let oldTable: { offset: number; bytes: number } | undefined;
   if (need > ctx.l1Size) {
     if (need * 8 > MAX_L1_BYTES) throw new VdiskError('EFBIG', `${p.path}: ${newSize} bytes needs an L1 table beyond QEMU's limit`);
     const oldBytes = Math.ceil((ctx.l1Size * 8) / cs) * cs;
@@ -45,7 +46,7 @@ export async function growImage(p: ResizeParts, newSize: number): Promise<void> 
       counters.allocatedClusters += clusters;
       await cache.flushSide('refblock'); // the new table's refcounts durable before the header points at it
       await file.write(Buffer.concat([l1, Buffer.alloc(clusters * cs - l1.length)]), l1Off, 'l1');
-      if (ctx.l1Size > 0) rc.free(p.l1.offset, oldBytes);
+      if (ctx.l1Size > 0) oldTable = { offset: p.l1.offset, bytes: oldBytes };
     }
     counters.metadataWrites++;
     await cache.sync();
@@ -54,6 +55,9 @@ export async function growImage(p: ResizeParts, newSize: number): Promise<void> 
   await file.write(h.bytes, h.at, 'header');
   counters.metadataWrites++;
   await cache.sync();
+  // Freed only once the header points away from it: freed before, a failed header write would
+  // leave the table in use queued for its decrement and, once that is flushed, for a punch.
+  if (oldTable) rc.free(oldTable.offset, oldTable.bytes);
   ctx.l1 = l1;
   ctx.l1Size = l1.length / 8;
   p.l1.offset = l1Off;
