@@ -13,13 +13,13 @@ import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../../src/image/open';
 import type { HostFile } from '../../../src/io/host-file';
+import { failReads, failWrites, injectedError } from '../../helpers/host-faults';
 import { qemuCheck, qemuImg } from '../../helpers/qemu';
 import { tempDir } from './helpers';
 
 const dir = tempDir('failure-paths');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const KiB = 1024;
-const eio = (): Promise<never> => Promise.reject(Object.assign(new Error('EIO (injected)'), { code: 'EIO' }));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const fileOf = (img: unknown): HostFile => (img as { file: HostFile }).file;
 const corruptions = (out: string): number => Number(/"corruptions":\s*(\d+)/.exec(out)?.[1] ?? 0);
@@ -36,7 +36,7 @@ describe('qcow2 write paths when a host I/O fails', () => {
     let calls = 0;
     let strayLanded = false;
     file.write = (data, pos, tag) => {
-      if (++calls === 1) return eio(); // run 1 (guest cluster 0) fails at once
+      if (++calls === 1) return Promise.reject(injectedError('EIO')); // run 1 (guest cluster 0) fails at once
       return sleep(200).then(() => write(data, pos, tag).then(() => void (strayLanded = true))); // run 2 is slow
     };
     await expect(img.write(0, Buffer.alloc(128 * KiB, 0x22))).rejects.toThrow(/EIO/);
@@ -58,19 +58,10 @@ describe('qcow2 write paths when a host I/O fails', () => {
     const f = path.join(dir, 'l1.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', f, '4M']);
     const img = await openImage(f, { writable: true });
-    const file = fileOf(img);
-    const write = file.write.bind(file);
     await img.write(0, Buffer.alloc(64 * KiB, 0x44)); // a new L2 table: its L1 entry dirty
-    let fail = true;
-    file.write = (data, pos, tag) => {
-      if (fail && tag === 'l1') {
-        fail = false;
-        return eio();
-      }
-      return write(data, pos, tag);
-    };
+    const restore = failWrites(fileOf(img), 'l1');
     await expect(img.flush()).rejects.toThrow(/EIO/);
-    file.write = write;
+    restore();
     await img.flush(); // the fsync retried: success
     await img.close();
     const ro = await openImage(f, { writable: false });
@@ -89,19 +80,10 @@ describe('qcow2 write paths when a host I/O fails', () => {
     const f = path.join(dir, 'reftable.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', f, '4M']);
     const img = await openImage(f, { writable: true });
-    const file = fileOf(img);
-    const write = file.write.bind(file);
     await img.write(0, Buffer.alloc(256 * KiB, 0x55)); // 512 clusters: new refcount blocks, table entries dirty
-    let fail = true;
-    file.write = (data, pos, tag) => {
-      if (fail && tag === 'reftable') {
-        fail = false;
-        return eio();
-      }
-      return write(data, pos, tag);
-    };
+    const restore = failWrites(fileOf(img), 'reftable');
     await expect(img.flush()).rejects.toThrow(/EIO/);
-    file.write = write;
+    restore();
     await img.flush();
     await img.close();
     const check = qemuCheck(f);
@@ -113,26 +95,17 @@ describe('qcow2 write paths when a host I/O fails', () => {
     qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=512', f, '4M']);
     // One table in the cache: refcount block 0 gets evicted by a read of another table.
     const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 512 } } });
-    const file = fileOf(img);
-    const read = file.read.bind(file);
     const rc = (img as unknown as { refcounts: { nextFree: number } }).refcounts;
     const d = 246 - rc.nextFree; // data clusters so that, with 4 new L2 tables, the image ends at cluster 250
     await img.write(0, Buffer.alloc(d * 512, 0x66)); // block 0 counts clusters 0..255
     expect(rc.nextFree).toBe(250);
     await img.read(0, Buffer.alloc(512)); // loads L2 table 0: block 0 leaves the one-table cache
-    let fail = true;
-    file.read = (into, pos, tag) => {
-      if (fail && tag === 'refblock') {
-        fail = false;
-        return eio();
-      }
-      return read(into, pos, tag);
-    };
+    const restore = failReads(fileOf(img), 'refblock');
     // The rest of L2 table 3: a run of host clusters 250.. crossing 256, so block 1 is installed
     // (at cluster 250), then counting cluster 250 needs block 0, whose read fails.
     const rest = Buffer.alloc((256 - d) * 512, 0x77);
     await expect(img.write(d * 512, rest)).rejects.toThrow(/EIO/);
-    file.read = read;
+    restore();
     await img.write(d * 512, rest);
     const back = Buffer.alloc(rest.length);
     await img.read(d * 512, back);

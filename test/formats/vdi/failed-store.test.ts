@@ -4,6 +4,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../../src/image/open';
 import type { HostFile } from '../../../src/io/host-file';
 import { tmpDir } from '../../helpers/image-io';
+import { failWrites } from '../../helpers/host-faults';
 import { qemuCheck, qemuImg, qemuIo } from '../../helpers/qemu';
 
 /**
@@ -15,7 +16,6 @@ import { qemuCheck, qemuImg, qemuIo } from '../../helpers/qemu';
 const dir = tmpDir('vdi-failed-store');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
-const enospc = () => Promise.reject(Object.assign(new Error('ENOSPC (injected)'), { code: 'ENOSPC' }));
 
 /** qemu-io's verdict on a pattern read: its output, whether it exited 0 or not. */
 function qemuRead(f: string, pattern: number, at: string): string {
@@ -36,22 +36,12 @@ describe('a failed VDI block store', () => {
     const f = path.join(dir, 'slots.vdi');
     qemuImg(['create', '-q', '-f', 'vdi', f, '8M']);
     const img = await openImage(f, { writable: true });
-    const file = hostFileOf(img);
-    const write = file.write.bind(file);
     try {
       await img.write(0, Buffer.alloc(64 * 1024, 0x11)); // slot 0
-      let fail = true;
-      file.write = (data, pos, tag) => {
-        if (fail && tag === 'data') {
-          fail = false;
-          return enospc();
-        }
-        return write(data, pos, tag);
-      };
+      failWrites(hostFileOf(img), 'data', { code: 'ENOSPC' });
       await expect(img.write(1 * MiB, Buffer.alloc(64 * 1024, 0x22))).rejects.toThrow(/ENOSPC/);
       await img.write(2 * MiB, Buffer.alloc(64 * 1024, 0x33)); // slot 1 again, not slot 2
     } finally {
-      file.write = write;
       await img.close();
     }
     const check = qemuCheck(f, 'vdi');
@@ -71,8 +61,7 @@ describe('a failed VDI block store', () => {
     const f = path.join(dir, 'inplace.vdi');
     qemuImg(['create', '-q', '-f', 'vdi', f, '8M']);
     const img = await openImage(f, { writable: true });
-    const file = hostFileOf(img);
-    const write = file.write.bind(file);
+    let restore = (): void => undefined;
     const unhandled: unknown[] = [];
     const on = (e: unknown) => unhandled.push(e);
     const saved = process.listeners('unhandledRejection');
@@ -80,14 +69,14 @@ describe('a failed VDI block store', () => {
     process.on('unhandledRejection', on);
     try {
       await img.write(0, Buffer.alloc(MiB, 0x11)); // block 0 stored
-      file.write = (data, pos, tag) => (tag === 'data' ? enospc() : write(data, pos, tag));
+      restore = failWrites(hostFileOf(img), 'data', { code: 'ENOSPC', times: Infinity });
       // Block 0 in place, block 1 to store: both fail.
       await expect(img.write(MiB - 65536, Buffer.alloc(131072, 0x22))).rejects.toThrow(/ENOSPC/);
       await new Promise((r) => setTimeout(r, 50));
     } finally {
       process.off('unhandledRejection', on);
       for (const l of saved) process.on('unhandledRejection', l);
-      file.write = write;
+      restore();
       await img.close();
     }
     expect(unhandled).toEqual([]);

@@ -1,0 +1,51 @@
+/**
+ * Host I/O failures on demand, for the failure-path tests: a HostFile's write or read is replaced
+ * so that the next writes (reads) with a given tag reject as a full or failing disk would. The
+ * returned function puts the original back.
+ */
+import type { HostFile } from '../../src/io/host-file';
+import type { IoTag } from '../../src/io/counters';
+
+export type FaultCode = 'EIO' | 'ENOSPC';
+
+export function injectedError(code: FaultCode): Error {
+  return Object.assign(new Error(`${code} (injected)`), { code });
+}
+
+interface FaultOptions {
+  /** How many matching calls fail (default 1; Infinity: all until restored). */
+  times?: number;
+  code?: FaultCode;
+}
+
+/** The next `times` writes tagged `tag` fail with `code`; the others go through. */
+export function failWrites(file: HostFile, tag: IoTag, o: FaultOptions = {}): () => void {
+  const write = file.write.bind(file);
+  let left = o.times ?? 1;
+  file.write = (data, pos, t) => {
+    if (t === tag && left > 0) {
+      left--;
+      return Promise.reject(injectedError(o.code ?? 'EIO'));
+    }
+    return write(data, pos, t);
+  };
+  return () => {
+    file.write = write;
+  };
+}
+
+/** The next `times` reads tagged `tag` fail with `code`; the others go through. */
+export function failReads(file: HostFile, tag: IoTag, o: FaultOptions = {}): () => void {
+  const read = file.read.bind(file);
+  let left = o.times ?? 1;
+  file.read = (into, pos, t) => {
+    if (t === tag && left > 0) {
+      left--;
+      return Promise.reject(injectedError(o.code ?? 'EIO'));
+    }
+    return read(into, pos, t);
+  };
+  return () => {
+    file.read = read;
+  };
+}
