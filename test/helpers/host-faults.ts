@@ -49,3 +49,40 @@ export function failReads(file: HostFile, tag: IoTag, o: FaultOptions = {}): () 
     file.read = read;
   };
 }
+
+/** A host call held back: `reached` resolves once it was made, `release()` lets it go on. */
+export interface Held {
+  reached: Promise<void>;
+  release(): void;
+  /** Puts the original method back (calls made after this are not held). */
+  restore(): void;
+}
+
+/** Holds the next write tagged `tag` (or the next datasync, any tag) until release(). */
+export function holdNext(file: HostFile, call: 'write' | 'datasync', tag?: IoTag): Held {
+  let release!: () => void;
+  let reached!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const h: Held = { reached: new Promise<void>((r) => (reached = r)), release, restore: () => undefined };
+  let armed = true;
+  if (call === 'write') {
+    const write = file.write.bind(file);
+    file.write = (data, pos, t) => {
+      if (!armed || t !== tag) return write(data, pos, t);
+      armed = false;
+      reached();
+      return gate.then(() => write(data, pos, t));
+    };
+    h.restore = () => void (file.write = write);
+  } else {
+    const datasync = file.datasync.bind(file);
+    file.datasync = (t) => {
+      if (!armed) return datasync(t);
+      armed = false;
+      reached();
+      return gate.then(() => datasync(t));
+    };
+    h.restore = () => void (file.datasync = datasync);
+  }
+  return h;
+}

@@ -60,7 +60,14 @@ export function qemuCheck(image: string, format?: string): QemuCheck {
     return { ok: bad === 0, output: out, json };
   } catch (e) {
     const err = e as { stdout?: string; stderr?: string };
-    return { ok: false, output: `${err.stdout ?? ''}${err.stderr ?? ''}` };
+    // Leaks or corruptions: qemu-img exits non-zero and still prints its JSON report.
+    let json: Record<string, unknown> | undefined;
+    try {
+      json = JSON.parse(err.stdout ?? '') as Record<string, unknown>;
+    } catch {
+      json = undefined;
+    }
+    return { ok: false, output: `${err.stdout ?? ''}${err.stderr ?? ''}`, json };
   }
 }
 

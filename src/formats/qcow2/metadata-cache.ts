@@ -170,6 +170,11 @@ export class MetadataCache {
     return e;
   }
 
+  /** Keeps an entry from eviction (one taken with peekEntry) until unpin(). */
+  pin(e: CacheEntry): void {
+    e.pins++;
+  }
+
   unpin(e: CacheEntry): void {
     e.pins--;
   }

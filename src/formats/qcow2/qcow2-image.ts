@@ -47,6 +47,8 @@ export interface DriverCounters {
   allocatedClusters: number;
   /** Of those, clusters allocated by a synchronous write (WritePath.tryAllocateSync). */
   syncAllocatedClusters: number;
+  /** Of those, clusters a larger write allocated without a plan or the image lock (WritePath.tryAllocate). */
+  directAllocatedClusters: number;
 }
 
 export interface Qcow2Parts {
@@ -188,7 +190,9 @@ export class Qcow2Image implements Image {
     checkRange(this, offset, buf.length);
     if (buf.length === 0) return;
     if (await this.freed.lockFreeIo(this.writer.tryDirect(offset, buf))) return;
-    await this.writer.write(offset, buf, 'unallocated');
+    const allocating = this.writer.tryAllocate(offset, buf);
+    if (allocating) await allocating;
+    else await this.writer.write(offset, buf, 'unallocated');
   }
 
   /**

@@ -50,6 +50,7 @@ export interface WriteCounters {
   dataWrites: number;
   allocatedClusters: number;
   syncAllocatedClusters: number;
+  directAllocatedClusters: number;
 }
 
 /** What the write path needs from its image. */
@@ -76,6 +77,15 @@ export interface LayerAccess extends L2Access {
   lockIdle(): boolean;
   /** This layer's current content (data, zeros, backing) for COW; tables must be pinned. */
   readLayer(offset: number, into: Buffer): Promise<void>;
+}
+
+/** Clusters reserved by reserveNew: guest clusters [c0, c0+k) at host, entries i0.. of table e. */
+interface NewClusters {
+  e: CacheEntry;
+  i0: number;
+  c0: number;
+  k: number;
+  host: number;
 }
 
 /** One host write of an in-place write: buf[from, to) at host. */
@@ -165,48 +175,91 @@ export class WritePath {
   }
 
   /**
-   * The allocating write in one synchronous step, for a small write (SYNC_IO_MAX) whose clusters
-   * all read as zeros without a host cluster (unallocated without a backing file, or zero), in
-   * one cached private L2 table, while nothing holds the image lock and no write has them in
-   * flight: new contiguous clusters from Refcounts.allocateSync (blocks cached), the payload
-   * written at once at its place in them (the rest reads as zeros already: new clusters lie past
-   * the end or were punched, as planRun relies on too), then the L2 entries. The same write
-   * order as the slow path is declared: the table waits for the refcount increments and for
-   * the data. Nothing is awaited, so no other change comes between the checks and the commit.
-   * False: nothing done. A failed data write leaks the new clusters, as the slow path's does.
+   * The allocating write in one synchronous step, for a small write (SYNC_IO_MAX): reserveNew()
+   * takes new clusters, the payload is written at once at its place in them, then the L2
+   * entries are set. Nothing is awaited, so no other change comes between the checks and the
+   * commit. False: nothing done. A failed data write leaks the new clusters, as the slow path's does.
    */
   tryAllocateSync(offset: number, buf: Buffer): boolean {
+    if (buf.length > SYNC_IO_MAX) return false;
+    const r = this.reserveNew(offset, buf);
+    if (!r) return false;
+    this.a.counters.syncAllocatedClusters += r.k;
+    this.a.dataFile.writeSync(buf, r.host + (offset - r.c0 * this.cs), 'data');
+    this.a.counters.dataWrites++;
+    this.commitNew(r, this.a.cache.dataWritten());
+    return true;
+  }
+
+  /**
+   * The same allocating write for a larger one, its data written without blocking: the clusters
+   * are reserved synchronously as in tryAllocateSync, held in the cluster range lock and their
+   * table pinned while the data goes out, then the entries are set, at once when the image lock
+   * is idle, else under it (a flush or eviction may be writing the table's buffer). What a
+   * sequential write into a fresh image takes: no plan, no image lock, one host write.
+   * Undefined: nothing done (the slow path's case).
+   */
+  tryAllocate(offset: number, buf: Buffer): Promise<void> | undefined {
+    const r = this.reserveNew(offset, buf);
+    if (!r) return undefined;
+    this.a.counters.directAllocatedClusters += r.k;
+    const lease = this.clusters.acquire(r.c0, r.c0 + r.k, false); // free: reserveNew checked wouldWait
+    this.a.cache.pin(r.e);
+    return this.finishNew(r, offset, buf).finally(() => {
+      this.a.cache.unpin(r.e);
+      lease.release();
+    });
+  }
+
+  private async finishNew(r: NewClusters, offset: number, buf: Buffer): Promise<void> {
+    this.a.counters.dataWrites++;
+    // A failed write commits nothing: the new clusters leak, nothing points at garbage.
+    const written = await trackData(this.a.cache, this.a.dataFile.write(buf, r.host + (offset - r.c0 * this.cs), 'data'));
+    if (this.a.lockIdle()) this.commitNew(r, written);
+    else await this.a.locked(async () => this.commitNew(r, written));
+  }
+
+  /**
+   * New contiguous host clusters for a write whose clusters all read as zeros without a host
+   * cluster (unallocated without a backing file, or zero), in one cached private L2 table, while
+   * nothing holds the image lock and no write has them in flight: from Refcounts.allocateSync
+   * (blocks cached), the table declared to wait for the refcount increments. The payload goes at
+   * its place in them; the rest reads as zeros already (new clusters lie past the end or were
+   * punched, as planRun relies on too). Undefined: nothing changed.
+   */
+  private reserveNew(offset: number, buf: Buffer): NewClusters | undefined {
     const { ctx, cache } = this.a;
     const l = ctx.layout;
-    if (buf.length > SYNC_IO_MAX || l.extended || l.dataFile || this.a.hasBacking || !this.a.lockIdle()) return false;
+    if (l.extended || l.dataFile || this.a.hasBacking || !this.a.lockIdle()) return undefined;
     const cs = this.cs;
     const c0 = Math.floor(offset / cs);
     const k = Math.floor((offset + buf.length - 1) / cs) - c0 + 1;
     const l1i = Math.floor(c0 / ctx.l2Entries);
-    if (Math.floor((c0 + k - 1) / ctx.l2Entries) !== l1i || l1i >= ctx.l1Size || !l1Copied(ctx.l1, l1i)) return false;
-    if (this.clusters.wouldWait(c0, c0 + k, false)) return false;
+    if (Math.floor((c0 + k - 1) / ctx.l2Entries) !== l1i || l1i >= ctx.l1Size || !l1Copied(ctx.l1, l1i)) return undefined;
+    if (this.clusters.wouldWait(c0, c0 + k, false)) return undefined;
     const tableOffset = this.a.l2Offset(l1i);
     const e = tableOffset ? cache.peekEntry(tableOffset) : undefined;
-    if (!e) return false;
+    if (!e) return undefined;
     const i0 = c0 % ctx.l2Entries;
     for (let i = i0; i < i0 + k; i++) {
       const kind = l2Kind(e.buf, i, l);
-      if (kind !== KIND_UNALLOCATED && !(kind === KIND_ZERO && l2HostOffset(e.buf, i, l) === 0)) return false;
+      if (kind !== KIND_UNALLOCATED && !(kind === KIND_ZERO && l2HostOffset(e.buf, i, l) === 0)) return undefined;
     }
     // All zeros: the slow path may leave a cluster unallocated instead.
-    if (isAllZero(buf) || !cache.canDependOnSync(e, 'refblock')) return false;
+    if (isAllZero(buf) || !cache.canDependOnSync(e, 'refblock')) return undefined;
     const host = this.a.refcounts.allocateSync(k);
-    if (host < 0) return false;
+    if (host < 0) return undefined;
     this.a.counters.allocatedClusters += k;
-    this.a.counters.syncAllocatedClusters += k;
     cache.dependOnSync(e, 'refblock');
-    this.a.dataFile.writeSync(buf, host + (offset - c0 * cs), 'data');
-    this.a.counters.dataWrites++;
-    const written = cache.dataWritten();
-    for (let j = 0; j < k; j++) setL2Normal(e.buf, i0 + j, l, host + j * cs, true);
-    e.dirty = true;
-    cache.pointsAtData(e, written);
-    return true;
+    return { e, i0, c0, k, host };
+  }
+
+  /** The L2 entries of reserved clusters point at their data, which `written` wrote. */
+  private commitNew(r: NewClusters, written: DataWrite): void {
+    const l = this.a.ctx.layout;
+    for (let j = 0; j < r.k; j++) setL2Normal(r.e.buf, r.i0 + j, l, r.host + j * this.cs, true);
+    r.e.dirty = true;
+    this.a.cache.pointsAtData(r.e, written);
   }
 
   /** The slow path: clusters taken, then plan (locked), data (unlocked), commit (locked). */

@@ -77,11 +77,12 @@ describe('qcow2 crash states: any subset of unsynced writes', () => {
   }
 
   for (const v of variants.filter((x) => x.trySync)) {
-    it(`${v.name}, fresh image: allocations made in one synchronous step keep the write order`, async () => {
+    it(`${v.name}, fresh image: allocations made in one synchronous step or without a plan keep the write order`, async () => {
       const f = path.join(dir, `${v.seed}-fresh.qcow2`);
       qemuImg(['create', '-q', '-f', 'qcow2', '-o', v.opts, f, '8M']);
       const rec = new CrashRecorder(f);
       let syncAllocated = 0;
+      let directAllocated = 0;
       try {
         // Four tables' worth of cache (the image has four L2 tables and refcount blocks): tables
         // are written back (evicted) between flushes, and often still cached for the next write.
@@ -92,11 +93,13 @@ describe('qcow2 crash states: any subset of unsynced writes', () => {
           await rec.guestFlush(() => img.flush());
         }
         syncAllocated = img.stats().driver['syncAllocatedClusters'] ?? 0;
+        directAllocated = img.stats().driver['directAllocatedClusters'] ?? 0;
         await img.close();
       } finally {
         rec.stop();
       }
       expect(syncAllocated).toBeGreaterThan(10);
+      expect(directAllocated, 'larger writes allocated without a plan (WritePath.tryAllocate)').toBeGreaterThan(10);
       const states = rec.states({ seed: v.seed, perEpoch: 12, allSubsetsUpTo: 6 });
       const res = await checkCrashStates(rec, states, {
         file: path.join(dir, `${v.seed}-fresh-state.qcow2`),
