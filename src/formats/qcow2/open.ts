@@ -77,7 +77,14 @@ export async function openQcow2(path: string, opts: OpenOptions): Promise<Qcow2I
     await file.read(l1, l1Offset, 'l1');
 
     const extended = (h.incompatible & INCOMPAT_EXTL2) !== 0n;
-    const counters: DriverCounters = { metadataWrites: 0, dataWrites: 0, hostFlushes: 0, allocatedClusters: 0, syncAllocatedClusters: 0, directAllocatedClusters: 0 };
+    const counters: DriverCounters = {
+      metadataWrites: 0,
+      dataWrites: 0,
+      hostFlushes: 0,
+      allocatedClusters: 0,
+      syncAllocatedClusters: 0,
+      directAllocatedClusters: 0,
+    };
     let refcounts: Refcounts | undefined;
     // Assigned once the cache exists; the cache's callbacks read it later.
     // eslint-disable-next-line prefer-const
