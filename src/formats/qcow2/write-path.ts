@@ -1,6 +1,8 @@
 /**
  * The write path. A request whose clusters are all private and allocated (and whose L2 tables
  * are cached) is one host write per host-contiguous run, with no lock and no metadata I/O.
+ * A request whose clusters all read as zeros without a host cluster, in one cached table, takes
+ * new clusters at once (reserveNew: tryAllocateSync for a small one, tryAllocate otherwise).
  * Everything else goes in three steps:
  *   0. the request's guest clusters are taken in `clusters`, a range lock (src/io/range-lock.ts)
  *      held until step 3 is done: a request touching a cluster another write has in flight
