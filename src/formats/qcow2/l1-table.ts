@@ -55,7 +55,14 @@ export class L1Table {
       e = cache.create('l2', host, src.buf);
       cache.unpin(src);
     }
-    await cache.dependOn(e, 'refblock'); // the L1 entry will point at a new cluster
+    try {
+      await cache.dependOn(e, 'refblock'); // the L1 entry will point at a new cluster
+    } catch (err) {
+      // Nothing will point at the new table: no pin may keep it in the cache for good (it is
+      // written back to its leaked cluster when evicted, harmlessly).
+      cache.unpin(e);
+      throw err;
+    }
     // The shared table's decrement is queued only once the L1 entry points away from it (a
     // failed dependOn above leaves the L1 on the old table, which must keep its count).
     if (old !== 0) rc.free(old, 2 ** ctx.clusterBits);
