@@ -16,6 +16,7 @@ import type { Image } from '../../src/formats/types';
 import { openImage } from '../../src/image/open';
 import { currentHeader, HEADER_OFFSETS, HEADER_SIZE } from '../../src/formats/vhdx/header';
 import { isNullGuid } from '../../src/formats/vhdx/guid';
+import { injectedError, isInjected } from './host-faults';
 import { rng } from './qemu';
 
 interface HostWrite {
@@ -39,11 +40,24 @@ interface GuestWrite {
   data: Buffer;
   start: number;
   end: number;
+  failed?: boolean; // an injected host failure made it fail: never acknowledged
 }
 
 interface GuestFlush {
   start: number;
-  end: number;
+  end: number; // Infinity when it failed: it acknowledged nothing
+}
+
+/**
+ * Host writes that fail (EIO) at random while recording. A failed write is recorded as never
+ * completed: its bytes may or may not be on the disk in any later crash state, as after a real
+ * failed write. Guest writes and flushes that fail because of one are not acknowledged.
+ */
+export interface HostFaults {
+  rate: number; // chance per host write of the recorded file
+  /** Other chances for writes of some tags (rare ones, such as a root table's, fail more often). */
+  byTag?: Partial<Record<IoTag, number>>;
+  seed: number;
 }
 
 /** Records host I/O on one file by wrapping HostFile's write/truncate/punchHole/datasync for the run. */
@@ -55,6 +69,10 @@ export class CrashRecorder {
   readonly guestFlushes: GuestFlush[] = [];
   readonly base: Buffer;
   private restore: (() => void) | undefined;
+  /** While set: host writes fail at random (see HostFaults); `injected` counts them. */
+  faults: HostFaults | undefined;
+  injected = 0;
+  private faultRng: (() => number) | undefined;
   /** Lets a test hold a host write or barrier back (by its tag) to force an interleaving. */
   hold: ((kind: 'write' | 'sync', tag: IoTag | undefined) => Promise<void> | undefined) | undefined;
 
@@ -76,6 +94,7 @@ export class CrashRecorder {
         completed: Infinity,
       };
       rec.writes.push(w);
+      if (rec.failNow(tag)) throw injectedError('EIO');
       await write.call(this, data, pos, tag);
       w.completed = rec.clock++;
     };
@@ -83,6 +102,10 @@ export class CrashRecorder {
     proto.writeSync = function (this: HostFile, data: Buffer, pos: number, tag?: IoTag): boolean {
       if (this.path !== rec.file) return writeSync.call(this, data, pos, tag);
       const w: HostWrite = { kind: 'write', tag, offset: pos, data: Buffer.from(data), issued: rec.clock++, completed: Infinity };
+      if (rec.failNow(tag)) {
+        rec.writes.push(w);
+        throw injectedError('EIO');
+      }
       const done = writeSync.call(this, data, pos, tag);
       if (done) rec.writes.push(w);
       w.completed = rec.clock++;
@@ -113,18 +136,43 @@ export class CrashRecorder {
     this.restore = () => Object.assign(proto, { write, writeSync, truncate, datasync, punchHole });
   }
 
-  /** A guest write through the image, timed on the same clock as the host I/O. */
+  /** Whether the host write being made fails (faults set). */
+  private failNow(tag: IoTag | undefined): boolean {
+    if (!this.faults) return false;
+    this.faultRng ??= rng(this.faults.seed);
+    const rate = (tag && this.faults.byTag?.[tag]) ?? this.faults.rate;
+    if (this.faultRng() >= rate) return false;
+    this.injected++;
+    return true;
+  }
+
+  /**
+   * A guest write through the image, timed on the same clock as the host I/O. One that fails
+   * because of an injected host failure is recorded as failed (never acknowledged); any other
+   * failure is thrown.
+   */
   async guestWrite(offset: number, data: Buffer, run: () => Promise<void>, what = 'write'): Promise<void> {
     const g: GuestWrite = { what, offset, data: Buffer.from(data), start: this.clock++, end: Infinity };
     this.guestWrites.push(g);
-    await run();
+    try {
+      await run();
+    } catch (e) {
+      if (!isInjected(e)) throw e;
+      g.failed = true;
+    }
     g.end = this.clock++;
   }
 
+  /** A guest flush; one that fails because of an injected host failure acknowledges nothing. */
   async guestFlush(run: () => Promise<void>): Promise<void> {
     const f: GuestFlush = { start: this.clock++, end: Infinity };
     this.guestFlushes.push(f);
-    await run();
+    try {
+      await run();
+    } catch (e) {
+      if (!isInjected(e)) throw e;
+      return;
+    }
     f.end = this.clock++;
   }
 
@@ -180,7 +228,7 @@ export class CrashRecorder {
   private ackedWrites(until: number): Set<GuestWrite> {
     let flushStart = -1;
     for (const f of this.guestFlushes) if (f.end < until) flushStart = Math.max(flushStart, f.start);
-    return new Set(this.guestWrites.filter((g) => g.end < flushStart));
+    return new Set(this.guestWrites.filter((g) => g.end < flushStart && !g.failed));
   }
 
   /** The bytes of the file in a crash state. */

@@ -12,6 +12,11 @@ export function injectedError(code: FaultCode): Error {
   return Object.assign(new Error(`${code} (injected)`), { code });
 }
 
+/** Whether `e` is (or was caused by) an injected failure: its message says so. */
+export function isInjected(e: unknown): boolean {
+  return e instanceof Error && e.message.includes('(injected)');
+}
+
 interface FaultOptions {
   /** How many matching calls fail (default 1; Infinity: all until restored). */
   times?: number;
