@@ -303,6 +303,8 @@ export class Qcow2Image implements Image {
     if (this.closed) return;
     try {
       if (!this.readOnly) {
+        // A write still in flight commits its L2 entries when its data lands: before the flush.
+        await this.writer.drain();
         await this.flush();
         if (this.refcounts?.lazyRefcounts?.marked) await this.imageLock.run(() => this.refcounts!.setDirtyBit(false));
       }

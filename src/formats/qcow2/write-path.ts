@@ -21,7 +21,7 @@
  * the data written to them); the metadata cache writes it back only after those are durable.
  */
 import { SYNC_IO_MAX, type HostFile } from '../../io/host-file';
-import { OrderedRangeLock } from '../../io/range-lock';
+import { EVERYTHING, OrderedRangeLock } from '../../io/range-lock';
 import { isAllZero } from '../all-zero';
 import { mapSync, MapContext } from './mapping';
 import { EntryOf, Plan, planSubclusters, planZeroAllocated, privateHost, trackData } from './cluster-reuse';
@@ -290,6 +290,11 @@ export class WritePath {
     } finally {
       lease.release();
     }
+  }
+
+  /** Resolves once every write and discard that has clusters in flight now has ended (close). */
+  drain(): Promise<void> {
+    return this.clusters.run(0, EVERYTHING, false, async () => undefined);
   }
 
   /**

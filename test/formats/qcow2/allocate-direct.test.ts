@@ -154,4 +154,23 @@ describe('qcow2 larger writes into fresh clusters, allocated without a plan', ()
     expect((await readAll(reopened)).equals(mirror)).toBe(true);
     await reopened.close();
   });
+
+  it('close waits for a write whose data is still in flight, so its L2 entries reach the disk', async () => {
+    const { file, img, mirror } = await fresh('close.qcow2');
+    const held = holdNext(fileOf(img), 'write', 'data');
+    const big = pattern(512 * KiB, 11);
+    const writing = img.write(2 * MiB, big);
+    await held.reached;
+    const closing = img.close();
+    await sleep(20);
+    held.release();
+    await Promise.all([writing, closing]);
+    held.restore();
+    big.copy(mirror, 2 * MiB);
+    const check = qemuCheck(file);
+    expect(check.ok, check.output).toBe(true);
+    const reopened = await openImage(file, { writable: false });
+    expect((await readAll(reopened)).equals(mirror), 'the write acknowledged before close returned is in the image').toBe(true);
+    await reopened.close();
+  });
 });
