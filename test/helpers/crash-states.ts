@@ -506,3 +506,27 @@ export async function concurrentStorm(
   await Promise.all(Array.from({ length: writers }, (_, w) => one(w)));
   return { syncWrites };
 }
+
+/**
+ * Rounds of concurrentStorm with host writes failing at random (`rec.faults`), a flush after
+ * each; then the faults off and one more flush, so what a failed write-back left dirty goes
+ * out. Returns how many guest writes failed (an injected failure of any other kind is a bug and
+ * is thrown by concurrentStorm).
+ */
+export async function faultyStorm(
+  img: Image,
+  rec: CrashRecorder,
+  o: { seed: number; rounds: number; writers: number; ops: number; unit: number; faults: HostFaults; trySync?: boolean },
+): Promise<number> {
+  rec.faults = o.faults;
+  try {
+    for (let round = 0; round < o.rounds; round++) {
+      await concurrentStorm(img, rec, o.seed + round, o.writers + (round % 2), o.ops, o.unit, { trySync: o.trySync });
+      await rec.guestFlush(() => img.flush());
+    }
+  } finally {
+    rec.faults = undefined;
+  }
+  await img.flush();
+  return rec.guestWrites.filter((g) => g.failed).length;
+}

@@ -14,6 +14,7 @@
  *   format has one, zeros written otherwise).
  */
 import { VdiskError } from '../../io/errors';
+import { allEnded, started } from '../../io/settle';
 import { EVERYTHING, OrderedRangeLock } from '../../io/range-lock';
 import {
   checkRange,
@@ -176,13 +177,16 @@ export class BlockImage implements Image {
   private async writeInPlace(offset: number, buf: Buffer): Promise<void> {
     const m = newMapping();
     const writes: Promise<void>[] = [];
-    for (let pos = 0; pos < buf.length; pos += m.length) {
-      this.mapSync(offset + pos, buf.length - pos, m);
-      if (m.kind !== DATA) throw VdiskError.io(`${this.path}: block at ${offset + pos} is not stored for an in-place write`);
-      writes.push(this.table.file.write(buf.subarray(pos, pos + m.length), m.host, 'data'));
+    try {
+      for (let pos = 0; pos < buf.length; pos += m.length) {
+        this.mapSync(offset + pos, buf.length - pos, m);
+        if (m.kind !== DATA) throw VdiskError.io(`${this.path}: block at ${offset + pos} is not stored for an in-place write`);
+        writes.push(started(this.table.file.write(buf.subarray(pos, pos + m.length), m.host, 'data')));
+      }
+    } finally {
+      this.counters.inPlaceWrites++;
+      await allEnded(writes);
     }
-    this.counters.inPlaceWrites++;
-    await Promise.all(writes);
   }
 
   /**
@@ -208,7 +212,7 @@ export class BlockImage implements Image {
         const to = Math.min(end, start + bs);
         const slice = buf.subarray(from - offset, to - offset);
         if (this.whole(b)) {
-          inPlace.push(this.writeInPlace(from, slice));
+          inPlace.push(started(this.writeInPlace(from, slice)));
           continue;
         }
         const e = this.table.entry(b);

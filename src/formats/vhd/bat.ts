@@ -14,6 +14,7 @@
  * written after the barrier.
  */
 import { VdiskError } from '../../io/errors';
+import { allEnded, started } from '../../io/settle';
 import type { HostFile } from '../../io/host-file';
 import { BLOCK_ABSENT, type BlockContent, type BlockTable } from '../blocks/block-table';
 import { blockBytes, Segments } from '../blocks/segments';
@@ -110,17 +111,20 @@ export class VhdBat implements BlockTable {
         // Its bitmap says "all here" only once they have landed (below): until then a read of
         // them must still go to the parent, and a write elsewhere in the block must not take
         // it for whole and write in place, where this rebuilt content would land over it.
-        inPlace.push(this.file.write(c.data, e * SECTOR + this.bitmapBytes + c.at, 'data'));
+        inPlace.push(started(this.file.write(c.data, e * SECTOR + this.bitmapBytes + c.at, 'data')));
         completed.push(c.block);
       }
     }
-    if (fresh.length) {
-      if (at / SECTOR >= BAT_UNUSED) throw VdiskError.noSpace(`${this.file.path}: a VHD cannot grow past 2 TiB of file`);
-      segs.add(at, this.footer); // the footer moves to the new end
-      this.freeOffset = at;
-      inPlace.push(segs.write(this.file, 'data').then(() => undefined));
+    try {
+      if (fresh.length) {
+        if (at / SECTOR >= BAT_UNUSED) throw VdiskError.noSpace(`${this.file.path}: a VHD cannot grow past 2 TiB of file`);
+        segs.add(at, this.footer); // the footer moves to the new end
+        this.freeOffset = at;
+        inPlace.push(segs.write(this.file, 'data').then(() => undefined));
+      }
+    } finally {
+      await allEnded(inPlace); // every write started ends before the store does, also when one fails
     }
-    await Promise.all(inPlace);
     for (const b of completed) {
       this.bitmaps?.set(b, Buffer.from(this.full));
       this.dirtyBitmaps.add(b);

@@ -4,6 +4,7 @@ import { VdiskError } from '../../io/errors';
 import { alignUp } from '../../io/safe-int';
 import { SYNC_IO_MAX, type HostFile } from '../../io/host-file';
 import type { OrderedRangeLock, RangeLease } from '../../io/range-lock';
+import { allEnded, started } from '../../io/settle';
 import { sliceVector, type CowSource } from './extent';
 import { GTE_ZEROED, SECTOR } from './sparse-header';
 import * as marker from './stream-marker';
@@ -223,16 +224,30 @@ async function allocateAndWrite(
   cow: CowSource | null,
   c: Classified,
 ): Promise<void> {
-  const G = ext.grainBytes;
   const { missing } = c;
   const inPlace = c.inPlace.map(([s, host, n]) => {
     ext.stats.dataWrites++;
-    return ext.file.write(sliceVector(data, s - offset, n), host, 'data');
+    return started(ext.file.write(sliceVector(data, s - offset, n), host, 'data'));
   });
-  if (missing.length === 0) {
-    await Promise.all(inPlace);
-    return;
+  try {
+    await allocateMissing(ext, offset, end, data, cow, missing);
+  } finally {
+    // Every in-place run ends before the request does, also when the allocation failed.
+    await allEnded(inPlace);
   }
+}
+
+/** allocateAndWrite's missing grains: COW fills, the fresh run written, then the table entries. */
+async function allocateMissing(
+  ext: GrainSpace,
+  offset: number,
+  end: number,
+  data: Buffer[],
+  cow: CowSource | null,
+  missing: Classified['missing'],
+): Promise<void> {
+  const G = ext.grainBytes;
+  if (missing.length === 0) return;
 
   for (const m of missing) ext.ensureTable(Math.floor(m.g / ext.gtEntries));
   // Whole-grain pieces, built synchronously; only partial grains (at most the first and the
@@ -253,10 +268,9 @@ async function allocateAndWrite(
         await ext.file.write(p.bufs, start + p.at, 'data');
       }
     } else {
-      await Promise.all([writeFreshRun(ext, start, grains), ...inPlace]);
+      await writeFreshRun(ext, start, grains);
     }
   }
-  await Promise.all(inPlace);
   // A clean table may have been evicted while the data was in flight: bring it back first.
   if (!ext.tablesResident(missing[0]!.g, missing[missing.length - 1]!.g + 1))
     await ext.loadTables(missing[0]!.g, missing[missing.length - 1]!.g + 1);

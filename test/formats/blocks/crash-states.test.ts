@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../../src/image/open';
-import { checkCrashStates, concurrentStorm, CrashRecorder } from '../../helpers/crash-states';
+import { checkCrashStates, concurrentStorm, CrashRecorder, faultyStorm } from '../../helpers/crash-states';
 import { tmpDir } from '../../helpers/image-io';
 import { qemuImg, qemuIo } from '../../helpers/qemu';
 
@@ -61,5 +61,48 @@ describe('block formats, crash states: any subset of unsynced writes', () => {
         expect(res.bad).toEqual([]);
       });
     }
+  }
+
+  // VHD only: VDI's run showed one bad crash state in three runs (timing-dependent, not yet
+  // diagnosed; see the README's Reliability section), so it is not in CI until it is understood.
+  for (const { format, ext, block } of FORMATS.filter((x) => x.format === 'vpc')) {
+    it(`${format}, host writes failing at random: every state is one QEMU accepts and keeps what flush() acknowledged`, async () => {
+      const f = path.join(dir, `faults.${ext}`);
+      qemuImg(['create', '-q', '-f', format, f, '32M']);
+      qemuIo(f, ['write -P 0x31 0 1M'], format);
+      const probe = await openImage(f, { writable: false });
+      const initial = Buffer.alloc(probe.virtualSize);
+      await probe.read(0, initial);
+      await probe.close();
+      const rec = new CrashRecorder(f);
+      let failedWrites = 0;
+      try {
+        const img = await openImage(f, { writable: true });
+        failedWrites = await faultyStorm(img, rec, {
+          seed: 970,
+          rounds: 2,
+          writers: 3,
+          ops: 10,
+          unit: block / 4,
+          trySync: true,
+          faults: { rate: 0.05, byTag: { bat: 0.2, header: 0.3, footer: 0.3, bitmap: 0.1 }, seed: 970 },
+        });
+        await img.close();
+      } finally {
+        rec.stop();
+      }
+      expect(rec.injected).toBeGreaterThan(3);
+      expect(failedWrites).toBeGreaterThan(1);
+      const states = rec.states({ seed: 7, perEpoch: 10, allSubsetsUpTo: 5 });
+      const res = await checkCrashStates(rec, states, {
+        file: path.join(dir, `faults-state.${ext}`),
+        format,
+        initial,
+        budget: 60,
+        seed: 7,
+      });
+      expect(res.states).toBeGreaterThan(20);
+      expect(res.bad).toEqual([]);
+    });
   }
 });

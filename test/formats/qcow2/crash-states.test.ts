@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../../src/image/open';
-import { checkCrashStates, concurrentStorm, CrashRecorder } from '../../helpers/crash-states';
+import { checkCrashStates, concurrentStorm, CrashRecorder, faultyStorm } from '../../helpers/crash-states';
 import { qemuCheck, qemuImg, qemuIo } from '../../helpers/qemu';
 import { tempDir } from './helpers';
 
@@ -163,16 +163,17 @@ describe('qcow2 crash states: any subset of unsynced writes', () => {
       let failedWrites = 0;
       try {
         const img = await openImage(f, { writable: true, tuning: { qcow2: { cacheSize: 3 * 4096 } } });
-        // Root tables are written a few times a run: they fail often, so their failures are seen.
-        rec.faults = { rate: 0.04, byTag: { l1: 0.5, reftable: 0.5, header: 0.3, refblock: 0.1, l2: 0.1 }, seed: 900 + v.seed };
-        for (let round = 0; round < 3; round++) {
-          await concurrentStorm(img, rec, 900 + 10 * v.seed + round, 1 + (round % 3), 30, 4096, { trySync: v.trySync });
-          await rec.guestFlush(() => img.flush());
-        }
-        rec.faults = undefined;
-        await img.flush(); // the tables a failed write-back left dirty go out now
+        failedWrites = await faultyStorm(img, rec, {
+          seed: 900 + 10 * v.seed,
+          rounds: 3,
+          writers: 1,
+          ops: 30,
+          unit: 4096,
+          trySync: v.trySync,
+          // Root tables are written a few times a run: they fail often, so their failures are seen.
+          faults: { rate: 0.04, byTag: { l1: 0.5, reftable: 0.5, header: 0.3, refblock: 0.1, l2: 0.1 }, seed: 900 + v.seed },
+        });
         await img.close();
-        failedWrites = rec.guestWrites.filter((g) => g.failed).length;
       } finally {
         rec.stop();
       }

@@ -9,7 +9,7 @@
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openImage } from '../../../src/image/open';
-import { checkCrashStates, concurrentStorm, CrashRecorder } from '../../helpers/crash-states';
+import { checkCrashStates, concurrentStorm, CrashRecorder, faultyStorm } from '../../helpers/crash-states';
 import { qemuCheck, qemuImg, qemuIo } from '../../helpers/qemu';
 import { rmrf, tmpDir } from './helpers';
 
@@ -62,4 +62,43 @@ describe('vhdx crash states: any subset of unsynced writes', () => {
       expect(final.ok, final.output).toBe(true);
     }, 300_000);
   }
+
+  it('dynamic, block 1M, host writes failing at random: every state passes qemu-img check and keeps what flush() acknowledged', async () => {
+    const f = path.join(dir, 'faults.vhdx');
+    qemuImg(['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', f, '8M']);
+    qemuIo(f, ['write -P 0x31 0 1M'], 'vhdx');
+    const initial = Buffer.alloc(8 * MiB);
+    initial.fill(0x31, 0, MiB);
+    const rec = new CrashRecorder(f);
+    let failedWrites = 0;
+    try {
+      const img = await openImage(f, { writable: true });
+      failedWrites = await faultyStorm(img, rec, {
+        seed: 990,
+        rounds: 2,
+        writers: 3,
+        ops: 10,
+        unit: 256 * 1024,
+        trySync: true,
+        faults: { rate: 0.1, byTag: { log: 0.2, header: 0.3, bat: 0.2, metadata: 0.3 }, seed: 990 },
+      });
+      await img.close();
+    } finally {
+      rec.stop();
+    }
+    expect(rec.injected).toBeGreaterThan(3);
+    expect(failedWrites).toBeGreaterThan(1);
+    const states = rec.states({ seed: 9, perEpoch: 10, allSubsetsUpTo: 5 });
+    const res = await checkCrashStates(rec, states, {
+      file: path.join(dir, 'faults-state.vhdx'),
+      format: 'vhdx',
+      initial,
+      budget: 60,
+      seed: 9,
+    });
+    expect(res.states).toBeGreaterThan(20);
+    expect(res.bad).toEqual([]);
+    const final = qemuCheck(f, 'vhdx');
+    expect(Number(final.json?.['corruptions'] ?? 0) + Number(final.json?.['check-errors'] ?? 0), final.output).toBe(0);
+  }, 300_000);
 });
