@@ -13,6 +13,7 @@
  */
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
+import { allEnded } from '../../io/settle';
 import { BLOCK_ABSENT, BLOCK_ZERO, type BlockContent, type BlockTable } from '../blocks/block-table';
 import { blockBytes, Segments } from '../blocks/segments';
 import { ENTRY_FREE, ENTRY_ZERO, SECTOR, setBlocksAllocated, type VdiHeader } from './header';
@@ -142,11 +143,19 @@ export class VdiBlockMap implements BlockTable {
     setBlocksAllocated(this.headerRegion, this.allocated);
     const mapBytes = (s: number) => this.map.subarray(s * SECTOR, Math.min(this.map.length, (s + 1) * SECTOR));
     const lastEnd = sectors.length ? Math.min(this.map.length, (sectors[sectors.length - 1]! + 1) * SECTOR) : 0;
-    if (this.headerRegion.length === h.offsetBmap && h.offsetBmap + lastEnd <= ONE_WRITE_MAX) {
-      await this.file.write([this.headerRegion, this.map.subarray(0, lastEnd)], 0, 'bat');
-      return;
+    try {
+      if (this.headerRegion.length === h.offsetBmap && h.offsetBmap + lastEnd <= ONE_WRITE_MAX) {
+        await this.file.write([this.headerRegion, this.map.subarray(0, lastEnd)], 0, 'bat');
+        return;
+      }
+      if (wasHeaderDirty || sectors.length) await this.file.write(this.headerRegion, 0, 'header');
+      await allEnded(sectors.map((s) => this.file.write(mapBytes(s), h.offsetBmap + s * SECTOR, 'bat')));
+    } catch (e) {
+      // Still dirty: the next flush writes them again. Were they forgotten, that flush would find
+      // nothing to write and acknowledge blocks whose entries never reached the disk.
+      for (const s of sectors) this.dirtySectors.add(s);
+      this.headerDirty ||= wasHeaderDirty || sectors.length > 0;
+      throw e;
     }
-    if (wasHeaderDirty || sectors.length) await this.file.write(this.headerRegion, 0, 'header');
-    await Promise.all(sectors.map((s) => this.file.write(mapBytes(s), h.offsetBmap + s * SECTOR, 'bat')));
   }
 }

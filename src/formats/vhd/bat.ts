@@ -153,7 +153,15 @@ export class VhdBat implements BlockTable {
       i = j + 1;
     }
     for (const b of bitmaps) writes.push(this.file.write(this.bitmaps!.get(b)!, this.rawEntry(b) * SECTOR, 'bitmap'));
-    await Promise.all(writes);
+    try {
+      await allEnded(writes);
+    } catch (e) {
+      // Still dirty: the next flush writes them again. Were they forgotten, that flush would find
+      // nothing to write and acknowledge blocks whose entries never reached the disk.
+      for (const s of sectors) this.dirtySectors.add(s);
+      for (const b of bitmaps) this.dirtyBitmaps.add(b);
+      throw e;
+    }
   }
 }
 

@@ -63,9 +63,10 @@ describe('block formats, crash states: any subset of unsynced writes', () => {
     }
   }
 
-  // VHD only: VDI's run showed one bad crash state in three runs (timing-dependent, not yet
-  // diagnosed; see the README's Reliability section), so it is not in CI until it is understood.
-  for (const { format, ext, block } of FORMATS.filter((x) => x.format === 'vpc')) {
+  // Seed 975 made VDI lose a block before the tables kept their dirty sectors through a failed
+  // write (test/formats/blocks/failed-flush.test.ts).
+  for (const { format, ext, block } of FORMATS) {
+    const seed = format === 'vdi' ? 975 : 970;
     it(`${format}, host writes failing at random: every state is one QEMU accepts and keeps what flush() acknowledged`, async () => {
       const f = path.join(dir, `faults.${ext}`);
       qemuImg(['create', '-q', '-f', format, f, '32M']);
@@ -79,13 +80,13 @@ describe('block formats, crash states: any subset of unsynced writes', () => {
       try {
         const img = await openImage(f, { writable: true });
         failedWrites = await faultyStorm(img, rec, {
-          seed: 970,
+          seed,
           rounds: 2,
           writers: 3,
           ops: 10,
           unit: block / 4,
           trySync: true,
-          faults: { rate: 0.05, byTag: { bat: 0.2, header: 0.3, footer: 0.3, bitmap: 0.1 }, seed: 970 },
+          faults: { rate: 0.05, byTag: { bat: 0.2, header: 0.3, footer: 0.3, bitmap: 0.1 }, seed },
         });
         await img.close();
       } finally {
