@@ -14,7 +14,7 @@
  *   format has one, zeros written otherwise).
  */
 import { VdiskError } from '../../io/errors';
-import { allEnded, started } from '../../io/settle';
+import { allEnded, InFlight, started } from '../../io/settle';
 import { EVERYTHING, OrderedRangeLock } from '../../io/range-lock';
 import {
   checkRange,
@@ -56,6 +56,8 @@ export class BlockImage implements Image {
   private readonly tableLock = new OrderedRangeLock();
   private readonly counters = { blocksStored: 0, inPlaceWrites: 0, flushes: 0, punched: 0 };
   private closed = false;
+  /** Requests running (close waits for them). */
+  private readonly inFlight = new InFlight();
 
   constructor(private readonly parts: BlockImageParts) {
     this.format = parts.format;
@@ -138,7 +140,11 @@ export class BlockImage implements Image {
     return readThroughSync(this.access, offset, into);
   }
 
-  async write(offset: number, data: Buffer | Buffer[]): Promise<void> {
+  write(offset: number, data: Buffer | Buffer[]): Promise<void> {
+    return this.inFlight.track(this.writeNow(offset, data));
+  }
+
+  private async writeNow(offset: number, data: Buffer | Buffer[]): Promise<void> {
     const buf = Array.isArray(data) ? (data.length === 1 ? data[0]! : Buffer.concat(data)) : data;
     this.writable();
     checkRange(this, offset, buf.length);
@@ -243,11 +249,19 @@ export class BlockImage implements Image {
     if (failed) throw failed.reason;
   }
 
-  async writeZeroes(offset: number, length: number): Promise<void> {
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.inFlight.track(this.writeZeroesNow(offset, length));
+  }
+
+  private async writeZeroesNow(offset: number, length: number): Promise<void> {
     await this.zeroRange(offset, length);
   }
 
-  async discard(offset: number, length: number): Promise<void> {
+  discard(offset: number, length: number): Promise<void> {
+    return this.inFlight.track(this.discardNow(offset, length));
+  }
+
+  private async discardNow(offset: number, length: number): Promise<void> {
     await this.zeroRange(offset, length);
   }
 
@@ -305,6 +319,7 @@ export class BlockImage implements Image {
   async close(): Promise<void> {
     if (this.closed) return;
     try {
+      await this.inFlight.drained();
       await this.flush();
     } finally {
       this.closed = true;

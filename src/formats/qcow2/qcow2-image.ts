@@ -13,6 +13,7 @@
 import createDebug from 'debug';
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
+import { InFlight } from '../../io/settle';
 import { checkRange, readThrough, readThroughSync } from '../data-path';
 import type { Extent, Image, ImageInfo, ImageStats } from '../types';
 import { CompressedClusters } from './compression';
@@ -89,6 +90,8 @@ export class Qcow2Image implements Image {
   private readonly writer: WritePath;
   private readonly l1: L1Table;
   private closed = false;
+  /** Requests running (close waits for them). */
+  private readonly inFlight = new InFlight();
   /** Guest reads: tables missing from the cache are loaded under the lock. */
   private readonly reads: Qcow2Access;
   /** COW reads of this layer during a write, whose tables the write has pinned. */
@@ -184,7 +187,11 @@ export class Qcow2Image implements Image {
 
   // ---- writes ----
 
-  async write(offset: number, data: Buffer | Buffer[]): Promise<void> {
+  write(offset: number, data: Buffer | Buffer[]): Promise<void> {
+    return this.inFlight.track(this.writeNow(offset, data));
+  }
+
+  private async writeNow(offset: number, data: Buffer | Buffer[]): Promise<void> {
     const buf = Array.isArray(data) ? (data.length === 1 ? data[0]! : Buffer.concat(data)) : data;
     this.checkWritable();
     checkRange(this, offset, buf.length);
@@ -206,7 +213,11 @@ export class Qcow2Image implements Image {
     return this.writer.tryDirectSync(offset, data) || this.writer.tryAllocateSync(offset, data);
   }
 
-  async writeZeroes(offset: number, length: number): Promise<void> {
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.inFlight.track(this.writeZeroesNow(offset, length));
+  }
+
+  private async writeZeroesNow(offset: number, length: number): Promise<void> {
     this.checkWritable();
     checkRange(this, offset, length);
     // Bounded chunks: one zero buffer, reused (only partial clusters ever copy from it).
@@ -222,7 +233,11 @@ export class Qcow2Image implements Image {
   }
 
   /** discard.ts; frees pile up until a flush applies them, or this many bytes of them wait. */
-  async discard(offset: number, length: number): Promise<void> {
+  discard(offset: number, length: number): Promise<void> {
+    return this.inFlight.track(this.discardNow(offset, length));
+  }
+
+  private async discardNow(offset: number, length: number): Promise<void> {
     this.checkWritable();
     checkRange(this, offset, length);
     if (length === 0) return;
@@ -304,6 +319,7 @@ export class Qcow2Image implements Image {
     try {
       if (!this.readOnly) {
         // A write still in flight commits its L2 entries when its data lands: before the flush.
+        await this.inFlight.drained();
         await this.writer.drain();
         await this.flush();
         if (this.refcounts?.lazyRefcounts?.marked) await this.imageLock.run(() => this.refcounts!.setDirtyBit(false));

@@ -4,6 +4,7 @@
  */
 import * as path from 'node:path';
 import createDebug from 'debug';
+import { InFlight } from '../../io/settle';
 import { HostFile } from '../../io/host-file';
 import { VdiskError } from '../../io/errors';
 import { checkRange, DATA, readThrough, readThroughSync, UNALLOCATED, ZERO, type FormatAccess, type Mapping } from '../data-path';
@@ -42,6 +43,8 @@ export class VhdxImage implements Image {
   private session: Promise<void> | undefined;
   private sessionOpen = false;
   private closed = false;
+  /** Requests running (close waits for them). */
+  private readonly inFlight = new InFlight();
 
   private constructor(
     readonly path: string,
@@ -180,7 +183,11 @@ export class VhdxImage implements Image {
     return readThrough(this.access, guest, into);
   }
 
-  async write(offset: number, data: Buffer | Buffer[]): Promise<void> {
+  write(offset: number, data: Buffer | Buffer[]): Promise<void> {
+    return this.inFlight.track(this.writeNow(offset, data));
+  }
+
+  private async writeNow(offset: number, data: Buffer | Buffer[]): Promise<void> {
     if (this.readOnly) refuseReadOnly(this.path);
     const buf = Array.isArray(data) ? (data.length === 1 ? data[0]! : Buffer.concat(data)) : data;
     checkRange(this, offset, buf.length);
@@ -199,7 +206,11 @@ export class VhdxImage implements Image {
     return true;
   }
 
-  async writeZeroes(offset: number, length: number): Promise<void> {
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.inFlight.track(this.writeZeroesNow(offset, length));
+  }
+
+  private async writeZeroesNow(offset: number, length: number): Promise<void> {
     if (this.readOnly) refuseReadOnly(this.path);
     checkRange(this, offset, length);
     if (length === 0) return;
@@ -208,7 +219,11 @@ export class VhdxImage implements Image {
     this.changes++;
   }
 
-  async discard(offset: number, length: number): Promise<void> {
+  discard(offset: number, length: number): Promise<void> {
+    return this.inFlight.track(this.discardNow(offset, length));
+  }
+
+  private async discardNow(offset: number, length: number): Promise<void> {
     if (this.readOnly) refuseReadOnly(this.path);
     checkRange(this, offset, length);
     if (length === 0) return;
@@ -267,6 +282,7 @@ export class VhdxImage implements Image {
     if (this.closed) return;
     this.closed = true;
     try {
+      await this.inFlight.drained();
       await this.flush();
     } finally {
       await Promise.allSettled([this.f.close(), this.parent?.close()]);

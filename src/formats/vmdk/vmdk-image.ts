@@ -2,6 +2,7 @@ import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
 import createDebug from 'debug';
 import { HostFile } from '../../io/host-file';
+import { InFlight } from '../../io/settle';
 import { VdiskError } from '../../io/errors';
 import { checkRange, readThrough, readThroughSync } from '../data-path';
 import type { Extent, Image, ImageInfo, ImageStats, OpenOptions } from '../types';
@@ -34,6 +35,8 @@ export class VmdkImage implements Image {
   /** The first write's new CID is written: later writes need not wait for it (writeSync). */
   private cidWritten = false;
   private closed = false;
+  /** Requests running (close waits for them). */
+  private readonly inFlight = new InFlight();
 
   private constructor(
     readonly path: string,
@@ -178,7 +181,11 @@ export class VmdkImage implements Image {
     return readThroughSync(this.chain, offset, into);
   }
 
-  async write(offset: number, data: Buffer | Buffer[]): Promise<void> {
+  write(offset: number, data: Buffer | Buffer[]): Promise<void> {
+    return this.inFlight.track(this.writeNow(offset, data));
+  }
+
+  private async writeNow(offset: number, data: Buffer | Buffer[]): Promise<void> {
     const bufs = Array.isArray(data) ? data : [data];
     let length = 0;
     for (const b of bufs) length += b.length;
@@ -206,7 +213,11 @@ export class VmdkImage implements Image {
     return p.ext.writeSync?.(p.eo, data, this.parent !== undefined) ?? false;
   }
 
-  async writeZeroes(offset: number, length: number): Promise<void> {
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.inFlight.track(this.writeZeroesNow(offset, length));
+  }
+
+  private async writeZeroesNow(offset: number, length: number): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
     checkRange(this, offset, length);
     if (length === 0) return;
@@ -221,7 +232,11 @@ export class VmdkImage implements Image {
    * grains that hold data (or would show the parent); FLAT extents: the host range punched.
    * A streamOptimized (compressed) extent is append-only: EROFS.
    */
-  async discard(offset: number, length: number): Promise<void> {
+  discard(offset: number, length: number): Promise<void> {
+    return this.inFlight.track(this.discardNow(offset, length));
+  }
+
+  private async discardNow(offset: number, length: number): Promise<void> {
     if (this.readOnly) throw VdiskError.readOnly(`${this.path} is read-only`);
     checkRange(this, offset, length);
     if (length === 0) return;
@@ -315,6 +330,7 @@ export class VmdkImage implements Image {
     if (this.closed) return;
     this.closed = true;
     try {
+      await this.inFlight.drained();
       await this.flush();
     } finally {
       await Promise.allSettled([...this.extents.map((e) => e.close()), this.descriptorFile?.close()]);
