@@ -122,6 +122,14 @@ function openError(e: NodeJS.ErrnoException, path: string): VdiskError {
 export class HostFile {
   readonly counters: IoCounters = newCounters();
   private closed = false;
+  /**
+   * The first fdatasync failure, kept for good. After a failed fdatasync Linux may have marked
+   * the pages it could not write clean, and the next fdatasync succeeds with them never written
+   * (what PostgreSQL met in 2018; QEMU's file-posix fails every later flush for the same reason).
+   * What is on the disk is unknown from then on, so every later datasync fails without asking
+   * the kernel; reopening the image (remounting) starts again from what is on the disk.
+   */
+  private syncFailure: Error | undefined;
   /** Starts the host's writeback of streams as they are written (src/io/write-behind.ts). */
   private readonly writeBehind: WriteBehind;
 
@@ -256,11 +264,29 @@ export class HostFile {
     return true;
   }
 
-  /** Makes every completed write durable (fdatasync). */
+  /**
+   * Makes every completed write durable (fdatasync). Once one failed, every later call fails too
+   * (syncFailure): no flush may acknowledge bytes that may be lost.
+   */
   async datasync(tag?: IoTag): Promise<void> {
-    await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(fromNodeError(e, `fdatasync ${this.path}`)) : res())));
+    if (this.syncFailure) throw this.earlierSyncFailed(this.syncFailure);
+    try {
+      await new Promise<void>((res, rej) => fs.fdatasync(this.fd, (e) => (e ? rej(fromNodeError(e, `fdatasync ${this.path}`)) : res())));
+    } catch (e) {
+      this.syncFailure ??= asError(e);
+      throw e;
+    }
     this.counters.flushes++;
     this.emit('flush', 0, 0, tag);
+  }
+
+  private earlierSyncFailed(first: Error): VdiskError {
+    return VdiskError.io(
+      `${this.path}: an earlier flush to the host disk failed (${first.message}), so what reached the disk is unknown; ` +
+        'every flush fails until the image is opened again',
+      {},
+      first,
+    );
   }
 
   async size(): Promise<number> {
