@@ -11,8 +11,8 @@ import type { Image } from '../../../src/formats/types';
 import { openImage } from '../../../src/image/open';
 import type { HostFile } from '../../../src/io/host-file';
 import { failWrites, holdNext } from '../../helpers/host-faults';
-import { qemuCheck, qemuCompare, qemuImg } from '../../helpers/qemu';
-import { readAll, tempDir } from './helpers';
+import { qemuCheck, qemuImg } from '../../helpers/qemu';
+import { expectCleanAndEqual, freshWithTable, readAll, tempDir } from './helpers';
 
 const dir = tempDir('allocate-direct');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -28,14 +28,7 @@ function counters(img: Image): { allocated: number; direct: number } {
 }
 
 /** A fresh image whose first L2 table exists (allocating it is metadata I/O: the slow path). */
-async function fresh(name: string, opts: string[] = []): Promise<{ file: string; img: Image; mirror: Buffer }> {
-  const file = path.join(dir, name);
-  qemuImg(['create', '-q', '-f', 'qcow2', ...opts, file, String(SIZE)]);
-  const img = await openImage(file, { writable: true });
-  const mirror = Buffer.alloc(SIZE);
-  await write(img, mirror, 0, Buffer.alloc(4 * KiB, 0x11));
-  return { file, img, mirror };
-}
+const fresh = (name: string, opts: string[] = []) => freshWithTable(dir, name, SIZE, opts);
 
 async function write(img: Image, mirror: Buffer, at: number, data: Buffer): Promise<void> {
   await img.write(at, data);
@@ -46,16 +39,6 @@ function pattern(len: number, seed: number): Buffer {
   const b = Buffer.alloc(len);
   for (let i = 0; i < len; i++) b[i] = (i * 7 + seed) % 251 || 1;
   return b;
-}
-
-async function expectCleanAndEqual(file: string, img: Image, mirror: Buffer): Promise<void> {
-  expect((await readAll(img)).equals(mirror)).toBe(true);
-  await img.close();
-  const check = qemuCheck(file);
-  expect(check.ok, check.output).toBe(true);
-  fs.writeFileSync(`${file}.mirror`, mirror);
-  const cmp = qemuCompare(file, `${file}.mirror`);
-  expect(cmp.equal, cmp.output).toBe(true);
 }
 
 describe('qcow2 larger writes into fresh clusters, allocated without a plan', () => {

@@ -8,8 +8,8 @@ import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Image } from '../../../src/formats/types';
 import { openImage } from '../../../src/image/open';
-import { qemuCheck, qemuCompare, qemuImg, qemuIo } from '../../helpers/qemu';
-import { readAll, tempDir } from './helpers';
+import { qemuImg, qemuIo } from '../../helpers/qemu';
+import { expectCleanAndEqual, freshWithTable, tempDir } from './helpers';
 
 const dir = tempDir('allocate-sync');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -22,27 +22,7 @@ function counters(img: Image): { allocated: number; sync: number; size: number }
   return { allocated: d['allocatedClusters'] ?? 0, sync: d['syncAllocatedClusters'] ?? 0, size: fs.statSync(img.path).size };
 }
 
-async function fresh(name: string, opts: string[] = []): Promise<{ file: string; img: Image; mirror: Buffer }> {
-  const file = path.join(dir, name);
-  qemuImg(['create', '-q', '-f', 'qcow2', ...opts, file, '64M']);
-  const img = await openImage(file, { writable: true });
-  // The first write allocates the L2 table (metadata I/O: the asynchronous way).
-  const mirror = Buffer.alloc(64 * MiB);
-  const first = Buffer.alloc(4 * KiB, 0x11);
-  await img.write(0, first);
-  first.copy(mirror, 0);
-  return { file, img, mirror };
-}
-
-async function expectCleanAndEqual(file: string, img: Image, mirror: Buffer): Promise<void> {
-  expect((await readAll(img)).equals(mirror)).toBe(true);
-  await img.close();
-  const check = qemuCheck(file);
-  expect(check.ok, check.output).toBe(true);
-  fs.writeFileSync(`${file}.mirror`, mirror);
-  const cmp = qemuCompare(file, `${file}.mirror`);
-  expect(cmp.equal, cmp.output).toBe(true);
-}
+const fresh = (name: string, opts: string[] = []) => freshWithTable(dir, name, 64 * MiB, opts);
 
 describe('qcow2 writeSync allocating clusters', () => {
   it('allocates fresh clusters at once: partial, whole and two-cluster writes, in any order', async () => {

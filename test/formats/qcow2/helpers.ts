@@ -1,10 +1,11 @@
-/** Shared helpers of the qcow2 tests: temp folders, full reads through openImage, raw compare. */
+/** Shared helpers of the qcow2 tests: temp folders, full reads through openImage, raw compare, write checks. */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Image } from '../../../src/formats/types';
+import { expect } from 'vitest';
 import { openImage, OpenImageOptions } from '../../../src/image/open';
-import { qemuRaw } from '../../helpers/qemu';
+import { qemuCheck, qemuCompare, qemuImg, qemuRaw } from '../../helpers/qemu';
 
 export function tempDir(tag: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `vdiskfs-qcow2-${tag}-`));
@@ -44,4 +45,35 @@ export async function expectSameAsQemu(file: string, opts: Partial<OpenImageOpti
   } finally {
     await img.close();
   }
+}
+
+/**
+ * A fresh writable image of `size` bytes whose first L2 table exists (4 KiB of 0x11 at 0:
+ * allocating that table is metadata I/O, the slow path), with a mirror of what it should read.
+ */
+export async function freshWithTable(
+  dir: string,
+  name: string,
+  size: number,
+  opts: string[] = [],
+): Promise<{ file: string; img: Image; mirror: Buffer }> {
+  const file = path.join(dir, name);
+  qemuImg(['create', '-q', '-f', 'qcow2', ...opts, file, String(size)]);
+  const img = await openImage(file, { writable: true });
+  const mirror = Buffer.alloc(size);
+  const first = Buffer.alloc(4096, 0x11);
+  await img.write(0, first);
+  first.copy(mirror, 0);
+  return { file, img, mirror };
+}
+
+/** Reads back the mirror, closes, and has QEMU check the image clean and equal to the mirror. */
+export async function expectCleanAndEqual(file: string, img: Image, mirror: Buffer): Promise<void> {
+  expect((await readAll(img)).equals(mirror)).toBe(true);
+  await img.close();
+  const check = qemuCheck(file);
+  expect(check.ok, check.output).toBe(true);
+  fs.writeFileSync(`${file}.mirror`, mirror);
+  const cmp = qemuCompare(file, `${file}.mirror`);
+  expect(cmp.equal, cmp.output).toBe(true);
 }
