@@ -8,6 +8,7 @@
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
 import { EVERYTHING, OrderedRangeLock } from '../../io/range-lock';
+import { allEnded } from '../../io/settle';
 import { alignUp } from '../../io/safe-int';
 import { encodeDirectory } from './grain-directory';
 import type { GrainTableCache } from './grain-table-cache';
@@ -68,8 +69,10 @@ export class TableWriteback {
     const writes = [this.ext.file.write(entry, this.ext.gd[t]! * SECTOR + at, 'gt')];
     if (this.ext.rgd && this.ext.rgd[t]) writes.push(this.ext.file.write(entry, this.ext.rgd[t] * SECTOR + at, 'gt'));
     this.ext.stats.gtWrites += writes.length;
-    await Promise.all(writes);
-    table.writtenVersion = table.version;
+    await allEnded(writes);
+    // The table stays dirty: only this entry was written, and another request may have changed
+    // one of its other entries meanwhile, whose own write-through can still fail. The next flush
+    // writes the table whole.
     // QEMU's vmdk_L2update flushes once after the primary and redundant entries: so do we,
     // or --no-multi-alloc would not measure QEMU's way.
     await this.ext.file.datasync('gt');
@@ -87,7 +90,7 @@ export class TableWriteback {
       if (this.ext.rgd && this.ext.rgd[t]) writes.push(this.ext.file.write(buf, this.ext.rgd[t] * SECTOR, 'gt'));
     }
     this.ext.stats.gtWrites += writes.length;
-    await Promise.all(writes);
+    await allEnded(writes);
   }
 
   private async writeDirectories(): Promise<void> {
@@ -99,7 +102,14 @@ export class TableWriteback {
     const writes = [this.ext.file.write(encodeDirectory(this.ext.gd, pending), this.ext.header.gdOffset * SECTOR, 'gd')];
     if (this.ext.rgd) writes.push(this.ext.file.write(encodeDirectory(this.ext.rgd, pending), this.ext.header.rgdOffset * SECTOR, 'gd'));
     this.ext.stats.gdWrites += writes.length;
-    await Promise.all(writes);
+    try {
+      await allEnded(writes);
+    } catch (e) {
+      // Still to be written: were it left clean, the next flush would find nothing to do and the
+      // new tables would never be reachable (their grains lost, the image still checking clean).
+      this.ext.gdDirty = true;
+      throw e;
+    }
   }
 
   /**
@@ -122,7 +132,7 @@ export class TableWriteback {
       });
       this.coverReserved();
       await this.ext.file.datasync('data');
-      await Promise.all(snaps.map((s) => this.writeTable(s.t, s.buf)));
+      await allEnded(snaps.map((s) => this.writeTable(s.t, s.buf)));
       for (const s of snaps) {
         s.table.writtenVersion = Math.max(s.table.writtenVersion, s.version);
         this.ext.newTables.delete(s.t);
@@ -154,12 +164,18 @@ export class TableWriteback {
     this.footerDirty = false;
     const at = this.ext.nextFree;
     const footerHeader = hdr.serialize(this.ext.header);
-    await this.ext.file.write(
-      [marker.serializeMetaMarker(1, marker.TYPE_FOOTER), footerHeader, marker.serializeMetaMarker(0, marker.TYPE_EOS)],
-      at,
-      'header',
-    );
-    await this.ext.file.truncate(at + 3 * SECTOR);
+    try {
+      await this.ext.file.write(
+        [marker.serializeMetaMarker(1, marker.TYPE_FOOTER), footerHeader, marker.serializeMetaMarker(0, marker.TYPE_EOS)],
+        at,
+        'header',
+      );
+      await this.ext.file.truncate(at + 3 * SECTOR);
+    } catch (e) {
+      // New grains went over the old footer: without this one the image does not open.
+      this.footerDirty = true;
+      throw e;
+    }
     this.footerAt = at;
     // Keep appending over the footer next time, as on open.
     this.ext.nextFree = at;

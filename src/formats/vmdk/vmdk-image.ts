@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
 import createDebug from 'debug';
 import { HostFile } from '../../io/host-file';
-import { InFlight } from '../../io/settle';
+import { allEnded, InFlight } from '../../io/settle';
 import { VdiskError } from '../../io/errors';
 import { checkRange, readThrough, readThroughSync } from '../data-path';
 import type { Extent, Image, ImageInfo, ImageStats, OpenOptions } from '../types';
@@ -193,7 +193,7 @@ export class VmdkImage implements Image {
     checkRange(this, offset, length);
     if (length === 0) return;
     await this.touchCid();
-    await Promise.all(
+    await allEnded(
       this.chain.pieces(offset, length).map((p) => p.ext.write(p.eo, sliceVector(bufs, p.pos, p.n), p.n, this.chain.cowFor(p.start))),
     );
   }
@@ -222,7 +222,7 @@ export class VmdkImage implements Image {
     checkRange(this, offset, length);
     if (length === 0) return;
     await this.touchCid();
-    await Promise.all(
+    await allEnded(
       this.chain.pieces(offset, length).map((p) => p.ext.writeZeroes(p.eo, p.n, this.chain.cowFor(p.start), this.parent !== undefined)),
     );
   }
@@ -246,7 +246,7 @@ export class VmdkImage implements Image {
         throw VdiskError.readOnly(`${this.path}: a streamOptimized extent cannot be discarded`);
     }
     await this.touchCid();
-    await Promise.all(
+    await allEnded(
       parts.map(async (p) => {
         if (p.ext instanceof FlatExtent && !this.parent && p.ext.access === 'RW') {
           const m = await p.ext.map(p.eo, p.n);
@@ -261,11 +261,21 @@ export class VmdkImage implements Image {
     return this.parent;
   }
 
-  /** The first write after open gives the image a new CID (as QEMU does), so children see it changed. */
+  /**
+   * The first write after open gives the image a new CID (as QEMU does), so children see it
+   * changed. A failed update is tried again by the next write (a passing ENOSPC must not leave
+   * the image unwritable until a remount).
+   */
   private touchCid(): Promise<void> {
-    return (this.cidUpdate ??= this.writeNewCid().then(() => {
-      this.cidWritten = true;
-    }));
+    return (this.cidUpdate ??= this.writeNewCid().then(
+      () => {
+        this.cidWritten = true;
+      },
+      (e: unknown) => {
+        this.cidUpdate = undefined;
+        throw e;
+      },
+    ));
   }
 
   private async writeNewCid(): Promise<void> {
@@ -322,7 +332,8 @@ export class VmdkImage implements Image {
 
   async flush(): Promise<void> {
     if (this.readOnly) return;
-    await Promise.all(this.extents.map((e) => e.flush()));
+    // Every extent's flush ends before this does, also when one fails: close then closes their files.
+    await allEnded(this.extents.map((e) => e.flush()));
     if (this.descriptorFile && this.cidUpdate) await this.descriptorFile.datasync('descriptor');
   }
 
