@@ -10,6 +10,7 @@
 import { VdiskError } from '../../io/errors';
 import type { HostFile } from '../../io/host-file';
 import { OrderedRangeLock } from '../../io/range-lock';
+import { allEnded } from '../../io/settle';
 import { readBacking } from '../data-path';
 import type { Image } from '../types';
 import * as bat from './bat';
@@ -86,7 +87,8 @@ export class BlockWriter {
   }
 
   async write(offset: number, data: Buffer): Promise<void> {
-    await Promise.all(this.pieces(offset, data.length).map((p) => this.writePiece(p.block, p.inBlock, data.subarray(p.pos, p.pos + p.n))));
+    // Every block's write ends before the request does, also when one fails (settle.ts).
+    await allEnded(this.pieces(offset, data.length).map((p) => this.writePiece(p.block, p.inBlock, data.subarray(p.pos, p.pos + p.n))));
   }
 
   /** The in-place part of write() done synchronously: one FULLY_PRESENT block, small; false: nothing done. */
@@ -175,7 +177,7 @@ export class BlockWriter {
    * place where the block is present, nothing where it already reads as zeros, else an allocation.
    */
   async zero(offset: number, length: number, discard: boolean): Promise<void> {
-    await Promise.all(
+    await allEnded(
       this.pieces(offset, length).map(async (p) => {
         const start = p.block * this.bs;
         const whole = p.inBlock === 0 && (p.n === this.bs || start + p.n >= this.o.virtualSize);
@@ -212,6 +214,11 @@ export class BlockWriter {
   /** Host offsets of whole blocks zeroed since the last call (punch them once the BAT change is durable). */
   takeFreed(): number[] {
     return this.freed.splice(0);
+  }
+
+  /** Puts back what takeFreed() gave when the commit failed: the next one frees them. */
+  returnFreed(hosts: number[]): void {
+    this.freed.unshift(...hosts);
   }
 }
 

@@ -13,6 +13,7 @@
  * then vhdx_log_reset), so a crash state is one `qemu-img check -r all` replays.
  */
 import type { HostFile } from '../../io/host-file';
+import { allEnded } from '../../io/settle';
 import { newGuid, NULL_GUID } from './guid';
 import type { HeaderSlots } from './header-slots';
 import { buildLogEntry, sectorsPerEntry } from './log-entry';
@@ -70,7 +71,7 @@ export class MetadataLog {
       });
       await this.f.write(entry, this.log.offset, 'log');
       await this.f.datasync('log');
-      await Promise.all(batch.map(([off, data]) => this.f.write(data, off, 'bat')));
+      await allEnded(batch.map(([off, data]) => this.f.write(data, off, 'bat')));
       await this.f.datasync('bat');
       await this.slots.update({ logGuid: NULL_GUID });
       await this.f.datasync('header');

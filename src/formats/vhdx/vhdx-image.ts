@@ -245,6 +245,11 @@ export class VhdxImage implements Image {
       await this.slots.update({ fileWriteGuid, dataWriteGuid });
       await this.f.datasync('header');
       this.sessionOpen = true;
+    }).catch((e: unknown) => {
+      // Tried again by the next change: a passing ENOSPC must not leave the image unwritable
+      // (and every flush failing) until a remount. No data was written under it.
+      this.session = undefined;
+      throw e;
     }));
   }
 
@@ -261,17 +266,22 @@ export class VhdxImage implements Image {
     const bitmaps = this.writer!.bitmaps;
     const table = this.table;
     const freed = this.writer!.takeFreed();
-    await this.metaLog!.commit(
-      bitmaps
-        ? {
-            snapshot: () => [...table.snapshot(), ...bitmaps.snapshot()],
-            committed: (off, v) => {
-              table.committed(off, v);
-              bitmaps.committed(off, v);
-            },
-          }
-        : table,
-    );
+    try {
+      await this.metaLog!.commit(
+        bitmaps
+          ? {
+              snapshot: () => [...table.snapshot(), ...bitmaps.snapshot()],
+              committed: (off, v) => {
+                table.committed(off, v);
+                bitmaps.committed(off, v);
+              },
+            }
+          : table,
+      );
+    } catch (e) {
+      this.writer!.returnFreed(freed); // still in use on the disk: a later commit frees them
+      throw e;
+    }
     this.durableChanges = Math.max(this.durableChanges, target);
     // The BAT no longer points at them, durably: their space goes back to the host (never reused
     // in this session, so a write still in flight to one lands in abandoned space).
