@@ -18,6 +18,16 @@ export function qemuIo(image: string, commands: string[], format?: string): stri
   return execFileSync('qemu-io', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
+/** qemu-io's output also when it exits non-zero (a failed pattern read does): for `not.toMatch(/Pattern verification failed/)`. */
+export function qemuIoOutput(image: string, commands: string[], format?: string): string {
+  try {
+    return qemuIo(image, commands, format);
+  } catch (e) {
+    const err = e as { stdout?: string; stderr?: string };
+    return `${err.stdout ?? ''}${err.stderr ?? ''} (exit non-zero)`;
+  }
+}
+
 /** The raw view qemu-img gives of an image, as a file next to it. */
 export function qemuRaw(image: string, out = `${image}.qemu.raw`, format?: string): string {
   qemuImg(['convert', ...(format ? ['-f', format] : []), '-O', 'raw', image, out]);

@@ -4,6 +4,7 @@
  */
 import type { IoTag } from '../../io/counters';
 import type { HostFile } from '../../io/host-file';
+import { allEnded } from '../../io/settle';
 
 export class Segments {
   private readonly runs: Array<{ at: number; end: number; bufs: Buffer[] }> = [];
@@ -22,8 +23,9 @@ export class Segments {
     return this.runs.reduce((n, r) => Math.max(n, r.end), 0);
   }
 
-  write(file: HostFile, tag: IoTag): Promise<void[]> {
-    return Promise.all(this.runs.map((r) => file.write(r.bufs.length === 1 ? r.bufs[0]! : r.bufs, r.at, tag)));
+  /** Every run written; ends when all have, also when one fails (its slots may be handed out again next). */
+  write(file: HostFile, tag: IoTag): Promise<void> {
+    return allEnded(this.runs.map((r) => file.write(r.bufs.length === 1 ? r.bufs[0]! : r.bufs, r.at, tag)));
   }
 }
 

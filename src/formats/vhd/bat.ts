@@ -120,7 +120,7 @@ export class VhdBat implements BlockTable {
         if (at / SECTOR >= BAT_UNUSED) throw VdiskError.noSpace(`${this.file.path}: a VHD cannot grow past 2 TiB of file`);
         segs.add(at, this.footer); // the footer moves to the new end
         this.freeOffset = at;
-        inPlace.push(segs.write(this.file, 'data').then(() => undefined));
+        inPlace.push(segs.write(this.file, 'data'));
       }
     } finally {
       await allEnded(inPlace); // every write started ends before the store does, also when one fails

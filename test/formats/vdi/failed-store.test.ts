@@ -5,7 +5,7 @@ import { openImage } from '../../../src/image/open';
 import type { HostFile } from '../../../src/io/host-file';
 import { tmpDir } from '../../helpers/image-io';
 import { failWrites } from '../../helpers/host-faults';
-import { qemuCheck, qemuImg, qemuIo } from '../../helpers/qemu';
+import { qemuCheck, qemuImg, qemuIo, qemuIoOutput } from '../../helpers/qemu';
 
 /**
  * A block store that fails (a full disk, an I/O error) changes nothing that outlives it. Found by
@@ -16,16 +16,6 @@ import { qemuCheck, qemuImg, qemuIo } from '../../helpers/qemu';
 const dir = tmpDir('vdi-failed-store');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
-
-/** qemu-io's verdict on a pattern read: its output, whether it exited 0 or not. */
-function qemuRead(f: string, pattern: number, at: string): string {
-  try {
-    return qemuIo(f, [`read -P ${pattern} ${at} 64k`], 'vdi');
-  } catch (e) {
-    const err = e as { stdout?: string; stderr?: string };
-    return `${err.stdout ?? ''}${err.stderr ?? ''} (exit non-zero)`;
-  }
-}
 
 function hostFileOf(img: unknown): HostFile {
   return (img as { table: { file: HostFile } }).table.file;
@@ -53,7 +43,7 @@ describe('a failed VDI block store', () => {
       [0x44, '3M'],
       [0, '1M'],
     ] as const) {
-      expect(qemuRead(f, pattern, at)).not.toMatch(/Pattern verification failed|exit non-zero/);
+      expect(qemuIoOutput(f, [`read -P ${pattern} ${at} 64k`], 'vdi')).not.toMatch(/Pattern verification failed|exit non-zero/);
     }
   });
 
