@@ -527,6 +527,9 @@ export async function faultyStorm(
   } finally {
     rec.faults = undefined;
   }
-  await img.flush();
+  // Recorded like the others, so the crash states check what it acknowledged: a table a failed
+  // write-back left forgotten (marked clean, never written) shows up as data lost here.
+  await rec.guestFlush(() => img.flush());
+  if (rec.guestFlushes[rec.guestFlushes.length - 1]!.end === Infinity) throw new Error('the flush after the faults ended failed');
   return rec.guestWrites.filter((g) => g.failed).length;
 }
