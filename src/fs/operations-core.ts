@@ -3,6 +3,7 @@ import createDebug from 'debug';
 import { VdiskError, fromNodeError } from '../io/errors';
 import { seekExtent } from '../image/seek';
 import { HandleTable, handleMode, wantsWrite, type Handle } from './handles';
+import { IoFailureLog } from './io-failures';
 import type { ImageTable } from './image-table';
 import type { ImageView, ViewTree } from './view-tree';
 import type { PartitionViews } from './partition-views';
@@ -69,8 +70,18 @@ const S_IFREG = 0o100000;
  */
 export class FsCore {
   private readonly handles = new HandleTable();
+  /** Failed reads, writes and flushes, told to the daemon's log (io-failures.ts). */
+  private readonly failures: IoFailureLog;
 
-  constructor(private readonly ctx: CoreContext) {}
+  constructor(private readonly ctx: CoreContext) {
+    this.failures = new IoFailureLog(ctx.warn);
+  }
+
+  /** Tells the failure (io-failures.ts) and throws it on to the transport. */
+  private failed(h: Handle, op: string, e: unknown): never {
+    this.failures.note(h.entry.key, op, e);
+    throw e;
+  }
 
   /** How many files are open through the mount (a shutdown waits for them). */
   get openHandles(): number {
@@ -140,7 +151,10 @@ export class FsCore {
     const size = sizeOf(h);
     if (offset >= size) return Promise.resolve(0);
     const n = Math.min(into.length, size - offset);
-    return h.entry.merger.read(diskOffset(h, offset), into.length === n ? into : into.subarray(0, n)).then(() => n);
+    return h.entry.merger.read(diskOffset(h, offset), into.length === n ? into : into.subarray(0, n)).then(
+      () => n,
+      (e: unknown) => this.failed(h, 'read', e),
+    );
   }
 
   /** read() when it can be answered without waiting (RequestMerger.readSync); undefined: use read(). */
@@ -149,7 +163,11 @@ export class FsCore {
     const size = sizeOf(h);
     if (offset >= size) return 0;
     const n = Math.min(into.length, size - offset);
-    return h.entry.merger.readSync(diskOffset(h, offset), into.length === n ? into : into.subarray(0, n)) === undefined ? undefined : n;
+    try {
+      return h.entry.merger.readSync(diskOffset(h, offset), into.length === n ? into : into.subarray(0, n)) === undefined ? undefined : n;
+    } catch (e) {
+      return this.failed(h, 'read', e);
+    }
   }
 
   /** Writes `data` at `offset`; returns the bytes written. `data` is copied before this returns. */
@@ -163,9 +181,10 @@ export class FsCore {
     const at = diskOffset(h, offset);
     if (this.ctx.partitions?.noteWrite(h.entry.view, at, n)) this.ctx.tree.rebuild(h.entry.view.hostPath);
     // The merger copies the bytes synchronously, before anything is awaited (merger rule 7).
-    return h.entry.merger
-      .write(at, data.length === n ? data : data.subarray(0, n), { writeThrough: h.writeThrough, sync: h.sync })
-      .then(() => n);
+    return h.entry.merger.write(at, data.length === n ? data : data.subarray(0, n), { writeThrough: h.writeThrough, sync: h.sync }).then(
+      () => n,
+      (e: unknown) => this.failed(h, 'write', e),
+    );
   }
 
   /** write() when it can be done without waiting (RequestMerger.writeSync): the bytes written, or undefined (nothing done): use write(). */
@@ -177,7 +196,11 @@ export class FsCore {
     const n = Math.min(data.length, size - offset);
     const at = diskOffset(h, offset);
     const opts = { writeThrough: h.writeThrough, sync: h.sync };
-    if (!h.entry.merger.writeSync(at, data.length === n ? data : data.subarray(0, n), opts)) return undefined;
+    try {
+      if (!h.entry.merger.writeSync(at, data.length === n ? data : data.subarray(0, n), opts)) return undefined;
+    } catch (e) {
+      this.failed(h, 'write', e);
+    }
     if (this.ctx.partitions?.noteWrite(h.entry.view, at, n)) this.ctx.tree.rebuild(h.entry.view.hostPath);
     return n;
   }
@@ -185,11 +208,12 @@ export class FsCore {
   /** close(2) of a descriptor: a writer's data is drained and made durable, so errors reach the closing program. */
   async flush(fh: number): Promise<void> {
     const h = this.handles.get(fh);
-    if (h?.writable) await h.entry.merger.flush();
+    if (h?.writable) await h.entry.merger.flush().catch((e: unknown) => this.failed(h, 'close (flush)', e));
   }
 
   async fsync(fh: number, _datasync: boolean): Promise<void> {
-    await this.handle(fh).entry.merger.flush();
+    const h = this.handle(fh);
+    await h.entry.merger.flush().catch((e: unknown) => this.failed(h, 'fsync', e));
   }
 
   /** The last close of an open file: the image is closed when its last handle goes. */
@@ -265,8 +289,9 @@ export class FsCore {
     const inside = Math.max(0, Math.min(end, size) - offset);
     if (inside > 0) {
       const at = diskOffset(h, offset);
-      if (punch) await h.entry.merger.discard(at, inside);
-      else if (mode & FALLOC_ZERO_RANGE) await h.entry.merger.writeZeroes(at, inside);
+      if (punch) await h.entry.merger.discard(at, inside).catch((e: unknown) => this.failed(h, 'discard', e));
+      else if (mode & FALLOC_ZERO_RANGE)
+        await h.entry.merger.writeZeroes(at, inside).catch((e: unknown) => this.failed(h, 'zero-range', e));
     }
     if (end > size && (mode & FALLOC_KEEP_SIZE) === 0) await this.grow(h, end);
   }
