@@ -161,17 +161,23 @@ export class ImageTable {
       entry.lockedOut = true;
       return;
     }
+    // The writable image opens beside the read-only one, which serves on meanwhile and stays if
+    // this fails: the handles already reading it must not lose their image to someone's open.
+    let image: Image;
     try {
-      await entry.merger.close(); // drains, flushes and closes the read-only image
-      entry.image = await this.openImageFor(entry.view, true);
+      image = await this.openImageFor(entry.view, true);
     } catch (e) {
       entry.lock?.set('read');
       throw e;
     }
-    entry.merger = new RequestMerger(entry.image, this.opts.merger);
+    const old = entry.merger;
+    entry.image = image;
+    entry.merger = new RequestMerger(image, this.opts.merger);
     entry.lockedOut = false;
-    entry.readOnlyReason = this.driverRefusedWrite(entry.image, entry.lock);
+    entry.readOnlyReason = this.driverRefusedWrite(image, entry.lock);
     log('reopened %s writable', entry.key);
+    // Read-only: nothing to flush. Its close waits for the reads still in it.
+    await old.close().catch((e: Error) => this.opts.warn(`closing the read-only ${entry.key} failed: ${e.message}`));
   }
 
   /** Takes QEMU's writer locks (true), or logs whose lock is in the way and keeps the old ones (false). */

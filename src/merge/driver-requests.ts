@@ -205,10 +205,13 @@ export class DriverRequests {
     return op;
   }
 
-  /** One page-aligned Image.discard / Image.writeZeroes, in the range lock like a write. */
-  clear(start: number, end: number, how: 'discard' | 'zero'): DriverWrite {
+  /**
+   * One page-aligned Image.discard / Image.writeZeroes, in the range lock like a write. `acked`:
+   * it replaces acknowledged bytes never sent, so its failure is recorded as theirs would be.
+   */
+  clear(start: number, end: number, how: 'discard' | 'zero', acked = false): DriverWrite {
     const lease = this.lock.acquire(start, end, false);
-    const op: DriverWrite = { start, end, bytes: 0, acked: false, error: undefined, done: Promise.resolve() };
+    const op: DriverWrite = { start, end, bytes: 0, acked, error: undefined, done: Promise.resolve() };
     this.inflight.add(op);
     op.done = (async () => {
       try {
@@ -222,6 +225,7 @@ export class DriverRequests {
         }
       } catch (e) {
         op.error = fromNodeError(e, `${how} ${this.image.path} at ${start}+${end - start}`);
+        this.recordFailure(op, op.error);
       } finally {
         lease.release();
         this.inflight.delete(op);

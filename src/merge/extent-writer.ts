@@ -9,6 +9,7 @@
  */
 import { allZero } from '../formats/all-zero';
 import type { Image } from '../formats/types';
+import { allEnded } from '../io/settle';
 import { PAGE_SIZE, pageDown, pageUp } from './pages';
 
 export interface WriteCounters {
@@ -50,7 +51,7 @@ export async function writeExtentAligned(image: Image, start: number, end: numbe
       counters.rmwReads++;
       reads.push(image.read(midEnd, tail));
     }
-    await Promise.all(reads);
+    await allEnded(reads); // both reads end before the write does, also when one fails
     pieces = [];
     if (head) {
       body.copy(head, start - spanStart, 0, midStart - start);

@@ -21,6 +21,7 @@
 import type { Image } from '../formats/types';
 import { VdiskError, fromNodeError } from '../io/errors';
 import { postIdleWork, type IdleWorker } from '../io/idle-work';
+import { InFlight } from '../io/settle';
 import { DriverRequests, type DriverWrite } from './driver-requests';
 import { FailedWrites } from './failed-writes';
 import { MergerOptions, ResolvedMergerOptions, resolveMergerOptions } from './options';
@@ -80,6 +81,8 @@ export class RequestMerger {
   private writeSeq = 0;
   private armedSeq = 0;
   private closed = false;
+  /** Reads in the driver: close() waits for them before it closes the image. */
+  private readonly reads = new InFlight();
   /** End of the last extent sent because it reached maxBytes: where a sequential stream goes on. */
   private streamEnd = -1;
   private readonly slabBytes: number;
@@ -115,7 +118,11 @@ export class RequestMerger {
    * this call (rule 3). Bytes past the end of the disk are zero-filled; returns how many bytes
    * lay inside the disk. A read overlapping a range whose deferred write failed throws EIO.
    */
-  async read(offset: number, into: Buffer): Promise<number> {
+  read(offset: number, into: Buffer): Promise<number> {
+    return this.reads.track(this.readNow(offset, into));
+  }
+
+  private async readNow(offset: number, into: Buffer): Promise<number> {
     if (!Number.isSafeInteger(offset) || offset < 0) throw VdiskError.invalid(`read at bad offset ${offset}`, { offset });
     if (this.closed) throw VdiskError.io(`read after close of ${this.image.path}`);
     const diskSize = this.image.virtualSize;
@@ -251,6 +258,7 @@ export class RequestMerger {
     } catch (e) {
       drainError = e;
     }
+    await this.reads.drained(); // a read still in the driver must not find its image closed
     await this.image.close();
     if (drainError !== undefined) throw drainError as Error;
   }
@@ -309,8 +317,12 @@ export class RequestMerger {
     this.checkWritable(offset, length);
     if (length === 0) return;
     const end = offset + length;
+    // Acknowledged bytes dropped here are only replaced by the clear: if it fails, the failure
+    // is recorded over them (FailedWrites), as their own failed write would have been.
+    const dropped: Array<[number, number]> = [];
     // Synchronously, so the order with writes issued before and after is fixed now.
     for (const x of this.pending.overlapping(offset, end)) {
+      if (x.acked) dropped.push([Math.max(x.start, offset), Math.min(x.end, end)]);
       this.pending.remove(x);
       if (x.start < offset) this.pending.put(x.start, x.buf.subarray(0, offset - x.start), x.acked);
       if (x.end > end) this.pending.put(end, x.buf.subarray(end - x.start, x.end - x.start), x.acked);
@@ -318,12 +330,13 @@ export class RequestMerger {
     const inner0 = pageUp(offset);
     const inner1 = end === this.image.virtualSize ? end : pageDown(end);
     const ops: DriverWrite[] = [];
+    const acked = (a: number, b: number): boolean => dropped.some(([x0, x1]) => x0 < b && a < x1);
     if (inner0 >= inner1) {
-      ops.push(this.driver.writePiece(offset, end, Buffer.alloc(length), false));
+      ops.push(this.driver.writePiece(offset, end, Buffer.alloc(length), acked(offset, end)));
     } else {
-      if (offset < inner0) ops.push(this.driver.writePiece(offset, inner0, Buffer.alloc(inner0 - offset), false));
-      ops.push(this.driver.clear(inner0, inner1, how));
-      if (inner1 < end) ops.push(this.driver.writePiece(inner1, end, Buffer.alloc(end - inner1), false));
+      if (offset < inner0) ops.push(this.driver.writePiece(offset, inner0, Buffer.alloc(inner0 - offset), acked(offset, inner0)));
+      ops.push(this.driver.clear(inner0, inner1, how, acked(inner0, inner1)));
+      if (inner1 < end) ops.push(this.driver.writePiece(inner1, end, Buffer.alloc(end - inner1), acked(inner1, end)));
     }
     await Promise.all(ops.map((o) => o.done));
     const failed = ops.find((o) => o.error !== undefined);
