@@ -12,6 +12,7 @@ import {
   copiedProblems,
   countRefcountStructures,
   passProgress,
+  pastEndError,
   readStoredRefcounts,
   rebuildRefcounts,
   walkReferences,
@@ -25,8 +26,16 @@ export async function checkQcow2(
   progress?: (fraction: number, detail?: string) => void,
 ): Promise<CheckResult> {
   const first = await checkOnce(path, repair, progress);
-  if (!repair || first.leaks + first.corruptions === 0) return first;
+  if (!repair) return first;
+  if (first.leaks + first.corruptions === 0) {
+    // Nothing to fix, but a repair cut off after its new refcounts were in place left the bits
+    // set: consistent now, so they go (as qemu-img check -r does).
+    await markConsistent(path);
+    return first;
+  }
   const after = await checkOnce(path, false);
+  // Only an image with nothing corrupt left loses its corrupt bit (the driver opens a corrupt one read-only).
+  if (after.corruptions === 0) await markConsistent(path);
   return {
     ...after,
     repaired: first.leaks + first.corruptions,
@@ -49,6 +58,7 @@ async function checkOnce(path: string, repair: boolean, progress?: (fraction: nu
     let leaks = 0;
     let corruptions = 0;
     let frag = { allocated: 0, fragmented: 0, compressed: 0 };
+    let beyondEnd = 0; // references past the end of the file (no rebuild over them)
     let highest = 0; // as QEMU: the last cluster with a stored or a counted reference
     const say = (m: string) => void (messages.length < 100 && messages.push(m));
     if (h.version >= 3) {
@@ -67,7 +77,10 @@ async function checkOnce(path: string, repair: boolean, progress?: (fraction: nu
       const walk = await walkReferences(file, meta, l1, snaps, passProgress(progress, w, 0, 0.65 * share), w);
       for (const m of walk.messages) say(m);
       corruptions += walk.corruptions;
-      if (w.pass === 1) frag = walk.frag;
+      if (w.pass === 1) {
+        frag = walk.frag;
+        beyondEnd = walk.beyondEnd;
+      }
       const refs = walk.counts;
       const structures = await countRefcountStructures(file, meta, refs, w);
       for (const m of structures.shared) say(m);
@@ -95,14 +108,16 @@ async function checkOnce(path: string, repair: boolean, progress?: (fraction: nu
       );
     }
     if (repair && leaks + corruptions > 0) {
-      // Counted again, window by window, as the fresh structures are written (see rebuildRefcounts).
-      await rebuildRefcounts(file, meta, l1, snaps, {
-        fixCopied: true,
-        ...(progress ? { progress: (f: number, d?: string) => progress(0.5 + f / 2, d) } : {}),
-      });
-      const b = incompatiblePatch(h.incompatible & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT));
-      if (h.version === 3) await file.write(b.bytes, b.at, 'header');
-      await file.datasync('header');
+      if (beyondEnd > 0) {
+        // The rebuild would put its structures under those references: not done, nothing written.
+        say(`ERROR ${pastEndError(path, beyondEnd).message}`);
+      } else {
+        // Counted again, window by window, as the fresh structures are written (see rebuildRefcounts).
+        await rebuildRefcounts(file, meta, l1, snaps, {
+          fixCopied: true,
+          ...(progress ? { progress: (f: number, d?: string) => progress(0.5 + f / 2, d) } : {}),
+        });
+      }
     }
     const stats = {
       totalClusters: Math.ceil(h.size / 2 ** h.clusterBits),
@@ -112,6 +127,21 @@ async function checkOnce(path: string, repair: boolean, progress?: (fraction: nu
       imageEndOffset: (highest + 1) * cs,
     };
     return { errors: 0, leaks, corruptions, messages, stats };
+  } finally {
+    await file.close();
+  }
+}
+
+/** Clears the dirty and corrupt bits, durably, when set (the refcounts are known consistent). */
+async function markConsistent(path: string): Promise<void> {
+  const file = await HostFile.open(path, true);
+  try {
+    const h = (await readMeta(file)).header;
+    const bits = INCOMPAT_DIRTY | INCOMPAT_CORRUPT;
+    if (h.version !== 3 || (h.incompatible & bits) === 0n) return;
+    const b = incompatiblePatch(h.incompatible & ~bits);
+    await file.write(b.bytes, b.at, 'header');
+    await file.datasync('header');
   } finally {
     await file.close();
   }

@@ -56,6 +56,11 @@ export interface Walk {
   counts: ClusterCounts; // expected refcount per host cluster of the window (index - window.first)
   messages: string[];
   corruptions: number;
+  /**
+   * References to clusters past the end of the file, counted in every pass: a rebuild would put
+   * its new structures right there, under them (see rebuildRefcounts).
+   */
+  beyondEnd: number;
   /** Active layer only, counted as qemu-img check does (its allocation / fragmentation line). */
   frag: { allocated: number; fragmented: number; compressed: number };
 }
@@ -125,7 +130,7 @@ export async function walkReferences(
   const w1 = window.first + window.count;
   const reporting = window.pass === 1;
   const counts = new ClusterCounts(window.count);
-  const w: Walk = { counts, messages: [], corruptions: 0, frag: { allocated: 0, fragmented: 0, compressed: 0 } };
+  const w: Walk = { counts, messages: [], corruptions: 0, beyondEnd: 0, frag: { allocated: 0, fragmented: 0, compressed: 0 } };
   const layout = layoutOf(meta);
   const externalData = (h.incompatible & INCOMPAT_DATA_FILE) !== 0n;
   // `times`: how often the structure is referenced (snapshots share tables; see below).
@@ -138,7 +143,10 @@ export async function walkReferences(
     if (host % 512 !== 0 && what !== 'compressed') return bad(`${what} at ${host} not aligned`, times);
     const first = Math.floor(host / cs);
     const last = Math.floor((host + length - 1) / cs);
-    if (last >= clusters) return bad(`${what} at ${host} beyond the end of the image`, times);
+    if (last >= clusters) {
+      w.beyondEnd += times;
+      return bad(`${what} at ${host} beyond the end of the image`, times);
+    }
     for (let c = Math.max(first, w0); c <= last && c < w1; c++) counts.add(c - w0, times);
   };
   /** Every entry of one L2 table, counted `times` (`active`: the allocation and fragmentation line too). */
@@ -177,8 +185,10 @@ export async function walkReferences(
       if (externalData) continue;
       // The hot path (every data cluster of a preallocated image): one add, no range loop.
       const c = host / cs;
-      if (c >= clusters) bad(`${who} data cluster at ${host} beyond the end of the image`, times);
-      else if (c >= w0 && c < w1) counts.add(c - w0, times);
+      if (c >= clusters) {
+        w.beyondEnd += times;
+        bad(`${who} data cluster at ${host} beyond the end of the image`, times);
+      } else if (c >= w0 && c < w1) counts.add(c - w0, times);
     }
   };
   inc(0, cs, 'header');
@@ -474,6 +484,10 @@ export async function rebuildRefcounts(
   const fixes: CopiedProblem[] = [];
   for (const w of walkWindows(meta)) {
     const walk = await walkReferences(file, meta, l1, snaps, passProgress(opts.progress, w, 0, 0.8), w);
+    // Checked in the first window, before anything is written: the new structures go right
+    // after the end of the file, where such a reference points (guest data and a refcount
+    // table in one cluster, destroyed by the next write).
+    if (walk.beyondEnd > 0) throw pastEndError(file.path, walk.beyondEnd);
     await fresh.writeWindow(walk.counts, w);
     if (opts.fixCopied) {
       const inWindow = (c: number) => (c >= w.first && c < w.first + w.count ? walk.counts.get(c - w.first) : undefined);
@@ -487,5 +501,15 @@ export async function rebuildRefcounts(
     word.writeUInt32BE(withCopied(word.readUInt32BE(0), !x.copied));
     await file.write(word, x.at, x.what.startsWith('L1') ? 'l1' : 'l2');
   }
+  // Durable before the caller's header says the image is consistent (QEMU flushes before
+  // marking clean): a crash between must not leave a clean header over a wrong COPIED flag.
+  if (fixes.length) await file.datasync('l2');
   return out;
+}
+
+/** The refusal of a rebuild over references past the end of the file (the image is left as it was). */
+export function pastEndError(path: string, references: number): VdiskError {
+  return VdiskError.corrupt(
+    `${path}: ${references} reference(s) point past the end of the file; refcounts not rebuilt (new tables would go under them), the image is left as it was`,
+  );
 }
