@@ -295,8 +295,13 @@ export class ViewTree {
     for await (const file of this.walk(this.root)) {
       if (file === path.resolve(hostPath)) continue;
       const p = await this.probe(file);
-      // Real paths on both sides: a parent found through the confinement is named by its real path.
-      if (p?.backing && (path.resolve(p.backing) === target || real(p.backing) === target)) return true;
+      // Real paths on both sides: a parent found through the confinement is named by its real
+      // path. The name from a header is resolved only through the confinement (reach): it may
+      // point anywhere, and a lookup outside the folder may hang on someone's dead mount.
+      if (!p?.backing) continue;
+      if (path.resolve(p.backing) === target) return true;
+      const reached = await this.opts.confinement.reach(file, p.backing, 'backing file').catch(() => undefined);
+      if (reached === target) return true;
     }
     return false;
   }

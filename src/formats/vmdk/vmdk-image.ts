@@ -16,6 +16,9 @@ import { SeSparseExtent } from './se-sparse-extent';
 import * as hdr from './sparse-header';
 import { vmdkInfo } from './vmdk-info';
 
+/** Extent lines a descriptor may have (each opens a file). */
+export const MAX_EXTENTS = 4096;
+
 const log = createDebug('vdiskfs:vmdk');
 
 /** Grain tables kept per extent by default (64 MiB covers a 1 TiB disk of 64 KiB grains). */
@@ -100,6 +103,10 @@ export class VmdkImage implements Image {
         extents.push(ext);
       } else {
         const d = desc!;
+        // Each extent holds a file open: a descriptor of tens of thousands of lines (1 MiB of
+        // text) would take every descriptor the daemon has, and fail every other image meanwhile.
+        if (d.extents.length > MAX_EXTENTS)
+          throw VdiskError.corrupt(`${file}: ${d.extents.length} extents; vdiskfs opens at most ${MAX_EXTENTS} (8 TiB of 2 GB extents)`);
         for (const line of d.extents) {
           const size = line.sectors * hdr.SECTOR;
           if (line.type === 'ZERO') {
